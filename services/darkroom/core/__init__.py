@@ -1,0 +1,1 @@
+"""The small core every role shares: config, discovery, app factory, errors, health."""

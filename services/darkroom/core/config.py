@@ -1,0 +1,117 @@
+"""Configuration from the environment (``DARKROOM_*``), overridable by command-line flags.
+
+One flat dataclass serves every role: each role reads the fields it needs, and one set of
+names works the same in ``darkroom up``, in a container and in the Helm chart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ROLES = ("registry", "database", "storage", "master", "worker", "frontend")
+
+DEFAULT_PORTS = {
+    "registry": 3000,
+    "database": 3001,
+    "storage": 3002,
+    "master": 3003,
+    "frontend": 8080,
+    "worker": 9100,  # metrics and health only
+}
+
+# The registry key under which each role advertises its address, as in the seed.
+ADDRESS_KEYS = {
+    "database": "databaseAddress",
+    "storage": "storageAddress",
+    "master": "masterAddress",
+    "frontend": "frontendAddress",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every knob of every role. Field ``name`` is read from env ``DARKROOM_NAME``."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: the role's default port
+    # host:port other services use to reach this one; default host:port
+    advertise_address: str = ""
+    registry_address: str = "127.0.0.1:3000"
+    # "file" keeps keys in DATA_DIR/registry.json; "configmap" in a Kubernetes ConfigMap
+    registry_backend: str = "file"
+    registry_configmap: str = "darkroom-registry"
+    registry_namespace: str = ""
+    # how long a watch may stay broken before /readyz says not ready (configmap backend)
+    registry_watch_stale_seconds: float = 30.0
+    data_dir: Path = Path("data")
+    # how long a resolved address is trusted before asking the registry again
+    discovery_ttl_seconds: float = 5.0
+    max_upload_bytes: int = 50 * 1024 * 1024
+    # results may be larger than uploads (a JPEG becomes a PNG)
+    max_result_bytes: int = 512 * 1024 * 1024
+    # a claimed task goes back to the queue when its lease is not extended for this long
+    lease_seconds: float = 60.0
+    max_attempts: int = 3
+    # tasks whose upload never completed are failed after this long
+    upload_timeout_seconds: float = 3600.0
+    # longest a worker's claim request waits for work (long polling)
+    claim_wait_seconds: float = 10.0
+    http_timeout_seconds: float = 30.0
+    threads: int = 32
+    concurrency: int = 0  # worker task loops; 0: one per CPU
+    worker_mode: str = "process"  # "process" or "thread"
+    max_image_pixels: int = 50_000_000
+    png_compress_level: int = 6
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.worker_mode not in ("process", "thread"):
+            raise ValueError(f"worker_mode must be 'process' or 'thread', not {self.worker_mode!r}")
+        for name in (
+            "max_upload_bytes",
+            "max_result_bytes",
+            "max_attempts",
+            "threads",
+            "max_image_pixels",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        if not 0 <= self.png_compress_level <= 9:
+            raise ValueError("png_compress_level must be between 0 and 9")
+
+    def port_for(self, role: str) -> int:
+        return self.port or DEFAULT_PORTS[role]
+
+    def advertised(self, role: str) -> str:
+        return self.advertise_address or f"{self.host}:{self.port_for(role)}"
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Build from ``DARKROOM_*`` variables; ``overrides`` that are not None win."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(f"DARKROOM_{field.name.upper()}")
+            if raw is not None and raw != "":
+                values[field.name] = _parse(field, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(field: dataclasses.Field[Any], raw: str) -> Any:
+    kind = type(field.default)
+    try:
+        if kind is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if kind is Path:
+            return Path(raw)
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"DARKROOM_{field.name.upper()}={raw!r}: {exc}") from exc

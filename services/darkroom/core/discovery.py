@@ -1,0 +1,186 @@
+"""Finding other services through the registry, and calling them.
+
+Addresses are cached briefly and resolved again after a failed call, so a service that moved
+is found without restarting anything. Registration retries with backoff while the registry is
+down, in the background, so no service crashes or waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+from darkroom.core import requestid
+from darkroom.core.errors import UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def new_session(pool_size: int = 32) -> requests.Session:
+    """A session with a connection pool large enough for every server thread."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.trust_env = False  # never route service-to-service calls through a proxy
+    return session
+
+
+class RegistryClient:
+    """The registry's own API: ``/get``, ``/set``."""
+
+    def __init__(self, address: str, session: requests.Session, timeout: float = 5.0) -> None:
+        self.base_url = f"http://{address}"
+        self._session = session
+        self._timeout = timeout
+
+    def get(self, key: str) -> str | None:
+        response = self._session.get(
+            f"{self.base_url}/get", params={"key": key}, timeout=self._timeout
+        )
+        with response:
+            if response.status_code == 404:
+                return None
+            response.raise_for_status()
+            return response.text
+
+    def set(self, key: str, value: str) -> None:
+        response = self._session.post(
+            f"{self.base_url}/set", params={"key": key, "value": value}, timeout=self._timeout
+        )
+        with response:
+            response.raise_for_status()
+
+
+class Backoff:
+    """Capped exponential delays: 0.1 s, 0.2 s, ... up to ``cap``."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first, self.cap = first, cap
+        self.delay = first
+
+    def next(self) -> float:
+        delay, self.delay = self.delay, min(self.delay * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+def keep_registered(
+    registry: RegistryClient,
+    key: str,
+    value: str,
+    stop: threading.Event,
+    refresh_seconds: float = 30.0,
+) -> threading.Thread:
+    """Register ``key=value`` now and every ``refresh_seconds``, retrying while the registry is down.
+
+    Re-asserting keeps the entry right after a registry lost or someone overwrote it.
+    """
+
+    def run() -> None:
+        backoff = Backoff()
+        while not stop.is_set():
+            try:
+                if registry.get(key) != value:
+                    registry.set(key, value)
+                    log.info("registered", extra={"key": key, "value": value})
+                backoff.reset()
+                stop.wait(refresh_seconds)
+            except requests.RequestException as exc:
+                delay = backoff.next()
+                log.warning(
+                    "registry unreachable, retrying",
+                    extra={"key": key, "error": str(exc), "retry_in": delay},
+                )
+                stop.wait(delay)
+
+    thread = threading.Thread(target=run, name=f"register-{key}", daemon=True)
+    thread.start()
+    return thread
+
+
+class ServiceLocator:
+    """Addresses of other services by registry key, cached for ``ttl`` seconds."""
+
+    def __init__(
+        self, registry: RegistryClient, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._registry = registry
+        self._ttl = ttl
+        self._clock = clock
+        self._cache: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def address(self, key: str) -> str:
+        now = self._clock()
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached and cached[1] > now:
+            return cached[0]
+        try:
+            address = self._registry.get(key)
+        except requests.RequestException as exc:
+            if cached:  # a stale address beats none while the registry restarts
+                return cached[0]
+            raise UpstreamUnavailable("registry", str(exc)) from exc
+        if not address:
+            raise UpstreamUnavailable(key.removesuffix("Address"), f"{key} is not registered")
+        with self._lock:
+            self._cache[key] = (address, now + self._ttl)
+        return address
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._cache.pop(key, None)
+
+
+class ServiceClient:
+    """HTTP calls to one service found through the registry, with timeouts and request ids."""
+
+    def __init__(
+        self,
+        locator: ServiceLocator,
+        key: str,
+        session: requests.Session,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.name = key.removesuffix("Address")
+        self._locator = locator
+        self._key = key
+        self._session = session
+        self._timeout = timeout
+        self._headers = headers or {}
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Send a request; on a connection failure resolve the address again and retry once.
+
+        A streamed body cannot be sent twice, so it is retried only when it is absent or bytes.
+        """
+        kwargs.setdefault("timeout", self._timeout)
+        headers = {**self._headers, **kwargs.pop("headers", {})}
+        if request_id := requestid.current.get():
+            headers[requestid.HEADER] = request_id
+        replayable = isinstance(kwargs.get("data"), bytes | str | None)
+        for attempt in (1, 2):
+            url = f"http://{self._locator.address(self._key)}{path}"
+            try:
+                return self._session.request(method, url, headers=headers, **kwargs)
+            except requests.ConnectionError as exc:
+                self._locator.forget(self._key)
+                if attempt == 2 or not replayable:
+                    raise UpstreamUnavailable(self.name, _short(exc)) from exc
+            except requests.Timeout as exc:
+                raise UpstreamUnavailable(self.name, "timed out") from exc
+        raise AssertionError("unreachable")
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) < 200 else text[:200] + "..."

@@ -1,0 +1,43 @@
+"""Errors shared by every role, and turning a failed call to another service into an answer."""
+
+from __future__ import annotations
+
+import falcon
+import requests
+
+
+class UpstreamUnavailable(falcon.HTTPServiceUnavailable):
+    """Another Darkroom service could not be reached; the client may retry."""
+
+    def __init__(self, service: str, reason: str) -> None:
+        super().__init__(
+            title="Service unavailable",
+            description=f"The {service} service is not reachable: {reason}",
+            retry_after=1,
+        )
+
+
+def raise_for_upstream(response: requests.Response, service: str) -> None:
+    """Re-raise an upstream error answer with its real status and message, never as a 200."""
+    if response.status_code < 400:
+        return
+    title, description = _error_text(response)
+    status = falcon.code_to_http_status(response.status_code)
+    if response.status_code >= 500 and response.status_code not in (503, 507):
+        # The upstream's internals are its own business: say which hop failed.
+        raise falcon.HTTPBadGateway(
+            title="Upstream error",
+            description=f"The {service} service failed ({response.status_code}): {description}",
+        )
+    raise falcon.HTTPError(status, title=title, description=description)
+
+
+def _error_text(response: requests.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()[:500]
+        return response.reason or "Error", text
+    if isinstance(body, dict):
+        return str(body.get("title", response.reason)), str(body.get("description", ""))
+    return response.reason or "Error", str(body)[:500]

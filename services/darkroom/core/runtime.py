@@ -1,0 +1,61 @@
+"""What a running role needs around its app: a session, the registry, discovery, logging."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from darkroom.core.config import ADDRESS_KEYS, Config
+from darkroom.core.discovery import (
+    RegistryClient,
+    ServiceClient,
+    ServiceLocator,
+    keep_registered,
+    new_session,
+)
+from darkroom.core.errors import UpstreamUnavailable
+
+
+class Runtime:
+    def __init__(self, config: Config, role: str) -> None:
+        self.config = config
+        self.role = role
+        self.stop = threading.Event()
+        self.session = new_session(pool_size=max(config.threads, 8))
+        self.registry = RegistryClient(config.registry_address, self.session)
+        self.locator = ServiceLocator(self.registry, ttl=config.discovery_ttl_seconds)
+
+    def client(self, role: str, timeout: float | None = None) -> ServiceClient:
+        return ServiceClient(
+            self.locator,
+            ADDRESS_KEYS[role],
+            self.session,
+            timeout=timeout or self.config.http_timeout_seconds,
+        )
+
+    def register(self) -> None:
+        """Advertise this role's address in the registry, in the background, for as long as it runs."""
+        keep_registered(
+            self.registry, ADDRESS_KEYS[self.role], self.config.advertised(self.role), self.stop
+        )
+
+    def reachable(self, *roles: str) -> list:
+        """Readiness checks: each role's address can be resolved."""
+
+        def check(role: str):
+            def probe() -> str | None:
+                try:
+                    self.locator.address(ADDRESS_KEYS[role])
+                except UpstreamUnavailable as exc:
+                    return str(exc.description)
+                return None
+
+            return probe
+
+        return [check(role) for role in roles]
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )

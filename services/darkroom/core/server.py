@@ -1,0 +1,44 @@
+"""Serving a role's app with waitress, and stopping it cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from types import FrameType
+
+import falcon
+import waitress
+
+from darkroom.core.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # waitress closes its sockets on SystemExit and returns from run()
+    sys.exit(0)
+
+
+def serve(app: falcon.App, config: Config, role: str, max_body_bytes: int | None = None) -> None:
+    port = config.port_for(role)
+    max_body_bytes = max_body_bytes or config.max_upload_bytes
+    server = waitress.create_server(
+        app,
+        host=config.host,
+        port=port,
+        threads=config.threads,
+        # waitress answers 413 itself for bodies over the upload limit (with slack for headers)
+        max_request_body_size=max_body_bytes + 64 * 1024,
+        max_request_header_size=64 * 1024,
+        channel_timeout=config.http_timeout_seconds * 2,
+        connection_limit=1000,
+        ident="darkroom",
+        clear_untrusted_proxy_headers=True,
+    )
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    log.info("serving", extra={"role": role, "address": f"{config.host}:{port}"})
+    try:
+        server.run()
+    finally:
+        server.close()

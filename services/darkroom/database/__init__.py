@@ -1,0 +1,1 @@
+"""The database: task records with leases, in SQLite."""

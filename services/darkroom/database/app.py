@@ -1,0 +1,167 @@
+"""The database's HTTP API: the seed's routes plus leases, heartbeats and failures."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import falcon
+
+from darkroom.core.app import create_base_app
+from darkroom.core.config import Config
+from darkroom.core.ids import require_task_id
+from darkroom.database.store import State, Task, TaskConflict, TaskNotFound, TaskStore
+
+MAX_ERROR_LENGTH = 2000
+MAX_PIPELINE_LENGTH = 1000
+# a waiting claim holds a server thread: bound it
+MAX_CLAIM_WAIT_SECONDS = 30.0
+
+
+def _timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def task_document(task: Task, with_lease: bool = False) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "id": task.id,
+        "state": int(task.state),
+        "stateName": task.state.label,
+        "pipeline": task.pipeline,
+        "attempts": task.attempts,
+        "error": task.error,
+        "createdAt": _timestamp(task.created_at),
+        "updatedAt": _timestamp(task.updated_at),
+        "finishedAt": _timestamp(task.finished_at),
+    }
+    if with_lease:
+        document["lease"] = task.lease_token
+        document["leaseExpiresAt"] = _timestamp(task.lease_expires_at)
+    return document
+
+
+def _lease(req: falcon.Request) -> str:
+    return req.get_param("lease", required=True)
+
+
+def _success(resp: falcon.Response) -> None:
+    resp.content_type = falcon.MEDIA_TEXT
+    resp.text = "success"
+
+
+class Tasks:
+    """Every task route; one store call each, with the store's errors mapped to statuses."""
+
+    def __init__(self, store: TaskStore, max_wait: float) -> None:
+        self._store = store
+        self._max_wait = max_wait
+
+    def on_post_new(self, req: falcon.Request, resp: falcon.Response) -> None:
+        pipeline = req.get_param("pipeline", default="swap")
+        if not pipeline or len(pipeline) > MAX_PIPELINE_LENGTH:
+            raise falcon.HTTPBadRequest(
+                title="Invalid pipeline",
+                description=f"pipeline must be 1 to {MAX_PIPELINE_LENGTH} characters",
+            )
+        task = self._store.create(pipeline)
+        resp.status = falcon.HTTP_201
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.text = task.id
+
+    def on_post_enqueue(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._store.enqueue(require_task_id(req))
+        _success(resp)
+
+    def on_get_by_id(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = task_document(self._store.get(require_task_id(req)))
+
+    def on_post_claim(self, req: falcon.Request, resp: falcon.Response) -> None:
+        wait = req.get_param_as_float("wait", min_value=0, default=0.0)
+        task = self._store.claim(min(wait, self._max_wait))
+        if task is None:
+            resp.status = falcon.HTTP_204
+            return
+        resp.media = task_document(task, with_lease=True)
+
+    def on_post_heartbeat(self, req: falcon.Request, resp: falcon.Response) -> None:
+        task = self._store.heartbeat(require_task_id(req), _lease(req))
+        resp.media = task_document(task, with_lease=True)
+
+    def on_post_finish(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._store.finish(require_task_id(req), _lease(req))
+        _success(resp)
+
+    def on_post_fail(self, req: falcon.Request, resp: falcon.Response) -> None:
+        task_id = require_task_id(req)
+        lease = req.get_param("lease")
+        error = (req.get_param("error") or "").strip()
+        if not error:
+            raise falcon.HTTPBadRequest(title="Missing error", description="say why it failed")
+        retryable = req.get_param_as_bool("retry", default=False)
+        task = self._store.fail(task_id, lease, error[:MAX_ERROR_LENGTH], retryable)
+        resp.media = task_document(task)
+
+    def on_post_release(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._store.release(require_task_id(req), _lease(req))
+        _success(resp)
+
+    def on_post_set(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The seed's ``/setById``, limited to the moves an operator may make."""
+        body = req.get_media()
+        if not isinstance(body, dict) or not isinstance(body.get("state"), int):
+            raise falcon.HTTPBadRequest(
+                title="Invalid task", description='expected JSON {"id": "...", "state": 0 or 3}'
+            )
+        task_id = str(body.get("id", ""))
+        req.params["id"] = task_id
+        require_task_id(req)
+        actions = {State.QUEUED: self._store.retry, State.FAILED: self._store.cancel}
+        action = actions.get(body["state"])  # type: ignore[call-overload]
+        if action is None:
+            raise falcon.HTTPConflict(
+                title="State change not allowed",
+                description="only 0 (retry a failed task) or 3 (cancel a waiting task) may be set",
+            )
+        action(task_id)
+        _success(resp)
+
+    def on_get_list(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limit = req.get_param_as_int("limit", min_value=1, max_value=10_000, default=100)
+        tasks = self._store.recent(limit)
+        if req.client_accepts_json and not req.client_accepts("text/plain"):
+            resp.media = [task_document(task) for task in tasks]
+            return
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.text = "".join(f"{t.id} {int(t.state)} {t.state.label}\n" for t in tasks)
+
+
+def _not_found(req: falcon.Request, resp: falcon.Response, ex: TaskNotFound, params: Any) -> None:
+    raise falcon.HTTPNotFound(title="Unknown task", description="No task has this id.")
+
+
+def _conflict(req: falcon.Request, resp: falcon.Response, ex: TaskConflict, params: Any) -> None:
+    raise falcon.HTTPConflict(title="Task conflict", description=str(ex))
+
+
+def create_app(config: Config, store: TaskStore) -> falcon.App:
+    app = create_base_app()
+    app.add_error_handler(TaskNotFound, _not_found)
+    app.add_error_handler(TaskConflict, _conflict)
+    tasks = Tasks(store, max_wait=MAX_CLAIM_WAIT_SECONDS)
+    routes = {
+        "/newTask": "new",
+        "/enqueueTask": "enqueue",
+        "/getById": "by_id",
+        "/getNewTask": "claim",
+        "/heartbeat": "heartbeat",
+        "/finishTask": "finish",
+        "/failTask": "fail",
+        "/releaseTask": "release",
+        "/setById": "set",
+        "/list": "list",
+    }
+    for path, suffix in routes.items():
+        app.add_route(path, tasks, suffix=suffix)
+    return app

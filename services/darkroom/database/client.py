@@ -1,0 +1,38 @@
+"""Calling the database service (used by the master)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from darkroom.core.discovery import ServiceClient
+from darkroom.core.errors import raise_for_upstream
+
+
+class DatabaseClient:
+    def __init__(self, service: ServiceClient) -> None:
+        self._service = service
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """The raw answer, for routes the master relays as they are."""
+        return self._service.request(method, path, **kwargs)
+
+    def _checked(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        response = self._service.request(method, path, **kwargs)
+        raise_for_upstream(response, "database")
+        return response
+
+    def create(self, pipeline: str) -> str:
+        with self._checked("POST", "/newTask", params={"pipeline": pipeline}) as response:
+            return response.text
+
+    def enqueue(self, task_id: str) -> None:
+        self._checked("POST", "/enqueueTask", params={"id": task_id}).close()
+
+    def abandon_upload(self, task_id: str, error: str) -> None:
+        self._checked("POST", "/failTask", params={"id": task_id, "error": error}).close()
+
+    def get(self, task_id: str) -> dict[str, Any]:
+        with self._checked("GET", "/getById", params={"id": task_id}) as response:
+            return response.json()

@@ -1,0 +1,24 @@
+"""Running the database on its SQLite file."""
+
+from __future__ import annotations
+
+from darkroom.core.config import Config
+from darkroom.core.runtime import Runtime
+from darkroom.core.server import serve
+from darkroom.database.app import create_app
+from darkroom.database.store import LeasePolicy, SqliteTaskStore
+
+
+def open_store(config: Config) -> SqliteTaskStore:
+    policy = LeasePolicy(
+        lease_seconds=config.lease_seconds,
+        max_attempts=config.max_attempts,
+        upload_timeout_seconds=config.upload_timeout_seconds,
+    )
+    return SqliteTaskStore(config.data_dir / "tasks.sqlite3", policy)
+
+
+def run(config: Config) -> None:
+    store = open_store(config)
+    Runtime(config, "database").register()
+    serve(create_app(config, store), config, "database")

@@ -1,0 +1,389 @@
+"""Task records and their life cycle, behind an interface a PostgreSQL store can implement too.
+
+A claim gives a task a lease (token and expiry). Only the lease holder may extend, finish or
+fail it. An expired lease puts the task back in the queue; after ``max_attempts`` claims the
+task fails, keeping the last error. A finished task never changes again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from darkroom.core.ids import new_lease_token, new_task_id
+
+
+class State(enum.IntEnum):
+    UPLOADING = -1  # created, image still streaming to storage: not claimable
+    QUEUED = 0
+    IN_PROGRESS = 1
+    FINISHED = 2
+    FAILED = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", " ")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    id: str
+    state: State
+    pipeline: str
+    attempts: int
+    error: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    lease_token: str | None = None
+    lease_expires_at: float | None = None
+
+
+class TaskNotFound(LookupError):
+    pass
+
+
+class TaskConflict(Exception):
+    """The request does not fit the task's state or lease; the message says how."""
+
+
+class TaskStore(Protocol):
+    def create(self, pipeline: str) -> Task: ...
+    def enqueue(self, task_id: str) -> Task: ...
+    def get(self, task_id: str) -> Task: ...
+    def claim(self, wait_seconds: float = 0.0) -> Task | None: ...
+    def heartbeat(self, task_id: str, lease_token: str) -> Task: ...
+    def finish(self, task_id: str, lease_token: str) -> Task: ...
+    def fail(self, task_id: str, lease_token: str | None, error: str, retryable: bool) -> Task: ...
+    def release(self, task_id: str, lease_token: str) -> Task: ...
+    def retry(self, task_id: str) -> Task: ...
+    def cancel(self, task_id: str) -> Task: ...
+    def counts(self) -> dict[State, int]: ...
+    def recent(self, limit: int) -> list[Task]: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    state INTEGER NOT NULL,
+    pipeline TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    lease_token TEXT,
+    lease_expires_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, created_at);
+"""
+_COLUMNS = (
+    "id, state, pipeline, attempts, error, created_at, updated_at, finished_at,"
+    " lease_token, lease_expires_at"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeasePolicy:
+    lease_seconds: float = 60.0
+    max_attempts: int = 3
+    upload_timeout_seconds: float = 3600.0
+
+
+class SqliteTaskStore:
+    """Tasks in one SQLite file (WAL); every change is committed before the method returns."""
+
+    def __init__(
+        self,
+        path: Path,
+        policy: LeasePolicy,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = new_task_id,
+        new_token: Callable[[], str] = new_lease_token,
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a reply means the change is on disk
+        self._db.executescript(_SCHEMA)
+        self._policy = policy
+        self._clock = clock
+        self._new_id = new_id
+        self._new_token = new_token
+        self._lock = threading.Lock()
+        # Claimers long-poll on this; every change that may make a task claimable bumps it.
+        self._queue_changed = threading.Condition()
+        self._generation = 0
+        self.lease_expiries = 0
+
+    # -- transactions -------------------------------------------------------------------
+    def _transaction(self):
+        return _Transaction(self._db, self._lock)
+
+    def _row(self, task_id: str) -> Task:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise TaskNotFound(task_id)
+        return _task(row)
+
+    def _update(self, task_id: str, **fields: object) -> Task:
+        fields["updated_at"] = self._clock()
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self._db.execute(
+            f"UPDATE tasks SET {assignments} WHERE id = ?", (*fields.values(), task_id)
+        )
+        return self._row(task_id)
+
+    def _notify_claimers(self) -> None:
+        with self._queue_changed:
+            self._generation += 1
+            self._queue_changed.notify_all()
+
+    # -- life cycle ---------------------------------------------------------------------
+    def create(self, pipeline: str) -> Task:
+        now = self._clock()
+        task_id = self._new_id()
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO tasks (id, state, pipeline, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (task_id, State.UPLOADING, pipeline, now, now),
+            )
+            return self._row(task_id)
+
+    def enqueue(self, task_id: str) -> Task:
+        with self._transaction():
+            task = self._row(task_id)
+            if task.state == State.UPLOADING:
+                task = self._update(task_id, state=State.QUEUED)
+            elif task.state != State.QUEUED:
+                raise TaskConflict(
+                    f"task is {task.state.label}; only an uploading task is enqueued"
+                )
+        self._notify_claimers()
+        return task
+
+    def get(self, task_id: str) -> Task:
+        with self._transaction():
+            self._expire(self._clock())
+            return self._row(task_id)
+
+    def claim(self, wait_seconds: float = 0.0) -> Task | None:
+        """The oldest queued task, leased to the caller; waits up to ``wait_seconds`` for one."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            with self._queue_changed:
+                generation = self._generation
+            task = self._claim_once()
+            remaining = deadline - time.monotonic()
+            if task is not None or remaining <= 0:
+                return task
+            with self._queue_changed:
+                if generation == self._generation:
+                    # Wake at least twice a second so expired leases are noticed.
+                    self._queue_changed.wait(min(remaining, 0.5))
+
+    def _claim_once(self) -> Task | None:
+        now = self._clock()
+        with self._transaction():
+            self._expire(now)
+            row = self._db.execute(
+                "SELECT id FROM tasks WHERE state = ? ORDER BY created_at, rowid LIMIT 1",
+                (State.QUEUED,),
+            ).fetchone()
+            if row is None:
+                return None
+            task = self._row(row[0])
+            return self._update(
+                task.id,
+                state=State.IN_PROGRESS,
+                attempts=task.attempts + 1,
+                lease_token=self._new_token(),
+                lease_expires_at=now + self._policy.lease_seconds,
+            )
+
+    def heartbeat(self, task_id: str, lease_token: str) -> Task:
+        with self._transaction():
+            task = self._held(task_id, lease_token, State.IN_PROGRESS)
+            return self._update(
+                task.id, lease_expires_at=self._clock() + self._policy.lease_seconds
+            )
+
+    def finish(self, task_id: str, lease_token: str) -> Task:
+        with self._transaction():
+            task = self._row(task_id)
+            if task.state == State.FINISHED and task.lease_token == lease_token:
+                return task  # the holder repeating itself
+            # A holder whose lease just expired may still finish while nobody else holds it.
+            self._held(task_id, lease_token, State.IN_PROGRESS, State.QUEUED)
+            return self._update(
+                task_id,
+                state=State.FINISHED,
+                finished_at=self._clock(),
+                lease_expires_at=None,
+                error=None,
+            )
+
+    def fail(self, task_id: str, lease_token: str | None, error: str, retryable: bool) -> Task:
+        with self._transaction():
+            task = self._row(task_id)
+            if lease_token is None:
+                # Without a lease only an upload can be abandoned (by the master).
+                if task.state != State.UPLOADING:
+                    raise TaskConflict(f"task is {task.state.label}; failing it needs its lease")
+                return self._update(
+                    task_id, state=State.FAILED, error=error, finished_at=self._clock()
+                )
+            if task.state == State.FAILED and task.lease_token == lease_token:
+                return task
+            task = self._held(task_id, lease_token, State.IN_PROGRESS, State.QUEUED)
+            if retryable and task.attempts < self._policy.max_attempts:
+                task = self._update(task_id, state=State.QUEUED, error=error, lease_expires_at=None)
+            else:
+                task = self._update(
+                    task_id,
+                    state=State.FAILED,
+                    error=error,
+                    finished_at=self._clock(),
+                    lease_expires_at=None,
+                )
+        self._notify_claimers()
+        return task
+
+    def release(self, task_id: str, lease_token: str) -> Task:
+        """Give a task back untouched (a worker shutting down): the claim does not count."""
+        with self._transaction():
+            task = self._held(task_id, lease_token, State.IN_PROGRESS)
+            task = self._update(
+                task_id,
+                state=State.QUEUED,
+                attempts=max(task.attempts - 1, 0),
+                lease_token=None,
+                lease_expires_at=None,
+            )
+        self._notify_claimers()
+        return task
+
+    def retry(self, task_id: str) -> Task:
+        """Queue a failed task again with fresh attempts (an operator's decision)."""
+        with self._transaction():
+            task = self._row(task_id)
+            if task.state == State.QUEUED:
+                return task
+            if task.state != State.FAILED:
+                raise TaskConflict(f"task is {task.state.label}; only a failed task is retried")
+            task = self._update(
+                task_id,
+                state=State.QUEUED,
+                attempts=0,
+                error=None,
+                finished_at=None,
+                lease_token=None,
+            )
+        self._notify_claimers()
+        return task
+
+    def cancel(self, task_id: str) -> Task:
+        with self._transaction():
+            task = self._row(task_id)
+            if task.state == State.FAILED:
+                return task
+            if task.state not in (State.QUEUED, State.UPLOADING):
+                raise TaskConflict(f"task is {task.state.label}; only a waiting task is cancelled")
+            return self._update(
+                task_id, state=State.FAILED, error="cancelled", finished_at=self._clock()
+            )
+
+    def counts(self) -> dict[State, int]:
+        with self._transaction():
+            rows = self._db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
+        counts = dict.fromkeys(State, 0)
+        counts.update({State(state): n for state, n in rows})
+        return counts
+
+    def recent(self, limit: int) -> list[Task]:
+        with self._transaction():
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM tasks ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_task(row) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- rules --------------------------------------------------------------------------
+    def _held(self, task_id: str, lease_token: str, *states: State) -> Task:
+        task = self._row(task_id)
+        if task.lease_token != lease_token:
+            raise TaskConflict("lease lost: the task is leased to another worker or not leased")
+        if task.state not in states:
+            raise TaskConflict(f"task is {task.state.label}")
+        return task
+
+    def _expire(self, now: float) -> None:
+        """Put tasks with expired leases back in the queue, or fail them when out of attempts."""
+        policy = self._policy
+        failed = self._db.execute(
+            "UPDATE tasks SET state = ?, finished_at = ?, updated_at = ?, lease_expires_at = NULL,"
+            " error = 'lease expired ' || attempts || ' times; last error: '"
+            " || COALESCE(error, 'worker stopped responding')"
+            " WHERE state = ? AND lease_expires_at < ? AND attempts >= ?",
+            (State.FAILED, now, now, State.IN_PROGRESS, now, policy.max_attempts),
+        ).rowcount
+        requeued = self._db.execute(
+            "UPDATE tasks SET state = ?, updated_at = ?, lease_expires_at = NULL,"
+            " error = COALESCE(error, 'worker stopped responding')"
+            " WHERE state = ? AND lease_expires_at < ?",
+            (State.QUEUED, now, State.IN_PROGRESS, now),
+        ).rowcount
+        self._db.execute(
+            "UPDATE tasks SET state = ?, finished_at = ?, updated_at = ?,"
+            " error = 'upload never completed' WHERE state = ? AND created_at < ?",
+            (State.FAILED, now, now, State.UPLOADING, now - policy.upload_timeout_seconds),
+        )
+        self.lease_expiries += failed + requeued
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the store's lock; rolls back on any error."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
+        self._db, self._lock = db, lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        try:
+            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self._lock.release()
+
+
+def _task(row: tuple) -> Task:
+    (task_id, state, pipeline, attempts, error, created, updated, finished, token, expires) = row
+    return Task(
+        id=task_id,
+        state=State(state),
+        pipeline=pipeline,
+        attempts=attempts,
+        error=error,
+        created_at=created,
+        updated_at=updated,
+        finished_at=finished,
+        lease_token=token,
+        lease_expires_at=expires,
+    )

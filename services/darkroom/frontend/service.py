@@ -1,0 +1,18 @@
+"""Running the frontend."""
+
+from __future__ import annotations
+
+from darkroom.core.config import Config
+from darkroom.core.runtime import Runtime
+from darkroom.core.server import serve
+from darkroom.frontend.app import create_app
+from darkroom.master.client import MasterClient
+
+
+def run(config: Config) -> None:
+    runtime = Runtime(config, "frontend")
+    app = create_app(
+        config, MasterClient(runtime.client("master")), readiness=runtime.reachable("master")
+    )
+    runtime.register()
+    serve(app, config, "frontend")

@@ -1,0 +1,175 @@
+"""The master's HTTP API: the seed's routes for clients and workers, plus ``/status``."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import falcon
+
+from darkroom.core.app import create_base_app
+from darkroom.core.config import Config
+from darkroom.core.ids import require_task_id
+from darkroom.core.imagetypes import EXTENSIONS, SNIFF_BYTES, sniff_media_type
+from darkroom.core.relay import relay, relay_stream
+from darkroom.core.streams import iter_chunks
+from darkroom.database.client import DatabaseClient
+from darkroom.storage.client import StorageClient
+from darkroom.storage.store import Folder
+
+# Turns the ``op`` text of an upload into its canonical form, or raises ValueError saying why.
+PipelineCheck = Callable[[str | None], str]
+
+SUPPORTED = ", ".join(sorted(EXTENSIONS.values()))
+
+
+def _read_head(stream: BinaryIO) -> bytes:
+    """The first bytes of the body, enough to recognise the format (reads may come short)."""
+    head = b""
+    while len(head) < SNIFF_BYTES and (chunk := stream.read(SNIFF_BYTES - len(head))):
+        head += chunk
+    return head
+
+
+class Jobs:
+    """The client API: upload, ask, download."""
+
+    def __init__(
+        self,
+        database: DatabaseClient,
+        storage: StorageClient,
+        check_pipeline: PipelineCheck,
+        max_upload_bytes: int,
+    ) -> None:
+        self._database = database
+        self._storage = storage
+        self._check_pipeline = check_pipeline
+        self._max_upload_bytes = max_upload_bytes
+
+    def on_post_new(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if (req.content_length or 0) > self._max_upload_bytes:
+            raise falcon.HTTPContentTooLarge(
+                title="Image too large",
+                description=f"Images may be at most {self._max_upload_bytes} bytes.",
+            )
+        try:
+            pipeline = self._check_pipeline(req.get_param("op"))
+        except ValueError as exc:
+            raise falcon.HTTPBadRequest(title="Invalid operation", description=str(exc)) from exc
+        stream = req.bounded_stream
+        head = _read_head(stream)
+        if not head:
+            raise falcon.HTTPBadRequest(
+                title="Empty upload", description="Send the image as the request body."
+            )
+        if sniff_media_type(head) is None:
+            raise falcon.HTTPUnsupportedMediaType(
+                title="Not a supported image",
+                description=f"The body is not an image in a supported format ({SUPPORTED}).",
+            )
+        task_id = self._database.create(pipeline)
+        try:
+            body = itertools.chain([head], iter_chunks(stream))
+            self._storage.send(Folder.WORKING, task_id, body)
+        except Exception as exc:
+            # Leave no half-made task behind; the client gets the storage's error.
+            self._abandon(task_id, exc)
+            raise
+        self._database.enqueue(task_id)
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.text = task_id
+
+    def _abandon(self, task_id: str, cause: Exception) -> None:
+        reason = getattr(cause, "description", None) or type(cause).__name__
+        try:
+            self._database.abandon_upload(task_id, f"upload failed: {reason}")
+        except Exception:
+            pass  # the database fails uploads that never complete by itself
+
+    def _task(self, req: falcon.Request) -> dict[str, Any]:
+        return self._database.get(require_task_id(req))
+
+    def on_get_is_ready(self, req: falcon.Request, resp: falcon.Response) -> None:
+        task = self._task(req)
+        _raise_if_failed(task)
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.text = "1" if task["stateName"] == "finished" else "0"
+
+    def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self._task(req)
+
+    def on_get_result(self, req: falcon.Request, resp: falcon.Response) -> None:
+        task = self._task(req)
+        _raise_if_failed(task)
+        if task["stateName"] != "finished":
+            raise falcon.HTTPConflict(
+                title="Not finished",
+                description=f"The job is {task['stateName']}; ask /isReady until it answers 1.",
+                headers={"Retry-After": "1"},
+            )
+        upstream = self._storage.open(Folder.FINISHED, task["id"])
+        relay_stream(upstream, resp)
+        extension = EXTENSIONS.get(resp.content_type or "", "bin")
+        resp.downloadable_as = f"darkroom-{task['id']}.{extension}"
+
+
+def _raise_if_failed(task: dict[str, Any]) -> None:
+    if task["stateName"] == "failed":
+        raise falcon.HTTPUnprocessableEntity(
+            title="Job failed", description=f"The job failed: {task['error']}"
+        )
+
+
+class WorkerApi:
+    """The routes workers use; each relays the database's answer with its real status."""
+
+    def __init__(self, database: DatabaseClient, claim_timeout: float) -> None:
+        self._database = database
+        self._claim_timeout = claim_timeout
+
+    def _relay(self, req: falcon.Request, resp: falcon.Response, path: str, **kwargs: Any) -> None:
+        relay(self._database.call("POST", path, params=req.params, **kwargs), resp, "database")
+
+    def on_post_claim(self, req: falcon.Request, resp: falcon.Response) -> None:
+        wait = req.get_param_as_float("wait", min_value=0, max_value=30, default=0.0)
+        self._relay(req, resp, "/getNewTask", timeout=wait + self._claim_timeout)
+
+    def on_post_finish(self, req: falcon.Request, resp: falcon.Response) -> None:
+        require_task_id(req)
+        self._relay(req, resp, "/finishTask")
+
+    def on_post_heartbeat(self, req: falcon.Request, resp: falcon.Response) -> None:
+        require_task_id(req)
+        self._relay(req, resp, "/heartbeat")
+
+    def on_post_fail(self, req: falcon.Request, resp: falcon.Response) -> None:
+        require_task_id(req)
+        req.get_param("lease", required=True)  # workers fail only what they hold
+        self._relay(req, resp, "/failTask")
+
+    def on_post_release(self, req: falcon.Request, resp: falcon.Response) -> None:
+        require_task_id(req)
+        self._relay(req, resp, "/releaseTask")
+
+
+def create_app(
+    config: Config,
+    database: DatabaseClient,
+    storage: StorageClient,
+    check_pipeline: PipelineCheck,
+    readiness: list[Callable[[], str | None]] | None = None,
+) -> falcon.App:
+    app = create_base_app(readiness=readiness or [])
+    jobs = Jobs(database, storage, check_pipeline, config.max_upload_bytes)
+    app.add_route("/new", jobs, suffix="new")
+    app.add_route("/isReady", jobs, suffix="is_ready")
+    app.add_route("/status", jobs, suffix="status")
+    app.add_route("/get", jobs, suffix="result")
+    workers = WorkerApi(database, claim_timeout=config.http_timeout_seconds)
+    app.add_route("/getNewTask", workers, suffix="claim")
+    app.add_route("/registerTaskFinished", workers, suffix="finish")
+    app.add_route("/heartbeat", workers, suffix="heartbeat")
+    app.add_route("/failTask", workers, suffix="fail")
+    app.add_route("/releaseTask", workers, suffix="release")
+    return app

@@ -1,0 +1,1 @@
+"""The registry: a small key/value store where services publish their addresses."""

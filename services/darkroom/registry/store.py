@@ -1,0 +1,106 @@
+"""Where the registry keeps its keys: one interface, a file backend here, a ConfigMap in Kubernetes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+from typing import Protocol
+
+# The rules Kubernetes applies to ConfigMap keys, so every backend accepts the same keys.
+KEY_PATTERN = re.compile(r"[-._a-zA-Z0-9]+")
+MAX_KEY_LENGTH = 253
+MAX_VALUE_LENGTH = 4096
+
+
+class InvalidEntry(ValueError):
+    """A key or value the registry refuses; the message says why."""
+
+
+class StoreFull(Exception):
+    """The write would exceed what the backend can hold."""
+
+
+def validate_key(key: str) -> None:
+    if not key:
+        raise InvalidEntry("key must not be empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidEntry(f"key is {len(key)} characters long; at most {MAX_KEY_LENGTH} allowed")
+    if not KEY_PATTERN.fullmatch(key) or key in (".", ".."):
+        raise InvalidEntry("key may contain only letters, digits, '-', '_' and '.'")
+
+
+def validate_value(value: str) -> None:
+    if not value:
+        raise InvalidEntry("value must not be empty")
+    if len(value) > MAX_VALUE_LENGTH:
+        raise InvalidEntry(f"value is {len(value)} characters; at most {MAX_VALUE_LENGTH} allowed")
+    if not value.isprintable():
+        raise InvalidEntry("value must be printable text without control characters")
+
+
+class KeyValueStore(Protocol):
+    def get(self, key: str) -> str | None: ...
+
+    def set(self, key: str, value: str) -> None: ...
+
+    def remove(self, key: str) -> bool:
+        """Remove ``key``; False when it was not there."""
+        ...
+
+    def items(self) -> dict[str, str]: ...
+
+    def problem(self) -> str | None:
+        """None when the store can serve, else why not (drives ``/readyz``)."""
+        ...
+
+
+class FileKeyValueStore:
+    """Keys in memory, persisted atomically to one JSON file so a restart keeps them."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._data: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            return self._data.get(key)
+
+    def set(self, key: str, value: str) -> None:
+        with self._lock:
+            if self._data.get(key) == value:
+                return
+            self._write({**self._data, key: value})
+
+    def remove(self, key: str) -> bool:
+        with self._lock:
+            if key not in self._data:
+                return False
+            self._write({k: v for k, v in self._data.items() if k != key})
+            return True
+
+    def items(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._data)
+
+    def problem(self) -> str | None:
+        return None
+
+    def _write(self, data: dict[str, str]) -> None:
+        """Replace the file atomically, then the in-memory copy: memory never runs ahead of disk."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".registry-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as file:
+                json.dump(data, file, indent=1, sort_keys=True)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, self._path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._data = data

@@ -1,0 +1,1 @@
+"""The storage: image files in ``working/`` and ``finished/``."""

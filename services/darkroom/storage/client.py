@@ -1,0 +1,43 @@
+"""Calling the storage service (used by the master and the worker)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import requests
+
+from darkroom.core.discovery import ServiceClient
+from darkroom.core.errors import raise_for_upstream
+from darkroom.storage.store import Folder
+
+
+class StorageClient:
+    def __init__(self, service: ServiceClient) -> None:
+        self._service = service
+
+    def send(self, folder: Folder, task_id: str, body: Iterable[bytes] | bytes) -> None:
+        response = self._service.request(
+            "POST", "/sendImage", params={"id": task_id, "state": str(folder)}, data=body
+        )
+        with response:
+            raise_for_upstream(response, "storage")
+
+    def open(self, folder: Folder, task_id: str) -> requests.Response:
+        """The image as a streaming response (close it); upstream errors raised as theirs."""
+        response = self._service.request(
+            "GET", "/getImage", params={"id": task_id, "state": str(folder)}, stream=True
+        )
+        if response.status_code >= 400:
+            with response:
+                raise_for_upstream(response, "storage")
+        return response
+
+    def delete(self, folder: Folder, task_id: str) -> bool:
+        response = self._service.request(
+            "DELETE", "/deleteImage", params={"id": task_id, "state": str(folder)}
+        )
+        with response:
+            if response.status_code == 404:
+                return False
+            raise_for_upstream(response, "storage")
+            return True

@@ -1,0 +1,123 @@
+"""Image files on a volume, behind an interface an S3-compatible store can implement too.
+
+Writes stream into a temporary file in the target folder, fsync, then rename: a reader
+never sees a partial file, and an interrupted upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from darkroom.core.ids import is_task_id
+from darkroom.core.imagetypes import SNIFF_BYTES, sniff_media_type
+
+TEMP_PREFIX = ".upload-"
+
+
+class Folder(enum.StrEnum):
+    WORKING = "working"
+    FINISHED = "finished"
+
+
+class TooLarge(Exception):
+    pass
+
+
+class ImageNotFound(LookupError):
+    pass
+
+
+class StoredImage:
+    """An open stored image: its stream, size and media type."""
+
+    def __init__(self, stream: BinaryIO, size: int, media_type: str) -> None:
+        self.stream, self.size, self.media_type = stream, size, media_type
+
+
+class ImageStore(Protocol):
+    def write(self, folder: Folder, task_id: str, chunks: Iterator[bytes], limit: int) -> int:
+        """Store the image atomically; returns its size. Raises TooLarge past ``limit`` bytes."""
+        ...
+
+    def open(self, folder: Folder, task_id: str) -> StoredImage: ...
+
+    def delete(self, folder: Folder, task_id: str) -> bool: ...
+
+
+class FileImageStore:
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        for folder in Folder:
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        self.remove_partial_uploads()
+
+    def _path(self, folder: Folder, task_id: str) -> Path:
+        # Ids are validated by the API too; checking here keeps every path inside the root.
+        if not is_task_id(task_id):
+            raise ValueError(f"not a task id: {task_id!r}")
+        return self._root / folder / task_id
+
+    def write(self, folder: Folder, task_id: str, chunks: Iterator[bytes], limit: int) -> int:
+        target = self._path(folder, task_id)
+        fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                size = _copy_bounded(chunks, file, limit)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp_name, target)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+        _fsync_directory(target.parent)
+        return size
+
+    def open(self, folder: Folder, task_id: str) -> StoredImage:
+        try:
+            stream = self._path(folder, task_id).open("rb")
+        except FileNotFoundError as exc:
+            raise ImageNotFound(task_id) from exc
+        size = os.fstat(stream.fileno()).st_size
+        media_type = sniff_media_type(stream.read(SNIFF_BYTES)) or "application/octet-stream"
+        stream.seek(0)
+        return StoredImage(stream, size, media_type)
+
+    def delete(self, folder: Folder, task_id: str) -> bool:
+        try:
+            self._path(folder, task_id).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove_partial_uploads(self) -> int:
+        """Delete temporary files a crash left behind (only one storage process owns the root)."""
+        removed = 0
+        for folder in Folder:
+            for leftover in (self._root / folder).glob(f"{TEMP_PREFIX}*"):
+                leftover.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+def _copy_bounded(chunks: Iterator[bytes], file: BinaryIO, limit: int) -> int:
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"the image is larger than the limit of {limit} bytes")
+        file.write(chunk)
+    return size
+
+
+def _fsync_directory(path: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""The worker: claims tasks from the master, processes images, stores results."""

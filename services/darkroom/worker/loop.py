@@ -1,0 +1,146 @@
+"""One task loop: claim, download, process, upload, finish; never dies of a bad task."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import BinaryIO
+
+import requests
+
+from darkroom.core.discovery import Backoff
+from darkroom.core.streams import iter_chunks
+from darkroom.master.client import Claim, LeaseLost, MasterClient
+from darkroom.storage.client import StorageClient
+from darkroom.storage.store import Folder
+
+log = logging.getLogger(__name__)
+
+# Images up to this size are processed in memory; larger ones spill to temporary files.
+SPOOL_BYTES = 8 * 1024 * 1024
+
+# process(source, destination, pipeline) -> media type; raises Rejected for a bad image
+Processor = Callable[[BinaryIO, BinaryIO, str], str]
+
+
+class TaskLoop:
+    def __init__(
+        self,
+        master: MasterClient,
+        storage: StorageClient,
+        process: Processor,
+        rejected: type[Exception],
+        claim_wait_seconds: float,
+        lease_seconds: float,
+        http_timeout: float,
+        stop: threading.Event,
+    ) -> None:
+        self._master = master
+        self._storage = storage
+        self._process = process
+        self._rejected = rejected
+        self._claim_wait = claim_wait_seconds
+        self._heartbeat_every = max(lease_seconds / 3, 0.05)
+        self._http_timeout = http_timeout
+        self._stop = stop
+        self.completed = 0
+        self.failed = 0
+
+    def run(self) -> None:
+        backoff = Backoff(first=0.1, cap=5.0)
+        while not self._stop.is_set():
+            try:
+                claim = self._master.claim(self._claim_wait, self._http_timeout)
+            except Exception as exc:
+                delay = backoff.next()
+                log.warning("claim failed", extra={"error": str(exc), "retry_in": delay})
+                self._stop.wait(delay)
+                continue
+            backoff.reset()
+            if claim is None:
+                continue
+            if self._stop.is_set():
+                self._give_back(claim)
+                return
+            self.handle(claim)
+
+    def handle(self, claim: Claim) -> None:
+        """Process one claimed task; every outcome is reported to the master."""
+        log.info("task claimed", extra={"task": claim.task_id, "attempt": claim.attempts})
+        with _Heartbeat(self._master, claim, self._heartbeat_every):
+            try:
+                self._process_task(claim)
+            except LeaseLost:
+                log.warning(
+                    "lease lost; another worker has the task", extra={"task": claim.task_id}
+                )
+            except self._rejected as exc:
+                self.failed += 1
+                self._report_failure(claim, str(exc), retryable=False)
+            except Exception as exc:
+                log.exception("task error", extra={"task": claim.task_id})
+                self._report_failure(claim, f"{type(exc).__name__}: {exc}", retryable=True)
+
+    def _process_task(self, claim: Claim) -> None:
+        with (
+            tempfile.SpooledTemporaryFile(SPOOL_BYTES) as source,
+            tempfile.SpooledTemporaryFile(SPOOL_BYTES) as result,
+        ):
+            with self._storage.open(Folder.WORKING, claim.task_id) as download:
+                for chunk in download.iter_content(256 * 1024):
+                    source.write(chunk)
+            source.seek(0)
+            media_type = self._process(source, result, claim.pipeline)
+            result.seek(0)
+            self._storage.send(Folder.FINISHED, claim.task_id, iter_chunks(result))
+            self._master.finish(claim)
+        self.completed += 1
+        log.info("task finished", extra={"task": claim.task_id, "media_type": media_type})
+
+    def _report_failure(self, claim: Claim, error: str, retryable: bool) -> None:
+        log.warning(
+            "task failed", extra={"task": claim.task_id, "error": error, "retryable": retryable}
+        )
+        try:
+            self._master.fail(claim, error, retryable)
+        except (LeaseLost, requests.RequestException, Exception) as exc:
+            # The lease will expire and the task will be retried: nothing is lost.
+            log.warning(
+                "could not report failure", extra={"task": claim.task_id, "error": str(exc)}
+            )
+
+    def _give_back(self, claim: Claim) -> None:
+        try:
+            self._master.release(claim)
+        except Exception as exc:
+            log.warning("could not release task", extra={"task": claim.task_id, "error": str(exc)})
+
+
+class _Heartbeat:
+    """Extends the lease in the background while a task is processed."""
+
+    def __init__(self, master: MasterClient, claim: Claim, every: float) -> None:
+        self._master, self._claim, self._every = master, claim, every
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._every):
+            try:
+                self._master.heartbeat(self._claim)
+            except LeaseLost:
+                return
+            except Exception as exc:
+                log.warning(
+                    "heartbeat failed", extra={"task": self._claim.task_id, "error": str(exc)}
+                )

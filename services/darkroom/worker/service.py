@@ -1,0 +1,127 @@
+"""Running the worker: N task loops (processes or threads) and a small health server.
+
+Processes by default: decoding and encoding images hold the GIL for long stretches, so
+threads share one core (see docs/benchmarks.md). A loop process that dies is started again.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import BinaryIO
+
+from darkroom.core.app import create_base_app
+from darkroom.core.config import Config
+from darkroom.core.runtime import Runtime, configure_logging
+from darkroom.core.server import serve
+from darkroom.master.client import MasterClient
+from darkroom.storage.client import StorageClient
+from darkroom.worker.loop import TaskLoop
+from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
+
+log = logging.getLogger(__name__)
+
+
+def loop_count(config: Config) -> int:
+    return config.concurrency or os.cpu_count() or 1
+
+
+def build_loop(config: Config, runtime: Runtime) -> TaskLoop:
+    settings = ProcessingSettings(
+        max_image_pixels=config.max_image_pixels, png_compress_level=config.png_compress_level
+    )
+
+    def process(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str:
+        return process_image(source, destination, pipeline, settings)
+
+    return TaskLoop(
+        master=MasterClient(runtime.client("master")),
+        storage=StorageClient(runtime.client("storage")),
+        process=process,
+        rejected=ImageRejected,
+        claim_wait_seconds=config.claim_wait_seconds,
+        lease_seconds=config.lease_seconds,
+        http_timeout=config.http_timeout_seconds,
+        stop=runtime.stop,
+    )
+
+
+def _loop_process(config: Config) -> None:
+    """Entry point of one loop process: runs until SIGTERM, then finishes its task."""
+    configure_logging(config.log_level)
+    runtime = Runtime(config, "worker")
+    signal.signal(signal.SIGTERM, lambda *_: runtime.stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    build_loop(config, runtime).run()
+
+
+class LoopProcesses:
+    """Keeps N loop processes running until stopped."""
+
+    def __init__(self, config: Config, count: int) -> None:
+        self._config = config
+        self._context = multiprocessing.get_context("spawn")
+        self._processes = [self._start() for _ in range(count)]
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name="loop-watch")
+        self._watcher.start()
+
+    def _start(self) -> multiprocessing.process.BaseProcess:
+        process = self._context.Process(target=_loop_process, args=(self._config,), daemon=False)
+        process.start()
+        return process
+
+    def _watch(self) -> None:
+        while not self._stop.wait(1.0):
+            for index, process in enumerate(self._processes):
+                if not process.is_alive() and not self._stop.is_set():
+                    log.error("task loop died; starting another", extra={"exit": process.exitcode})
+                    self._processes[index] = self._start()
+
+    def stop(self, grace_seconds: float) -> None:
+        self._stop.set()
+        for process in self._processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        for process in self._processes:
+            process.join(grace_seconds)
+            if process.is_alive():
+                process.kill()
+
+
+class LoopThreads:
+    def __init__(self, config: Config, runtime: Runtime, count: int) -> None:
+        self._runtime = runtime
+        self._threads = [
+            threading.Thread(target=build_loop(config, runtime).run, name=f"loop-{n}")
+            for n in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, grace_seconds: float) -> None:
+        self._runtime.stop.set()
+        for thread in self._threads:
+            thread.join(grace_seconds)
+
+
+def run(config: Config) -> None:
+    runtime = Runtime(config, "worker")
+    count = loop_count(config)
+    loops: LoopProcesses | LoopThreads
+    if config.worker_mode == "thread":
+        loops = LoopThreads(config, runtime, count)
+    else:
+        loops = LoopProcesses(config, count)
+    log.info("worker started", extra={"loops": count, "mode": config.worker_mode})
+    app = create_base_app(readiness=runtime.reachable("master", "storage"))
+    stopper: Callable[[float], None] = loops.stop
+    try:
+        serve(app, config, "worker")
+    finally:
+        # A claim waits at most claim_wait; a task gets a lease's time to finish.
+        stopper(config.claim_wait_seconds + config.lease_seconds)

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import pytest
+from falcon import testing
+
+from darkroom.database.app import create_app
+from darkroom.database.service import open_store
+
+
+@pytest.fixture
+def client(config) -> testing.TestClient:
+    return testing.TestClient(create_app(config, open_store(config)))
+
+
+def new_queued(client) -> str:
+    created = client.simulate_post("/newTask", params={"pipeline": "grayscale"})
+    assert created.status_code == 201
+    assert client.simulate_post("/enqueueTask", params={"id": created.text}).text == "success"
+    return created.text
+
+
+def test_task_life_cycle(client):
+    task_id = new_queued(client)
+    task = client.simulate_get("/getById", params={"id": task_id}).json
+    assert task["state"] == 0 and task["stateName"] == "queued"
+    assert task["pipeline"] == "grayscale"
+    claim = client.simulate_post("/getNewTask").json
+    assert claim["id"] == task_id and claim["state"] == 1 and claim["lease"]
+    beat = client.simulate_post("/heartbeat", params={"id": task_id, "lease": claim["lease"]})
+    assert beat.status_code == 200
+    done = client.simulate_post("/finishTask", params={"id": task_id, "lease": claim["lease"]})
+    assert done.text == "success"
+    assert client.simulate_get("/getById", params={"id": task_id}).json["state"] == 2
+
+
+def test_nothing_to_claim_is_204(client):
+    assert client.simulate_post("/getNewTask").status_code == 204
+
+
+@pytest.mark.parametrize(
+    "bad_id", ["1", "-1", "../../etc/passwd", "A" * 21, "A" * 23, "A" * 21 + "!"]
+)
+def test_ids_strictly_validated(client, bad_id):
+    result = client.simulate_get("/getById", params={"id": bad_id})
+    assert result.status_code == 400
+    assert "task id" in result.json["description"]
+
+
+def test_unknown_id_is_404(client):
+    assert client.simulate_get("/getById", params={"id": "A" * 22}).status_code == 404
+
+
+def test_missing_params_are_400(client):
+    assert client.simulate_get("/getById").status_code == 400
+    task_id = new_queued(client)
+    assert client.simulate_post("/finishTask", params={"id": task_id}).status_code == 400
+
+
+def test_wrong_lease_is_409(client):
+    task_id = new_queued(client)
+    client.simulate_post("/getNewTask")
+    result = client.simulate_post("/finishTask", params={"id": task_id, "lease": "x"})
+    assert result.status_code == 409
+    assert "lease" in result.json["description"]
+
+
+def test_fail_needs_a_reason(client):
+    task_id = new_queued(client)
+    lease = client.simulate_post("/getNewTask").json["lease"]
+    assert client.simulate_post(
+        "/failTask", params={"id": task_id, "lease": lease}
+    ).status_code == (400)
+    failed = client.simulate_post(
+        "/failTask", params={"id": task_id, "lease": lease, "error": "corrupt image"}
+    )
+    assert failed.json["stateName"] == "failed" and failed.json["error"] == "corrupt image"
+
+
+def test_set_by_id_allows_only_retry_and_cancel(client):
+    task_id = new_queued(client)
+    assert client.simulate_post("/setById", json={"id": task_id, "state": 2}).status_code == 409
+    assert client.simulate_post("/setById", json={"id": task_id, "state": 3}).status_code == 200
+    assert client.simulate_post("/setById", json={"id": task_id, "state": 0}).status_code == 200
+    assert client.simulate_post("/setById", json={"id": "1", "state": 0}).status_code == 400
+    assert client.simulate_post("/setById", json=[1]).status_code == 400
+
+
+def test_list(client):
+    task_id = new_queued(client)
+    assert client.simulate_get("/list").text == f"{task_id} 0 queued\n"

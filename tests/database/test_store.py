@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from darkroom.core.ids import is_task_id
+from darkroom.database.store import LeasePolicy, SqliteTaskStore, State, TaskConflict, TaskNotFound
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path, clock) -> SqliteTaskStore:
+    policy = LeasePolicy(lease_seconds=10, max_attempts=2, upload_timeout_seconds=100)
+    return SqliteTaskStore(tmp_path / "tasks.sqlite3", policy, clock=clock)
+
+
+def queued(store: SqliteTaskStore, pipeline: str = "swap") -> str:
+    task = store.create(pipeline)
+    store.enqueue(task.id)
+    return task.id
+
+
+def test_ids_are_unguessable_and_distinct(store):
+    ids = {store.create("swap").id for _ in range(50)}
+    assert len(ids) == 50
+    assert all(is_task_id(task_id) for task_id in ids)
+
+
+def test_uploading_task_is_not_claimable(store):
+    task = store.create("swap")
+    assert task.state == State.UPLOADING
+    assert store.claim() is None
+    store.enqueue(task.id)
+    claimed = store.claim()
+    assert claimed is not None and claimed.id == task.id
+
+
+def test_claims_oldest_first_with_a_lease(store, clock):
+    first = queued(store)
+    clock.now += 1
+    second = queued(store)
+    claim = store.claim()
+    assert claim.id == first
+    assert claim.state == State.IN_PROGRESS
+    assert claim.attempts == 1
+    assert claim.lease_token and claim.lease_expires_at == clock.now + 10
+    assert store.claim().id == second
+    assert store.claim() is None
+
+
+def test_finish_only_by_lease_holder_and_idempotent(store):
+    task_id = queued(store)
+    claim = store.claim()
+    with pytest.raises(TaskConflict, match="lease"):
+        store.finish(task_id, "not-the-lease")
+    assert store.finish(task_id, claim.lease_token).state == State.FINISHED
+    assert store.finish(task_id, claim.lease_token).state == State.FINISHED
+
+
+def test_finished_task_never_goes_back(store, clock):
+    task_id = queued(store)
+    claim = store.claim()
+    store.finish(task_id, claim.lease_token)
+    clock.now += 1000
+    assert store.get(task_id).state == State.FINISHED
+    with pytest.raises(TaskConflict):
+        store.fail(task_id, claim.lease_token, "late", retryable=True)
+    with pytest.raises(TaskConflict):
+        store.release(task_id, claim.lease_token)
+    with pytest.raises(TaskConflict):
+        store.retry(task_id)
+
+
+def test_expired_lease_requeues_then_fails_after_max_attempts(store, clock):
+    task_id = queued(store)
+    first = store.claim()
+    clock.now += 11
+    second = store.claim()
+    assert second.id == task_id and second.attempts == 2
+    assert second.lease_token != first.lease_token
+    with pytest.raises(TaskConflict, match="lease"):
+        store.finish(task_id, first.lease_token)
+    clock.now += 11
+    assert store.claim() is None
+    failed = store.get(task_id)
+    assert failed.state == State.FAILED
+    assert "lease expired 2 times" in failed.error
+    assert store.lease_expiries == 2
+
+
+def test_heartbeat_extends_the_lease(store, clock):
+    task_id = queued(store)
+    claim = store.claim()
+    clock.now += 8
+    store.heartbeat(task_id, claim.lease_token)
+    clock.now += 8
+    assert store.claim() is None, "the lease was extended, so the task is still held"
+    assert store.finish(task_id, claim.lease_token).state == State.FINISHED
+
+
+def test_holder_may_finish_after_expiry_while_nobody_else_holds_it(store, clock):
+    task_id = queued(store)
+    claim = store.claim()
+    clock.now += 11
+    assert store.get(task_id).state == State.QUEUED
+    assert store.finish(task_id, claim.lease_token).state == State.FINISHED
+    assert store.claim() is None
+
+
+def test_permanent_failure_keeps_reason(store):
+    task_id = queued(store)
+    claim = store.claim()
+    failed = store.fail(task_id, claim.lease_token, "not an image", retryable=False)
+    assert failed.state == State.FAILED and failed.error == "not an image"
+    assert store.fail(task_id, claim.lease_token, "again", retryable=False).error == "not an image"
+
+
+def test_retryable_failure_requeues_until_attempts_run_out(store):
+    task_id = queued(store)
+    claim = store.claim()
+    assert store.fail(task_id, claim.lease_token, "storage down", retryable=True).state == (
+        State.QUEUED
+    )
+    claim = store.claim()
+    failed = store.fail(task_id, claim.lease_token, "storage down", retryable=True)
+    assert failed.state == State.FAILED and failed.attempts == 2
+
+
+def test_release_does_not_count_as_attempt(store):
+    task_id = queued(store)
+    claim = store.claim()
+    assert store.release(task_id, claim.lease_token).attempts == 0
+    assert store.claim().attempts == 1
+
+
+def test_failing_an_upload_needs_no_lease_but_a_claimed_task_does(store):
+    upload = store.create("swap")
+    assert store.fail(upload.id, None, "upload failed", retryable=False).state == State.FAILED
+    task_id = queued(store)
+    store.claim()
+    with pytest.raises(TaskConflict):
+        store.fail(task_id, None, "nope", retryable=False)
+
+
+def test_abandoned_upload_fails_after_timeout(store, clock):
+    upload = store.create("swap")
+    clock.now += 101
+    task = store.get(upload.id)
+    assert task.state == State.FAILED and task.error == "upload never completed"
+
+
+def test_retry_and_cancel(store):
+    task_id = queued(store)
+    assert store.cancel(task_id).error == "cancelled"
+    assert store.retry(task_id).state == State.QUEUED
+    assert store.claim().attempts == 1
+
+
+def test_unknown_task(store):
+    with pytest.raises(TaskNotFound):
+        store.get("A" * 22)
+
+
+def test_state_survives_reopening(tmp_path, store, clock):
+    task_id = queued(store)
+    claim = store.claim()
+    store.close()
+    policy = LeasePolicy(lease_seconds=10, max_attempts=2)
+    reopened = SqliteTaskStore(tmp_path / "tasks.sqlite3", policy, clock=clock)
+    assert reopened.finish(task_id, claim.lease_token).state == State.FINISHED
+
+
+def test_long_poll_claim_wakes_when_work_arrives(store):
+    result = {}
+
+    def claimer() -> None:
+        started = time.monotonic()
+        result["task"] = store.claim(wait_seconds=5)
+        result["waited"] = time.monotonic() - started
+
+    thread = threading.Thread(target=claimer)
+    thread.start()
+    task_id = queued(store)
+    thread.join(10)
+    assert result["task"].id == task_id
+    assert result["waited"] < 4, "the claim returned on the enqueue, not at its deadline"
+
+
+def test_counts(store):
+    queued(store)
+    store.create("swap")
+    counts = store.counts()
+    assert counts[State.QUEUED] == 1 and counts[State.UPLOADING] == 1
+    assert counts[State.FINISHED] == 0

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import pytest
+from falcon import testing
+
+from darkroom.database.app import create_app as create_database_app
+from darkroom.database.client import DatabaseClient
+from darkroom.database.service import open_store
+from darkroom.master.app import create_app
+from darkroom.storage.app import create_app as create_storage_app
+from darkroom.storage.client import StorageClient
+from darkroom.storage.store import FileImageStore
+from support.inprocess import service_client
+
+
+def check_pipeline(text: str | None) -> str:
+    if text in (None, "", "swap"):
+        return "swap"
+    raise ValueError(f"unknown operation {text!r}")
+
+
+@pytest.fixture
+def tasks(config):
+    return open_store(config)
+
+
+@pytest.fixture
+def client(config, tasks) -> testing.TestClient:
+    database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
+    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
+    storage = service_client(storage_app, "storageAddress", "storage:2")
+    app = create_app(config, DatabaseClient(database), StorageClient(storage), check_pipeline)
+    return testing.TestClient(app)
+
+
+def upload(client, body: bytes) -> str:
+    result = client.simulate_post("/new", body=body)
+    assert result.status_code == 200, result.text
+    return result.text
+
+
+def test_upload_creates_a_queued_task_with_its_image(client, config, png):
+    task_id = upload(client, png)
+    status = client.simulate_get("/status", params={"id": task_id}).json
+    assert status["stateName"] == "queued" and status["pipeline"] == "swap"
+    assert (config.data_dir / "working" / task_id).read_bytes() == png
+    assert client.simulate_get("/isReady", params={"id": task_id}).text == "0"
+
+
+def test_full_worker_cycle_through_master(client, config, png):
+    task_id = upload(client, png)
+    claim = client.simulate_post("/getNewTask").json
+    assert claim["id"] == task_id
+    assert client.simulate_post("/getNewTask").status_code == 204
+    result = client.simulate_get("/get", params={"id": task_id})
+    assert result.status_code == 409 and "in progress" in result.json["description"]
+    (config.data_dir / "finished" / task_id).write_bytes(png)
+    params = {"id": task_id, "lease": claim["lease"]}
+    assert client.simulate_post("/registerTaskFinished", params=params).text == "success"
+    assert client.simulate_get("/isReady", params={"id": task_id}).text == "1"
+    result = client.simulate_get("/get", params={"id": task_id})
+    assert result.status_code == 200
+    assert result.content == png
+    assert result.headers["content-type"] == "image/png"
+    assert f"darkroom-{task_id}.png" in result.headers["content-disposition"]
+
+
+def test_worker_routes_pass_real_status_through(client, png):
+    task_id = upload(client, png)
+    client.simulate_post("/getNewTask")
+    wrong = client.simulate_post("/registerTaskFinished", params={"id": task_id, "lease": "x"})
+    assert wrong.status_code == 409
+    assert "lease" in wrong.json["description"]
+
+
+def test_failed_job_reports_its_error(client, png):
+    task_id = upload(client, png)
+    lease = client.simulate_post("/getNewTask").json["lease"]
+    params = {"id": task_id, "lease": lease, "error": "cannot decode image"}
+    assert client.simulate_post("/failTask", params=params).status_code == 200
+    for route in ("/get", "/isReady"):
+        result = client.simulate_get(route, params={"id": task_id})
+        assert result.status_code == 422
+        assert "cannot decode image" in result.json["description"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"", 400, "Send the image"),
+        (b"GIF89a but not really", 200, None),
+        (b"%PDF-1.4 not an image", 415, "supported format"),
+        (b"<svg xmlns=...>", 415, "supported format"),
+    ],
+)
+def test_upload_checks_magic_bytes(client, body, status, message):
+    result = client.simulate_post("/new", body=body)
+    assert result.status_code == status
+    if message:
+        assert message in result.json["description"]
+
+
+def test_upload_over_limit_is_413_and_creates_no_task(client, config, tasks):
+    result = client.simulate_post(
+        "/new", body=b"\x89PNG\r\n\x1a\n" + b"0" * config.max_upload_bytes
+    )
+    assert result.status_code == 413
+    assert sum(tasks.counts().values()) == 0
+
+
+def test_invalid_pipeline_is_400(client, png):
+    result = client.simulate_post("/new", params={"op": "explode"}, body=png)
+    assert result.status_code == 400
+    assert "explode" in result.json["description"]
+
+
+@pytest.mark.parametrize("route", ["/get", "/isReady", "/status"])
+def test_unknown_and_invalid_ids(client, route):
+    assert client.simulate_get(route, params={"id": "A" * 22}).status_code == 404
+    assert client.simulate_get(route, params={"id": "1"}).status_code == 400
+    assert client.simulate_get(route).status_code == 400
+
+
+def test_missing_finished_file_is_not_a_200(client, png):
+    task_id = upload(client, png)
+    claim = client.simulate_post("/getNewTask").json
+    client.simulate_post("/registerTaskFinished", params={"id": task_id, "lease": claim["lease"]})
+    result = client.simulate_get("/get", params={"id": task_id})
+    assert result.status_code == 404
+    assert "/" not in result.json["description"], "no internal path leaks"
