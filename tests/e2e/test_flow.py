@@ -1,0 +1,149 @@
+"""Upload → ready → download against the real services, and the failures they must survive."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import requests
+
+from support.images import decode, noise_png, png_bytes, same_pixels, swapped
+from support.processes import Services, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def upload(services: Services, body: bytes, **params: str) -> str:
+    response = requests.post(services.url("master", "/new"), data=body, params=params, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def status(services: Services, task_id: str) -> dict:
+    response = requests.get(services.url("master", "/status"), params={"id": task_id}, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_state(services: Services, task_id: str, *states: str, timeout: float = 30) -> dict:
+    def reached() -> dict | None:
+        task = status(services, task_id)
+        return task if task["stateName"] in states else None
+
+    return wait_until(reached, timeout, f"task {task_id} to reach {states}")
+
+
+def download(services: Services, task_id: str) -> bytes:
+    response = requests.get(services.url("master", "/get"), params={"id": task_id}, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+def test_upload_ready_download_pixel_by_pixel(services):
+    services.start_all()
+    images = [png_bytes((31, 17), "RGBA", seed=n) for n in range(1, 4)]
+    images.append(png_bytes((20, 10), "RGB"))
+    ids = [upload(services, image) for image in images]
+    for task_id, image in zip(ids, images, strict=True):
+        wait_state(services, task_id, "finished")
+        ready = requests.get(services.url("master", "/isReady"), params={"id": task_id}, timeout=5)
+        assert ready.text == "1"
+        assert same_pixels(decode(download(services, task_id)), swapped(image))
+
+
+def test_frontend_seed_routes(services):
+    services.start_all()
+    image = png_bytes((12, 12))
+    page = requests.get(services.url("frontend", "/"), timeout=5)
+    assert 'name="uploadfile"' in page.text
+    submitted = requests.post(
+        services.url("frontend", "/submitTask"),
+        files={"uploadfile": ("a.png", image, "image/png")},
+        timeout=10,
+    )
+    assert submitted.status_code == 200, submitted.text
+    task_id = submitted.text
+    wait_state(services, task_id, "finished")
+    ready = requests.get(services.url("frontend", "/isReady"), params={"id": task_id}, timeout=5)
+    assert ready.text == "Your image is ready."
+    result = requests.get(services.url("frontend", "/getImage"), params={"id": task_id}, timeout=5)
+    assert same_pixels(decode(result.content), swapped(image))
+    assert "attachment" in result.headers["Content-Disposition"]
+
+
+def test_corrupt_image_fails_with_reason_and_worker_survives(services):
+    services.start_all()
+    truncated = png_bytes((64, 64))[:-40]
+    bad = upload(services, truncated)
+    task = wait_state(services, bad, "failed")
+    assert task["error"], "a failed task says why"
+    result = requests.get(services.url("master", "/get"), params={"id": bad}, timeout=5)
+    assert result.status_code == 422 and task["error"] in result.json()["description"]
+    good = upload(services, png_bytes())
+    wait_state(services, good, "finished")
+
+
+def test_database_restart_loses_no_task(services):
+    for role in ("registry", "database", "storage", "master"):
+        services.start(role)
+    images = {upload(services, png_bytes((9, 9), seed=n)): png_bytes((9, 9), seed=n) for n in range(5)}
+    services.stop("database", signal.SIGKILL)
+    services.start("database")
+    services.start("worker")
+    for task_id, image in images.items():
+        wait_state(services, task_id, "finished")
+        assert same_pixels(decode(download(services, task_id)), swapped(image))
+
+
+def test_killed_worker_task_is_redone_after_lease_expires(services):
+    for role in ("registry", "database", "storage", "master"):
+        services.start(role)
+    services.start("worker", concurrency="1", worker_mode="thread")
+    image = noise_png((2500, 2500))
+    task_id = upload(services, image)
+    wait_state(services, task_id, "in progress", timeout=10)
+    services.stop("worker", signal.SIGKILL)
+    assert status(services, task_id)["stateName"] == "in progress"
+    services.start("worker", concurrency="1")
+    task = wait_state(services, task_id, "finished", timeout=60)
+    assert task["attempts"] == 2
+    assert same_pixels(decode(download(services, task_id)), swapped(image))
+
+
+def test_services_start_in_any_order_and_find_each_other(services):
+    for role in ("master", "worker", "frontend", "storage", "database"):
+        services.start(role, wait=False)
+    services.start("registry")
+    for role in ("master", "worker", "frontend"):
+        services.wait_ready(role)
+    task_id = upload(services, png_bytes())
+    wait_state(services, task_id, "finished")
+
+
+def test_bad_inputs_get_their_status(services):
+    services.start_all()
+    master = services.url("master")
+    cases = [
+        (requests.post(f"{master}/new", data=b"hello", timeout=5), 415),
+        (requests.post(f"{master}/new", data=b"", timeout=5), 400),
+        (requests.get(f"{master}/get", params={"id": "1"}, timeout=5), 400),
+        (requests.get(f"{master}/get", params={"id": "A" * 22}, timeout=5), 404),
+        (requests.get(f"{master}/isReady", params={"id": "A" * 22}, timeout=5), 404),
+        (requests.get(f"{master}/new", timeout=5), 405),
+        (requests.post(f"{master}/registerTaskFinished", params={"id": "A" * 22}, timeout=5), 400),
+        (
+            requests.post(
+                services.url("registry", "/set"), params={"key": "a/b", "value": "x"}, timeout=5
+            ),
+            400,
+        ),
+    ]
+    for response, expected in cases:
+        assert response.status_code == expected, (response.url, response.text)
+        if expected != 405:
+            assert response.json()["description"]
+    big = b"\x89PNG\r\n\x1a\n" + b"0" * (50 * 1024 * 1024)
+    assert requests.post(f"{master}/new", data=big, timeout=30).status_code == 413
+    pending = upload(services, png_bytes((1500, 1500)))
+    early = requests.get(f"{master}/get", params={"id": pending}, timeout=5)
+    assert early.status_code in (200, 409)

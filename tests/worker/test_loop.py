@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import threading
+from typing import BinaryIO
+
+import pytest
+
+from darkroom.database.app import create_app as create_database_app
+from darkroom.database.client import DatabaseClient
+from darkroom.database.service import open_store
+from darkroom.database.store import State
+from darkroom.master.app import create_app as create_master_app
+from darkroom.master.client import MasterClient
+from darkroom.storage.app import create_app as create_storage_app
+from darkroom.storage.client import StorageClient
+from darkroom.storage.store import FileImageStore, Folder
+from darkroom.worker.loop import TaskLoop
+from support.inprocess import service_client
+
+
+class Rejected(Exception):
+    pass
+
+
+def reverse_bytes(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str:
+    data = source.read()
+    if data.startswith(b"bad"):
+        raise Rejected("not an image")
+    if data.startswith(b"flaky"):
+        raise RuntimeError("disk hiccup")
+    destination.write(data[::-1])
+    return "application/octet-stream"
+
+
+@pytest.fixture
+def system(config):
+    tasks = open_store(config)
+    images = FileImageStore(config.data_dir)
+    database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
+    storage_service = service_client(
+        create_storage_app(config, images), "storageAddress", "storage:2"
+    )
+    storage = StorageClient(storage_service)
+    master_app = create_master_app(
+        config, DatabaseClient(database), storage, check_pipeline=lambda text: text or "swap"
+    )
+    master = MasterClient(service_client(master_app, "masterAddress", "master:3"))
+    stop = threading.Event()
+    loop = TaskLoop(master, storage, reverse_bytes, Rejected, 0, 5, 5, stop)
+    return tasks, storage, master, loop
+
+
+def submit(tasks, storage, body: bytes) -> str:
+    task = tasks.create("swap")
+    storage.send(Folder.WORKING, task.id, body)
+    tasks.enqueue(task.id)
+    return task.id
+
+
+def claim_and_handle(master, loop) -> None:
+    claim = master.claim(0, 5)
+    assert claim is not None
+    loop.handle(claim)
+
+
+def test_success_stores_result_and_finishes(system, config):
+    tasks, storage, master, loop = system
+    task_id = submit(tasks, storage, b"\x89PNG-abc")
+    claim_and_handle(master, loop)
+    assert tasks.get(task_id).state == State.FINISHED
+    assert (config.data_dir / "finished" / task_id).read_bytes() == b"cba-GNP\x89"
+    assert loop.completed == 1
+
+
+def test_rejected_image_fails_permanently_with_reason(system):
+    tasks, storage, master, loop = system
+    task_id = submit(tasks, storage, b"bad bytes")
+    claim_and_handle(master, loop)
+    task = tasks.get(task_id)
+    assert task.state == State.FAILED and task.error == "not an image"
+    assert task.attempts == 1
+
+
+def test_unexpected_error_is_retried(system):
+    tasks, storage, master, loop = system
+    task_id = submit(tasks, storage, b"flaky")
+    claim_and_handle(master, loop)
+    task = tasks.get(task_id)
+    assert task.state == State.QUEUED
+    assert "disk hiccup" in task.error
+
+
+def test_missing_working_image_is_retried_not_fatal(system):
+    tasks, _, master, loop = system
+    task = tasks.create("swap")
+    tasks.enqueue(task.id)
+    claim_and_handle(master, loop)
+    assert tasks.get(task.id).state == State.QUEUED
+
+
+def test_run_stops_when_asked(system):
+    _, _, _, loop = system
+    loop._stop.set()
+    loop.run()  # returns at once instead of claiming
