@@ -86,7 +86,9 @@ def test_corrupt_image_fails_with_reason_and_worker_survives(services):
 def test_database_restart_loses_no_task(services):
     for role in ("registry", "database", "storage", "master"):
         services.start(role)
-    images = {upload(services, png_bytes((9, 9), seed=n)): png_bytes((9, 9), seed=n) for n in range(5)}
+    images = {
+        upload(services, png_bytes((9, 9), seed=n)): png_bytes((9, 9), seed=n) for n in range(5)
+    }
     services.stop("database", signal.SIGKILL)
     services.start("database")
     services.start("worker")

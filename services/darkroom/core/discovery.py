@@ -78,7 +78,7 @@ def keep_registered(
     stop: threading.Event,
     refresh_seconds: float = 30.0,
 ) -> threading.Thread:
-    """Register ``key=value`` now and every ``refresh_seconds``, retrying while the registry is down.
+    """Register ``key=value`` now and every ``refresh_seconds``; retry while the registry is down.
 
     Re-asserting keeps the entry right after a registry lost or someone overwrote it.
     """

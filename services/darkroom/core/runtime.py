@@ -34,7 +34,7 @@ class Runtime:
         )
 
     def register(self) -> None:
-        """Advertise this role's address in the registry, in the background, for as long as it runs."""
+        """Advertise this role's address in the registry, in the background, while it runs."""
         keep_registered(
             self.registry, ADDRESS_KEYS[self.role], self.config.advertised(self.role), self.stop
         )

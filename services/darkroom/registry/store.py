@@ -1,4 +1,4 @@
-"""Where the registry keeps its keys: one interface, a file backend here, a ConfigMap in Kubernetes."""
+"""Where the registry keeps its keys: one interface; a file here, a ConfigMap in Kubernetes."""
 
 from __future__ import annotations
 
