@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -82,10 +83,9 @@ class Jobs:
 
     def _abandon(self, task_id: str, cause: Exception) -> None:
         reason = getattr(cause, "description", None) or type(cause).__name__
-        try:
+        # The upload error is the one to report; the database also fails stale uploads itself.
+        with contextlib.suppress(Exception):
             self._database.abandon_upload(task_id, f"upload failed: {reason}")
-        except Exception:
-            pass  # the database fails uploads that never complete by itself
 
     def _task(self, req: falcon.Request) -> dict[str, Any]:
         return self._database.get(require_task_id(req))
