@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def _up(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from darkroom.submit import submit
 
-    return submit(args.file, args.output, args.master, args.op, args.timeout)
+    api_key = args.api_key or os.environ.get("DARKROOM_API_KEY")
+    return submit(args.file, args.output, args.master, args.op, args.timeout, api_key)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--master", default="127.0.0.1:3003", help="HOST:PORT of the master")
     submit.add_argument("--op", help="operation pipeline, e.g. resize:800x600,grayscale")
     submit.add_argument("--timeout", type=float, default=300.0, help="seconds to wait")
+    submit.add_argument("--api-key", help="when the master asks for one (or DARKROOM_API_KEY)")
     submit.set_defaults(func=_submit)
     return parser
 

@@ -19,9 +19,18 @@ def _error(response: requests.Response) -> str:
         return f"{response.status_code} {response.text.strip()[:300]}"
 
 
-def submit(file: Path, output: Path | None, master: str, op: str | None, timeout: float) -> int:
+def submit(
+    file: Path,
+    output: Path | None,
+    master: str,
+    op: str | None,
+    timeout: float,
+    api_key: str | None = None,
+) -> int:
     base = f"http://{master}"
     session = requests.Session()
+    if api_key:
+        session.headers["Authorization"] = f"Bearer {api_key}"
     params = {"op": op} if op else {}
     try:
         with file.open("rb") as image:

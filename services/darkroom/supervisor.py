@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,6 +19,18 @@ from darkroom.core.discovery import Backoff
 HOST = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 20.0
+
+
+def internal_token(data_dir: Path) -> str:
+    """The data directory's service token, made on first use and readable by its owner only."""
+    path = data_dir / "internal-token"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 class Child:
@@ -50,12 +63,15 @@ class Child:
 class Supervisor:
     def __init__(self, data_dir: Path, ports: dict[str, int], workers: int = 0) -> None:
         self._data_dir = data_dir.resolve()
+        self._data_dir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
             "DARKROOM_HOST": HOST,
             "DARKROOM_DATA_DIR": str(self._data_dir),
             "DARKROOM_REGISTRY_ADDRESS": f"{HOST}:{ports['registry']}",
             "DARKROOM_ADVERTISE_ADDRESS": "",
+            "DARKROOM_INTERNAL_TOKEN": os.environ.get("DARKROOM_INTERNAL_TOKEN")
+            or internal_token(self._data_dir),
         }
         if workers:
             env["DARKROOM_CONCURRENCY"] = str(workers)
@@ -68,7 +84,6 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self._data_dir.mkdir(parents=True, exist_ok=True)
         try:
             for child in self._children:
                 child.start()

@@ -132,12 +132,25 @@ def test_bad_inputs_get_their_status(services):
         (requests.get(f"{master}/get", params={"id": "A" * 22}, timeout=5), 404),
         (requests.get(f"{master}/isReady", params={"id": "A" * 22}, timeout=5), 404),
         (requests.get(f"{master}/new", timeout=5), 405),
-        (requests.post(f"{master}/registerTaskFinished", params={"id": "A" * 22}, timeout=5), 400),
+        (requests.post(f"{master}/registerTaskFinished", params={"id": "A" * 22}, timeout=5), 401),
         (
             requests.post(
-                services.url("registry", "/set"), params={"key": "a/b", "value": "x"}, timeout=5
+                f"{master}/registerTaskFinished",
+                params={"id": "A" * 22},
+                headers={"Authorization": f"Bearer {services.env['DARKROOM_INTERNAL_TOKEN']}"},
+                timeout=5,
             ),
             400,
+        ),
+        (requests.post(services.url("database", "/newTask"), timeout=5), 401),
+        (requests.get(services.url("storage", "/getImage"), timeout=5), 401),
+        (
+            requests.post(
+                services.url("registry", "/set"),
+                params={"key": "masterAddress", "value": "x:1"},
+                timeout=5,
+            ),
+            401,
         ),
     ]
     for response, expected in cases:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -54,6 +55,7 @@ class Services:
             "DARKROOM_DISCOVERY_TTL_SECONDS": "1",
             "DARKROOM_CLAIM_WAIT_SECONDS": "2",
             "DARKROOM_LOG_LEVEL": "INFO",
+            "DARKROOM_INTERNAL_TOKEN": secrets.token_urlsafe(24),
             **{f"DARKROOM_{name.upper()}": value for name, value in settings.items()},
         }
 

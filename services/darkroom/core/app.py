@@ -6,15 +6,21 @@ from collections.abc import Iterable
 
 import falcon
 
+from darkroom.core.auth import BEARER_CHALLENGE, AuthMiddleware, parse_api_keys
+from darkroom.core.config import Config
 from darkroom.core.health import Liveness, Readiness, ReadinessCheck
 from darkroom.core.requestid import RequestIdMiddleware
 
 
 def create_base_app(
-    readiness: Iterable[ReadinessCheck] = (), middleware: Iterable[object] = ()
+    config: Config,
+    readiness: Iterable[ReadinessCheck] = (),
+    middleware: Iterable[object] = (),
+    challenge: str = BEARER_CHALLENGE,
 ) -> falcon.App:
-    """A ``falcon.App`` with request ids, health endpoints and the shared error handling."""
-    app = falcon.App(middleware=[RequestIdMiddleware(), *middleware])
+    """A ``falcon.App`` with request ids, authentication, health endpoints and error handling."""
+    auth = AuthMiddleware(config.internal_token, parse_api_keys(config.api_keys), challenge)
+    app = falcon.App(middleware=[RequestIdMiddleware(), auth, *middleware])
     # Query strings like ?value= keep their empty values, so "empty" is reported, not "missing".
     app.req_options.keep_blank_qs_values = True
     app.req_options.strip_url_path_trailing_slash = True

@@ -67,6 +67,10 @@ class Config:
     max_image_pixels: int = 50_000_000
     png_compress_level: int = 6
     log_level: str = "INFO"
+    # shared secret for internal routes; empty: not checked (unit tests, trusted networks)
+    internal_token: str = dataclasses.field(default="", repr=False)
+    # comma-separated keys for the public API and the frontend; empty: open to all
+    api_keys: str = dataclasses.field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if self.worker_mode not in ("process", "thread"):

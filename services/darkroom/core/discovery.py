@@ -30,13 +30,20 @@ def new_session(pool_size: int = 32) -> requests.Session:
     return session
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class RegistryClient:
     """The registry's own API: ``/get``, ``/set``."""
 
-    def __init__(self, address: str, session: requests.Session, timeout: float = 5.0) -> None:
+    def __init__(
+        self, address: str, session: requests.Session, timeout: float = 5.0, token: str = ""
+    ) -> None:
         self.base_url = f"http://{address}"
         self._session = session
         self._timeout = timeout
+        self._headers = bearer(token)
 
     def get(self, key: str) -> str | None:
         response = self._session.get(
@@ -50,7 +57,10 @@ class RegistryClient:
 
     def set(self, key: str, value: str) -> None:
         response = self._session.post(
-            f"{self.base_url}/set", params={"key": key, "value": value}, timeout=self._timeout
+            f"{self.base_url}/set",
+            params={"key": key, "value": value},
+            headers=self._headers,
+            timeout=self._timeout,
         )
         with response:
             response.raise_for_status()

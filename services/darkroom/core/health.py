@@ -6,19 +6,21 @@ from collections.abc import Callable
 
 import falcon
 
+from darkroom.core.auth import PUBLIC
+
 # A readiness check returns None when ready, or the reason it is not.
 ReadinessCheck = Callable[[], str | None]
 
 
 class Liveness:
-    auth = "public"
+    auth = PUBLIC
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "ok"}
 
 
 class Readiness:
-    auth = "public"
+    auth = PUBLIC
 
     def __init__(self, checks: list[ReadinessCheck]) -> None:
         self._checks = checks

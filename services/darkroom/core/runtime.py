@@ -10,6 +10,7 @@ from darkroom.core.discovery import (
     RegistryClient,
     ServiceClient,
     ServiceLocator,
+    bearer,
     keep_registered,
     new_session,
 )
@@ -22,7 +23,9 @@ class Runtime:
         self.role = role
         self.stop = threading.Event()
         self.session = new_session(pool_size=max(config.threads, 8))
-        self.registry = RegistryClient(config.registry_address, self.session)
+        self.registry = RegistryClient(
+            config.registry_address, self.session, token=config.internal_token
+        )
         self.locator = ServiceLocator(self.registry, ttl=config.discovery_ttl_seconds)
 
     def client(self, role: str, timeout: float | None = None) -> ServiceClient:
@@ -31,6 +34,7 @@ class Runtime:
             ADDRESS_KEYS[role],
             self.session,
             timeout=timeout or self.config.http_timeout_seconds,
+            headers=bearer(self.config.internal_token),
         )
 
     def register(self) -> None:

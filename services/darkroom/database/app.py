@@ -146,7 +146,7 @@ def _conflict(req: falcon.Request, resp: falcon.Response, ex: TaskConflict, para
 
 
 def create_app(config: Config, store: TaskStore) -> falcon.App:
-    app = create_base_app()
+    app = create_base_app(config)
     app.add_error_handler(TaskNotFound, _not_found)
     app.add_error_handler(TaskConflict, _conflict)
     tasks = Tasks(store, max_wait=MAX_CLAIM_WAIT_SECONDS)

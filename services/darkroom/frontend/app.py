@@ -8,6 +8,7 @@ from typing import Any
 import falcon
 
 from darkroom.core.app import create_base_app
+from darkroom.core.auth import BASIC_CHALLENGE, CLIENT, PUBLIC
 from darkroom.core.config import Config
 from darkroom.core.errors import raise_for_upstream
 from darkroom.core.ids import require_task_id
@@ -21,12 +22,17 @@ UPLOAD_FIELD = "uploadfile"
 
 
 class Page:
+    # Asking for the key here lets the browser prompt once and send it on every fetch.
+    auth = CLIENT
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_HTML
         resp.text = (STATIC / "index.html").read_text()
 
 
 class StaticFile:
+    auth = PUBLIC
+
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
         file = STATIC / name
@@ -38,6 +44,8 @@ class StaticFile:
 
 
 class Jobs:
+    auth = CLIENT
+
     def __init__(self, master: MasterClient) -> None:
         self._master = master.service
 
@@ -88,7 +96,7 @@ class Jobs:
 
 
 def create_app(config: Config, master: MasterClient, readiness: list | None = None) -> falcon.App:
-    app = create_base_app(readiness=readiness or [])
+    app = create_base_app(config, readiness=readiness or [], challenge=BASIC_CHALLENGE)
     jobs = Jobs(master)
     app.add_route("/", Page())
     app.add_route("/static/{name}", StaticFile())

@@ -10,6 +10,7 @@ from typing import Any, BinaryIO
 import falcon
 
 from darkroom.core.app import create_base_app
+from darkroom.core.auth import CLIENT
 from darkroom.core.config import Config
 from darkroom.core.ids import require_task_id
 from darkroom.core.imagetypes import EXTENSIONS, SNIFF_BYTES, sniff_media_type
@@ -35,6 +36,8 @@ def _read_head(stream: BinaryIO) -> bytes:
 
 class Jobs:
     """The client API: upload, ask, download."""
+
+    auth = CLIENT
 
     def __init__(
         self,
@@ -160,7 +163,7 @@ def create_app(
     check_pipeline: PipelineCheck,
     readiness: list[Callable[[], str | None]] | None = None,
 ) -> falcon.App:
-    app = create_base_app(readiness=readiness or [])
+    app = create_base_app(config, readiness=readiness or [])
     jobs = Jobs(database, storage, check_pipeline, config.max_upload_bytes)
     app.add_route("/new", jobs, suffix="new")
     app.add_route("/isReady", jobs, suffix="is_ready")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import falcon
 
 from darkroom.core.app import create_base_app
+from darkroom.core.auth import INTERNAL, PUBLIC
 from darkroom.core.config import Config
 from darkroom.registry.store import (
     InvalidEntry,
@@ -25,6 +28,9 @@ def _key(req: falcon.Request) -> str:
 
 
 class Entry:
+    # Anyone may look an address up; only services holding the token may change one.
+    auth = MappingProxyType({"GET": PUBLIC, "POST": INTERNAL, "DELETE": INTERNAL})
+
     def __init__(self, store: KeyValueStore) -> None:
         self._store = store
 
@@ -58,6 +64,8 @@ class Entry:
 
 
 class Listing:
+    auth = PUBLIC
+
     def __init__(self, store: KeyValueStore) -> None:
         self._store = store
 
@@ -71,7 +79,7 @@ class Listing:
 
 
 def create_app(config: Config, store: KeyValueStore) -> falcon.App:
-    app = create_base_app(readiness=[store.problem])
+    app = create_base_app(config, readiness=[store.problem])
     entry = Entry(store)
     app.add_route("/get", entry)
     app.add_route("/set", entry, suffix="set")

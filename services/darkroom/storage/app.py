@@ -66,7 +66,7 @@ class Images:
 
 
 def create_app(config: Config, store: ImageStore) -> falcon.App:
-    app = create_base_app()
+    app = create_base_app(config)
     limits = {Folder.WORKING: config.max_upload_bytes, Folder.FINISHED: config.max_result_bytes}
     images = Images(store, limits)
     app.add_route("/sendImage", images, suffix="send")

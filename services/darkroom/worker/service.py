@@ -118,7 +118,7 @@ def run(config: Config) -> None:
     else:
         loops = LoopProcesses(config, count)
     log.info("worker started", extra={"loops": count, "mode": config.worker_mode})
-    app = create_base_app(readiness=runtime.reachable("master", "storage"))
+    app = create_base_app(config, readiness=runtime.reachable("master", "storage"))
     stopper: Callable[[float], None] = loops.stop
     try:
         serve(app, config, "worker")
