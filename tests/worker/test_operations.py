@@ -1,0 +1,622 @@
+"""Tests for darkroom.worker.operations: parsing, every operation, decoding and encoding."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+import time
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageCms, ImageFile
+
+from darkroom.worker.operations import (
+    DEFAULT_PIPELINE,
+    ImageRejected,
+    InvalidPipeline,
+    ProcessingSettings,
+    normalize_pipeline,
+    parse_pipeline,
+    process_image,
+)
+
+SETTINGS = ProcessingSettings()
+SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> io.BytesIO:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    buffer.seek(0)
+    return buffer
+
+
+def run(
+    source: Image.Image | io.BytesIO | bytes,
+    pipeline: str | None,
+    config: ProcessingSettings = SETTINGS,
+) -> tuple[Image.Image, str]:
+    """Process and decode the result; returns (image, media type)."""
+    if isinstance(source, Image.Image):
+        source = encode(source)
+    elif isinstance(source, bytes):
+        source = io.BytesIO(source)
+    destination = io.BytesIO()
+    media_type = process_image(source, destination, pipeline, config)
+    destination.seek(0)
+    result = Image.open(destination)
+    result.load()
+    return result, media_type
+
+
+def rgb_marked(size: tuple[int, int], at: tuple[int, int]) -> Image.Image:
+    """A black image with one red pixel, to follow where a pixel goes."""
+    image = Image.new("RGB", size)
+    image.putpixel(at, (255, 0, 0))
+    return image
+
+
+def red_at(image: Image.Image) -> tuple[int, int]:
+    image = image.convert("RGB")
+    return next(
+        (x, y)
+        for y in range(image.height)
+        for x in range(image.width)
+        if image.getpixel((x, y)) == (255, 0, 0)
+    )
+
+
+# --- swap, grayscale -------------------------------------------------------------------------
+
+
+def test_swap_exchanges_red_and_green_and_keeps_alpha() -> None:
+    result, media_type = run(Image.new("RGBA", (3, 2), (10, 20, 30, 40)), "swap")
+    assert media_type == "image/png"
+    assert result.mode == "RGBA"
+    assert result.getpixel((2, 1)) == (20, 10, 30, 40)
+
+
+def test_swap_on_rgb() -> None:
+    result, _ = run(Image.new("RGB", (2, 2), (1, 2, 3)), "swap")
+    assert (result.mode, result.getpixel((0, 0))) == ("RGB", (2, 1, 3))
+
+
+@pytest.mark.parametrize("pipeline", [None, "", "  "])
+def test_empty_pipeline_means_swap(pipeline: str | None) -> None:
+    assert DEFAULT_PIPELINE == "swap"
+    result, _ = run(Image.new("RGB", (2, 2), (1, 2, 3)), pipeline)
+    assert result.getpixel((0, 0)) == (2, 1, 3)
+
+
+def test_grayscale_keeps_alpha() -> None:
+    result, _ = run(Image.new("RGBA", (2, 2), (200, 100, 50, 77)), "grayscale")
+    luma = round(200 * 0.299 + 100 * 0.587 + 50 * 0.114)
+    assert result.mode == "LA"
+    assert result.getpixel((0, 0)) == pytest.approx((luma, 77), abs=1)
+
+
+def test_grey_with_alpha_stays_grey_with_alpha() -> None:
+    result, _ = run(Image.new("LA", (2, 2), (90, 30)), "swap,grayscale")
+    assert (result.mode, result.getpixel((1, 1))) == ("LA", (90, 30))
+
+
+# --- geometry --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "pipeline", "expected"),
+    [
+        ((400, 200), "resize:100x100", (100, 50)),
+        ((10, 5), "resize:40x40", (40, 20)),  # fits by enlarging
+        ((1000, 1), "resize:10x10", (10, 1)),  # never rounds a side to 0
+        ((400, 200), "resize:100x100:fill", (100, 100)),
+        ((30, 90), "resize:64x32:fill", (64, 32)),
+        ((400, 200), "thumbnail:50", (50, 25)),
+        ((20, 10), "thumbnail:50", (20, 10)),  # never enlarges
+        ((100, 50), "crop:20x10+5+5", (20, 10)),
+        ((30, 20), "rotate:90", (20, 30)),
+        ((30, 20), "rotate:180", (30, 20)),
+        ((30, 20), "rotate:-90", (20, 30)),
+        ((30, 20), "rotate:0", (30, 20)),
+    ],
+)
+def test_output_size(size: tuple[int, int], pipeline: str, expected: tuple[int, int]) -> None:
+    result, _ = run(Image.new("RGB", size), pipeline)
+    assert result.size == expected
+
+
+def test_fill_crops_the_centre() -> None:
+    image = Image.new("RGB", (30, 10), (0, 0, 255))
+    image.paste((255, 0, 0), (10, 0, 20, 10))  # red middle third
+    result, _ = run(image, "resize:10x10:fill,png")
+    assert result.getpixel((5, 5)) == (255, 0, 0)
+
+
+def test_crop_takes_the_geometry_rectangle() -> None:
+    result, _ = run(rgb_marked((100, 50), (5, 7)), "crop:20x10+5+7,png")
+    assert red_at(result) == (0, 0)
+
+
+def test_crop_outside_the_image_is_rejected() -> None:
+    with pytest.raises(ImageRejected, match=r"crop:20x10\+90\+0 lies outside the 100x50 image"):
+        run(Image.new("RGB", (100, 50)), "crop:20x10+90+0")
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "expected"),
+    [
+        ("rotate:90", (2, 0)),  # clockwise: top-left goes to top-right
+        ("rotate:270", (0, 3)),
+        ("rotate:180", (3, 2)),
+        ("flip", (0, 2)),
+        ("flop", (3, 0)),
+    ],
+)
+def test_pixel_moves(pipeline: str, expected: tuple[int, int]) -> None:
+    result, _ = run(rgb_marked((4, 3), (0, 0)), pipeline + ",png")
+    assert red_at(result) == expected
+
+
+def test_arbitrary_rotation_grows_the_canvas_with_transparent_corners() -> None:
+    result, _ = run(Image.new("RGB", (40, 40), (0, 0, 255)), "rotate:45")
+    assert result.mode == "RGBA"
+    assert result.width == result.height == pytest.approx(57, abs=1)
+    assert result.getpixel((0, 0))[3] == 0
+    assert result.getpixel((28, 28)) == (0, 0, 255, 255)
+
+
+# --- filters ---------------------------------------------------------------------------------
+
+
+def test_blur_does_not_bleed_transparent_colour() -> None:
+    image = Image.new("RGBA", (20, 20), (255, 0, 0, 0))  # invisible red
+    image.paste((0, 0, 255, 255), (10, 0, 20, 20))
+    result, _ = run(image, "blur:3,png")
+    edge = result.getpixel((9, 10))
+    assert 0 < edge[3] < 255
+    assert edge[0] <= 2  # premultiplied: no red appears at the edge
+
+
+def test_blur_softens_an_edge() -> None:
+    image = Image.new("L", (20, 20), 0)
+    image.paste(255, (10, 0, 20, 20))
+    result, _ = run(image, "blur:2")
+    assert 0 < result.getpixel((9, 10)) < 255
+
+
+def test_sharpen_keeps_alpha_untouched() -> None:
+    image = Image.new("RGBA", (8, 8), (100, 100, 100, 255))
+    image.putpixel((4, 4), (200, 200, 200, 10))
+    result, _ = run(image, "sharpen")
+    assert result.getchannel("A").tobytes() == image.getchannel("A").tobytes()
+    assert result.getpixel((3, 4))[0] < 100  # the neighbour of a bright pixel is darkened
+
+
+# --- output formats --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "media_type", "fmt"),
+    [
+        ("swap", "image/png", "PNG"),
+        ("png", "image/png", "PNG"),
+        ("jpeg", "image/jpeg", "JPEG"),
+        ("webp:50", "image/webp", "WEBP"),
+    ],
+)
+def test_output_format(pipeline: str, media_type: str, fmt: str) -> None:
+    result, returned = run(Image.new("RGBA", (4, 4), (1, 2, 3, 255)), pipeline)
+    assert (returned, result.format) == (media_type, fmt)
+
+
+def test_jpeg_paints_transparency_white() -> None:
+    image = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    result, _ = run(image, "jpeg")
+    assert result.mode == "RGB"
+    assert result.getpixel((8, 8)) == pytest.approx((255, 255, 255), abs=2)
+
+
+def test_jpeg_quality_comes_from_the_pipeline_or_the_settings() -> None:
+    noisy = Image.effect_noise((64, 64), 80).convert("RGB")
+    sizes = {}
+    for pipeline, config in [
+        ("jpeg:10", SETTINGS),
+        ("jpeg:95", SETTINGS),
+        ("jpeg", ProcessingSettings(jpeg_quality=10)),
+    ]:
+        destination = io.BytesIO()
+        process_image(encode(noisy), destination, pipeline, config)
+        sizes[pipeline] = len(destination.getvalue())
+    assert sizes["jpeg:10"] == sizes["jpeg"] < sizes["jpeg:95"]
+
+
+def test_png_uses_the_compress_level_setting() -> None:
+    flat = Image.new("RGB", (64, 64), (9, 9, 9))
+    lengths = []
+    for level in (0, 9):
+        destination = io.BytesIO()
+        process_image(
+            encode(flat), destination, "png", ProcessingSettings(png_compress_level=level)
+        )
+        lengths.append(len(destination.getvalue()))
+    assert lengths[0] > 64 * 64 * 3 > lengths[1]
+
+
+# --- modes -----------------------------------------------------------------------------------
+
+SIXTEEN_BIT_VALUES = [0x0000, 0x00FF, 0x1234, 0xFF00, 0xFFFF]
+
+
+def sixteen_bit_grey() -> Image.Image:
+    image = Image.new("I;16", (len(SIXTEEN_BIT_VALUES), 1))
+    for x, value in enumerate(SIXTEEN_BIT_VALUES):
+        image.putpixel((x, 0), value)
+    return image
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_sixteen_bit_grey_stays_sixteen_bit(fmt: str) -> None:
+    result, _ = run(encode(sixteen_bit_grey(), fmt), "swap,grayscale,flip,flop,flop")
+    assert result.mode == "I;16"
+    assert [result.getpixel((x, 0)) for x in range(5)] == SIXTEEN_BIT_VALUES
+
+
+@pytest.mark.parametrize("pipeline", ["jpeg:100", "blur:0.1"])
+def test_sixteen_bit_grey_is_scaled_to_eight_bits_not_clipped(pipeline: str) -> None:
+    result, _ = run(encode(sixteen_bit_grey()), pipeline)
+    assert result.mode == "L"
+    values = [result.getpixel((x, 0)) for x in range(5)]
+    assert values == pytest.approx([0, 1, 0x12, 0xFE, 0xFF], abs=3)
+
+
+def test_sixteen_bit_grey_survives_rotation() -> None:
+    image = Image.new("I;16", (20, 20), 0x1234)
+    result, _ = run(encode(image), "rotate:30")
+    assert result.getpixel((result.width // 2, result.height // 2)) == 0x1234
+
+
+def test_float_image_is_stretched_over_its_range() -> None:
+    image = Image.new("F", (2, 1))
+    image.putpixel((0, 0), 0.25)
+    image.putpixel((1, 0), 0.75)
+    result, _ = run(encode(image, "TIFF"), "png")
+    assert (result.getpixel((0, 0)), result.getpixel((1, 0))) == (0, 65535)
+
+
+def test_palette_with_transparency_becomes_rgba() -> None:
+    image = Image.new("P", (2, 1))
+    image.putpalette([10, 20, 30, 200, 100, 50])
+    image.putpixel((1, 0), 1)
+    result, _ = run(encode(image, "GIF", transparency=0), "swap")
+    assert result.mode == "RGBA"
+    assert result.getpixel((0, 0))[3] == 0
+    assert result.getpixel((1, 0)) == (100, 200, 50, 255)
+
+
+def test_palette_without_transparency_becomes_rgb() -> None:
+    image = Image.new("P", (2, 1))
+    image.putpalette([10, 20, 30])
+    result, _ = run(encode(image), "swap")
+    assert (result.mode, result.getpixel((0, 0))) == ("RGB", (20, 10, 30))
+
+
+def test_cmyk_becomes_rgb() -> None:
+    image = Image.new("CMYK", (2, 2), (0, 255, 255, 0))  # red
+    result, _ = run(encode(image, "TIFF"), "swap")
+    assert (result.mode, result.getpixel((0, 0))) == ("RGB", (0, 255, 0))
+
+
+def test_animated_gif_uses_the_first_frame() -> None:
+    frames = [Image.new("RGB", (4, 4), colour) for colour in [(255, 0, 0), (0, 0, 255)]]
+    source = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    result, _ = run(source, "png")
+    assert result.getpixel((0, 0)) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"])
+def test_every_supported_input_format(fmt: str) -> None:
+    result, _ = run(encode(Image.new("RGB", (8, 6), (0, 0, 0)), fmt), "png")
+    assert result.size == (8, 6)
+
+
+# --- metadata --------------------------------------------------------------------------------
+
+
+def photo_with_metadata(orientation: int) -> io.BytesIO:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "Darkroom Camera"  # Make
+    return encode(
+        rgb_marked((40, 20), (0, 0)),
+        "JPEG",
+        quality=100,
+        exif=exif,
+        comment=b"secret comment",
+        xmp=b"<x:xmpmeta>secret</x:xmpmeta>",
+        icc_profile=SRGB_PROFILE,
+    )
+
+
+def test_exif_orientation_is_applied() -> None:
+    result, _ = run(photo_with_metadata(orientation=6), "png")  # 6: display rotated clockwise
+    assert result.size == (20, 40)
+    x, y = max(((x, y) for y in range(40) for x in range(20)), key=lambda p: result.getpixel(p)[0])
+    assert (x, y) == (19, 0)
+
+
+@pytest.mark.parametrize("pipeline", ["png", "jpeg", "webp"])
+def test_metadata_is_stripped_and_icc_profile_kept(pipeline: str) -> None:
+    destination = io.BytesIO()
+    process_image(photo_with_metadata(orientation=1), destination, pipeline, SETTINGS)
+    data = destination.getvalue()
+    assert b"secret" not in data
+    assert b"Darkroom Camera" not in data
+    result = Image.open(io.BytesIO(data))
+    assert not result.getexif()
+    assert result.info.get("icc_profile") == SRGB_PROFILE
+
+
+def test_colour_profile_is_dropped_when_the_image_turns_grey() -> None:
+    image = Image.new("RGB", (4, 4), (1, 2, 3))
+    result, _ = run(encode(image, icc_profile=SRGB_PROFILE), "grayscale")
+    assert result.mode == "L"
+    assert "icc_profile" not in result.info
+
+
+def test_grey_profile_is_kept_on_grey_output() -> None:
+    grey_profile = SRGB_PROFILE[:16] + b"GRAY" + SRGB_PROFILE[20:]  # only the header is read
+    result, _ = run(encode(Image.new("L", (4, 4), 9), icc_profile=grey_profile), "png")
+    assert result.info.get("icc_profile") == grey_profile
+
+
+# --- rejected images -------------------------------------------------------------------------
+
+
+def noisy_png() -> bytes:
+    return encode(Image.effect_noise((64, 64), 80)).getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "not a supported image"),
+        (b"hello, world" * 10, "not a supported image"),
+        (encode(Image.new("RGB", (4, 4)), "PPM").getvalue(), "not a supported image"),
+        (noisy_png()[:600], "cannot decode the image"),
+        (encode(Image.effect_noise((64, 64), 80), "JPEG").getvalue()[:400], "cannot decode"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not a supported image"),
+    ],
+    ids=["empty", "text", "ppm", "truncated-png", "truncated-jpeg", "png-signature-only"],
+)
+def test_bad_input_is_rejected(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageRejected, match=reason):
+        run(data, "swap")
+
+
+def test_truncated_image_is_rejected_even_if_someone_allowed_truncation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(ImageRejected):
+        run(noisy_png()[:600], "swap")
+
+
+def test_image_over_the_pixel_limit_is_rejected() -> None:
+    with pytest.raises(ImageRejected, match=r"image is 20x10 \(200 pixels\).*limit of 199"):
+        run(Image.new("RGB", (20, 10)), "swap", ProcessingSettings(max_image_pixels=199))
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A grey PNG of zeros: tiny on disk, width * height bytes once decoded."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    pixels = zlib.compress(bytes(width + 1) * height, 9)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def test_decompression_bomb_is_rejected_before_decoding() -> None:
+    bomb = png_bomb(5_000, 5_000)  # 25 MB of pixels in about 25 kB
+    assert len(bomb) < 50_000
+    started = time.perf_counter()
+    with pytest.raises(ImageRejected, match="more than the limit"):
+        run(bomb, "swap", ProcessingSettings(max_image_pixels=1_000_000))
+    assert time.perf_counter() - started < 0.5
+
+
+def test_pillow_bomb_error_becomes_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    with pytest.raises(ImageRejected, match="too large"):
+        run(Image.new("RGB", (5, 5)), "swap", ProcessingSettings(max_image_pixels=10**9))
+
+
+# pytest restores the warning filters after collection, dropping the one the module installs.
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
+def test_pillow_bomb_warning_becomes_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
+    with pytest.raises(ImageRejected, match="too large"):
+        run(Image.new("RGB", (5, 5)), "swap", ProcessingSettings(max_image_pixels=10**9))
+
+
+def test_a_result_over_the_pixel_limit_is_rejected() -> None:
+    config = ProcessingSettings(max_image_pixels=1_000)
+    with pytest.raises(ImageRejected, match="rotate:45 makes a"):
+        run(Image.new("RGB", (30, 30)), "rotate:45", config)
+
+
+def test_invalid_pipeline_at_processing_time_is_rejected() -> None:
+    with pytest.raises(ImageRejected, match="invalid pipeline: step 1 'explode'"):
+        run(Image.new("RGB", (2, 2)), "explode")
+
+
+def test_streams_are_left_open_for_the_caller() -> None:
+    source, destination = encode(Image.new("RGB", (2, 2))), io.BytesIO()
+    process_image(source, destination, "swap", SETTINGS)
+    assert not source.closed and not destination.closed
+    assert destination.getvalue().startswith(b"\x89PNG")
+
+
+def test_concurrent_calls_do_not_interfere() -> None:
+    jobs = [
+        ((i, 2 * i, 3 * i, 255), ProcessingSettings(max_image_pixels=100 + i)) for i in range(8)
+    ]
+    outcomes: dict[int, object] = {}
+
+    def work(index: int) -> None:
+        colour, config = jobs[index]
+        size = (10, 10) if index % 2 else (20, 20)  # odd jobs fit their limit, even do not
+        try:
+            outcomes[index] = run(Image.new("RGBA", size, colour), "swap", config)[0].getpixel(
+                (0, 0)
+            )
+        except ImageRejected:
+            outcomes[index] = "rejected"
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, (colour, _) in enumerate(jobs):
+        expected = (colour[1], colour[0], colour[2], 255) if index % 2 else "rejected"
+        assert outcomes[index] == expected
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        (None, "swap"),
+        ("", "swap"),
+        (" RESIZE:0800X600:FIT , Grayscale ", "resize:800x600,grayscale"),
+        ("resize:800x600:fill", "resize:800x600:fill"),
+        ("jpeg,flip", "flip,jpeg"),
+        ("jpeg:090", "jpeg:90"),
+        ("webp", "webp"),
+        ("png", "png"),
+        ("crop:10x20", "crop:10x20+0+0"),
+        ("crop:10x20+3+4", "crop:10x20+3+4"),
+        ("rotate:-90", "rotate:270"),
+        ("rotate:360", "rotate:0"),
+        ("rotate:12.50", "rotate:12.5"),
+        ("rotate:-0.05", "rotate:359.95"),
+        ("blur:2.0", "blur:2"),
+        ("blur:0.1", "blur:0.1"),
+        ("thumbnail:128,sharpen,flop", "thumbnail:128,sharpen,flop"),
+    ],
+)
+def test_normalize(text: str | None, canonical: str) -> None:
+    assert normalize_pipeline(text, SETTINGS) == canonical
+
+
+def test_parse_pipeline_separates_operations_from_output() -> None:
+    pipeline = parse_pipeline("jpeg:70,flip,grayscale", SETTINGS)
+    assert [op.text for op in pipeline.operations] == ["flip", "grayscale"]
+    assert (pipeline.output_format.media_type, pipeline.output_format.quality) == (
+        "image/jpeg",
+        70,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("resize:0x5", "step 1 'resize:0x5': width must be 1..10000"),
+        ("swap,resize:5x10001", "step 2 'resize:5x10001': height must be 1..10000"),
+        ("resize:800", "step 1 'resize:800': expected WxH or WxH:fill"),
+        ("resize:8x8:cover", "step 1 'resize:8x8:cover': expected WxH or WxH:fill"),
+        ("resize:٣x3", "width must be 1..10000"),
+        ("resize:10000x10000", "output of 100000000 pixels exceeds the limit of 50000000"),
+        ("thumbnail:abc", "step 1 'thumbnail:abc': size must be 1..10000"),
+        ("thumbnail", "size must be 1..10000"),
+        ("explode", "step 1 'explode': unknown operation (known: swap, grayscale,"),
+        ("swap:1", "step 1 'swap:1': takes no arguments"),
+        ("swap,", "step 2 '': empty step"),
+        ("crop:10x10-5+5", "expected WxH+X+Y"),
+        ("crop:0x10+5+5", "width must be 1..10000"),
+        ("rotate:90deg", "angle must be -360..360 with at most two decimals"),
+        ("rotate:361", "angle must be -360..360"),
+        ("rotate:1.234", "angle must be -360..360"),
+        ("blur:0", "radius must be 0.1..50 with at most two decimals"),
+        ("blur:50.01", "radius must be 0.1..50"),
+        ("jpeg:0", "step 1 'jpeg:0': quality must be 1..100"),
+        ("webp:101", "quality must be 1..100"),
+        ("jpeg:", "quality must be 1..100"),
+        ("png,flip,jpeg", "step 3 'jpeg': only one output format (already step 1)"),
+        ("flip," * 10 + "flop", "too many steps: 11 (at most 10)"),
+        ("x" * 1001, "pipeline is longer than 1000 characters"),
+    ],
+)
+def test_invalid_pipeline(text: str, message: str) -> None:
+    with pytest.raises(InvalidPipeline) as raised:
+        parse_pipeline(text, SETTINGS)
+    assert message in str(raised.value)
+
+
+def test_limits_come_from_the_settings() -> None:
+    small = ProcessingSettings(max_steps=2, max_image_pixels=100)
+    with pytest.raises(InvalidPipeline, match="too many steps: 3"):
+        parse_pipeline("flip,flop,swap", small)
+    with pytest.raises(InvalidPipeline, match="exceeds the limit of 100"):
+        parse_pipeline("thumbnail:11", small)
+
+
+# --- properties ------------------------------------------------------------------------------
+
+STEP_TEXTS = st.one_of(
+    st.sampled_from(["swap", "GRAYSCALE", "flip", "flop", "sharpen", " png ", "jpeg", "webp"]),
+    st.builds(
+        "resize:{}x{}{}".format,
+        st.integers(1, 5000),
+        st.integers(1, 5000),
+        st.sampled_from(["", ":fill", ":fit"]),
+    ),
+    st.builds("thumbnail:{}".format, st.integers(1, 5000)),
+    st.builds(
+        "crop:{}x{}+{}+{}".format, *[st.integers(1, 10000)] * 2, *[st.integers(0, 10**6)] * 2
+    ),
+    st.builds("rotate:{:.2f}".format, st.decimals(-360, 360, places=2)),
+    st.builds("blur:{}".format, st.decimals("0.1", "50", places=2)),
+    st.builds("jpeg:{}".format, st.integers(1, 100)),
+)
+
+
+@given(st.text(max_size=60) | st.text(alphabet=":,x+-.0123456789resizcopjgwb", max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_parse_raises_only_invalid_pipeline(text: str) -> None:
+    with contextlib.suppress(InvalidPipeline):
+        parse_pipeline(text, SETTINGS)
+
+
+@given(st.lists(STEP_TEXTS, min_size=1, max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_normalize_is_idempotent(steps: list[str]) -> None:
+    text = ",".join(steps)
+    try:
+        canonical = normalize_pipeline(text, SETTINGS)
+    except InvalidPipeline:
+        return  # e.g. two format steps
+    assert normalize_pipeline(canonical, SETTINGS) == canonical
+    assert parse_pipeline(canonical, SETTINGS) == parse_pipeline(text, SETTINGS)
+
+
+@given(
+    st.tuples(*[st.integers(0, 255)] * 4),
+    st.sampled_from(["RGBA", "RGB", "LA", "L"]),
+)
+@settings(max_examples=30, deadline=None)
+def test_swap_twice_is_identity(colour: tuple[int, int, int, int], mode: str) -> None:
+    image = Image.new("RGBA", (3, 3), colour).convert(mode)
+    result, _ = run(image, "swap,swap")
+    assert result.mode == mode
+    assert result.tobytes() == image.tobytes()
