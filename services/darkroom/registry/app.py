@@ -13,6 +13,7 @@ from darkroom.registry.store import (
     InvalidEntry,
     KeyValueStore,
     StoreFull,
+    StoreUnavailable,
     validate_key,
     validate_value,
 )
@@ -50,6 +51,10 @@ class Entry:
             self._store.set(key, value)
         except InvalidEntry as exc:
             raise falcon.HTTPBadRequest(title="Invalid value", description=str(exc)) from exc
+        except StoreUnavailable as exc:
+            raise falcon.HTTPServiceUnavailable(
+                title="Registry unavailable", description=str(exc), retry_after=1
+            ) from exc
         except StoreFull as exc:
             raise falcon.HTTPContentTooLarge(title="Registry full", description=str(exc)) from exc
         resp.content_type = falcon.MEDIA_TEXT

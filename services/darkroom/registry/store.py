@@ -20,6 +20,10 @@ class InvalidEntry(ValueError):
     """A key or value the registry refuses; the message says why."""
 
 
+class StoreUnavailable(Exception):
+    """The backend could not take the write now; the client may retry."""
+
+
 class StoreFull(Exception):
     """The write would exceed what the backend can hold."""
 
