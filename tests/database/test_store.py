@@ -206,3 +206,15 @@ def test_counts(store):
     counts = store.counts()
     assert counts[State.QUEUED] == 1 and counts[State.UPLOADING] == 1
     assert counts[State.FINISHED] == 0
+
+
+def test_purge_removes_only_old_ended_tasks(store, clock):
+    done = queued(store)
+    store.finish(done, store.claim().lease_token)
+    waiting = queued(store)
+    clock.now += 50
+    assert store.purge(older_than=clock.now - 100) == 0
+    assert store.purge(older_than=clock.now) == 1
+    with pytest.raises(TaskNotFound):
+        store.get(done)
+    assert store.get(waiting).state == State.QUEUED

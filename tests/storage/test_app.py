@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 from falcon import testing
 
@@ -99,3 +101,13 @@ def test_delete(client, png):
     params = {"id": task_id, "state": "working"}
     assert client.simulate_delete("/deleteImage", params=params).status_code == 204
     assert client.simulate_delete("/deleteImage", params=params).status_code == 404
+
+
+def test_purge_removes_old_images_only(config, store, png):
+    old, new = new_task_id(), new_task_id()
+    store.write(Folder.FINISHED, old, iter([png]), limit=10_000)
+    store.write(Folder.WORKING, new, iter([png]), limit=10_000)
+    os.utime(config.data_dir / "finished" / old, (1_000, 1_000))
+    assert store.purge(older_than=2_000) == 1
+    assert not (config.data_dir / "finished" / old).exists()
+    assert (config.data_dir / "working" / new).exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from darkroom.core.config import Config
+from darkroom.core.periodic import expire_periodically
 from darkroom.core.runtime import Runtime
 from darkroom.core.server import serve
 from darkroom.database.app import create_app
@@ -20,5 +21,9 @@ def open_store(config: Config) -> SqliteTaskStore:
 
 def run(config: Config) -> None:
     store = open_store(config)
-    Runtime(config, "database").register()
+    runtime = Runtime(config, "database")
+    runtime.register()
+    expire_periodically(
+        store.purge, config.retention_seconds, config.sweep_interval_seconds, runtime.stop
+    )
     serve(create_app(config, store), config, "database")

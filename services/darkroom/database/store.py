@@ -65,6 +65,7 @@ class TaskStore(Protocol):
     def retry(self, task_id: str) -> Task: ...
     def cancel(self, task_id: str) -> Task: ...
     def counts(self) -> dict[State, int]: ...
+    def purge(self, older_than: float) -> int: ...
     def recent(self, limit: int) -> list[Task]: ...
 
 
@@ -299,6 +300,14 @@ class SqliteTaskStore:
             return self._update(
                 task_id, state=State.FAILED, error="cancelled", finished_at=self._clock()
             )
+
+    def purge(self, older_than: float) -> int:
+        """Delete finished and failed tasks that ended before ``older_than`` (epoch seconds)."""
+        with self._transaction():
+            return self._db.execute(
+                "DELETE FROM tasks WHERE state IN (?, ?) AND finished_at < ?",
+                (State.FINISHED, State.FAILED, older_than),
+            ).rowcount
 
     def counts(self) -> dict[State, int]:
         with self._transaction():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from darkroom.core.config import Config
+from darkroom.core.periodic import expire_periodically
 from darkroom.core.runtime import Runtime
 from darkroom.core.server import serve
 from darkroom.storage.app import create_app
@@ -11,5 +12,9 @@ from darkroom.storage.store import FileImageStore
 
 def run(config: Config) -> None:
     store = FileImageStore(config.data_dir)
-    Runtime(config, "storage").register()
+    runtime = Runtime(config, "storage")
+    runtime.register()
+    expire_periodically(
+        store.purge, config.retention_seconds, config.sweep_interval_seconds, runtime.stop
+    )
     serve(create_app(config, store), config, "storage", max_body_bytes=config.max_result_bytes)

@@ -6,6 +6,7 @@ never sees a partial file, and an interrupted upload leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import tempfile
@@ -47,6 +48,10 @@ class ImageStore(Protocol):
     def open(self, folder: Folder, task_id: str) -> StoredImage: ...
 
     def delete(self, folder: Folder, task_id: str) -> bool: ...
+
+    def purge(self, older_than: float) -> int:
+        """Delete images last written before ``older_than`` (epoch seconds)."""
+        ...
 
 
 class FileImageStore:
@@ -93,6 +98,16 @@ class FileImageStore:
         except FileNotFoundError:
             return False
         return True
+
+    def purge(self, older_than: float) -> int:
+        removed = 0
+        for folder in Folder:
+            for path in (self._root / folder).iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if is_task_id(path.name) and path.stat().st_mtime < older_than:
+                        path.unlink()
+                        removed += 1
+        return removed
 
     def remove_partial_uploads(self) -> int:
         """Delete temporary files a crash left behind (only one storage process owns the root)."""

@@ -1,0 +1,35 @@
+"""Housekeeping that runs every so often in the background of a service."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+def expire_periodically(
+    purge: Callable[[float], int],
+    retention_seconds: float,
+    every_seconds: float,
+    stop: threading.Event,
+    clock: Callable[[], float] = time.time,
+) -> threading.Thread:
+    """Call ``purge(cutoff)`` now and every ``every_seconds``; a failure waits for the next turn."""
+
+    def run() -> None:
+        while True:
+            try:
+                removed = purge(clock() - retention_seconds)
+                if removed:
+                    log.info("expired old jobs", extra={"removed": removed})
+            except Exception:
+                log.exception("expiry failed")
+            if stop.wait(every_seconds):
+                return
+
+    thread = threading.Thread(target=run, name="expiry", daemon=True)
+    thread.start()
+    return thread
