@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 from falcon import testing
 
@@ -88,3 +90,15 @@ def test_set_by_id_allows_only_retry_and_cancel(client):
 def test_list(client):
     task_id = new_queued(client)
     assert client.simulate_get("/list").text == f"{task_id} 0 queued\n"
+
+
+class FullDisk:
+    def create(self, pipeline):
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_full_disk_is_507(config):
+    client = testing.TestClient(create_app(config, FullDisk()))
+    result = client.simulate_post("/newTask")
+    assert result.status_code == 507
+    assert "no space" in result.json["description"]

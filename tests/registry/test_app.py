@@ -77,3 +77,21 @@ def test_store_survives_restart(tmp_path, store):
 def test_health(client):
     assert client.simulate_get("/healthz").status_code == 200
     assert client.simulate_get("/readyz").json == {"status": "ready"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["nohost", "host:", ":3000", "host:0", "host:65536", "host:30a", "a b:1", "http://h:1"],
+)
+def test_address_values_must_be_host_port(client, value):
+    result = client.simulate_post("/set", params={"key": "masterAddress", "value": value})
+    assert result.status_code == 400
+    assert "host:port" in result.json["description"]
+
+
+@pytest.mark.parametrize(
+    "value", ["127.0.0.1:3003", "darkroom-master:3003", "[::1]:3003", "a.b.svc.cluster.local:1"]
+)
+def test_valid_addresses(client, value):
+    result = client.simulate_post("/set", params={"key": "masterAddress", "value": value})
+    assert result.status_code == 200

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -111,3 +112,18 @@ def test_purge_removes_old_images_only(config, store, png):
     assert store.purge(older_than=2_000) == 1
     assert not (config.data_dir / "finished" / old).exists()
     assert (config.data_dir / "working" / new).exists()
+
+
+class FullDisk(FileImageStore):
+    def write(self, folder, task_id, chunks, limit):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_is_507(config, png):
+    client = testing.TestClient(create_app(config, FullDisk(config.data_dir)))
+    result = client.simulate_post(
+        "/sendImage", params={"id": new_task_id(), "state": "working"}, body=png
+    )
+    assert result.status_code == 507
+    assert "no space" in result.json["description"]
+    assert "/" not in result.json["description"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import falcon
 import requests
 
@@ -15,6 +17,15 @@ class UpstreamUnavailable(falcon.HTTPServiceUnavailable):
             description=f"The {service} service is not reachable: {reason}",
             retry_after=1,
         )
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(what: str) -> falcon.HTTPError:
+    return falcon.HTTPInsufficientStorage(
+        title="Disk full", description=f"The {what} has no space left; nothing was stored."
+    )
 
 
 def raise_for_upstream(response: requests.Response, service: str) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import sqlite3
 from typing import Any
 
 import falcon
 
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
+from darkroom.core.errors import disk_full
 from darkroom.core.ids import require_task_id
 from darkroom.database.store import State, Task, TaskConflict, TaskNotFound, TaskStore
 
@@ -145,8 +147,17 @@ def _conflict(req: falcon.Request, resp: falcon.Response, ex: TaskConflict, para
     raise falcon.HTTPConflict(title="Task conflict", description=str(ex))
 
 
+def _database_error(
+    req: falcon.Request, resp: falcon.Response, ex: sqlite3.OperationalError, params: Any
+) -> None:
+    if "disk is full" in str(ex) or "disk I/O error" in str(ex):
+        raise disk_full("database volume") from ex
+    raise ex
+
+
 def create_app(config: Config, store: TaskStore) -> falcon.App:
     app = create_base_app(config)
+    app.add_error_handler(sqlite3.OperationalError, _database_error)
     app.add_error_handler(TaskNotFound, _not_found)
     app.add_error_handler(TaskConflict, _conflict)
     tasks = Tasks(store, max_wait=MAX_CLAIM_WAIT_SECONDS)

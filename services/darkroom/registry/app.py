@@ -47,7 +47,7 @@ class Entry:
         key = _key(req)
         value = req.get_param("value", required=True)
         try:
-            validate_value(value)
+            validate_value(value, key)
             self._store.set(key, value)
         except InvalidEntry as exc:
             raise falcon.HTTPBadRequest(title="Invalid value", description=str(exc)) from exc

@@ -465,7 +465,7 @@ class ConfigMapKeyValueStore:
     def set(self, key: str, value: str) -> None:
         # The HTTP layer validates too, but the store does not rely on its callers.
         validate_key(key)
-        validate_value(value)
+        validate_value(value, key)
         self._write(key, value)
 
     def remove(self, key: str) -> bool:

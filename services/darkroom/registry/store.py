@@ -37,9 +37,20 @@ def validate_key(key: str) -> None:
         raise InvalidEntry("key may contain only letters, digits, '-', '_' and '.'")
 
 
-def validate_value(value: str) -> None:
+# host:port, the host a DNS name, IPv4 address or bracketed IPv6 address
+ADDRESS_PATTERN = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\]):(\d{1,5})"
+)
+
+
+def validate_value(value: str, key: str = "") -> None:
+    """Check a value; the value of a key ending in ``Address`` must look like host:port."""
     if not value:
         raise InvalidEntry("value must not be empty")
+    if key.endswith("Address"):
+        match = ADDRESS_PATTERN.fullmatch(value)
+        if not match or not 1 <= int(match.group(1)) <= 65535:
+            raise InvalidEntry(f"the value of {key!r} must be an address host:port")
     if len(value) > MAX_VALUE_LENGTH:
         raise InvalidEntry(f"value is {len(value)} characters; at most {MAX_VALUE_LENGTH} allowed")
     if not value.isprintable():

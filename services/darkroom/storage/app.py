@@ -6,6 +6,7 @@ import falcon
 
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
+from darkroom.core.errors import DISK_FULL_ERRNOS, disk_full
 from darkroom.core.ids import require_task_id
 from darkroom.core.streams import iter_chunks
 from darkroom.storage.store import Folder, ImageNotFound, ImageStore, TooLarge
@@ -41,6 +42,10 @@ class Images:
             self._store.write(folder, task_id, iter_chunks(req.bounded_stream), limit)
         except TooLarge as exc:
             raise too_large(limit) from exc
+        except OSError as exc:
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise disk_full("storage volume") from exc
+            raise
         resp.status = falcon.HTTP_201
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = "success"
