@@ -162,3 +162,19 @@ def test_bad_inputs_get_their_status(services):
     pending = upload(services, png_bytes((1500, 1500)))
     early = requests.get(f"{master}/get", params={"id": pending}, timeout=5)
     assert early.status_code in (200, 409)
+
+
+def test_sigterm_lets_the_worker_finish_its_task_and_exit(services):
+    for role in ("registry", "database", "storage", "master"):
+        services.start(role)
+    services.start("worker", concurrency="1")
+    image = noise_png((2000, 2000), seed=3)
+    task_id = upload(services, image)
+    wait_state(services, task_id, "in progress", timeout=10)
+    assert services.stop("worker", signal.SIGTERM) == 0
+    task = status(services, task_id)
+    assert task["stateName"] in ("finished", "queued"), "finished, or given back untouched"
+    assert task["attempts"] in (0, 1)
+    services.start("worker", concurrency="1")
+    wait_state(services, task_id, "finished", timeout=30)
+    assert same_pixels(decode(download(services, task_id)), swapped(image))

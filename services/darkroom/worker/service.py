@@ -56,7 +56,21 @@ def _loop_process(config: Config) -> None:
     runtime = Runtime(config, "worker")
     signal.signal(signal.SIGTERM, lambda *_: runtime.stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    _stop_when_orphaned(runtime.stop)
     build_loop(config, runtime).run()
+
+
+def _stop_when_orphaned(stop: threading.Event) -> None:
+    """Stop claiming once the parent is gone (SIGKILLed), instead of running on unsupervised."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                log.warning("worker parent gone; stopping this task loop")
+                stop.set()
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
 class LoopProcesses:
