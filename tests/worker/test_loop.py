@@ -90,12 +90,23 @@ def test_unexpected_error_is_retried(system):
     assert "disk hiccup" in task.error
 
 
-def test_missing_working_image_is_retried_not_fatal(system):
+def test_missing_working_image_fails_the_task_with_reason(system):
     tasks, _, master, loop = system
     task = tasks.create("swap")
     tasks.enqueue(task.id)
     claim_and_handle(master, loop)
-    assert tasks.get(task.id).state == State.QUEUED
+    failed = tasks.get(task.id)
+    assert failed.state == State.FAILED
+    assert "image is gone" in failed.error
+
+
+def test_storage_outage_is_retried(system, config):
+    tasks, storage, master, loop = system
+    task_id = submit(tasks, storage, b"\x89PNG-abc")
+    (config.data_dir / "finished").rmdir()  # the result cannot be written
+    claim_and_handle(master, loop)
+    task = tasks.get(task_id)
+    assert task.state == State.QUEUED and task.error
 
 
 def test_run_stops_when_asked(system):

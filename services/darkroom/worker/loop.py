@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
+import falcon
 import requests
 
 from darkroom.core.discovery import Backoff
@@ -23,6 +24,10 @@ SPOOL_BYTES = 8 * 1024 * 1024
 
 # process(source, destination, pipeline) -> media type; raises Rejected for a bad image
 Processor = Callable[[BinaryIO, BinaryIO, str], str]
+
+
+class ImageGone(Exception):
+    """The task's uploaded image no longer exists: retrying cannot help."""
 
 
 class TaskLoop:
@@ -76,19 +81,27 @@ class TaskLoop:
                 log.warning(
                     "lease lost; another worker has the task", extra={"task": claim.task_id}
                 )
-            except self._rejected as exc:
+            except (self._rejected, ImageGone) as exc:
                 self.failed += 1
                 self._report_failure(claim, str(exc), retryable=False)
             except Exception as exc:
                 log.exception("task error", extra={"task": claim.task_id})
-                self._report_failure(claim, f"{type(exc).__name__}: {exc}", retryable=True)
+                reason = getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"
+                self._report_failure(claim, reason, retryable=True)
 
     def _process_task(self, claim: Claim) -> None:
         with (
             tempfile.SpooledTemporaryFile(SPOOL_BYTES) as source,
             tempfile.SpooledTemporaryFile(SPOOL_BYTES) as result,
         ):
-            with self._storage.open(Folder.WORKING, claim.task_id) as download:
+            try:
+                download = self._storage.open(Folder.WORKING, claim.task_id)
+            except falcon.HTTPError as exc:
+                if exc.status_code != 404:
+                    raise
+                # Claimable tasks always have their image, so it was expired or deleted since.
+                raise ImageGone("the uploaded image is gone (expired or deleted)") from exc
+            with download:
                 for chunk in download.iter_content(256 * 1024):
                     source.write(chunk)
             source.seek(0)
