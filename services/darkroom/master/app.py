@@ -17,6 +17,7 @@ from darkroom.core.imagetypes import EXTENSIONS, SNIFF_BYTES, sniff_media_type
 from darkroom.core.relay import relay, relay_stream
 from darkroom.core.streams import iter_chunks
 from darkroom.database.client import DatabaseClient
+from darkroom.master.openapi import OpenApiDocument
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import Folder
 
@@ -165,6 +166,7 @@ def create_app(
 ) -> falcon.App:
     app = create_base_app(config, readiness=readiness or [])
     jobs = Jobs(database, storage, check_pipeline, config.max_upload_bytes)
+    app.add_route("/openapi.json", OpenApiDocument())
     app.add_route("/new", jobs, suffix="new")
     app.add_route("/isReady", jobs, suffix="is_ready")
     app.add_route("/status", jobs, suffix="status")
