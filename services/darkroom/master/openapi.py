@@ -1,0 +1,263 @@
+"""The OpenAPI 3.0 document of the master's public API, served at ``GET /openapi.json``.
+
+Only the client routes are described: the worker routes (``/getNewTask``,
+``/registerTaskFinished``, ``/heartbeat``, ``/failTask``, ``/releaseTask``) are internal and
+need the service token. The document is the contract the fuzz tests check the master against.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import falcon
+
+from darkroom import __version__
+from darkroom.core.auth import PUBLIC
+from darkroom.core.ids import TASK_ID_PATTERN
+from darkroom.core.imagetypes import EXTENSIONS
+
+JSON = "application/json"
+TEXT = "text/plain"
+IMAGE_TYPES = sorted(EXTENSIONS)
+
+
+def _error(description: str, *media_types: str) -> dict[str, Any]:
+    """An error answer: JSON ``{"title", "description"}`` (or what the server says instead)."""
+    content = {media_type: {"schema": {"type": "string"}} for media_type in media_types}
+    return {
+        "description": description,
+        "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}, **content},
+    }
+
+
+_ERROR_RESPONSES = {
+    "400": _error("A parameter is missing or invalid; the description says which."),
+    "401": _error("API keys are configured and none was given."),
+    "403": _error("The credentials given are not an API key."),
+    "502": _error("A service behind the master failed."),
+    "503": _error("A service behind the master is not reachable; retry (see Retry-After)."),
+}
+
+_TASK_ID_PARAMETER = {
+    "name": "id",
+    "in": "query",
+    "required": True,
+    "description": "The job id `/new` answered.",
+    "schema": {"type": "string", "pattern": f"^{TASK_ID_PATTERN.pattern}$"},
+}
+
+_CLIENT_SECURITY = [{}, {"bearer": []}, {"apiKey": []}, {"basic": []}]
+
+
+def _job_operation(
+    operation_id: str, summary: str, description: str, ok: dict[str, Any], *statuses: str
+) -> dict[str, Any]:
+    errors = {
+        "404": _error("No job has this id."),
+        "409": _error("The job is not finished yet (see Retry-After)."),
+        "422": _error("The job failed; the description says why."),
+    }
+    return {
+        "get": {
+            "summary": summary,
+            "description": description,
+            "operationId": operation_id,
+            "tags": ["jobs"],
+            "security": _CLIENT_SECURITY,
+            "parameters": [_TASK_ID_PARAMETER],
+            "responses": {
+                "200": ok,
+                **{status: errors[status] for status in statuses},
+                **_ERROR_RESPONSES,
+            },
+        }
+    }
+
+
+_DOCUMENT: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "Darkroom",
+        "version": __version__,
+        "description": (
+            "Asynchronous image processing: upload an image with `POST /new` and get a job id at "
+            "once, ask `/isReady` or `/status` until it is finished, then download it from `/get`."
+            " Errors are JSON `{title, description}` with the right status. The client routes "
+            "need an API key only when the server is configured with some."
+        ),
+    },
+    "tags": [{"name": "jobs"}, {"name": "operations"}],
+    "paths": {
+        "/new": {
+            "post": {
+                "summary": "Upload an image",
+                "description": (
+                    "The request body is the image itself (PNG, JPEG, GIF, WebP, BMP or TIFF, "
+                    "recognised by its content). The answer is the new job's id."
+                ),
+                "operationId": "upload",
+                "tags": ["jobs"],
+                "security": _CLIENT_SECURITY,
+                "parameters": [
+                    {
+                        "name": "op",
+                        "in": "query",
+                        "required": False,
+                        "description": (
+                            "Operation pipeline, e.g. `resize:800x600,grayscale`; "
+                            "default `swap` (red and green exchanged)."
+                        ),
+                        "schema": {"type": "string", "maxLength": 1000},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        media_type: {"schema": {"type": "string", "format": "binary"}}
+                        for media_type in ["application/octet-stream", *IMAGE_TYPES]
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "The job id.",
+                        "content": {TEXT: {"schema": {"$ref": "#/components/schemas/TaskId"}}},
+                    },
+                    "413": _error("The image is over the size limit.", TEXT, "text/html"),
+                    "415": _error("The body is not an image in a supported format."),
+                    **_ERROR_RESPONSES,
+                },
+            }
+        },
+        "/isReady": _job_operation(
+            "isReady",
+            "Is the job finished",
+            "`1` when the job is finished, `0` while it waits or runs; 422 when it failed.",
+            {
+                "description": "`1` or `0`.",
+                "content": {TEXT: {"schema": {"type": "string", "enum": ["0", "1"]}}},
+            },
+            "404",
+            "422",
+        ),
+        "/status": _job_operation(
+            "status",
+            "The job's state",
+            "The job's state, attempts, error and timestamps.",
+            {
+                "description": "The job.",
+                "content": {JSON: {"schema": {"$ref": "#/components/schemas/Task"}}},
+            },
+            "404",
+        ),
+        "/get": _job_operation(
+            "result",
+            "Download the result",
+            "The processed image, as an attachment.",
+            {
+                "description": "The result image.",
+                "content": {
+                    media_type: {"schema": {"type": "string", "format": "binary"}}
+                    for media_type in [*IMAGE_TYPES, "application/octet-stream"]
+                },
+            },
+            "404",
+            "409",
+            "422",
+        ),
+        "/healthz": {
+            "get": {
+                "summary": "The process answers",
+                "operationId": "healthz",
+                "tags": ["operations"],
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Alive.",
+                        "content": {JSON: {"schema": {"$ref": "#/components/schemas/Health"}}},
+                    }
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "The master can reach the database and the storage",
+                "operationId": "readyz",
+                "tags": ["operations"],
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Ready.",
+                        "content": {JSON: {"schema": {"$ref": "#/components/schemas/Health"}}},
+                    },
+                    "503": _error("Not ready; the description says why."),
+                },
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "basic": {"type": "http", "scheme": "basic", "description": "The password is the key."},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        },
+        "schemas": {
+            "TaskId": {"type": "string", "pattern": f"^{TASK_ID_PATTERN.pattern}$"},
+            "Error": {
+                "type": "object",
+                "required": ["title"],
+                "properties": {"title": {"type": "string"}, "description": {"type": "string"}},
+            },
+            "Health": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {"status": {"type": "string"}},
+            },
+            "Task": {
+                "type": "object",
+                "required": [
+                    "id",
+                    "state",
+                    "stateName",
+                    "pipeline",
+                    "attempts",
+                    "error",
+                    "createdAt",
+                    "updatedAt",
+                    "finishedAt",
+                ],
+                "properties": {
+                    "id": {"$ref": "#/components/schemas/TaskId"},
+                    "state": {
+                        "type": "integer",
+                        "enum": [-1, 0, 1, 2, 3],
+                        "description": "-1 uploading, 0 queued, 1 in progress, 2 finished, "
+                        "3 failed",
+                    },
+                    "stateName": {
+                        "type": "string",
+                        "enum": ["uploading", "queued", "in progress", "finished", "failed"],
+                    },
+                    "pipeline": {"type": "string"},
+                    "attempts": {"type": "integer", "minimum": 0},
+                    "error": {"type": "string", "nullable": True},
+                    "createdAt": {"type": "string", "format": "date-time"},
+                    "updatedAt": {"type": "string", "format": "date-time"},
+                    "finishedAt": {"type": "string", "format": "date-time", "nullable": True},
+                },
+            },
+        },
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    """A fresh copy of the document (callers may change theirs)."""
+    return copy.deepcopy(_DOCUMENT)
+
+
+class OpenApiDocument:
+    auth = PUBLIC
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = _DOCUMENT
