@@ -25,6 +25,6 @@ if ! command -v helm >/dev/null && [ -x ../shared/tools/install-helm ]; then
   ../shared/tools/install-helm
 fi
 
-python3 -m ruff check services tests bench
-python3 -m ruff format --check services tests bench
+python3 -m ruff check .
+python3 -m ruff format --check .
 python3 -m pytest "$@"
