@@ -1,0 +1,308 @@
+{{/*
+Names, labels and the pieces every Deployment shares. Every template includes these, so a
+reader who knows one Deployment knows all six.
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "darkroom.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The prefix of every resource name: fullnameOverride, else the release name if it contains the
+chart name, else "<release>-<chart>". Kept to 50 characters so "<fullname>-frontend" and
+the other role suffixes still fit in 63.
+*/}}
+{{- define "darkroom.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "darkroom.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "darkroom.namespace" -}}
+{{- .Release.Namespace }}
+{{- end }}
+
+{{/* The fixed port of each role (docs/architecture.md). Call with the role name. */}}
+{{- define "darkroom.port" -}}
+{{- $ports := dict "registry" 3000 "database" 3001 "storage" 3002 "master" 3003 "frontend" 8080 "worker" 9100 }}
+{{- required (printf "unknown role %q" .) (get $ports .) }}
+{{- end }}
+
+{{/* "<fullname>-<role>": the name of a role's Deployment, Service, ... Call with (dict "root" $ "role" ROLE). */}}
+{{- define "darkroom.roleName" -}}
+{{- printf "%s-%s" (include "darkroom.fullname" .root) .role }}
+{{- end }}
+
+{{/* The address other services use for a role: its Service and port, "darkroom-master:3003". */}}
+{{- define "darkroom.address" -}}
+{{- printf "%s:%s" (include "darkroom.roleName" .) (include "darkroom.port" .role) }}
+{{- end }}
+
+{{/* The selector labels of the whole release (no component). Call with the root context. */}}
+{{- define "darkroom.releaseSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "darkroom.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Selector labels of one component. Call with (dict "root" $ "role" ROLE). */}}
+{{- define "darkroom.selectorLabels" -}}
+{{ include "darkroom.releaseSelectorLabels" .root }}
+app.kubernetes.io/component: {{ .role }}
+{{- end }}
+
+{{/* The recommended labels. Call with (dict "root" $ "role" ROLE); ROLE may be a part name. */}}
+{{- define "darkroom.labels" -}}
+{{ include "darkroom.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: darkroom
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ include "darkroom.chart" .root }}
+{{- end }}
+
+{{/* The image of a role: ROLE.image if set, else <registry>/<repository>-<role>:<tag>. */}}
+{{- define "darkroom.image" -}}
+{{- $values := index .root.Values .role }}
+{{- if $values.image }}
+{{- $values.image }}
+{{- else }}
+{{- $image := .root.Values.image }}
+{{- $name := printf "%s-%s:%s" $image.repository .role (default .root.Chart.AppVersion $image.tag) }}
+{{- if $image.registry }}
+{{- printf "%s/%s" (trimSuffix "/" $image.registry) $name }}
+{{- else }}
+{{- $name }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret with the internal token and API keys. */}}
+{{- define "darkroom.authSecretName" -}}
+{{- default (printf "%s-auth" (include "darkroom.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+
+{{- define "darkroom.registryConfigMapName" -}}
+{{- printf "%s-registry" (include "darkroom.fullname" .) }}
+{{- end }}
+
+{{/* The service account of every pod but the registry's: it mounts no token. */}}
+{{- define "darkroom.serviceAccountName" -}}
+{{- include "darkroom.fullname" . }}
+{{- end }}
+
+{{/* Pod-level security context: the `restricted` Pod Security profile. Call with the root. */}}
+{{- define "darkroom.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.fsGroup }}
+fsGroupChangePolicy: OnRootMismatch
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Container-level security context: the `restricted` profile and a read-only root. */}}
+{{- define "darkroom.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* The credentials every pod gets from the auth Secret. Call with the root. */}}
+{{- define "darkroom.authEnv" -}}
+- name: DARKROOM_INTERNAL_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "darkroom.authSecretName" . }}
+      key: {{ .Values.auth.internalTokenKey }}
+{{- if .Values.auth.apiKeys.enabled }}
+- name: DARKROOM_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "darkroom.authSecretName" . }}
+      key: {{ .Values.auth.apiKeys.secretKey }}
+{{- end }}
+{{- end }}
+
+{{/*
+One role's Deployment. Call with (dict "root" $ "role" ROLE). The differences between roles
+are few and all here: the registry's service account and ConfigMap settings, the worker's
+concurrency and missing Service, the data volume and Recreate strategy of database and storage.
+*/}}
+{{- define "darkroom.deployment" -}}
+{{- $root := .root }}
+{{- $role := .role }}
+{{- $values := index $root.Values $role }}
+{{- $port := include "darkroom.port" $role | int }}
+{{- $stateful := has $role (list "database" "storage") }}
+{{- $isRegistry := eq $role "registry" }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "darkroom.roleName" . }}
+  namespace: {{ include "darkroom.namespace" $root }}
+  labels:
+    {{- include "darkroom.labels" . | nindent 4 }}
+spec:
+  {{- if $stateful }}
+  # One pod at a time on the ReadWriteOnce volume: the old pod stops before the new one starts.
+  replicas: 1
+  strategy:
+    type: Recreate
+  {{- else if not (and (eq $role "worker") $values.autoscaling.enabled) }}
+  replicas: {{ $values.replicas }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "darkroom.selectorLabels" . | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "darkroom.labels" . | nindent 8 }}
+      {{- if or $root.Values.metrics.podAnnotations $root.Values.podAnnotations }}
+      annotations:
+        {{- if $root.Values.metrics.podAnnotations }}
+        prometheus.io/scrape: "true"
+        prometheus.io/port: {{ $port | quote }}
+        prometheus.io/path: /metrics
+        {{- end }}
+        {{- with $root.Values.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- end }}
+    spec:
+      {{- if $isRegistry }}
+      serviceAccountName: {{ include "darkroom.roleName" . }}
+      # The registry alone talks to the Kubernetes API (its ConfigMap), so it alone has a token.
+      automountServiceAccountToken: true
+      {{- else }}
+      serviceAccountName: {{ include "darkroom.serviceAccountName" $root }}
+      automountServiceAccountToken: false
+      {{- end }}
+      # No SERVICE_HOST/PORT variables: "darkroom-registry" would inject DARKROOM_REGISTRY_*.
+      enableServiceLinks: false
+      {{- if eq $role "worker" }}
+      terminationGracePeriodSeconds: {{ $values.terminationGracePeriodSeconds }}
+      {{- end }}
+      securityContext:
+        {{- include "darkroom.podSecurityContext" $root | nindent 8 }}
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $root.Values.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $root.Values.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: {{ $role }}
+          image: {{ include "darkroom.image" . | quote }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          ports:
+            - name: http
+              containerPort: {{ $port }}
+              protocol: TCP
+          env:
+            - name: DARKROOM_HOST
+              value: "0.0.0.0"
+            - name: DARKROOM_PORT
+              value: {{ $port | quote }}
+            {{- if ne $role "worker" }}
+            - name: DARKROOM_ADVERTISE_ADDRESS
+              value: {{ include "darkroom.address" . | quote }}
+            {{- end }}
+            - name: DARKROOM_REGISTRY_ADDRESS
+              value: {{ include "darkroom.address" (dict "root" $root "role" "registry") | quote }}
+            - name: DARKROOM_DATA_DIR
+              value: /data
+            - name: DARKROOM_LOG_LEVEL
+              value: {{ $root.Values.logLevel | quote }}
+            {{- if $isRegistry }}
+            - name: DARKROOM_REGISTRY_BACKEND
+              value: configmap
+            - name: DARKROOM_REGISTRY_CONFIGMAP
+              value: {{ include "darkroom.registryConfigMapName" $root | quote }}
+            - name: DARKROOM_REGISTRY_NAMESPACE
+              valueFrom:
+                fieldRef:
+                  fieldPath: metadata.namespace
+            {{- end }}
+            {{- if eq $role "worker" }}
+            - name: DARKROOM_CONCURRENCY
+              value: {{ $values.concurrency | quote }}
+            {{- end }}
+            {{- include "darkroom.authEnv" $root | nindent 12 }}
+            {{- with $values.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          startupProbe:
+            httpGet:
+              path: /healthz
+              port: http
+            periodSeconds: 2
+            timeoutSeconds: 3
+            failureThreshold: 30
+          livenessProbe:
+            httpGet:
+              path: /healthz
+              port: http
+            periodSeconds: 10
+            timeoutSeconds: 3
+            failureThreshold: 3
+          readinessProbe:
+            httpGet:
+              path: /readyz
+              port: http
+            periodSeconds: 5
+            timeoutSeconds: 3
+            failureThreshold: 3
+          resources:
+            {{- toYaml $values.resources | nindent 12 }}
+          securityContext:
+            {{- include "darkroom.containerSecurityContext" $root | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+            {{- if $stateful }}
+            - name: data
+              mountPath: /data
+            {{- end }}
+      volumes:
+        # Waitress spools large request bodies here; the root filesystem is read-only.
+        - name: tmp
+          emptyDir:
+            sizeLimit: {{ $root.Values.tmpSizeLimit }}
+        {{- if $stateful }}
+        - name: data
+          {{- if $values.persistence.enabled }}
+          persistentVolumeClaim:
+            claimName: {{ default (include "darkroom.roleName" .) $values.persistence.existingClaim }}
+          {{- else }}
+          emptyDir: {}
+          {{- end }}
+        {{- end }}
+{{- end }}

@@ -1,0 +1,710 @@
+"""The Helm chart and k8s/, checked offline over the rendered objects.
+
+Needs helm 3 on PATH (skipped with the reason otherwise; scripts/test.sh installs it) and
+kubernetes-validate, whose bundled schemas decide which Kubernetes versions are checked: 1.23
+(the oldest the chart supports) and the newest it ships.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "darkroom"
+RELEASE = NAMESPACE = "darkroom"
+ROLES = ("registry", "database", "storage", "master", "worker", "frontend")
+PORTS = {
+    "registry": 3000,
+    "database": 3001,
+    "storage": 3002,
+    "master": 3003,
+    "frontend": 8080,
+    "worker": 9100,
+}
+# Every API version the chart may use: GA in Kubernetes 1.23 (plus the one optional CRD).
+ALLOWED_API_VERSIONS = {
+    "v1",
+    "apps/v1",
+    "rbac.authorization.k8s.io/v1",
+    "networking.k8s.io/v1",
+    "policy/v1",
+    "autoscaling/v2",
+    "monitoring.coreos.com/v1",
+}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+RECOMMENDED_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+)
+
+# Every optional feature switched on at once.
+ALL_ON: dict[str, Any] = {
+    "imagePullSecrets": [{"name": "regcred"}],
+    "image": {"registry": "ghcr.io/acme", "tag": "1.2.3", "pullPolicy": "Always"},
+    "auth": {"existingSecret": "my-auth", "apiKeys": {"enabled": True}},
+    "podAnnotations": {"example.com/owner": "team-images"},
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "images", "operator": "Exists", "effect": "NoSchedule"}],
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "networkPolicy": {"metricsNamespaceLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "registry": {"recreateConfigMap": True, "replicas": 2, "image": "example.com/registry:9"},
+    "database": {"persistence": {"existingClaim": "old-database", "storageClass": "fast"}},
+    "storage": {"persistence": {"storageClass": "fast", "size": "50Gi"}},
+    "master": {"service": {"type": "LoadBalancer"}},
+    "worker": {
+        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 8},
+        "extraEnv": [{"name": "DARKROOM_PNG_COMPRESS_LEVEL", "value": "3"}],
+    },
+    "frontend": {"service": {"type": "NodePort"}},
+}
+# The chart's own Secret with API keys, and the optional pieces off.
+CHART_SECRET_KEYS: dict[str, Any] = {
+    "auth": {"apiKeys": {"enabled": True, "keys": ["k1", "k2"]}},
+    "networkPolicy": {"enabled": False},
+    "podDisruptionBudget": {"enabled": False},
+    "metrics": {"podAnnotations": False},
+    "database": {"persistence": {"enabled": False}},
+    "storage": {"persistence": {"enabled": False}},
+}
+SCENARIOS = {"defaults": {}, "all-on": ALL_ON, "chart-secret-keys": CHART_SECRET_KEYS}
+
+
+def _helm() -> str:
+    helm = shutil.which("helm")
+    if helm is None:
+        pytest.skip("helm 3 is not on PATH (install it: shared/tools/install-helm)")
+    return helm
+
+
+def _run_helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_helm(), *args], capture_output=True, text=True, timeout=60)
+
+
+@functools.cache
+def _render_text(values_json: str, *extra: str) -> str:
+    # Values go in as a JSON file (JSON is YAML): no --set escaping to get wrong.
+    command = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, *extra]
+    if values_json != "{}":
+        command += ["--values", "/dev/stdin"]
+    result = subprocess.run(
+        [_helm(), *command], input=values_json, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def render(values: dict[str, Any] | None = None, *extra: str) -> list[dict[str, Any]]:
+    text = _render_text(json.dumps(values or {}, sort_keys=True), *extra)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def render_fails(*args: str) -> str:
+    result = _run_helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+    assert result.returncode != 0, "helm template should have failed"
+    return result.stderr
+
+
+def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    matches = [o for o in of_kind(objects, kind) if o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict, dict]]:
+    """(name, pod metadata, pod spec) of every Deployment's template and every bare Pod."""
+    for obj in objects:
+        if obj["kind"] == "Deployment":
+            template = obj["spec"]["template"]
+            yield obj["metadata"]["name"], template["metadata"], template["spec"]
+        elif obj["kind"] == "Pod":
+            yield obj["metadata"]["name"], obj["metadata"], obj["spec"]
+
+
+def component(metadata: dict[str, Any]) -> str:
+    return metadata["labels"]["app.kubernetes.io/component"]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in container.get("env", [])}
+
+
+def is_test_hook(obj: dict[str, Any]) -> bool:
+    return obj["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"
+
+
+@pytest.fixture(params=list(SCENARIOS), ids=list(SCENARIOS))
+def objects(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    return render(SCENARIOS[request.param])
+
+
+# --- lint and schemas ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_helm_lint_strict(scenario: str, tmp_path: Path) -> None:
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps(SCENARIOS[scenario]))
+    result = _run_helm("lint", "--strict", str(CHART), "--namespace", NAMESPACE, "-f", str(values))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _kubernetes_versions() -> list[Any]:
+    import kubernetes_validate.utils as kv_utils
+
+    shipped = kv_utils.all_versions()
+    installed = importlib.metadata.version("kubernetes-validate")
+    newest = shipped[-1]
+    versions: list[Any] = [newest]
+    if any(v.startswith("1.23.") for v in shipped):
+        versions.insert(0, "1.23.0")
+    else:
+        versions.insert(
+            0,
+            pytest.param(
+                "1.23.0",
+                marks=pytest.mark.skip(
+                    reason=f"kubernetes-validate {installed} "
+                    f"ships schemas {shipped[0]}..{newest}, not 1.23: "
+                    "pip install 'kubernetes-validate==1.33.1'"
+                ),
+            ),
+        )
+        versions.insert(1, shipped[0])  # at least the oldest schema it has
+    return versions
+
+
+@pytest.mark.parametrize("version", _kubernetes_versions())
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_objects_match_the_kubernetes_schemas(scenario: str, version: str) -> None:
+    import kubernetes_validate
+
+    for obj in render(SCENARIOS[scenario]):
+        where = f"{obj['kind']} {obj['metadata']['name']}"
+        if (obj["apiVersion"], obj["kind"]) in CRD_KINDS:
+            continue  # no schema bundled: test_service_monitor checks its structure
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{where} is invalid for Kubernetes {version}: {exc}")
+
+
+def test_only_api_versions_ga_in_1_23(objects: list[dict[str, Any]]) -> None:
+    used = {obj["apiVersion"] for obj in objects}
+    assert used <= ALLOWED_API_VERSIONS, used - ALLOWED_API_VERSIONS
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "bogus=1",
+        "master.bogus=1",
+        "worker.autoscaling.bogus=1",
+        "master.resources.requests.gpu=1",
+        "auth.apiKeys.bogus=1",
+        "image.pullPolicy=Sometimes",
+        "securityContext.runAsUser=0",
+    ],
+)
+def test_values_schema_rejects_unknown_keys_and_bad_values(setting: str) -> None:
+    assert "values don't meet the specifications of the schema" in render_fails("--set", setting)
+
+
+def test_values_yaml_documents_every_knob() -> None:
+    """Every line that sets a value has a comment line above it (or is a map's parent)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or stripped.endswith(":"):
+            continue
+        if stripped.startswith("- ") or (line.startswith("    ") and ": {" in line):
+            continue  # list items, and resources' one-line maps under a commented key
+        above = lines[number - 1].strip()
+        assert above.startswith("#"), f"values.yaml line {number + 1} has no comment: {line}"
+
+
+def test_schema_forbids_unknown_keys_at_every_level() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node:
+                assert node.get("additionalProperties") is False, path
+            for key, value in node.items():
+                walk(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{path}/{index}")
+
+    walk(schema, "#")
+
+
+# --- security ------------------------------------------------------------------------------
+
+
+def test_rbac_is_one_role_on_one_configmap(objects: list[dict[str, Any]]) -> None:
+    assert not of_kind(objects, "ClusterRole")
+    assert not of_kind(objects, "ClusterRoleBinding")
+    (role,) = of_kind(objects, "Role")
+    for rule in role["rules"]:
+        for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+            assert "*" not in rule.get(field, []), rule
+        assert rule["apiGroups"] == [""]
+        assert rule["resources"] == ["configmaps"]
+    by_name = [rule for rule in role["rules"] if "resourceNames" in rule]
+    assert len(by_name) == 1
+    assert by_name[0]["resourceNames"] == ["darkroom-registry"]
+    assert sorted(by_name[0]["verbs"]) == ["get", "list", "patch", "watch"]
+    unnamed = [rule for rule in role["rules"] if "resourceNames" not in rule]
+    assert all(rule["verbs"] == ["create"] for rule in unnamed)
+    (binding,) = of_kind(objects, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "darkroom-registry", "namespace": NAMESPACE}
+    ]
+
+
+def test_create_on_configmaps_only_when_asked() -> None:
+    def verbs(values: dict[str, Any]) -> set[str]:
+        (role,) = of_kind(render(values), "Role")
+        return {verb for rule in role["rules"] for verb in rule["verbs"]}
+
+    assert "create" not in verbs({})
+    assert "create" in verbs({"registry": {"recreateConfigMap": True}})
+
+
+def test_only_the_registry_mounts_a_token(objects: list[dict[str, Any]]) -> None:
+    accounts = {sa["metadata"]["name"]: sa for sa in of_kind(objects, "ServiceAccount")}
+    for name, metadata, spec in pod_specs(objects):
+        assert spec["serviceAccountName"] in accounts, name
+        if component(metadata) == "registry":
+            assert spec["serviceAccountName"] == "darkroom-registry"
+            assert spec["automountServiceAccountToken"] is True
+        else:
+            assert spec["automountServiceAccountToken"] is False, name
+            account = accounts[spec["serviceAccountName"]]
+            assert account["automountServiceAccountToken"] is False, name
+
+
+def test_every_container_meets_the_restricted_profile(objects: list[dict[str, Any]]) -> None:
+    for name, _, spec in pod_specs(objects):
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, name
+        assert pod["runAsUser"] > 0, name
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert "fsGroup" in pod, name
+        assert spec["enableServiceLinks"] is False, name
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(key), name
+        assert all("hostPath" not in volume for volume in spec.get("volumes", [])), name
+        volumes = {volume["name"]: volume for volume in spec["volumes"]}
+        for container in spec["containers"] + spec.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["runAsNonRoot"] is True, name
+            assert context.get("privileged", False) is False, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}, name
+            mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+            assert "emptyDir" in volumes[mounts["/tmp"]], f"{name}: /tmp must be an emptyDir"
+
+
+def test_every_service_container_has_probes_and_resources(objects: list[dict[str, Any]]) -> None:
+    deployments = of_kind(objects, "Deployment")
+    assert sorted(component(d["metadata"]) for d in deployments) == sorted(ROLES)
+    for name, metadata, spec in pod_specs(objects):
+        for container in spec["containers"]:
+            resources = container["resources"]
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources[kind]), f"{name}: {kind}"
+            if metadata in [d["spec"]["template"]["metadata"] for d in deployments]:
+                role = component(metadata)
+                assert container["ports"] == [
+                    {"name": "http", "containerPort": PORTS[role], "protocol": "TCP"}
+                ]
+                for probe, path in (
+                    ("livenessProbe", "/healthz"),
+                    ("readinessProbe", "/readyz"),
+                    ("startupProbe", "/healthz"),
+                ):
+                    assert container[probe]["httpGet"] == {"path": path, "port": "http"}, name
+
+
+def test_auth_secret_wired_into_every_pod() -> None:
+    for values, secret, with_keys in (
+        ({}, "darkroom-auth", False),
+        (ALL_ON, "my-auth", True),
+        (CHART_SECRET_KEYS, "darkroom-auth", True),
+    ):
+        objects = render(values)
+        for name, metadata, spec in pod_specs(objects):
+            env = env_of(spec["containers"][0])
+            if component(metadata) != "test":
+                token = env["DARKROOM_INTERNAL_TOKEN"]["valueFrom"]["secretKeyRef"]
+                assert token == {"name": secret, "key": "internal-token"}, name
+            if with_keys:
+                keys = env["DARKROOM_API_KEYS"]["valueFrom"]["secretKeyRef"]
+                assert keys == {"name": secret, "key": "api-keys"}, name
+            else:
+                assert "DARKROOM_API_KEYS" not in env, name
+        secrets = of_kind(objects, "Secret")
+        if secret == "my-auth":
+            assert not secrets
+        else:
+            (made,) = secrets
+            assert made["metadata"]["name"] == "darkroom-auth"
+            assert len(made["data"]["internal-token"]) >= 48
+            assert ("api-keys" in made["data"]) is with_keys
+
+
+def test_api_keys_need_keys_or_an_existing_secret() -> None:
+    stderr = render_fails("--set", "auth.apiKeys.enabled=true")
+    assert "auth.apiKeys.keys" in stderr
+
+
+# --- network policies ----------------------------------------------------------------------
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are used"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _allowed_flows(objects: list[dict[str, Any]]) -> set[tuple[str, str, int]]:
+    """(from component, to component, port) pairs allowed by both ends' policies."""
+    policies = of_kind(objects, "NetworkPolicy")
+    pods = {component(metadata): metadata["labels"] for _, metadata, _ in pod_specs(objects)}
+
+    def peers_allow(rules: list[dict], direction: str, peer: dict[str, str], port: int) -> bool:
+        for rule in rules:
+            ports = [p["port"] for p in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            peers = rule.get(direction)
+            if not peers:
+                return True  # from/to anywhere
+            for entry in peers:
+                if set(entry) == {"podSelector"} and _selects(entry["podSelector"], peer):
+                    return True
+        return False
+
+    flows = set()
+    for source, source_labels in pods.items():
+        for target, target_labels in pods.items():
+            port = PORTS.get(target)
+            if port is None or source == target:
+                continue
+            out = [p for p in policies if _selects(p["spec"]["podSelector"], source_labels)]
+            into = [p for p in policies if _selects(p["spec"]["podSelector"], target_labels)]
+            egress = any(
+                peers_allow(p["spec"].get("egress", []), "to", target_labels, port) for p in out
+            )
+            ingress = any(
+                peers_allow(p["spec"].get("ingress", []), "from", source_labels, port) for p in into
+            )
+            if egress and ingress:
+                flows.add((source, target, port))
+    return flows
+
+
+def test_network_policies_allow_exactly_the_flows_used() -> None:
+    objects = render({})
+    expected = {
+        *((role, "registry", 3000) for role in ROLES if role != "registry"),
+        ("master", "database", 3001),
+        ("master", "storage", 3002),
+        ("worker", "storage", 3002),
+        ("worker", "master", 3003),
+        ("frontend", "master", 3003),
+        ("test", "master", 3003),
+    }
+    assert _allowed_flows(objects) == expected
+
+
+def test_default_deny_and_every_pod_selected(objects: list[dict[str, Any]]) -> None:
+    policies = of_kind(objects, "NetworkPolicy")
+    if not policies:
+        return  # networkPolicy.enabled=false
+    deny = named(objects, "NetworkPolicy", "darkroom-default-deny")
+    assert deny["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in deny["spec"] and "egress" not in deny["spec"]
+    for name, metadata, _ in pod_specs(objects):
+        labels = metadata["labels"]
+        assert _selects(deny["spec"]["podSelector"], labels), name
+        own = [p for p in policies if p is not deny and _selects(p["spec"]["podSelector"], labels)]
+        assert own, f"{name}: no NetworkPolicy allows its traffic"
+        for policy in own:
+            egress = policy["spec"]["egress"]
+            dns = [rule for rule in egress if {"port": 53, "protocol": "UDP"} in rule["ports"]]
+            assert dns and "to" not in dns[0], f"{name}: no DNS egress"
+
+
+def test_only_the_registry_reaches_the_api_server() -> None:
+    objects = render({})
+    for policy in of_kind(objects, "NetworkPolicy"):
+        for rule in policy["spec"].get("egress", []):
+            ports = {p["port"] for p in rule["ports"]}
+            if 443 in ports or 6443 in ports:
+                assert policy["metadata"]["name"] == "darkroom-registry"
+                assert "to" not in rule
+
+
+def test_public_roles_take_ingress_from_anywhere_and_nobody_calls_the_worker() -> None:
+    objects = render({})
+    for role in ("master", "frontend"):
+        rules = named(objects, "NetworkPolicy", f"darkroom-{role}")["spec"]["ingress"]
+        assert {"ports": [{"port": PORTS[role], "protocol": "TCP"}]} in rules
+    assert named(objects, "NetworkPolicy", "darkroom-worker")["spec"]["ingress"] == []
+
+
+def test_metrics_namespace_may_scrape_every_role() -> None:
+    objects = render(ALL_ON)
+    for role in ("registry", "database", "storage", "worker"):
+        rules = named(objects, "NetworkPolicy", f"darkroom-{role}")["spec"]["ingress"]
+        scrape = [r for r in rules if "namespaceSelector" in r["from"][0]]
+        assert scrape and scrape[0]["ports"] == [{"port": PORTS[role], "protocol": "TCP"}], role
+
+
+# --- wiring --------------------------------------------------------------------------------
+
+
+def test_labels_on_every_object(objects: list[dict[str, Any]]) -> None:
+    for obj in objects:
+        labels = obj["metadata"].get("labels", {})
+        missing = [label for label in RECOMMENDED_LABELS if label not in labels]
+        assert not missing, f"{obj['kind']} {obj['metadata']['name']} lacks {missing}"
+        assert labels["app.kubernetes.io/part-of"] == "darkroom"
+        assert obj["metadata"]["namespace"] == NAMESPACE
+    for deployment in of_kind(objects, "Deployment"):
+        template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        missing = [label for label in RECOMMENDED_LABELS if label not in template_labels]
+        assert not missing, deployment["metadata"]["name"]
+        assert _selects(deployment["spec"]["selector"], template_labels)
+
+
+def test_services_and_addresses_follow_the_contract(objects: list[dict[str, Any]]) -> None:
+    deployments = {component(d["metadata"]): d for d in of_kind(objects, "Deployment")}
+    for role in ("registry", "database", "storage", "master", "frontend"):
+        service = named(objects, "Service", f"darkroom-{role}")
+        assert service["spec"]["ports"][0]["port"] == PORTS[role]
+        template = deployments[role]["spec"]["template"]
+        matched = [
+            c
+            for c, d in deployments.items()
+            if all(
+                d["spec"]["template"]["metadata"]["labels"].get(k) == v
+                for k, v in service["spec"]["selector"].items()
+            )
+        ]
+        assert matched == [role]
+        env = env_of(template["spec"]["containers"][0])
+        assert env["DARKROOM_ADVERTISE_ADDRESS"]["value"] == f"darkroom-{role}:{PORTS[role]}"
+    for role, deployment in deployments.items():
+        env = env_of(deployment["spec"]["template"]["spec"]["containers"][0])
+        assert env["DARKROOM_REGISTRY_ADDRESS"]["value"] == "darkroom-registry:3000", role
+        assert env["DARKROOM_PORT"]["value"] == str(PORTS[role])
+        assert env["DARKROOM_HOST"]["value"] == "0.0.0.0"
+    registry = env_of(deployments["registry"]["spec"]["template"]["spec"]["containers"][0])
+    assert registry["DARKROOM_REGISTRY_BACKEND"]["value"] == "configmap"
+    assert registry["DARKROOM_REGISTRY_CONFIGMAP"]["value"] == "darkroom-registry"
+    assert registry["DARKROOM_REGISTRY_NAMESPACE"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}
+    }
+    worker = env_of(deployments["worker"]["spec"]["template"]["spec"]["containers"][0])
+    assert int(worker["DARKROOM_CONCURRENCY"]["value"]) >= 1
+    seed = named(objects, "ConfigMap", "darkroom-registry")
+    assert seed["data"] == {
+        "databaseAddress": "darkroom-database:3001",
+        "storageAddress": "darkroom-storage:3002",
+        "masterAddress": "darkroom-master:3003",
+        "frontendAddress": "darkroom-frontend:8080",
+    }
+    assert "annotations" not in seed["metadata"]  # not kept on uninstall
+
+
+def test_fullname_override_renames_every_service() -> None:
+    objects = render({"fullnameOverride": "photos"})
+    names = sorted(s["metadata"]["name"] for s in of_kind(objects, "Service"))
+    roles = ("database", "frontend", "master", "registry", "storage")
+    assert names == [f"photos-{role}" for role in roles]
+    seed = named(objects, "ConfigMap", "photos-registry")
+    assert seed["data"]["masterAddress"] == "photos-master:3003"
+
+
+def test_stateful_roles_keep_one_pod_on_their_volume(objects: list[dict[str, Any]]) -> None:
+    claims = {c["metadata"]["name"]: c for c in of_kind(objects, "PersistentVolumeClaim")}
+    for role in ("database", "storage"):
+        deployment = named(objects, "Deployment", f"darkroom-{role}")
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        spec = deployment["spec"]["template"]["spec"]
+        mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mounts["/data"]]
+        if "persistentVolumeClaim" in volume:
+            claim = volume["persistentVolumeClaim"]["claimName"]
+            if claim in claims:
+                assert claims[claim]["spec"]["accessModes"] == ["ReadWriteOnce"]
+        else:
+            assert "emptyDir" in volume
+    for role in ("registry", "master", "worker", "frontend"):
+        spec = named(objects, "Deployment", f"darkroom-{role}")["spec"]["template"]["spec"]
+        assert all(v["name"] != "data" for v in spec["volumes"]), role
+
+
+def test_pod_disruption_budgets_for_stateless_roles() -> None:
+    budgets = of_kind(render({}), "PodDisruptionBudget")
+    assert sorted(component(b["metadata"]) for b in budgets) == [
+        "frontend",
+        "master",
+        "registry",
+        "worker",
+    ]
+    assert all(b["spec"]["maxUnavailable"] == 1 for b in budgets)
+
+
+def test_autoscaler_replaces_worker_replicas() -> None:
+    assert named(render({}), "Deployment", "darkroom-worker")["spec"]["replicas"] == 2
+    objects = render(ALL_ON)
+    assert "replicas" not in named(objects, "Deployment", "darkroom-worker")["spec"]
+    hpa = named(objects, "HorizontalPodAutoscaler", "darkroom-worker")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "darkroom-worker",
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
+    assert not of_kind(render({}), "HorizontalPodAutoscaler")
+
+
+def test_images_per_role() -> None:
+    for values, expected in (
+        ({}, "darkroom-{role}:0.1.0"),
+        (ALL_ON, "ghcr.io/acme/darkroom-{role}:1.2.3"),
+    ):
+        for deployment in of_kind(render(values), "Deployment"):
+            role = component(deployment["metadata"])
+            image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+            if role == "registry" and values:
+                assert image == "example.com/registry:9"
+            else:
+                assert image == expected.format(role=role)
+
+
+def test_prometheus_annotations_and_service_monitor() -> None:
+    for deployment in of_kind(render({}), "Deployment"):
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        role = component(deployment["metadata"])
+        assert annotations == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(PORTS[role]),
+            "prometheus.io/path": "/metrics",
+        }
+    assert not of_kind(render({}), "ServiceMonitor")
+    objects = render(ALL_ON)
+    (monitor,) = of_kind(objects, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    selected = [
+        s
+        for s in of_kind(objects, "Service")
+        if _selects(monitor["spec"]["selector"], s["metadata"]["labels"])
+    ]
+    assert sorted(component(s["metadata"]) for s in selected) == sorted(ROLES)
+    assert all(s["spec"]["ports"][0]["name"] == "http" for s in selected)
+
+
+def test_helm_test_hook_runs_the_smoke_test() -> None:
+    objects = render({})
+    (pod,) = [o for o in objects if is_test_hook(o)]
+    assert pod["kind"] == "Pod"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "darkroom-master:0.1.0"
+    assert container["command"][:2] == ["python3", "-c"]
+    assert container["command"][2] == (CHART / "files" / "smoke_test.py").read_text()
+    assert container["command"][3] == "http://darkroom-master:3003"
+    assert not [o for o in render({}, "--skip-tests") if is_test_hook(o)]
+
+
+# --- k8s/ and the smoke script ---------------------------------------------------------------
+
+
+def test_k8s_manifests_are_up_to_date() -> None:
+    _helm()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "render-k8s.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_k8s_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((ROOT / "k8s" / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    present = {p.name for p in (ROOT / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present
+    objects = [
+        doc
+        for name in sorted(listed)
+        for doc in yaml.safe_load_all((ROOT / "k8s" / name).read_text())
+        if doc
+    ]
+    assert not [o for o in objects if is_test_hook(o)]
+    assert not of_kind(objects, "Secret")  # generated from k8s/auth.env
+    (generator,) = kustomization["secretGenerator"]
+    assert generator["name"] == "darkroom-auth"
+    (namespace,) = of_kind(objects, "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def _smoke_module() -> Any:
+    spec = importlib.util.spec_from_file_location("smoke_test", CHART / "files" / "smoke_test.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_script_checks_the_channel_swap() -> None:
+    import io
+
+    from PIL import Image
+
+    smoke = _smoke_module()
+    source = smoke.sample_png()
+    image = Image.open(io.BytesIO(source)).convert("RGBA")
+    swapped = Image.merge("RGBA", [image.getchannel(c) for c in ("G", "R", "B", "A")])
+    good = io.BytesIO()
+    swapped.save(good, "PNG")
+    smoke.check_pixels(source, good.getvalue())
+    with pytest.raises(AssertionError, match="pixels differ"):
+        smoke.check_pixels(source, source)
+    opaque = io.BytesIO()
+    swapped.convert("RGB").save(opaque, "PNG")
+    with pytest.raises(AssertionError):
+        smoke.check_pixels(source, opaque.getvalue())
