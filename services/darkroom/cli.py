@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
         worker_mode=args.worker_mode,
         log_level=args.log_level,
     )
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, role=args.role)
     importlib.import_module(f"darkroom.{args.role}.service").run(config)
     return 0
 

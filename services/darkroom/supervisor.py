@@ -19,6 +19,8 @@ from darkroom.core.discovery import Backoff
 HOST = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 20.0
+# A child that ran this long before dying is restarted at once again, not after a grown backoff.
+STABLE_SECONDS = 10.0
 
 
 def internal_token(data_dir: Path) -> str:
@@ -39,8 +41,10 @@ class Child:
         self.process: subprocess.Popen[bytes] | None = None
         self.backoff = Backoff(first=0.5, cap=10.0)
         self.restart_at = 0.0
+        self.started_at = 0.0
 
     def start(self) -> None:
+        self.started_at = time.monotonic()
         command = [sys.executable, "-m", "darkroom", "serve", self.role, "--port", str(self.port)]
         self.process = subprocess.Popen(command, env=self._env)
 
@@ -117,6 +121,8 @@ class Supervisor:
             if child.process is None or child.process.poll() is None:
                 continue
             if child.restart_at == 0.0:
+                if now - child.started_at >= STABLE_SECONDS:
+                    child.backoff.reset()
                 child.restart_at = now + child.backoff.next()
                 print(
                     f"darkroom: {child.role} exited ({child.process.returncode}); restarting",

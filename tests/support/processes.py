@@ -49,6 +49,8 @@ class Services:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.env = {
             **os.environ,
+            # the children run this checkout's code, whatever copy pip installed
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "services"),
             "DARKROOM_HOST": HOST,
             "DARKROOM_DATA_DIR": str(data_dir),
             "DARKROOM_REGISTRY_ADDRESS": f"{HOST}:{self.ports['registry']}",

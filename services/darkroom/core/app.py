@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from typing import Any
 
 import falcon
+from prometheus_client import CollectorRegistry
 
 from darkroom.core.auth import BEARER_CHALLENGE, AuthMiddleware, parse_api_keys
 from darkroom.core.config import Config
 from darkroom.core.health import Liveness, Readiness, ReadinessCheck
+from darkroom.core.logs import AccessLog
+from darkroom.core.metrics import MetricsResource, RequestMetrics
 from darkroom.core.requestid import RequestIdMiddleware
 
 
@@ -17,13 +22,27 @@ def create_base_app(
     readiness: Iterable[ReadinessCheck] = (),
     middleware: Iterable[object] = (),
     challenge: str = BEARER_CHALLENGE,
+    registry: CollectorRegistry | None = None,
 ) -> falcon.App:
     """A ``falcon.App`` with request ids, authentication, health endpoints and error handling."""
     auth = AuthMiddleware(config.internal_token, parse_api_keys(config.api_keys), challenge)
-    app = falcon.App(middleware=[RequestIdMiddleware(), auth, *middleware])
+    registry = registry if registry is not None else CollectorRegistry()
+    app = falcon.App(
+        middleware=[RequestIdMiddleware(), RequestMetrics(registry), AccessLog(), auth, *middleware]
+    )
+    app.add_error_handler(Exception, _unexpected_error)
     # Query strings like ?value= keep their empty values, so "empty" is reported, not "missing".
     app.req_options.keep_blank_qs_values = True
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/healthz", Liveness())
     app.add_route("/readyz", Readiness(list(readiness)))
+    app.add_route("/metrics", MetricsResource(registry))
     return app
+
+
+def _unexpected_error(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any):
+    # Falcon's own handler writes the traceback to stderr as text; this makes it one log line.
+    logging.getLogger("darkroom.app").error(
+        "unexpected error", exc_info=ex, extra={"method": req.method, "route": req.uri_template}
+    )
+    raise falcon.HTTPInternalServerError()

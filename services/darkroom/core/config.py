@@ -68,7 +68,9 @@ class Config:
     concurrency: int = 0  # worker task loops; 0: one per CPU
     worker_mode: str = "process"  # "process" or "thread"
     max_image_pixels: int = 50_000_000
-    png_compress_level: int = 6
+    # zlib level of PNG results: 1 encodes about 2x faster than 6 for files ~10% larger
+    # (docs/benchmarks.md); 6 is Pillow's default, 9 the smallest
+    png_compress_level: int = 1
     log_level: str = "INFO"
     # shared secret for internal routes; empty: not checked (unit tests, trusted networks)
     internal_token: str = dataclasses.field(default="", repr=False)

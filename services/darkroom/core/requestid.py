@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import re
 import secrets
@@ -22,5 +23,14 @@ class RequestIdMiddleware:
         given = req.get_header(HEADER) or ""
         request_id = given if _VALID.fullmatch(given) else new_request_id()
         req.context.request_id = request_id
-        current.set(request_id)
+        req.context.request_id_token = current.set(request_id)
         resp.set_header(HEADER, request_id)
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, succeeded: bool
+    ) -> None:
+        # Log lines the thread writes after this request must not carry its id.
+        token = getattr(req.context, "request_id_token", None)
+        if token is not None:
+            with contextlib.suppress(ValueError):  # set in another context: nothing to undo
+                current.reset(token)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 
+from darkroom.core import logs
 from darkroom.core.config import ADDRESS_KEYS, Config
 from darkroom.core.discovery import (
     RegistryClient,
@@ -59,7 +59,6 @@ class Runtime:
         return [check(role) for role in roles]
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+def configure_logging(level: str, **fields: str) -> None:
+    """JSON log lines at ``level``; ``fields`` (e.g. ``role``) go on every line."""
+    logs.configure(level, **fields)

@@ -33,6 +33,8 @@ def serve(app: falcon.App, config: Config, role: str, max_body_bytes: int | None
         max_request_header_size=64 * 1024,
         channel_timeout=config.http_timeout_seconds * 2,
         connection_limit=1000,
+        # 8 KiB by default: a 3 MB body took 400 trips through the event loop (3x the CPU)
+        recv_bytes=256 * 1024,
         ident="darkroom",
         clear_untrusted_proxy_headers=True,
     )

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import datetime
+import math
 import sqlite3
 from typing import Any
 
 import falcon
+from prometheus_client import CollectorRegistry
 
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
 from darkroom.core.errors import disk_full
 from darkroom.core.ids import require_task_id
+from darkroom.core.metrics import queue_collector
 from darkroom.database.store import State, Task, TaskConflict, TaskNotFound, TaskStore
 
 MAX_ERROR_LENGTH = 2000
@@ -81,6 +84,8 @@ class Tasks:
 
     def on_post_claim(self, req: falcon.Request, resp: falcon.Response) -> None:
         wait = req.get_param_as_float("wait", min_value=0, default=0.0)
+        if math.isnan(wait):  # NaN passes every bound and would never end the wait
+            raise falcon.HTTPInvalidParam("The value must be a number.", "wait")
         task = self._store.claim(min(wait, self._max_wait))
         if task is None:
             resp.status = falcon.HTTP_204
@@ -156,7 +161,9 @@ def _database_error(
 
 
 def create_app(config: Config, store: TaskStore) -> falcon.App:
-    app = create_base_app(config)
+    registry = CollectorRegistry()
+    registry.register(queue_collector(store))
+    app = create_base_app(config, registry=registry)
     app.add_error_handler(sqlite3.OperationalError, _database_error)
     app.add_error_handler(TaskNotFound, _not_found)
     app.add_error_handler(TaskConflict, _conflict)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
+import math
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -20,6 +22,8 @@ from darkroom.database.client import DatabaseClient
 from darkroom.master.openapi import OpenApiDocument
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import Folder
+
+log = logging.getLogger(__name__)
 
 # Turns the ``op`` text of an upload into its canonical form, or raises ValueError saying why.
 PipelineCheck = Callable[[str | None], str]
@@ -82,6 +86,8 @@ class Jobs:
             self._abandon(task_id, exc)
             raise
         self._database.enqueue(task_id)
+        # The worker logs under the task id: this line links the upload's request id to it.
+        log.info("job queued", extra={"task": task_id, "pipeline": pipeline})
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = task_id
 
@@ -137,6 +143,8 @@ class WorkerApi:
 
     def on_post_claim(self, req: falcon.Request, resp: falcon.Response) -> None:
         wait = req.get_param_as_float("wait", min_value=0, max_value=30, default=0.0)
+        if math.isnan(wait):  # NaN passes every bound and would never end the wait
+            raise falcon.HTTPInvalidParam("The value must be a number.", "wait")
         self._relay(req, resp, "/getNewTask", timeout=wait + self._claim_timeout)
 
     def on_post_finish(self, req: falcon.Request, resp: falcon.Response) -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import BinaryIO
 
 import falcon
 import requests
 
+from darkroom.core import requestid
 from darkroom.core.discovery import Backoff
+from darkroom.core.metrics import TaskMetrics
 from darkroom.core.streams import iter_chunks
 from darkroom.master.client import Claim, LeaseLost, MasterClient
 from darkroom.storage.client import StorageClient
@@ -41,8 +45,10 @@ class TaskLoop:
         lease_seconds: float,
         http_timeout: float,
         stop: threading.Event,
+        metrics: TaskMetrics | None = None,
     ) -> None:
         self._master = master
+        self._metrics = metrics or TaskMetrics()
         self._storage = storage
         self._process = process
         self._rejected = rejected
@@ -52,8 +58,14 @@ class TaskLoop:
         self._stop = stop
         self.completed = 0
         self.failed = 0
+        # Waits between tasks given back because a service they need is down.
+        self._outage = Backoff(first=0.5, cap=5.0)
 
     def run(self) -> None:
+        with self._metrics.running():
+            self._run()
+
+    def _run(self) -> None:
         backoff = Backoff(first=0.1, cap=5.0)
         while not self._stop.is_set():
             try:
@@ -72,19 +84,36 @@ class TaskLoop:
             self.handle(claim)
 
     def handle(self, claim: Claim) -> None:
-        """Process one claimed task; every outcome is reported to the master."""
+        """Process one claimed task; every outcome is reported to the master.
+
+        The task id is the request id meanwhile: it is on every log line and downstream call.
+        """
+        token = requestid.current.set(claim.task_id)
+        try:
+            with self._metrics.busy():
+                self._handle(claim)
+        finally:
+            requestid.current.reset(token)
+
+    def _handle(self, claim: Claim) -> None:
         log.info("task claimed", extra={"task": claim.task_id, "attempt": claim.attempts})
         with _Heartbeat(self._master, claim, self._heartbeat_every):
             try:
                 self._process_task(claim)
             except LeaseLost:
+                self._metrics.outcome("lease_lost")
                 log.warning(
                     "lease lost; another worker has the task", extra={"task": claim.task_id}
                 )
             except (self._rejected, ImageGone) as exc:
                 self.failed += 1
+                self._metrics.outcome("failed")
                 self._report_failure(claim, str(exc), retryable=False)
             except Exception as exc:
+                self._metrics.outcome("error")
+                if _is_outage(exc):
+                    self._wait_out_outage(claim, exc)
+                    return
                 log.exception("task error", extra={"task": claim.task_id})
                 reason = getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"
                 self._report_failure(claim, reason, retryable=True)
@@ -94,6 +123,7 @@ class TaskLoop:
             tempfile.SpooledTemporaryFile(SPOOL_BYTES) as source,
             tempfile.SpooledTemporaryFile(SPOOL_BYTES) as result,
         ):
+            download_started = time.perf_counter()
             try:
                 download = self._storage.open(Folder.WORKING, claim.task_id)
             except falcon.HTTPError as exc:
@@ -104,12 +134,16 @@ class TaskLoop:
             with download:
                 for chunk in download.iter_content(256 * 1024):
                     source.write(chunk)
+            self._metrics.observe("download", time.perf_counter() - download_started)
             source.seek(0)
             media_type = self._process(source, result, claim.pipeline)
             result.seek(0)
-            self._storage.send(Folder.FINISHED, claim.task_id, iter_chunks(result))
+            with self._metrics.stage("upload"):
+                self._storage.send(Folder.FINISHED, claim.task_id, iter_chunks(result))
             self._master.finish(claim)
         self.completed += 1
+        self._outage.reset()
+        self._metrics.outcome("done")
         log.info("task finished", extra={"task": claim.task_id, "media_type": media_type})
 
     def _report_failure(self, claim: Claim, error: str, retryable: bool) -> None:
@@ -124,11 +158,30 @@ class TaskLoop:
                 "could not report failure", extra={"task": claim.task_id, "error": str(exc)}
             )
 
+    def _wait_out_outage(self, claim: Claim, exc: Exception) -> None:
+        """Not the task's fault: give it back without spending an attempt, then wait a little.
+
+        Failing it instead would spend all its attempts in a second of storage restart.
+        """
+        delay = self._outage.next()
+        reason = getattr(exc, "description", None) or str(exc)
+        log.warning(
+            "service unavailable; task given back",
+            extra={"task": claim.task_id, "error": reason, "retry_in": delay},
+        )
+        self._give_back(claim)
+        self._stop.wait(delay)
+
     def _give_back(self, claim: Claim) -> None:
         try:
             self._master.release(claim)
         except Exception as exc:
             log.warning("could not release task", extra={"task": claim.task_id, "error": str(exc)})
+
+
+def _is_outage(exc: Exception) -> bool:
+    """A service is down or restarting (503, also when it could not be reached at all)."""
+    return isinstance(exc, falcon.HTTPError) and exc.status_code == 503
 
 
 class _Heartbeat:
@@ -137,7 +190,10 @@ class _Heartbeat:
     def __init__(self, master: MasterClient, claim: Claim, every: float) -> None:
         self._master, self._claim, self._every = master, claim, every
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
+        # In the caller's context, so heartbeats carry the task's request id.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._run,), daemon=True, name="heartbeat"
+        )
 
     def __enter__(self) -> _Heartbeat:
         self._thread.start()

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 @dataclass(frozen=True)
 class ProcessingSettings:
     max_image_pixels: int = 50_000_000  # Pillow decompression-bomb limit; also max output pixels
-    png_compress_level: int = 6
+    png_compress_level: int = 1  # 2x faster than zlib's default 6, ~10% larger files
     jpeg_quality: int = 85  # default when the pipeline does not say
     webp_quality: int = 80
     max_steps: int = 10
@@ -452,22 +453,31 @@ def process_image(
     destination: BinaryIO,
     pipeline_text: str | None,
     settings: ProcessingSettings,
+    timings: dict[str, float] | None = None,
 ) -> str:
     """Decode ``source``, apply the pipeline, encode to ``destination``; return the media type.
 
     Raises ImageRejected for anything wrong with the image or, since no retry can fix it either,
-    with the pipeline. Errors writing to ``destination`` propagate unchanged.
+    with the pipeline. Errors writing to ``destination`` propagate unchanged. When ``timings``
+    is given, the seconds spent in ``decode``, ``operation`` and ``encode`` are stored in it.
     """
+    timings = {} if timings is None else timings
     try:
         pipeline = parse_pipeline(pipeline_text, settings)
     except InvalidPipeline as exc:
         raise ImageRejected(f"invalid pipeline: {exc}") from exc
+    started = time.perf_counter()
     image, icc_profile = _decode(source, settings)
+    decoded = time.perf_counter()
+    timings["decode"] = decoded - started
     for operation in pipeline.operations:
         image = operation.apply(image)
         _check_result_pixels(image, operation, settings)
+    operated = time.perf_counter()
+    timings["operation"] = operated - decoded
     output = pipeline.output_format
     _encode(image, icc_profile, output, destination, settings)
+    timings["encode"] = time.perf_counter() - operated
     return output.media_type
 
 

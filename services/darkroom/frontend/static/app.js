@@ -1,51 +1,385 @@
 "use strict";
-// Upload without leaving the page, then follow the job until it is finished or failed.
-const form = document.getElementById("upload");
-const $ = (id) => document.getElementById(id);
+// Darkroom's page: build the op text, upload with progress, follow the job, remember recent jobs.
+// Without this script the form still posts the image to /submitTask and shows the job id.
+document.documentElement.classList.add("js");
 
-async function errorText(response) {
-  try {
-    const body = await response.json();
-    return body.description || body.title || response.statusText;
-  } catch {
-    return response.statusText;
+const $ = (id) => document.getElementById(id);
+const RECENT_KEY = "darkroom.recentJobs";
+const RECENT_MAX = 12;
+const TASK_ID = /^[A-Za-z0-9_-]{22}$/;
+const POLL_FIRST_MS = 250;
+const POLL_MAX_MS = 2000;
+const POLL_GROWTH = 1.5;
+const MAX_SERVER_ERRORS = 10;
+
+const form = $("upload");
+const fileInput = $("uploadfile");
+const localImages = new Map(); // job id -> object URL of the file this page uploaded
+let chosenUrl = null; // object URL of the chosen file, until it is uploaded
+let following = 0; // bumped for every job shown, so an older poll loop stops
+
+// ---------------------------------------------------------------------------------------------
+// Operations: the builder writes the pipeline text; the text box may then be edited by hand.
+
+const ARGUMENTS = {
+  "op-resize": ["resize-w", "resize-h", "resize-mode"],
+  "op-thumbnail": ["thumbnail-size"],
+  "op-blur": ["blur-radius"],
+};
+
+function pipelineText() {
+  const on = (id) => $(id).checked;
+  const steps = [];
+  if (on("op-swap")) steps.push("swap");
+  if (on("op-grayscale")) steps.push("grayscale");
+  if (on("op-resize")) {
+    const fill = $("resize-mode").value === "fill" ? ":fill" : "";
+    steps.push(`resize:${$("resize-w").value}x${$("resize-h").value}${fill}`);
   }
+  if (on("op-thumbnail")) steps.push(`thumbnail:${$("thumbnail-size").value}`);
+  if ($("rotate").value !== "0") steps.push(`rotate:${$("rotate").value}`);
+  if (on("op-flip")) steps.push("flip");
+  if (on("op-flop")) steps.push("flop");
+  if (on("op-blur")) steps.push(`blur:${$("blur-radius").value}`);
+  if (on("op-sharpen")) steps.push("sharpen");
+  const format = $("format").value;
+  if (format !== "png") steps.push(`${format}:${$("quality").value}`);
+  // An empty op means the default (swap), so "no operation" is said as a plain PNG conversion.
+  return steps.join(",") || "png";
+}
+
+function syncBuilder() {
+  for (const [box, ids] of Object.entries(ARGUMENTS)) {
+    for (const id of ids) $(id).disabled = !$(box).checked;
+  }
+  $("quality").disabled = $("format").value === "png";
+  $("op").value = pipelineText();
+}
+
+$("builder").addEventListener("input", (event) => {
+  if (event.target.id !== "op") syncBuilder();
+});
+
+// ---------------------------------------------------------------------------------------------
+// Choosing a file: the chooser (the drop zone is its label) or drag and drop anywhere.
+
+function chooseFile() {
+  const file = fileInput.files[0];
+  $("drop-file").textContent = file ? `${file.name} · ${formatBytes(file.size)}` : "";
+  if (chosenUrl && ![...localImages.values()].includes(chosenUrl)) URL.revokeObjectURL(chosenUrl);
+  chosenUrl = file && file.type.startsWith("image/") ? URL.createObjectURL(file) : null;
+  if (!file) return;
+  following++;
+  clearError();
+  showJobPanel({ name: file.name });
+  setBefore(chosenUrl, "No preview for this file type.");
+  setAfter(null, "Press “Process image” to start.");
+}
+
+fileInput.addEventListener("change", chooseFile);
+
+const drop = $("drop");
+window.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  drop.classList.add("dragging");
+});
+window.addEventListener("dragleave", (event) => {
+  if (!event.relatedTarget) drop.classList.remove("dragging");
+});
+window.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("dragging");
+  const files = event.dataTransfer && event.dataTransfer.files;
+  if (!files || files.length === 0) return;
+  fileInput.files = files;
+  chooseFile();
+});
+
+// ---------------------------------------------------------------------------------------------
+// Uploading: XMLHttpRequest, for its upload progress events.
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const file = fileInput.files[0];
+  if (file) upload(file, $("op").value.trim());
+});
+
+function upload(file, op) {
+  clearError();
+  following++;
+  const preview = chosenUrl;
+  const xhr = new XMLHttpRequest();
+  const body = new FormData();
+  body.append("uploadfile", file, file.name);
+  xhr.open("POST", op ? `/submitTask?op=${encodeURIComponent(op)}` : "/submitTask");
+  xhr.upload.addEventListener("progress", (event) => {
+    if (event.lengthComputable) setProgress(event.loaded / event.total);
+  });
+  xhr.addEventListener("load", () => {
+    setBusy(false);
+    if (xhr.status !== 200) {
+      uploadFailed(describeError(xhr.status, xhr.statusText, xhr.responseText));
+      return;
+    }
+    const job = { id: xhr.responseText.trim(), name: file.name, op, time: Date.now() };
+    if (preview) localImages.set(job.id, preview);
+    remember(job);
+    showJob(job);
+  });
+  xhr.addEventListener("error", () => {
+    setBusy(false);
+    uploadFailed("The upload failed: the server could not be reached.");
+  });
+  setBusy(true);
+  setProgress(0);
+  showJobPanel({ name: file.name, op });
+  setState("uploading");
+  setBefore(preview, "No preview for this file type.");
+  setAfter(null, "Uploading…");
+  xhr.send(body);
+}
+
+function uploadFailed(message) {
+  setState(null);
+  setAfter(null, "Nothing was processed.");
+  showError(message);
+}
+
+function setBusy(busy) {
+  $("submit").disabled = busy;
+  form.setAttribute("aria-busy", String(busy));
+  $("progress-row").hidden = !busy;
+}
+
+function setProgress(fraction) {
+  const percent = Math.round(fraction * 100);
+  $("progress").value = percent;
+  $("progress-text").textContent = `${percent} %`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Following a job: poll /status, backing off, until it is finished or failed.
+
+function showJob(job) {
+  following++;
+  clearError();
+  showJobPanel(job);
+  setBefore(localImages.get(job.id), "The original stays on the device that uploaded it.");
+  setAfter(null, "Waiting for the result…");
+  markCurrent(job.id);
+  follow(job.id, following);
+}
+
+async function follow(id, generation) {
+  let delay = POLL_FIRST_MS;
+  let errors = 0; // in a row: unreachable, or a 5xx while a service restarts
+  while (generation === following) {
+    let response = null;
+    try {
+      response = await fetch(`/status?id=${encodeURIComponent(id)}`, { cache: "no-store" });
+    } catch {
+      // the network failed; counted below like a 5xx
+    }
+    if (generation !== following) return;
+    if (response && response.ok) {
+      errors = 0;
+      const task = await response.json();
+      if (generation !== following) return;
+      showTask(task);
+      if (task.stateName === "finished") return showResult(id);
+      if (task.stateName === "failed") return setAfter(null, "No result: the job failed.");
+    } else if (response && response.status < 500) {
+      setState(null);
+      setAfter(null, "No result.");
+      return showError(describeError(response.status, response.statusText, await response.text()));
+    } else if (++errors >= MAX_SERVER_ERRORS) {
+      return showError("The server is not answering; choose the job again to retry.");
+    }
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    delay = Math.min(delay * POLL_GROWTH, POLL_MAX_MS);
+  }
+}
+
+function showTask(task) {
+  setState(task.stateName);
+  $("job-id").textContent = task.id;
+  $("job-pipeline").textContent = task.pipeline;
+  const created = Date.parse(task.createdAt);
+  const seconds = task.finishedAt ? (Date.parse(task.finishedAt) - created) / 1000 : null;
+  const took = seconds === null ? "" : ` · took ${seconds.toFixed(1)} s`;
+  const attempts = task.attempts > 1 ? ` · ${task.attempts} attempts` : "";
+  $("job-time").textContent = formatTime(created) + took + attempts;
+  const failed = task.stateName === "failed";
+  $("job-reason").textContent = failed ? `Failed: ${task.error || "no reason given"}` : "";
+}
+
+function showResult(id) {
+  const url = `/getImage?id=${encodeURIComponent(id)}`;
+  const after = $("after");
+  after.onload = () => {
+    after.hidden = false;
+    $("after-note").hidden = true;
+  };
+  after.onerror = () => setAfter(null, "The result cannot be shown here; download it instead.");
+  after.src = url;
+  $("download").href = url;
+  $("download").hidden = false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The job panel
+
+function showJobPanel(job) {
+  $("job").hidden = false;
+  $("job-facts").hidden = false;
+  $("job-id").textContent = job.id || "–";
+  $("job-pipeline").textContent = job.op || "–";
+  $("job-file").textContent = job.name || "–";
+  $("job-time").textContent = job.time ? formatTime(job.time) : "–";
+  $("job-reason").textContent = "";
+  $("download").hidden = true;
+  $("download").removeAttribute("href");
+  setState(job.id ? "queued" : null);
+}
+
+function setState(name) {
+  const badge = $("job-state");
+  badge.hidden = !name;
+  badge.textContent = name || "";
+  badge.dataset.state = name || "";
+}
+
+function setBefore(url, note) {
+  $("before-size").textContent = "";
+  $("before").hidden = !url;
+  if (url) $("before").src = url;
+  else $("before").removeAttribute("src");
+  $("before-note").hidden = Boolean(url);
+  $("before-note").textContent = note;
+}
+
+function setAfter(url, note) {
+  const after = $("after");
+  after.onload = after.onerror = null;
+  $("after-size").textContent = "";
+  after.hidden = !url;
+  if (url) after.src = url;
+  else after.removeAttribute("src");
+  $("after-note").hidden = Boolean(url);
+  $("after-note").textContent = note;
 }
 
 function showError(message) {
-  $("job").hidden = false;
-  $("job-state").textContent = "failed";
-  $("job-error").textContent = message;
-  $("job-error").hidden = false;
+  $("error").textContent = message;
 }
 
-async function follow(id) {
-  for (;;) {
-    const response = await fetch(`/status?id=${encodeURIComponent(id)}`);
-    if (!response.ok) return showError(await errorText(response));
-    const task = await response.json();
-    $("job-state").textContent = task.stateName;
-    if (task.stateName === "failed") return showError(task.error || "processing failed");
-    if (task.stateName === "finished") {
-      const url = `/getImage?id=${encodeURIComponent(id)}`;
-      $("result-image").src = url;
-      $("download").href = url;
-      $("result").hidden = false;
-      return;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 300));
+function clearError() {
+  $("error").textContent = "";
+}
+
+function describeError(status, statusText, body) {
+  try {
+    const error = JSON.parse(body);
+    const text = [error.title, error.description].filter(Boolean).join(": ");
+    if (text) return text;
+  } catch {
+    // not JSON: fall through to the status line
+  }
+  return `The server answered ${status} ${statusText}`.trim();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recent jobs, kept in this browser's localStorage
+
+function recentJobs() {
+  try {
+    const jobs = JSON.parse(localStorage.getItem(RECENT_KEY) || "[]");
+    return Array.isArray(jobs) ? jobs.filter(isJob) : [];
+  } catch {
+    return [];
   }
 }
 
-form.addEventListener("submit", async (event) => {
-  event.preventDefault();
-  $("job-error").hidden = true;
-  $("result").hidden = true;
-  const response = await fetch("/submitTask", { method: "POST", body: new FormData(form) });
-  if (!response.ok) return showError(await errorText(response));
-  const id = (await response.text()).trim();
-  $("job-id").textContent = id;
-  $("job-state").textContent = "queued";
-  $("job").hidden = false;
-  follow(id);
-});
+function isJob(job) {
+  return Boolean(job) && TASK_ID.test(job.id) && Number.isFinite(job.time);
+}
+
+function saveRecent(jobs) {
+  try {
+    localStorage.setItem(RECENT_KEY, JSON.stringify(jobs));
+  } catch {
+    // storage full or disabled: the list just is not kept
+  }
+  renderRecent();
+}
+
+function remember(job) {
+  saveRecent([job, ...recentJobs().filter((other) => other.id !== job.id)].slice(0, RECENT_MAX));
+}
+
+function renderRecent() {
+  const jobs = recentJobs();
+  $("recent").hidden = jobs.length === 0;
+  $("recent-list").replaceChildren(...jobs.map(recentItem));
+}
+
+function recentItem(job) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "recent-job";
+  button.dataset.id = job.id;
+  const name = document.createElement("span");
+  name.className = "recent-name";
+  name.textContent = job.name || job.id;
+  const op = document.createElement("code");
+  op.textContent = job.op || "swap";
+  const time = document.createElement("time");
+  time.dateTime = new Date(job.time).toISOString();
+  time.textContent = formatTime(job.time);
+  const meta = document.createElement("span");
+  meta.className = "recent-meta";
+  meta.append(op, time);
+  button.append(name, meta);
+  button.addEventListener("click", () => showJob(job));
+  const item = document.createElement("li");
+  item.append(button);
+  return item;
+}
+
+function markCurrent(id) {
+  for (const button of $("recent-list").querySelectorAll("button")) {
+    if (button.dataset.id === id) button.setAttribute("aria-current", "true");
+    else button.removeAttribute("aria-current");
+  }
+}
+
+$("clear-recent").addEventListener("click", () => saveRecent([]));
+
+// ---------------------------------------------------------------------------------------------
+
+function formatBytes(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(0)} KB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function formatTime(ms) {
+  const date = new Date(ms);
+  if (date.toDateString() === new Date().toDateString()) {
+    return date.toLocaleTimeString([], { timeStyle: "short" });
+  }
+  return date.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+}
+
+for (const id of ["before", "after"]) {
+  $(id).addEventListener("load", (event) => {
+    const image = event.target;
+    $(`${id}-size`).textContent = `${image.naturalWidth} × ${image.naturalHeight}`;
+  });
+}
+
+$("builder").hidden = false;
+$("job").hidden = false;
+syncBuilder();
+renderRecent();
+if (fileInput.files.length) chooseFile(); // a file kept by the browser across a reload

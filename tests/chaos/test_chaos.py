@@ -1,0 +1,119 @@
+"""Jobs survive processes being killed at random: nothing lost, nothing wrong, nothing left over.
+
+``test_jobs_survive_killed_processes`` is a short run of ``support.chaos`` against
+``darkroom up`` (``bench/chaos.py`` runs it longer); the seed is printed and
+``DARKROOM_CHAOS_SEED=N`` replays a run's choices. The other tests pin down, quickly, the bugs
+the chaos found.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+
+import pytest
+import requests
+
+from darkroom import supervisor
+from darkroom.core.config import ROLES
+from darkroom.core.discovery import ServiceClient, ServiceLocator
+from darkroom.database.app import create_app as create_database_app
+from darkroom.database.client import DatabaseClient
+from darkroom.database.service import open_store
+from darkroom.database.store import State
+from darkroom.master.app import create_app as create_master_app
+from darkroom.master.client import MasterClient
+from darkroom.storage.app import create_app as create_storage_app
+from darkroom.storage.client import StorageClient
+from darkroom.storage.store import FileImageStore, Folder
+from darkroom.worker.loop import TaskLoop
+from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
+from support.chaos import ChaosSettings, run_chaos
+from support.images import decode, png_bytes, same_pixels, swapped
+from support.inprocess import StaticRegistry, service_client
+from support.processes import free_port
+
+
+@pytest.mark.chaos
+def test_jobs_survive_killed_processes(tmp_path, capsys):
+    seed = int(os.environ.get("DARKROOM_CHAOS_SEED") or random.SystemRandom().randrange(10**6))
+    settings = ChaosSettings(jobs=200, corrupt=5, seconds=110, seed=seed)
+    report = run_chaos(settings, tmp_path)
+    with capsys.disabled():
+        print("\n" + report.summary())
+    assert not report.problems(), report.summary()
+    assert report.submitted == settings.jobs
+    assert report.finished == settings.jobs - settings.corrupt
+    assert report.failed == settings.corrupt
+    assert sum(report.kills.values()) >= 10, "the chaos must actually kill things"
+    assert {"database", "storage", "master", "registry", "worker", "loop"} <= set(report.kills)
+
+
+# -- regressions --------------------------------------------------------------------------
+
+
+def _swap(source, destination, pipeline: str) -> str:
+    return process_image(source, destination, pipeline, ProcessingSettings())
+
+
+def test_storage_outage_spends_no_attempts(config):
+    """A storage restart used to fail good jobs: each loop spent every attempt in a second."""
+    tasks = open_store(config)
+    database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
+    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
+    storage = StorageClient(service_client(storage_app, "storageAddress", "storage:2"))
+    master_app = create_master_app(
+        config, DatabaseClient(database), storage, check_pipeline=lambda text: text or "swap"
+    )
+    master = MasterClient(service_client(master_app, "masterAddress", "master:3"))
+    nobody = ServiceLocator(StaticRegistry({"storageAddress": f"127.0.0.1:{free_port()}"}), 60)
+    storage_down = StorageClient(ServiceClient(nobody, "storageAddress", requests.Session(), 2))
+    no_waiting = threading.Event()
+    no_waiting.set()
+    image = png_bytes((5, 4))
+    task = tasks.create("swap")
+    storage.send(Folder.WORKING, task.id, image)
+    tasks.enqueue(task.id)
+
+    loop = TaskLoop(master, storage_down, _swap, ImageRejected, 0, 5, 5, no_waiting)
+    for _ in range(config.max_attempts + 2):
+        claim = master.claim(0, 5)
+        assert claim is not None and claim.task_id == task.id
+        loop.handle(claim)
+    waiting = tasks.get(task.id)
+    assert waiting.state == State.QUEUED and waiting.attempts == 0
+
+    TaskLoop(master, storage, _swap, ImageRejected, 0, 5, 5, no_waiting).handle(master.claim(0, 5))
+    assert tasks.get(task.id).state == State.FINISHED
+    result = b"".join(storage.open(Folder.FINISHED, task.id).iter_content(None))
+    assert same_pixels(decode(result), swapped(image))
+
+
+class _Exited:
+    returncode = -9
+
+    def poll(self) -> int:
+        return self.returncode
+
+
+def _restart_delay(started_seconds_ago: float, crashes_before: int, tmp_path) -> float:
+    up = supervisor.Supervisor(tmp_path / "data", dict.fromkeys(ROLES, 1))
+    child = up._children[0]
+    child.start = lambda: None  # nothing is started: only the delay chosen is looked at
+    for _ in range(crashes_before):
+        child.backoff.next()
+    child.process = _Exited()
+    child.started_at = time.monotonic() - started_seconds_ago
+    up._restart_dead()
+    return child.restart_at - time.monotonic()
+
+
+def test_supervisor_restarts_a_child_that_ran_a_while_at_once(tmp_path, monkeypatch):
+    """The restart delay used to grow with every death ever, to 10 s, and never come down."""
+    monkeypatch.setenv("DARKROOM_INTERNAL_TOKEN", "t")
+    stable = supervisor.STABLE_SECONDS
+    assert _restart_delay(stable + 1, crashes_before=6, tmp_path=tmp_path) <= 0.5
+    # a child that keeps dying right after its start still backs off
+    assert _restart_delay(0.1, crashes_before=6, tmp_path=tmp_path) > 5

@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+
+import falcon
+import pytest
+from falcon import testing
+
+from darkroom.core import logs, requestid
+from darkroom.core.app import create_base_app
+from darkroom.core.config import Config
+from darkroom.database.app import create_app as create_database_app
+from darkroom.database.client import DatabaseClient
+from darkroom.database.store import LeasePolicy, SqliteTaskStore
+from darkroom.master.app import create_app as create_master_app
+from darkroom.master.client import MasterClient
+from darkroom.storage.app import create_app as create_storage_app
+from darkroom.storage.client import StorageClient
+from darkroom.storage.store import FileImageStore
+from darkroom.worker.loop import TaskLoop
+from support.images import png_bytes
+from support.inprocess import service_client
+
+TOKEN = "very-secret-service-token"
+
+
+@pytest.fixture
+def lines():
+    """JSON logging configured as a service does it, into a buffer; the lines it holds."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    switches = logging._srcfile, logging.logThreads, logging.logProcesses
+    buffer = io.StringIO()
+    logs.configure("DEBUG", stream=buffer, role="test")
+
+    def parsed() -> list[dict]:
+        return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+    yield parsed
+    root.handlers[:], _ = saved
+    root.setLevel(saved[1])
+    logging._srcfile, logging.logThreads, logging.logProcesses = switches
+
+
+def test_a_line_is_json_with_request_id_and_extra_fields(lines):
+    token = requestid.current.set("req-123")
+    try:
+        logging.getLogger("darkroom.test").warning(
+            "something happened", extra={"task": "abc", "attempt": 2, "size": b"raw"}
+        )
+    finally:
+        requestid.current.reset(token)
+    logging.getLogger("darkroom.test").info("outside a request")
+    first, second = lines()
+    assert first["message"] == "something happened"
+    assert first["level"] == "WARNING" and first["logger"] == "darkroom.test"
+    assert first["request_id"] == "req-123"
+    assert first["task"] == "abc" and first["attempt"] == 2 and first["size"] == "raw"
+    assert first["role"] == "test" and first["time"].endswith("+00:00")
+    assert "request_id" not in second
+
+
+def test_exceptions_are_one_line(lines):
+    try:
+        raise ValueError("bad value")
+    except ValueError:
+        logging.getLogger("darkroom.test").exception("failed")
+    (line,) = lines()
+    assert "ValueError: bad value" in line["exception"]
+
+
+def test_secrets_are_never_written(lines):
+    logging.getLogger("darkroom.test").info(
+        "calling",
+        extra={
+            "authorization": f"Bearer {TOKEN}",
+            "headers": {"Authorization": f"Bearer {TOKEN}", "Accept": "text/plain"},
+            "lease": "lease-token-xyz",
+            "api_key": "k-1",
+        },
+    )
+    (line,) = lines()
+    assert line["authorization"] == logs.REDACTED
+    assert line["headers"] == {"Authorization": logs.REDACTED, "Accept": "text/plain"}
+    assert line["lease"] == logs.REDACTED and line["api_key"] == logs.REDACTED
+
+
+class Echo:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        logging.getLogger("darkroom.test").info("handling", extra={"answer": 42})
+        resp.text = "ok"
+
+
+def test_requests_are_logged_with_their_id_and_without_credentials(lines, tmp_path):
+    app = create_base_app(Config(data_dir=tmp_path, internal_token=TOKEN))
+    app.add_route("/echo", Echo())
+    client = testing.TestClient(app)
+    headers = {"X-Request-ID": "upload-42", "Authorization": f"Bearer {TOKEN}"}
+    result = client.simulate_get("/echo", query_string=f"lease={TOKEN}", headers=headers)
+    assert result.status_code == 200
+    client.simulate_get("/healthz")
+
+    handled, access, health = lines()
+    assert handled["message"] == "handling" and handled["answer"] == 42
+    assert handled["request_id"] == access["request_id"] == "upload-42"
+    assert access["logger"] == "darkroom.access" and access["level"] == "INFO"
+    assert access["route"] == "/echo" and access["status"] == 200 and access["ms"] >= 0
+    assert health["level"] == "DEBUG" and health["request_id"] != "upload-42"
+    assert TOKEN not in json.dumps(lines())
+    assert requestid.current.get() == ""  # the id does not outlive its request
+
+
+def test_unexpected_errors_are_logged_as_json(lines, tmp_path):
+    class Broken:
+        def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+            raise RuntimeError("boom")
+
+    app = create_base_app(Config(data_dir=tmp_path))
+    app.add_route("/broken", Broken())
+    result = testing.TestClient(app).simulate_get("/broken", headers={"X-Request-ID": "r-9"})
+    assert result.status_code == 500
+    error = next(line for line in lines() if line["message"] == "unexpected error")
+    assert error["request_id"] == "r-9" and "RuntimeError: boom" in error["exception"]
+
+
+def test_a_task_can_be_followed_through_every_service_by_its_id(lines, config):
+    """The worker works under the task id: its calls carry it to master, database, storage."""
+    tasks = SqliteTaskStore(config.data_dir / "tasks.sqlite3", LeasePolicy(lease_seconds=5))
+    database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
+    storage = StorageClient(
+        service_client(
+            create_storage_app(config, FileImageStore(config.data_dir)), "storageAddress", "st:2"
+        )
+    )
+    master_app = create_master_app(
+        config, DatabaseClient(database), storage, check_pipeline=lambda text: text or "swap"
+    )
+    master_service = service_client(master_app, "masterAddress", "master:3")
+    upload = testing.TestClient(master_app).simulate_post(
+        "/new", body=png_bytes(), headers={"X-Request-ID": "client-upload-1"}
+    )
+    task_id = upload.text
+
+    def copy(source, destination, pipeline):
+        destination.write(source.read())
+        return "image/png"
+
+    loop = TaskLoop(
+        MasterClient(master_service), storage, copy, ValueError, 0, 5, 5, threading.Event()
+    )
+    claim = MasterClient(master_service).claim(0, 5)
+    loop.handle(claim)
+
+    found = lines()
+    queued = next(line for line in found if line["message"] == "job queued")
+    assert queued["request_id"] == "client-upload-1" and queued["task"] == task_id
+    upload_routes = {
+        line.get("route") for line in found if line.get("request_id") == "client-upload-1"
+    }
+    assert {"/new", "/newTask", "/sendImage", "/enqueueTask"} <= upload_routes
+    task_lines = [line for line in found if line.get("request_id") == task_id]
+    assert {"task claimed", "task finished"} <= {line["message"] for line in task_lines}
+    assert {"/getImage", "/sendImage", "/registerTaskFinished", "/finishTask"} <= {
+        line.get("route") for line in task_lines
+    }

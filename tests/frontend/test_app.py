@@ -1,0 +1,281 @@
+"""The frontend's routes, with the real master, database and storage apps wired in-process."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from html.parser import HTMLParser
+from types import SimpleNamespace
+
+import pytest
+from falcon import testing
+from urllib3.filepost import encode_multipart_formdata
+
+from darkroom.database.app import create_app as create_database_app
+from darkroom.database.client import DatabaseClient
+from darkroom.database.service import open_store
+from darkroom.frontend.app import create_app
+from darkroom.master.app import create_app as create_master_app
+from darkroom.master.client import MasterClient
+from darkroom.storage.app import create_app as create_storage_app
+from darkroom.storage.client import StorageClient
+from darkroom.storage.store import FileImageStore
+from darkroom.worker.loop import TaskLoop
+from darkroom.worker.operations import (
+    ImageRejected,
+    ProcessingSettings,
+    normalize_pipeline,
+    process_image,
+)
+from support.images import decode, png_bytes
+from support.inprocess import service_client
+
+
+@pytest.fixture
+def system(config):
+    """The frontend's client, the task store, and a worker loop to process what it uploads."""
+    settings = ProcessingSettings()
+    tasks = open_store(config)
+    database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
+    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
+    storage = StorageClient(service_client(storage_app, "storageAddress", "storage:2"))
+    master_app = create_master_app(
+        config,
+        DatabaseClient(database),
+        storage,
+        check_pipeline=lambda text: normalize_pipeline(text, settings),
+    )
+    master = MasterClient(service_client(master_app, "masterAddress", "master:3"))
+    worker = TaskLoop(
+        master=master,
+        storage=storage,
+        process=functools.partial(process_image, settings=settings),
+        rejected=ImageRejected,
+        claim_wait_seconds=0,
+        lease_seconds=5,
+        http_timeout=5,
+        stop=threading.Event(),
+    )
+
+    def work() -> None:
+        claim = master.claim(0, 5)
+        assert claim is not None, "a task is queued"
+        worker.handle(claim)
+
+    client = testing.TestClient(create_app(config, master))
+    return SimpleNamespace(client=client, tasks=tasks, work=work)
+
+
+def form(fields: dict) -> tuple[bytes, str]:
+    return encode_multipart_formdata(fields)
+
+
+def submit(client: testing.TestClient, image: bytes, **params: str) -> testing.Result:
+    body, content_type = form({"uploadfile": ("photo.png", image, "image/png")})
+    return client.simulate_post(
+        "/submitTask", body=body, headers={"Content-Type": content_type}, params=params
+    )
+
+
+def submitted_id(client: testing.TestClient, image: bytes, **params: str) -> str:
+    result = submit(client, image, **params)
+    assert result.status_code == 200, result.text
+    return result.text
+
+
+# The page and its files ------------------------------------------------------------------------
+
+
+class PageParts(HTMLParser):
+    """What a Content-Security-Policy cares about: scripts, styles, handlers, and linked files."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inline_scripts = 0
+        self.inline_styles: list[str] = []
+        self.handlers: list[str] = []
+        self.linked: list[str] = []
+        self.file_inputs: list[dict] = []
+        self.forms: list[dict] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "script" and not attributes.get("src"):
+            self.inline_scripts += 1
+        if tag == "style" or "style" in attributes:
+            self.inline_styles.append(tag)
+        self.handlers += [name for name in attributes if name.startswith("on")]
+        for name in ("src", "href"):
+            if (value := attributes.get(name)) and value.startswith("/static/"):
+                self.linked.append(value)
+        if tag == "input" and attributes.get("type") == "file":
+            self.file_inputs.append(attributes)
+        if tag == "form":
+            self.forms.append(attributes)
+
+
+@pytest.fixture
+def page(system) -> tuple[testing.Result, PageParts]:
+    result = system.client.simulate_get("/")
+    parts = PageParts()
+    parts.feed(result.text)
+    return result, parts
+
+
+def test_page_is_a_form_posting_uploadfile_to_submit_task(page):
+    result, parts = page
+    assert result.status_code == 200
+    assert result.headers["content-type"].startswith("text/html")
+    assert [i["name"] for i in parts.file_inputs] == ["uploadfile"]
+    [upload] = parts.forms
+    assert upload["action"] == "/submitTask" and upload["method"] == "post"
+    assert upload["enctype"] == "multipart/form-data"
+
+
+def test_page_works_under_a_strict_content_security_policy(page, system):
+    result, parts = page
+    policy = result.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "style-src 'self'" in policy
+    assert "unsafe-inline" not in policy and "http" not in policy  # no other origin, no CDN
+    assert parts.inline_scripts == 0 and parts.inline_styles == [] and parts.handlers == []
+    assert set(parts.linked) == {"/static/app.js", "/static/style.css", "/static/icon.svg"}
+    for path in parts.linked:
+        assert system.client.simulate_get(path).status_code == 200, path
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type"),
+    [
+        ("app.js", "text/javascript"),
+        ("style.css", "text/css"),
+        ("icon.svg", "image/svg+xml"),
+        ("index.html", "text/html"),
+    ],
+)
+def test_static_files_have_their_content_types(system, name, content_type):
+    result = system.client.simulate_get(f"/static/{name}")
+    assert result.status_code == 200
+    assert result.headers["content-type"].split(";")[0] == content_type
+    assert result.headers["x-content-type-options"] == "nosniff"
+    assert result.text
+
+
+@pytest.mark.parametrize("name", ["missing.js", "app.py", "__init__.py", "..%2Fapp.py", "static"])
+def test_unknown_static_files_are_404(system, name):
+    result = system.client.simulate_get(f"/static/{name}")
+    assert result.status_code == 404
+    assert result.json["title"].lower().endswith("not found")
+
+
+def test_script_uses_the_routes_the_app_serves(system):
+    script = system.client.simulate_get("/static/app.js").text
+    for route in ("/submitTask", "/status?id=", "/getImage?id="):
+        assert route in script
+    assert 'upload.addEventListener("progress"' in script
+
+
+# Submitting ------------------------------------------------------------------------------------
+
+
+def test_submit_without_multipart_is_415(system, png):
+    result = system.client.simulate_post(
+        "/submitTask", body=png, headers={"Content-Type": "image/png"}
+    )
+    assert result.status_code == 415
+    assert "uploadfile" in result.json["description"]
+
+
+def test_submit_without_the_field_is_400(system, png):
+    body, content_type = form({"picture": ("photo.png", png, "image/png"), "note": "hello"})
+    result = system.client.simulate_post(
+        "/submitTask", body=body, headers={"Content-Type": content_type}
+    )
+    assert result.status_code == 400
+    assert result.json == {
+        "title": "No image",
+        "description": "The form has no file field 'uploadfile'.",
+    }
+
+
+def test_submit_forwards_op_and_answers_the_id(system, png):
+    task_id = submitted_id(system.client, png, op="Grayscale, resize:4x3")
+    assert len(task_id) == 22
+    status = system.client.simulate_get("/status", params={"id": task_id})
+    assert status.status_code == 200
+    assert status.json["pipeline"] == "grayscale,resize:4x3"  # canonical text from the master
+    assert status.json["stateName"] == "queued"
+
+
+def test_submit_without_op_uses_the_default(system, png):
+    task_id = submitted_id(system.client, png)
+    assert system.tasks.get(task_id).pipeline == "swap"
+
+
+def test_submit_relays_the_masters_refusals(system, png):
+    bad_op = submit(system.client, png, op="explode")
+    assert bad_op.status_code == 400
+    assert bad_op.json["title"] == "Invalid operation"
+    assert "unknown operation" in bad_op.json["description"]
+    not_image = submit(system.client, b"just some words")
+    assert not_image.status_code == 415
+    assert not_image.json["title"] == "Not a supported image"
+
+
+# Following a job -------------------------------------------------------------------------------
+
+
+def test_is_ready_answers_in_words(system, png):
+    task_id = submitted_id(system.client, png)
+    result = system.client.simulate_get("/isReady", params={"id": task_id})
+    assert result.status_code == 200 and result.text == "Your image is not ready yet."
+    system.work()
+    result = system.client.simulate_get("/isReady", params={"id": task_id})
+    assert result.text == "Your image is ready."
+    assert result.headers["content-type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize(
+    ("task_id", "status"), [("A" * 22, 404), ("not-an-id", 400), ("", 400), (None, 400)]
+)
+def test_unknown_or_malformed_ids_are_refused(system, task_id, status):
+    params = {} if task_id is None else {"id": task_id}
+    for route in ("/isReady", "/status", "/getImage"):
+        result = system.client.simulate_get(route, params=params)
+        assert result.status_code == status, route
+        assert result.json["title"]
+
+
+def test_status_relays_the_masters_record(system, png):
+    task_id = submitted_id(system.client, png, op="flop")
+    system.work()
+    status = system.client.simulate_get("/status", params={"id": task_id}).json
+    assert {"id", "state", "stateName", "pipeline", "attempts", "error"} <= status.keys()
+    assert {"createdAt", "updatedAt", "finishedAt"} <= status.keys()
+    assert status["id"] == task_id and status["stateName"] == "finished"
+    assert status["attempts"] == 1 and status["finishedAt"]
+
+
+def test_get_image_streams_the_result_as_an_attachment(system):
+    image = png_bytes((8, 6), "RGB")
+    task_id = submitted_id(system.client, image, op="resize:4x3,jpeg:90")
+    early = system.client.simulate_get("/getImage", params={"id": task_id})
+    assert early.status_code == 409 and "isReady" in early.json["description"]
+    system.work()
+    result = system.client.simulate_get("/getImage", params={"id": task_id})
+    assert result.status_code == 200
+    assert result.headers["content-type"] == "image/jpeg"
+    assert int(result.headers["content-length"]) == len(result.content)
+    disposition = result.headers["content-disposition"]
+    assert disposition.startswith("attachment") and f"darkroom-{task_id}.jpg" in disposition
+    assert decode(result.content).size == (4, 3)
+
+
+def test_failed_job_reports_its_reason_everywhere(system):
+    task_id = submitted_id(system.client, png_bytes((8, 6)), op="crop:20x20")
+    system.work()
+    status = system.client.simulate_get("/status", params={"id": task_id}).json
+    assert status["stateName"] == "failed" and "outside" in status["error"]
+    for route in ("/isReady", "/getImage"):
+        result = system.client.simulate_get(route, params={"id": task_id})
+        assert result.status_code == 422, route
+        assert status["error"] in result.json["description"]
