@@ -3,8 +3,6 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
-import subprocess
-import sys
 import threading
 
 import falcon
@@ -22,7 +20,6 @@ from darkroom.core.metrics import (
     TaskMetrics,
     multiprocess_dir,
     remove_multiprocess_dir,
-    remove_stale_multiprocess_dirs,
 )
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
@@ -245,15 +242,3 @@ def test_stage_timings_from_process_image():
     assert set(timings) == {"decode", "operation", "encode"}
     assert all(seconds >= 0 for seconds in timings.values())
     assert output.getvalue().startswith(b"\x89PNG")
-
-
-def test_folders_of_killed_workers_are_removed(tmp_path):
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], stdout=-1)
-    dead = int(finished.stdout)
-    stale = tmp_path / f"darkroom-metrics-{dead}-abc"
-    live = tmp_path / f"darkroom-metrics-{os.getpid()}-def"
-    other = tmp_path / "unrelated"
-    for folder in (stale, live, other):
-        folder.mkdir()
-    assert remove_stale_multiprocess_dirs(str(tmp_path)) == 1
-    assert not stale.exists() and live.exists() and other.exists()

@@ -27,7 +27,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 import falcon
@@ -245,40 +244,15 @@ class BusyFraction:
         )
 
 
-MULTIPROC_PREFIX = "darkroom-metrics-"
-
-
 def multiprocess_dir() -> str:
     """A fresh, empty folder for loop processes' metric files, set in ``PROMETHEUS_MULTIPROC_DIR``.
 
     Only processes started after this call (and importing prometheus_client afresh, as spawned
-    processes do) write there; the caller removes it with ``remove_multiprocess_dir``. Folders
-    left by workers that were killed (their pid is in the name) are removed first.
+    processes do) write there; the caller removes it with ``remove_multiprocess_dir``.
     """
-    remove_stale_multiprocess_dirs()
-    path = tempfile.mkdtemp(prefix=f"{MULTIPROC_PREFIX}{os.getpid()}-")
+    path = tempfile.mkdtemp(prefix="darkroom-metrics-")
     os.environ[MULTIPROC_ENV] = path
     return path
-
-
-def remove_stale_multiprocess_dirs(root: str | None = None) -> int:
-    removed = 0
-    for entry in Path(root or tempfile.gettempdir()).glob(f"{MULTIPROC_PREFIX}*-*"):
-        pid = entry.name.removeprefix(MULTIPROC_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed += 1
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def remove_multiprocess_dir(path: str) -> None:
