@@ -102,3 +102,14 @@ def test_full_disk_is_507(config):
     result = client.simulate_post("/newTask")
     assert result.status_code == 507
     assert "no space" in result.json["description"]
+
+
+def test_get_by_id_long_poll_parameters(client):
+    task_id = new_queued(client)
+    params = {"id": task_id, "wait": "5", "state": "in progress"}
+    answer = client.simulate_get("/getById", params=params)
+    assert answer.json["stateName"] == "queued", "not in the given state: answered at once"
+    bad = client.simulate_get("/getById", params={**params, "state": "done"})
+    assert bad.status_code == 400 and "in progress" in bad.json["description"]
+    nan = client.simulate_get("/getById", params={"id": task_id, "wait": "nan"})
+    assert nan.status_code == 400

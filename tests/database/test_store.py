@@ -200,6 +200,43 @@ def test_long_poll_claim_wakes_when_work_arrives(store):
     assert result["waited"] < 4, "the claim returned on the enqueue, not at its deadline"
 
 
+def _watch_in_thread(store, task_id, while_in, wait_seconds):
+    result = {}
+
+    def watcher() -> None:
+        started = time.monotonic()
+        result["task"] = store.watch(task_id, while_in, wait_seconds)
+        result["waited"] = time.monotonic() - started
+
+    thread = threading.Thread(target=watcher)
+    thread.start()
+    return thread, result
+
+
+def test_watch_wakes_when_the_task_leaves_the_state(store):
+    task_id = queued(store)
+    claim = store.claim()
+    thread, result = _watch_in_thread(store, task_id, {State.QUEUED, State.IN_PROGRESS}, 5)
+    store.finish(task_id, claim.lease_token)
+    thread.join(10)
+    assert result["task"].state == State.FINISHED
+    assert result["waited"] < 4, "the watch returned on the finish, not at its deadline"
+
+
+def test_watch_ignores_other_tasks_and_returns_unchanged_at_its_deadline(store):
+    watched, other = queued(store), queued(store)
+    thread, result = _watch_in_thread(store, watched, {State.QUEUED}, 0.3)
+    store.cancel(other)
+    thread.join(10)
+    assert result["task"].id == watched and result["task"].state == State.QUEUED
+    assert result["waited"] >= 0.3
+
+
+def test_watch_answers_at_once_when_the_state_already_differs(store):
+    task_id = queued(store)
+    assert store.watch(task_id, {State.IN_PROGRESS}, 30).state == State.QUEUED
+
+
 def test_counts(store):
     queued(store)
     store.create("swap")

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from falcon import testing
 
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
-from darkroom.master.app import create_app
+from darkroom.master.app import LongPolls, create_app
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import FileImageStore
@@ -128,3 +131,55 @@ def test_missing_finished_file_is_not_a_200(client, png):
     result = client.simulate_get("/get", params={"id": task_id})
     assert result.status_code == 404
     assert "/" not in result.json["description"], "no internal path leaks"
+
+
+def test_is_ready_long_poll_answers_when_the_job_finishes(client, config, png):
+    task_id = upload(client, png)
+    claim = client.simulate_post("/getNewTask").json
+    (config.data_dir / "finished" / task_id).write_bytes(png)
+    params = {"id": task_id, "lease": claim["lease"]}
+    finisher = threading.Timer(
+        0.2, client.simulate_post, ("/registerTaskFinished",), {"params": params}
+    )
+    finisher.start()
+    started = time.monotonic()
+    answer = client.simulate_get("/isReady", params={"id": task_id, "wait": "20"})
+    finisher.join()
+    assert answer.text == "1"
+    assert time.monotonic() - started < 10, "answered on the finish, not at the wait's end"
+
+
+def test_status_long_poll_answers_when_the_job_leaves_the_given_state(client, png):
+    task_id = upload(client, png)
+    # Already out of "in progress": answered at once, with the state it is in.
+    answer = client.simulate_get(
+        "/status", params={"id": task_id, "wait": "20", "state": "in progress"}
+    )
+    assert answer.json["stateName"] == "queued"
+    started = time.monotonic()
+    answer = client.simulate_get(
+        "/status", params={"id": task_id, "wait": "0.2", "state": "queued"}
+    )
+    assert answer.json["stateName"] == "queued" and time.monotonic() - started >= 0.2
+
+
+@pytest.mark.parametrize(
+    ("params", "problem"),
+    [
+        ({"wait": "nan"}, "wait"),
+        ({"wait": "-1"}, "wait"),
+        ({"wait": "1", "state": "done"}, "state"),
+    ],
+)
+def test_bad_long_poll_parameters_are_refused(client, png, params, problem):
+    task_id = upload(client, png)
+    answer = client.simulate_get("/status", params={"id": task_id, **params})
+    assert answer.status_code == 400 and problem in answer.json["description"]
+
+
+def test_long_polls_beyond_the_slots_are_answered_at_once():
+    polls = LongPolls(slots=1)
+    with polls.wait(5) as first, polls.wait(5) as second:
+        assert (first, second) == (5, 0.0)
+    with polls.wait(5) as again:
+        assert again == 5, "the slot is given back"

@@ -217,6 +217,9 @@ def send(
     prepared.url = url
     prepared.headers = requests.structures.CaseInsensitiveDict({**session.headers, **headers})
     prepared.prepare_body(data, None)
+    if "Content-Length" in headers:
+        # A streamed body of known length goes as it is: chunked framing costs both ends CPU.
+        prepared.headers.pop("Transfer-Encoding", None)
     response = session.get_adapter(url).send(prepared, stream=stream, timeout=timeout)
     if not stream:
         response.content  # noqa: B018 -- read now, so the connection goes back to the pool

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import math
 import sqlite3
 from typing import Any
 
@@ -15,11 +14,12 @@ from darkroom.core.config import Config
 from darkroom.core.errors import disk_full
 from darkroom.core.ids import require_task_id
 from darkroom.core.metrics import queue_collector
+from darkroom.core.params import wait_param
 from darkroom.database.store import State, Task, TaskConflict, TaskNotFound, TaskStore
 
 MAX_ERROR_LENGTH = 2000
 MAX_PIPELINE_LENGTH = 1000
-# a waiting claim holds a server thread: bound it
+# a waiting claim or task watch holds a server thread: bound it
 MAX_CLAIM_WAIT_SECONDS = 30.0
 
 
@@ -80,13 +80,17 @@ class Tasks:
         _success(resp)
 
     def on_get_by_id(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = task_document(self._store.get(require_task_id(req)))
+        """A task; with ``wait``, long-polls until it leaves ``state`` (default: until it ends)."""
+        task_id = require_task_id(req)
+        wait = wait_param(req, self._max_wait)
+        if wait:
+            task = self._store.watch(task_id, _states_to_wait_out(req), wait)
+        else:
+            task = self._store.get(task_id)
+        resp.media = task_document(task)
 
     def on_post_claim(self, req: falcon.Request, resp: falcon.Response) -> None:
-        wait = req.get_param_as_float("wait", min_value=0, default=0.0)
-        if math.isnan(wait):  # NaN passes every bound and would never end the wait
-            raise falcon.HTTPInvalidParam("The value must be a number.", "wait")
-        task = self._store.claim(min(wait, self._max_wait))
+        task = self._store.claim(wait_param(req, self._max_wait))
         if task is None:
             resp.status = falcon.HTTP_204
             return
@@ -146,6 +150,19 @@ class Tasks:
 
 def _not_found(req: falcon.Request, resp: falcon.Response, ex: TaskNotFound, params: Any) -> None:
     raise falcon.HTTPNotFound(title="Unknown task", description="No task has this id.")
+
+
+_STATES_BY_NAME = {state.label: state for state in State}
+_UNFINISHED = frozenset(State) - {State.FINISHED, State.FAILED}
+
+
+def _states_to_wait_out(req: falcon.Request) -> frozenset[State]:
+    name = req.get_param("state")
+    if name is None:
+        return _UNFINISHED
+    if name not in _STATES_BY_NAME:
+        raise falcon.HTTPInvalidParam(f"Expected one of: {', '.join(_STATES_BY_NAME)}.", "state")
+    return frozenset({_STATES_BY_NAME[name]})
 
 
 def _conflict(req: falcon.Request, resp: falcon.Response, ex: TaskConflict, params: Any) -> None:

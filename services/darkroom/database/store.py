@@ -12,7 +12,7 @@ import enum
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Protocol
 
@@ -57,6 +57,7 @@ class TaskStore(Protocol):
     def create(self, pipeline: str) -> Task: ...
     def enqueue(self, task_id: str) -> Task: ...
     def get(self, task_id: str) -> Task: ...
+    def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task: ...
     def claim(self, wait_seconds: float = 0.0) -> Task | None: ...
     def heartbeat(self, task_id: str, lease_token: str) -> Task: ...
     def finish(self, task_id: str, lease_token: str) -> Task: ...
@@ -121,6 +122,9 @@ class SqliteTaskStore:
         # Claimers long-poll on this; every change that may make a task claimable bumps it.
         self._queue_changed = threading.Condition()
         self._generation = 0
+        # Watchers of one task's state long-poll on this; every state change bumps it.
+        self._task_changed = threading.Condition()
+        self._changes = 0
         self.lease_expiries = 0
 
     # -- transactions -------------------------------------------------------------------
@@ -134,12 +138,20 @@ class SqliteTaskStore:
         return _task(row)
 
     def _update(self, task_id: str, **fields: object) -> Task:
+        if "state" in fields:
+            # Inside the transaction: a woken watcher reads the row only after the commit.
+            self._notify_watchers()
         fields["updated_at"] = self._clock()
         assignments = ", ".join(f"{name} = ?" for name in fields)
         self._db.execute(
             f"UPDATE tasks SET {assignments} WHERE id = ?", (*fields.values(), task_id)
         )
         return self._row(task_id)
+
+    def _notify_watchers(self) -> None:
+        with self._task_changed:
+            self._changes += 1
+            self._task_changed.notify_all()
 
     def _notify_claimers(self) -> None:
         with self._queue_changed:
@@ -174,6 +186,21 @@ class SqliteTaskStore:
         with self._transaction():
             self._expire(self._clock())
             return self._row(task_id)
+
+    def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task:
+        """The task as soon as its state is not one of ``while_in``, or as it is after the wait."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            with self._task_changed:
+                changes = self._changes
+            task = self.get(task_id)
+            remaining = deadline - time.monotonic()
+            if task.state not in while_in or remaining <= 0:
+                return task
+            with self._task_changed:
+                if changes == self._changes:
+                    # Wake at least twice a second so expired leases are noticed.
+                    self._task_changed.wait(min(remaining, 0.5))
 
     def claim(self, wait_seconds: float = 0.0) -> Task | None:
         """The oldest queued task, leased to the caller; waits up to ``wait_seconds`` for one."""
@@ -353,12 +380,14 @@ class SqliteTaskStore:
             " WHERE state = ? AND lease_expires_at < ?",
             (State.QUEUED, now, State.IN_PROGRESS, now),
         ).rowcount
-        self._db.execute(
+        stale_uploads = self._db.execute(
             "UPDATE tasks SET state = ?, finished_at = ?, updated_at = ?,"
             " error = 'upload never completed' WHERE state = ? AND created_at < ?",
             (State.FAILED, now, now, State.UPLOADING, now - policy.upload_timeout_seconds),
-        )
+        ).rowcount
         self.lease_expiries += failed + requeued
+        if failed or requeued or stale_uploads:
+            self._notify_watchers()
 
 
 class _Transaction:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import falcon
@@ -16,9 +16,11 @@ from darkroom.core.auth import CLIENT
 from darkroom.core.config import Config
 from darkroom.core.ids import require_task_id
 from darkroom.core.imagetypes import EXTENSIONS, SNIFF_BYTES, sniff_media_type
+from darkroom.core.params import wait_param
 from darkroom.core.relay import relay, relay_stream
 from darkroom.core.streams import iter_chunks
 from darkroom.database.client import DatabaseClient
+from darkroom.database.store import State
 from darkroom.master.openapi import OpenApiDocument
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import Folder
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 PipelineCheck = Callable[[str | None], str]
 
 SUPPORTED = ", ".join(sorted(EXTENSIONS.values()))
+# Longest a claim or a client's long poll (``wait``) may hold a request.
+MAX_WAIT_SECONDS = 30.0
+# The states a job can be in, as /status names them (``stateName``).
+STATE_NAMES = tuple(state.label for state in State)
 
 
 def _read_head(stream: BinaryIO) -> bytes:
@@ -37,6 +43,27 @@ def _read_head(stream: BinaryIO) -> bytes:
     while len(head) < SNIFF_BYTES and (chunk := stream.read(SNIFF_BYTES - len(head))):
         head += chunk
     return head
+
+
+class LongPolls:
+    """Slots for client long polls: each holds a server thread, so only so many may wait.
+
+    Beyond that, a request with ``wait`` is answered at once, as without it: the client polls
+    again, which always works, and the threads stay free for uploads and workers.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self._slots = threading.BoundedSemaphore(max(slots, 1))
+
+    @contextlib.contextmanager
+    def wait(self, seconds: float) -> Iterator[float]:
+        if seconds <= 0 or not self._slots.acquire(blocking=False):
+            yield 0.0
+            return
+        try:
+            yield seconds
+        finally:
+            self._slots.release()
 
 
 class Jobs:
@@ -49,12 +76,14 @@ class Jobs:
         database: DatabaseClient,
         storage: StorageClient,
         check_pipeline: PipelineCheck,
-        max_upload_bytes: int,
+        config: Config,
     ) -> None:
         self._database = database
         self._storage = storage
         self._check_pipeline = check_pipeline
-        self._max_upload_bytes = max_upload_bytes
+        self._max_upload_bytes = config.max_upload_bytes
+        self._http_timeout = config.http_timeout_seconds
+        self._long_polls = LongPolls(config.threads // 2)
 
     def on_post_new(self, req: falcon.Request, resp: falcon.Response) -> None:
         if (req.content_length or 0) > self._max_upload_bytes:
@@ -80,7 +109,7 @@ class Jobs:
         task_id = self._database.create(pipeline)
         try:
             body = itertools.chain([head], iter_chunks(stream))
-            self._storage.send(Folder.WORKING, task_id, body)
+            self._storage.send(Folder.WORKING, task_id, body, size=req.content_length)
         except Exception as exc:
             # Leave no half-made task behind; the client gets the storage's error.
             self._abandon(task_id, exc)
@@ -97,8 +126,10 @@ class Jobs:
         with contextlib.suppress(Exception):
             self._database.abandon_upload(task_id, f"upload failed: {reason}")
 
-    def _task(self, req: falcon.Request) -> dict[str, Any]:
-        return self._database.get(require_task_id(req))
+    def _task(self, req: falcon.Request, state: str | None = None) -> dict[str, Any]:
+        task_id = require_task_id(req)
+        with self._long_polls.wait(wait_param(req, MAX_WAIT_SECONDS)) as wait:
+            return self._database.get(task_id, wait, state, self._http_timeout)
 
     def on_get_is_ready(self, req: falcon.Request, resp: falcon.Response) -> None:
         task = self._task(req)
@@ -107,7 +138,10 @@ class Jobs:
         resp.text = "1" if task["stateName"] == "finished" else "0"
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self._task(req)
+        state = req.get_param("state")
+        if state is not None and state not in STATE_NAMES:
+            raise falcon.HTTPInvalidParam(f"Expected one of: {', '.join(STATE_NAMES)}.", "state")
+        resp.media = self._task(req, state)
 
     def on_get_result(self, req: falcon.Request, resp: falcon.Response) -> None:
         task = self._task(req)
@@ -142,9 +176,7 @@ class WorkerApi:
         relay(self._database.call("POST", path, params=req.params, **kwargs), resp, "database")
 
     def on_post_claim(self, req: falcon.Request, resp: falcon.Response) -> None:
-        wait = req.get_param_as_float("wait", min_value=0, max_value=30, default=0.0)
-        if math.isnan(wait):  # NaN passes every bound and would never end the wait
-            raise falcon.HTTPInvalidParam("The value must be a number.", "wait")
+        wait = wait_param(req, MAX_WAIT_SECONDS)
         self._relay(req, resp, "/getNewTask", timeout=wait + self._claim_timeout)
 
     def on_post_finish(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -173,7 +205,7 @@ def create_app(
     readiness: list[Callable[[], str | None]] | None = None,
 ) -> falcon.App:
     app = create_base_app(config, readiness=readiness or [])
-    jobs = Jobs(database, storage, check_pipeline, config.max_upload_bytes)
+    jobs = Jobs(database, storage, check_pipeline, config)
     app.add_route("/openapi.json", OpenApiDocument())
     app.add_route("/new", jobs, suffix="new")
     app.add_route("/isReady", jobs, suffix="is_ready")

@@ -15,9 +15,17 @@ class StorageClient:
     def __init__(self, service: ServiceClient) -> None:
         self._service = service
 
-    def send(self, folder: Folder, task_id: str, body: Iterable[bytes] | bytes) -> None:
+    def send(
+        self, folder: Folder, task_id: str, body: Iterable[bytes] | bytes, size: int | None = None
+    ) -> None:
+        """Store an image; ``size``, when known, is sent as Content-Length (no chunked framing)."""
+        headers = {} if size is None else {"Content-Length": str(size)}
         response = self._service.request(
-            "POST", "/sendImage", params={"id": task_id, "state": str(folder)}, data=body
+            "POST",
+            "/sendImage",
+            params={"id": task_id, "state": str(folder)},
+            data=body,
+            headers=headers,
         )
         with response:
             raise_for_upstream(response, "storage")

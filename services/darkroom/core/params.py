@@ -1,0 +1,19 @@
+"""Query parameters several roles read the same way."""
+
+from __future__ import annotations
+
+import math
+
+import falcon
+
+
+def wait_param(req: falcon.Request, maximum: float) -> float:
+    """``wait``: seconds a long poll may hold the request (0 when absent), capped at ``maximum``.
+
+    A waiting request holds a server thread, hence the cap; NaN is refused because it passes
+    every bound and would never end the wait.
+    """
+    wait = req.get_param_as_float("wait", min_value=0, default=0.0)
+    if math.isnan(wait):
+        raise falcon.HTTPInvalidParam("The value must be a number.", "wait")
+    return min(wait, maximum)
