@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 from types import FrameType
@@ -31,7 +32,11 @@ def serve(app: falcon.App, config: Config, role: str, max_body_bytes: int | None
         # waitress answers 413 itself for bodies over the upload limit (with slack for headers)
         max_request_body_size=max_body_bytes + 64 * 1024,
         max_request_header_size=64 * 1024,
-        channel_timeout=config.http_timeout_seconds * 2,
+        # idle connections (slow or stalled clients) are closed after twice the HTTP timeout;
+        # waitress takes whole seconds and looks for them every cleanup_interval (30 s by default,
+        # so a 2 s timeout cut clients after up to 32 s)
+        channel_timeout=max(1, math.ceil(config.http_timeout_seconds * 2)),
+        cleanup_interval=1,
         connection_limit=1000,
         # 8 KiB by default: a 3 MB body took 400 trips through the event loop (3x the CPU)
         recv_bytes=256 * 1024,
