@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from PIL import Image, ImageDraw
+from PIL import ExifTags, Image, ImageDraw
 
 from support.images import decode
 from support.processes import Services, wait_until
@@ -47,6 +47,17 @@ def photo_jpeg(size: tuple[int, int] = (640, 480)) -> bytes:
     image = Image.blend(image, noise, 0.08)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def photo_with_exif(size: tuple[int, int] = (64, 48)) -> bytes:
+    """A photo that says: turn me clockwise, taken with this camera, here."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    exif[ExifTags.Base.Make] = "Darkroom Camera"
+    exif[ExifTags.IFD.GPSInfo] = {ExifTags.GPS.GPSLatitudeRef: "N"}
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(photo_jpeg(size))).save(buffer, "JPEG", quality=90, exif=exif)
     return buffer.getvalue()
 
 
@@ -264,12 +275,50 @@ def test_phone_screen_needs_no_sideways_scrolling(open_page):
     assert button is not None and button["x"] + button["width"] <= 360
 
 
-def test_form_works_without_javascript(open_page, services):
+def test_keep_metadata_checkbox_keeps_the_exif(page, services):
+    page.get_by_label("Choose an image").set_input_files(
+        file_payload("gps.jpg", photo_with_exif(), "image/jpeg")
+    )
+    page.get_by_label("Swap red and green").uncheck()
+    page.get_by_label("Keep metadata").check()
+    expect(page.get_by_label("Pipeline")).to_have_value("keep-metadata")
+    page.get_by_role("button", name="Process image").click()
+    task_id = wait_finished(page)
+    expect(page.locator("#job-pipeline")).to_have_text("keep-metadata")
+    result = decode(master_result(services, task_id))
+    assert result.size == (48, 64)  # turned upright...
+    exif = result.getexif()
+    assert exif[ExifTags.Base.Orientation] == 1  # ...so the kept EXIF says so
+    assert exif[ExifTags.Base.Make] == "Darkroom Camera"
+    assert exif.get_ifd(ExifTags.IFD.GPSInfo) == {ExifTags.GPS.GPSLatitudeRef: "N"}
+
+    page.get_by_label("Keep metadata").uncheck()
+    expect(page.get_by_label("Pipeline")).to_have_value("png")
+    page.get_by_role("button", name="Process image").click()
+    expect(page.locator("#job-pipeline")).to_have_text("png")
+    stripped = decode(master_result(services, wait_finished(page)))
+    assert stripped.size == (48, 64) and not stripped.getexif()
+
+
+@pytest.mark.parametrize(
+    ("typed", "pipeline", "size"),
+    [
+        ("", "swap", (48, 64)),
+        (
+            " Grayscale, resize:24x32 ,keep-metadata",
+            "grayscale,resize:24x32,keep-metadata",
+            (24, 32),
+        ),
+    ],
+    ids=["default", "typed"],
+)
+def test_form_works_without_javascript(open_page, services, typed, pipeline, size):
     page = open_page(java_script_enabled=False)
     expect(page.locator("#builder")).to_be_hidden()
     page.locator("#uploadfile").set_input_files(
-        file_payload("plain.jpg", photo_jpeg((64, 48)), "image/jpeg")
+        file_payload("plain.jpg", photo_with_exif((64, 48)), "image/jpeg")
     )
+    page.get_by_label("Operations").fill(typed)
     page.get_by_role("button", name="Process image").click()
     page.wait_for_url("**/submitTask")
     task_id = page.locator("body").inner_text().strip()
@@ -282,3 +331,20 @@ def test_form_works_without_javascript(open_page, services):
         return response.json()["stateName"] == "finished"
 
     wait_until(finished, 30, f"task {task_id} to finish", interval=0.1)
+    status = requests.get(services.url("master", "/status"), params={"id": task_id}, timeout=5)
+    assert status.json()["pipeline"] == pipeline
+    result = decode(master_result(services, task_id))
+    assert result.size == size
+    assert bool(result.getexif()) == pipeline.endswith("keep-metadata")
+
+
+def test_form_without_javascript_shows_an_invalid_op(open_page):
+    page = open_page(java_script_enabled=False)
+    page.locator("#uploadfile").set_input_files(
+        file_payload("plain.jpg", photo_jpeg((64, 48)), "image/jpeg")
+    )
+    page.get_by_label("Operations").fill("grayscale,explode")
+    page.get_by_role("button", name="Process image").click()
+    page.wait_for_url("**/submitTask")
+    body = page.locator("body").inner_text()
+    assert "Invalid operation" in body and "step 2 'explode': unknown operation" in body

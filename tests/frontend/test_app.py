@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import functools
+import inspect
+import io
 import threading
 from html.parser import HTMLParser
 from types import SimpleNamespace
 
 import pytest
 from falcon import testing
+from PIL import ExifTags, Image
 from urllib3.filepost import encode_multipart_formdata
 
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
-from darkroom.frontend.app import create_app
+from darkroom.frontend.app import MAX_OP_BYTES, create_app
 from darkroom.master.app import create_app as create_master_app
 from darkroom.master.client import MasterClient
 from darkroom.storage.app import create_app as create_storage_app
@@ -27,7 +30,7 @@ from darkroom.worker.operations import (
     normalize_pipeline,
     process_image,
 )
-from support.images import decode, png_bytes
+from support.images import decode, encode, png_bytes
 from support.inprocess import service_client
 
 
@@ -63,7 +66,7 @@ def system(config):
         worker.handle(claim)
 
     client = testing.TestClient(create_app(config, master))
-    return SimpleNamespace(client=client, tasks=tasks, work=work)
+    return SimpleNamespace(client=client, tasks=tasks, work=work, master=master, config=config)
 
 
 def form(fields: dict) -> tuple[bytes, str]:
@@ -83,6 +86,18 @@ def submitted_id(client: testing.TestClient, image: bytes, **params: str) -> str
     return result.text
 
 
+def post_form(client: testing.TestClient, fields: list, **params: str) -> testing.Result:
+    """POST the fields, in this order, as multipart/form-data."""
+    body, content_type = form(fields)
+    return client.simulate_post(
+        "/submitTask", body=body, headers={"Content-Type": content_type}, params=params
+    )
+
+
+def image_field(image: bytes, name: str = "photo.png") -> tuple:
+    return ("uploadfile", (name, image, "image/png"))
+
+
 # The page and its files ------------------------------------------------------------------------
 
 
@@ -96,6 +111,8 @@ class PageParts(HTMLParser):
         self.handlers: list[str] = []
         self.linked: list[str] = []
         self.file_inputs: list[dict] = []
+        self.inputs: list[dict] = []
+        self.label_targets: list[str] = []
         self.forms: list[dict] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -110,6 +127,10 @@ class PageParts(HTMLParser):
                 self.linked.append(value)
         if tag == "input" and attributes.get("type") == "file":
             self.file_inputs.append(attributes)
+        if tag == "input":
+            self.inputs.append(attributes)
+        if tag == "label" and "for" in attributes:
+            self.label_targets.append(attributes["for"])
         if tag == "form":
             self.forms.append(attributes)
 
@@ -130,6 +151,28 @@ def test_page_is_a_form_posting_uploadfile_to_submit_task(page):
     [upload] = parts.forms
     assert upload["action"] == "/submitTask" and upload["method"] == "post"
     assert upload["enctype"] == "multipart/form-data"
+
+
+def test_page_form_has_an_op_field_without_javascript(page):
+    _, parts = page
+    # The only named fields are what the no-script form posts; the script builds its own body.
+    named = {i["name"]: i for i in parts.inputs if i.get("name")}
+    assert set(named) == {"uploadfile", "op"}
+    assert named["op"]["type"] == "text"
+    assert named["op"]["id"] in parts.label_targets
+    result = page[0].text
+    noscript = result[result.index("<noscript>") : result.index("</noscript>")]
+    assert 'name="op"' in noscript  # shown and sent only when scripts are off
+    assert "keep-metadata" in noscript
+
+
+def test_builder_offers_keep_metadata_with_a_label(page, system):
+    _, parts = page
+    [checkbox] = [i for i in parts.inputs if i.get("id") == "op-keep-metadata"]
+    assert checkbox["type"] == "checkbox" and "checked" not in checkbox
+    assert "op-keep-metadata" in parts.label_targets
+    script = system.client.simulate_get("/static/app.js").text
+    assert 'on("op-keep-metadata")' in script and '"keep-metadata"' in script
 
 
 def test_page_works_under_a_strict_content_security_policy(page, system):
@@ -172,6 +215,7 @@ def test_script_uses_the_routes_the_app_serves(system):
     for route in ("/submitTask", "/status?id=", "/getImage?id="):
         assert route in script
     assert 'upload.addEventListener("progress"' in script
+    assert 'body.append("op", op)' in script  # the op as a form field, before the file
 
 
 # Submitting ------------------------------------------------------------------------------------
@@ -219,6 +263,135 @@ def test_submit_relays_the_masters_refusals(system, png):
     not_image = submit(system.client, b"just some words")
     assert not_image.status_code == 415
     assert not_image.json["title"] == "Not a supported image"
+
+
+class RecordingService:
+    """The master's service client, keeping the body of every upload sent to ``/new``."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.uploads: list = []
+
+    def request(self, method: str, path: str, **kwargs):
+        if path == "/new":
+            self.uploads.append(kwargs.get("data"))
+        return self._inner.request(method, path, **kwargs)
+
+
+@pytest.fixture
+def recorded(system, config):
+    """A frontend whose uploads to the master are recorded, and the recording."""
+    service = RecordingService(system.master.service)
+    client = testing.TestClient(create_app(config, MasterClient(service)))
+    return SimpleNamespace(client=client, uploads=service.uploads)
+
+
+def pipeline_of(system, result: testing.Result) -> str:
+    assert result.status_code == 200, result.text
+    return system.tasks.get(result.text).pipeline
+
+
+def test_op_field_before_the_file_streams_the_file_through(system, recorded, png):
+    result = post_form(recorded.client, [("op", "Grayscale, flip"), image_field(png)])
+    assert pipeline_of(system, result) == "grayscale,flip"
+    [body] = recorded.uploads
+    assert inspect.isgenerator(body)  # chunks of the form part, never the whole image
+
+
+def test_op_field_after_the_file_spools_it_to_a_temporary_file(system, recorded, png):
+    fields = [image_field(png), ("note", "ignored"), ("op", "resize:4x3,keep-metadata")]
+    result = post_form(recorded.client, fields)
+    assert pipeline_of(system, result) == "resize:4x3,keep-metadata"
+    [body] = recorded.uploads
+    assert isinstance(body, io.BufferedRandom)  # a file on disk, not the image in memory
+    assert body.closed  # removed once the master answered
+    system.work()
+    result = system.client.simulate_get("/getImage", params={"id": result.text})
+    assert decode(result.content).size == (4, 3)
+
+
+def test_form_without_op_spools_and_uses_the_default(system, recorded, png):
+    result = post_form(recorded.client, [image_field(png)])
+    assert pipeline_of(system, result) == "swap"
+    assert recorded.uploads[0].closed
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+@pytest.mark.parametrize("empty", ["", "   "])
+def test_empty_op_field_means_the_default_or_the_query(system, png, position, empty):
+    fields = [("op", empty), image_field(png)]
+    fields = fields if position == "before" else fields[::-1]
+    assert pipeline_of(system, post_form(system.client, fields)) == "swap"
+    with_query = post_form(system.client, fields, op="flop")
+    assert pipeline_of(system, with_query) == "flop"
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_invalid_op_field_is_the_masters_400(system, png, position):
+    fields = [("op", "grayscale,explode"), image_field(png)]
+    fields = fields if position == "before" else fields[::-1]
+    result = post_form(system.client, fields)
+    assert result.status_code == 400
+    assert result.json["title"] == "Invalid operation"
+    assert "step 2 'explode': unknown operation" in result.json["description"]
+    assert system.tasks.recent(10) == []  # refused before any job was made
+
+
+@pytest.mark.parametrize(
+    ("fields", "params", "description"),
+    [
+        (
+            [("op", "flip"), "image"],
+            {"op": "flop"},
+            "Give 'op' in the query string or as a form field, not both.",
+        ),
+        ([("op", "flip"), ("op", "flop"), "image"], {}, "The form has more than one 'op' field."),
+        ([("op", "flip"), "image", ("op", "flop")], {}, None),  # not read: the upload had begun
+        (["image", ("op", "flip"), ("op", "flop")], {}, "The form has more than one 'op' field."),
+        (
+            [("op", "flip," * 2000), "image"],
+            {},
+            f"The 'op' field is longer than {MAX_OP_BYTES} bytes.",
+        ),
+        (["image", ("op", b"flip\xff")], {}, "The 'op' field is not UTF-8 text."),
+    ],
+    ids=["query-and-field", "twice-before", "twice-around", "twice-after", "long", "not-utf8"],
+)
+def test_op_field_problems_are_400(system, png, fields, params, description):
+    fields = [image_field(png) if field == "image" else field for field in fields]
+    result = post_form(system.client, fields, **params)
+    if description is None:
+        assert pipeline_of(system, result) == "flip"
+        return
+    assert result.status_code == 400
+    assert result.json == {"title": "Invalid operation", "description": description}
+
+
+def test_op_field_without_an_image_is_400(system):
+    result = post_form(system.client, [("op", "flip")])
+    assert result.status_code == 400 and result.json["title"] == "No image"
+
+
+def test_keep_metadata_through_the_form(system):
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    exif[ExifTags.Base.Make] = "Darkroom Camera"
+    exif[ExifTags.IFD.GPSInfo] = {ExifTags.GPS.GPSLatitudeRef: "N"}
+    photo = encode(Image.new("RGB", (8, 4), (200, 10, 10)), "JPEG", exif=exif)
+    kept = post_form(system.client, [image_field(photo, "a.jpg"), ("op", "jpeg,keep-metadata")])
+    stripped = post_form(system.client, [("op", "jpeg"), image_field(photo, "a.jpg")])
+    results = {}
+    for name, upload in {"kept": kept, "stripped": stripped}.items():
+        assert upload.status_code == 200, upload.text
+        system.work()
+        got = system.client.simulate_get("/getImage", params={"id": upload.text})
+        results[name] = decode(got.content)
+    assert results["kept"].size == results["stripped"].size == (4, 8)  # upright either way
+    kept_exif = results["kept"].getexif()
+    assert kept_exif[ExifTags.Base.Make] == "Darkroom Camera"
+    assert kept_exif[ExifTags.Base.Orientation] == 1
+    assert kept_exif.get_ifd(ExifTags.IFD.GPSInfo) == {ExifTags.GPS.GPSLatitudeRef: "N"}
+    assert not results["stripped"].getexif()
 
 
 # Following a job -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import zlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageCms, ImageFile
+from PIL import ExifTags, Image, ImageCms, ImageFile, PngImagePlugin
 
 from darkroom.worker.operations import (
     DEFAULT_PIPELINE,
@@ -325,19 +325,86 @@ def test_every_supported_input_format(fmt: str) -> None:
 # --- metadata --------------------------------------------------------------------------------
 
 
+GPS = {
+    ExifTags.GPS.GPSLatitudeRef: "N",
+    ExifTags.GPS.GPSLatitude: (52.0, 31.0, 12.5),
+    ExifTags.GPS.GPSLongitudeRef: "E",
+    ExifTags.GPS.GPSLongitude: (13.0, 24.0, 37.25),
+}
+XMP = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF'
+    b' xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description'
+    b' xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/"'
+    b' tiff:Orientation="{orientation}" dc:source="secret xmp"/></rdf:RDF></x:xmpmeta>'
+)
+
+
 def photo_with_metadata(orientation: int) -> io.BytesIO:
+    """A 40x20 JPEG with a camera make, GPS position, capture details, XMP, comment and ICC."""
     exif = Image.Exif()
-    exif[0x0112] = orientation
-    exif[0x010F] = "Darkroom Camera"  # Make
+    exif[ExifTags.Base.Orientation] = orientation
+    exif[ExifTags.Base.Make] = "Darkroom Camera"
+    exif[ExifTags.IFD.GPSInfo] = GPS
+    exif[ExifTags.IFD.Exif] = {
+        ExifTags.Base.DateTimeOriginal: "2024:05:06 07:08:09",
+        ExifTags.Base.ExifImageWidth: 40,
+        ExifTags.Base.ExifImageHeight: 20,
+    }
     return encode(
         rgb_marked((40, 20), (0, 0)),
         "JPEG",
         quality=100,
         exif=exif,
         comment=b"secret comment",
-        xmp=b"<x:xmpmeta>secret</x:xmpmeta>",
+        xmp=XMP.replace(b"{orientation}", str(orientation).encode()),
         icc_profile=SRGB_PROFILE,
     )
+
+
+def metadata_blocks(data: bytes) -> list[str]:
+    """The metadata blocks in a PNG, JPEG or WebP file: "exif", "xmp" or "text" for each."""
+    blocks = []
+    if data.startswith(b"\x89PNG"):
+        position = 8
+        while position < len(data):
+            length = int.from_bytes(data[position : position + 4], "big")
+            kind, body = data[position + 4 : position + 8], data[position + 8 :][:length]
+            if kind == b"eXIf":
+                blocks.append("exif")
+            elif kind == b"iTXt" and body.startswith(b"XML:com.adobe.xmp\x00"):
+                blocks.append("xmp")
+            elif kind in (b"tEXt", b"zTXt", b"iTXt"):
+                blocks.append("text")
+            position += 12 + length
+    elif data.startswith(b"\xff\xd8"):
+        position = 2
+        while data[position + 1] != 0xDA:  # up to the start of the pixels
+            marker, length = data[position + 1], int.from_bytes(data[position + 2 : position + 4])
+            body = data[position + 4 : position + 2 + length]
+            if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
+                blocks.append("exif")
+            elif marker == 0xE1 and body.startswith(b"http://ns.adobe.com/xap/1.0/\x00"):
+                blocks.append("xmp")
+            elif marker == 0xFE or marker == 0xE1:
+                blocks.append("text")
+            position += 2 + length
+    else:
+        assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+        position = 12
+        while position < len(data):
+            kind = data[position : position + 4]
+            length = int.from_bytes(data[position + 4 : position + 8], "little")
+            blocks += {b"EXIF": ["exif"], b"XMP ": ["xmp"]}.get(kind, [])
+            position += 8 + length + length % 2
+    return blocks
+
+
+def processed(source: io.BytesIO, pipeline: str) -> tuple[bytes, Image.Image]:
+    destination = io.BytesIO()
+    process_image(source, destination, pipeline, SETTINGS)
+    result = Image.open(io.BytesIO(destination.getvalue()))
+    result.load()
+    return destination.getvalue(), result
 
 
 def test_exif_orientation_is_applied() -> None:
@@ -347,16 +414,117 @@ def test_exif_orientation_is_applied() -> None:
     assert (x, y) == (19, 0)
 
 
-@pytest.mark.parametrize("pipeline", ["png", "jpeg", "webp"])
-def test_metadata_is_stripped_and_icc_profile_kept(pipeline: str) -> None:
-    destination = io.BytesIO()
-    process_image(photo_with_metadata(orientation=1), destination, pipeline, SETTINGS)
-    data = destination.getvalue()
+@pytest.mark.parametrize("pipeline", ["png", "jpeg", "webp", "grayscale,png"])
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_metadata_is_stripped_and_icc_profile_kept(pipeline: str, orientation: int) -> None:
+    data, result = processed(photo_with_metadata(orientation), pipeline)
+    assert metadata_blocks(data) == []
     assert b"secret" not in data
     assert b"Darkroom Camera" not in data
-    result = Image.open(io.BytesIO(data))
     assert not result.getexif()
+    assert "xmp" not in result.info
+    grey = pipeline.startswith("grayscale")  # the RGB profile no longer applies
+    assert result.info.get("icc_profile") == (None if grey else SRGB_PROFILE)
+
+
+def png_with_text_chunks() -> io.BytesIO:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "Darkroom Camera"
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "secret comment")
+    text.add_text("Author", "secret author", zip=True)
+    text.add_itxt("XML:com.adobe.xmp", XMP.replace(b"{orientation}", b"1").decode())
+    return encode(Image.new("RGB", (4, 4)), "PNG", pnginfo=text, exif=exif)
+
+
+@pytest.mark.parametrize("pipeline", ["png", "jpeg", "webp"])
+def test_png_text_chunks_are_dropped(pipeline: str) -> None:
+    data, _ = processed(png_with_text_chunks(), pipeline)
+    assert metadata_blocks(data) == []
+    assert b"secret" not in data and b"Darkroom" not in data
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "media_type"),
+    [
+        ("png,keep-metadata", "PNG"),
+        ("jpeg,keep-metadata", "JPEG"),
+        ("keep-metadata,webp", "WEBP"),
+    ],
+)
+def test_keep_metadata_carries_exif_and_xmp_upright(pipeline: str, media_type: str) -> None:
+    data, result = processed(photo_with_metadata(orientation=6), pipeline)
+    assert result.format == media_type
+    assert sorted(metadata_blocks(data)) == ["exif", "xmp"]  # the comment is not carried
+    assert b"secret comment" not in data
+    assert result.size == (20, 40)  # orientation applied to the pixels...
+    exif = result.getexif()
+    assert exif[ExifTags.Base.Orientation] == 1  # ...so the tag says upright
+    assert exif[ExifTags.Base.Make] == "Darkroom Camera"
+    assert exif.get_ifd(ExifTags.IFD.GPSInfo) == GPS
+    details = exif.get_ifd(ExifTags.IFD.Exif)
+    assert details[ExifTags.Base.DateTimeOriginal] == "2024:05:06 07:08:09"
+    assert details[ExifTags.Base.ExifImageWidth] == 20
+    assert details[ExifTags.Base.ExifImageHeight] == 40
+    xmp = result.info["xmp"]
+    assert b'dc:source="secret xmp"' in xmp
+    assert b"tiff:Orientation" not in xmp  # it said 6, which is no longer true
     assert result.info.get("icc_profile") == SRGB_PROFILE
+
+
+def test_keep_metadata_gives_the_exif_the_output_size() -> None:
+    _, result = processed(photo_with_metadata(orientation=1), "resize:10x10,keep-metadata")
+    details = result.getexif().get_ifd(ExifTags.IFD.Exif)
+    assert result.size == (10, 5)
+    assert details[ExifTags.Base.ExifImageWidth] == 10
+    assert details[ExifTags.Base.ExifImageHeight] == 5
+
+
+def test_keep_metadata_keeps_exif_and_xmp_of_a_png_but_not_its_text() -> None:
+    data, result = processed(png_with_text_chunks(), "keep-metadata")
+    assert sorted(metadata_blocks(data)) == ["exif", "xmp"]
+    assert b"secret comment" not in data and b"secret author" not in data
+    assert result.getexif()[ExifTags.Base.Make] == "Darkroom Camera"
+    assert b"secret xmp" in result.info["xmp"]
+
+
+def test_keep_metadata_alone_changes_no_pixels() -> None:
+    image = Image.new("RGB", (3, 2), (10, 20, 30))
+    result, _ = run(image, "keep-metadata")
+    assert result.tobytes() == image.tobytes()
+
+
+def test_keep_metadata_without_metadata_writes_none() -> None:
+    data, result = processed(encode(Image.new("RGB", (4, 4)), "JPEG"), "keep-metadata")
+    assert metadata_blocks(data) == []
+    assert not result.getexif()
+
+
+def test_keep_metadata_drops_a_tiffs_storage_tags() -> None:
+    source = encode(
+        Image.new("RGB", (8, 4)),
+        "TIFF",
+        compression="tiff_lzw",
+        tiffinfo={ExifTags.Base.Make: "Darkroom Camera", ExifTags.Base.Artist: "Ada"},
+    )
+    _, result = processed(source, "jpeg,keep-metadata")
+    exif = result.getexif()
+    assert dict(exif) == {
+        ExifTags.Base.Make: "Darkroom Camera",
+        ExifTags.Base.Artist: "Ada",
+        ExifTags.Base.Orientation: 1,
+    }
+
+
+def test_keep_metadata_refuses_xmp_too_large_for_a_jpeg() -> None:
+    text = PngImagePlugin.PngInfo()
+    text.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta>" + "x" * 70_000 + "</x:xmpmeta>")
+    source = encode(Image.new("RGB", (4, 4)), "PNG", pnginfo=text)
+    with pytest.raises(ImageRejected, match=r"XMP is 70023 bytes, more than a JPEG holds"):
+        processed(source, "jpeg,keep-metadata")
+    source.seek(0)
+    data, _ = processed(source, "webp,keep-metadata")  # WebP holds it
+    assert metadata_blocks(data) == ["xmp"]
 
 
 def test_colour_profile_is_dropped_when_the_image_turns_grey() -> None:
@@ -513,6 +681,8 @@ def test_concurrent_calls_do_not_interfere() -> None:
         ("blur:2.0", "blur:2"),
         ("blur:0.1", "blur:0.1"),
         ("thumbnail:128,sharpen,flop", "thumbnail:128,sharpen,flop"),
+        ("keep-metadata", "keep-metadata"),
+        (" Keep-Metadata , JPEG:80, flip", "flip,jpeg:80,keep-metadata"),
     ],
 )
 def test_normalize(text: str | None, canonical: str) -> None:
@@ -526,6 +696,8 @@ def test_parse_pipeline_separates_operations_from_output() -> None:
         "image/jpeg",
         70,
     )
+    assert not pipeline.keep_metadata
+    assert parse_pipeline("keep-metadata,flip", SETTINGS).keep_metadata
 
 
 @pytest.mark.parametrize(
@@ -553,6 +725,16 @@ def test_parse_pipeline_separates_operations_from_output() -> None:
         ("webp:101", "quality must be 1..100"),
         ("jpeg:", "quality must be 1..100"),
         ("png,flip,jpeg", "step 3 'jpeg': only one output format (already step 1)"),
+        (
+            "keep-metadata,flip,KEEP-METADATA",
+            "step 3 'KEEP-METADATA': only one keep-metadata (already step 1)",
+        ),
+        ("keep-metadata:exif", "step 1 'keep-metadata:exif': takes no arguments"),
+        (
+            "keep_metadata",
+            "unknown operation (known: swap, grayscale, resize, thumbnail, crop, "
+            "rotate, flip, flop, blur, sharpen, png, jpeg, webp, keep-metadata)",
+        ),
         ("flip," * 10 + "flop", "too many steps: 11 (at most 10)"),
         ("x" * 1001, "pipeline is longer than 1000 characters"),
     ],
@@ -574,7 +756,9 @@ def test_limits_come_from_the_settings() -> None:
 # --- properties ------------------------------------------------------------------------------
 
 STEP_TEXTS = st.one_of(
-    st.sampled_from(["swap", "GRAYSCALE", "flip", "flop", "sharpen", " png ", "jpeg", "webp"]),
+    st.sampled_from(
+        ["swap", "GRAYSCALE", "flip", "flop", "sharpen", " png ", "jpeg", "webp", " Keep-Metadata"]
+    ),
     st.builds(
         "resize:{}x{}{}".format,
         st.integers(1, 5000),

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
 from importlib import resources
-from typing import Any
+from typing import Any, BinaryIO
 
 import falcon
 
@@ -13,7 +17,7 @@ from darkroom.core.config import Config
 from darkroom.core.errors import raise_for_upstream
 from darkroom.core.ids import require_task_id
 from darkroom.core.relay import relay, relay_stream
-from darkroom.core.streams import iter_chunks
+from darkroom.core.streams import CHUNK_BYTES, iter_chunks
 from darkroom.master.client import MasterClient
 
 STATIC = resources.files("darkroom.frontend") / "static"
@@ -30,6 +34,14 @@ PAGE_POLICY = (
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 UPLOAD_FIELD = "uploadfile"
+OP_FIELD = "op"
+# The master checks the pipeline (at most 1000 characters); this only bounds what is read here.
+MAX_OP_BYTES = 4096
+
+
+def _invalid_op(description: str) -> falcon.HTTPBadRequest:
+    # The master's title for a bad pipeline, so clients see one kind of error for both.
+    return falcon.HTTPBadRequest(title="Invalid operation", description=description)
 
 
 class Page:
@@ -64,27 +76,29 @@ class Jobs:
         self._master = master.service
 
     def on_post_submit(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """The seed's form post: streams the ``uploadfile`` part to the master, answers the id."""
+        """The seed's form post: sends the ``uploadfile`` part to the master, answers the id.
+
+        The pipeline is the ``op`` form field, before or after the file, or the ``op`` query
+        parameter, not both; empty means the default. The master checks it and its refusal is
+        passed on. The image is never held in memory: after an ``op`` field it streams straight
+        through; before one (or with none) it is copied to a temporary file while the rest of
+        the form is read, since the op must be known before the upload to the master starts.
+        """
         if req.content_type is None or not req.content_type.startswith("multipart/form-data"):
             raise falcon.HTTPUnsupportedMediaType(
                 title="Expected a form upload",
                 description=f"POST multipart/form-data with the image in field {UPLOAD_FIELD!r}.",
             )
-        part = self._file_part(req.get_media())
-        params = {"op": op} if (op := req.get_param("op")) else {}
-        upstream = self._master.request(
-            "POST", "/new", params=params, data=iter_chunks(part.stream)
-        )
-        relay(upstream, resp, "master")
-
-    @staticmethod
-    def _file_part(form: Any) -> Any:
-        for part in form:
-            if part.name == UPLOAD_FIELD:
-                return part
-        raise falcon.HTTPBadRequest(
-            title="No image", description=f"The form has no file field {UPLOAD_FIELD!r}."
-        )
+        query_op = req.get_param(OP_FIELD) or None
+        with _read_form(req.get_media()) as (form_op, image):
+            if form_op and query_op:
+                raise _invalid_op(
+                    f"Give {OP_FIELD!r} in the query string or as a form field, not both."
+                )
+            op = form_op or query_op
+            params = {"op": op} if op else {}
+            upstream = self._master.request("POST", "/new", params=params, data=image)
+            relay(upstream, resp, "master")
 
     def on_get_is_ready(self, req: falcon.Request, resp: falcon.Response) -> None:
         task_id = require_task_id(req)
@@ -107,6 +121,52 @@ class Jobs:
         relay_stream(upstream, resp)
         if disposition := upstream.headers.get("Content-Disposition"):
             resp.set_header("Content-Disposition", disposition)
+
+
+@contextlib.contextmanager
+def _read_form(form: Any) -> Iterator[tuple[str | None, Iterator[bytes] | BinaryIO]]:
+    """The op field's text (None when absent or empty) and the image, as chunks or a file."""
+    op: str | None = None
+    seen_op = False
+    parts = iter(form)
+    for part in parts:
+        if part.name == OP_FIELD:
+            op, seen_op = _op_field(part, seen_op), True
+        elif part.name == UPLOAD_FIELD:
+            if seen_op:
+                yield op, iter_chunks(part.stream)
+                return
+            # The form skips what is left of a part when it moves on: keep this one on disk.
+            with tempfile.TemporaryFile(prefix="darkroom-upload-") as image:
+                shutil.copyfileobj(part.stream, image, CHUNK_BYTES)
+                for later in parts:
+                    if later.name == OP_FIELD:
+                        op, seen_op = _op_field(later, seen_op), True
+                image.seek(0)
+                yield op, image
+            return
+    raise falcon.HTTPBadRequest(
+        title="No image", description=f"The form has no file field {UPLOAD_FIELD!r}."
+    )
+
+
+def _op_field(part: Any, seen_before: bool) -> str | None:
+    if seen_before:
+        raise _invalid_op(f"The form has more than one {OP_FIELD!r} field.")
+    return _field_text(part.stream) or None
+
+
+def _field_text(stream: BinaryIO) -> str:
+    """A short text field, stripped; refused when too long or not UTF-8."""
+    data = b""
+    while len(data) <= MAX_OP_BYTES and (chunk := stream.read(MAX_OP_BYTES + 1 - len(data))):
+        data += chunk
+    if len(data) > MAX_OP_BYTES:
+        raise _invalid_op(f"The {OP_FIELD!r} field is longer than {MAX_OP_BYTES} bytes.")
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise _invalid_op(f"The {OP_FIELD!r} field is not UTF-8 text.") from None
 
 
 def create_app(config: Config, master: MasterClient, readiness: list | None = None) -> falcon.App:

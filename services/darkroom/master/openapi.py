@@ -105,8 +105,19 @@ _DOCUMENT: dict[str, Any] = {
                         "in": "query",
                         "required": False,
                         "description": (
-                            "Operation pipeline, e.g. `resize:800x600,grayscale`; "
-                            "default `swap` (red and green exchanged)."
+                            "Operation pipeline: steps separated by commas, applied in order, "
+                            "e.g. `resize:800x600,grayscale,jpeg:85,keep-metadata`. Steps: "
+                            "`swap`, `grayscale`, `resize:WxH` (fit inside) or "
+                            "`resize:WxH:fill` (cover and crop), `thumbnail:N`, "
+                            "`crop:WxH+X+Y`, `rotate:DEG` (clockwise), `flip`, `flop`, "
+                            "`blur:RADIUS`, `sharpen`; at most one output format: `png` "
+                            "(the default), `jpeg[:QUALITY]` or `webp[:QUALITY]`; and at most "
+                            "one `keep-metadata`, which keeps the EXIF (its orientation set to "
+                            "1, as the result is upright) and XMP metadata that are otherwise "
+                            "removed (the colour profile is kept either way). Absent or empty: "
+                            "`swap` (red and green exchanged). The canonical form is what "
+                            "`/status` answers as `pipeline`; an invalid pipeline is refused "
+                            "with 400."
                         ),
                         "schema": {"type": "string", "maxLength": 1000},
                     }

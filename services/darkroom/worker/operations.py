@@ -23,15 +23,27 @@ pipeline means ``DEFAULT_PIPELINE``.
 ``png``              output PNG (the default)
 ``jpeg[:Q]``         output JPEG, quality 1..100 (default from settings); alpha becomes white
 ``webp[:Q]``         output WebP, quality 1..100 (default from settings)
+``keep-metadata``    keep the EXIF and XMP metadata (dropped without this step); the EXIF
+                     orientation becomes 1 (the image is already upright)
 ===================  ==========================================================================
 
-At most one output format step is allowed. The canonical text (``normalize_pipeline``) lists the
-operations in order, then the output format step if one was given.
+At most one output format step and one ``keep-metadata`` are allowed. The canonical text
+(``normalize_pipeline``) lists the operations in order, then the output format step if one was
+given, then ``keep-metadata`` if it was given. A pipeline of only ``png`` or ``keep-metadata``
+changes no pixels.
 
-Colour handling: the EXIF orientation is applied, metadata is dropped, the ICC profile is kept
-while it still describes the output's colour space. Images are worked on in one of L, LA, RGB,
-RGBA or I (16-bit grey); 16-bit grey stays 16-bit in PNG output and is scaled (not clipped) to
-8 bits where a step or format needs 8 bits (``blur``, JPEG, WebP).
+Colour handling: the EXIF orientation is applied, the ICC profile is kept while it still
+describes the output's colour space. Images are worked on in one of L, LA, RGB, RGBA or I
+(16-bit grey); 16-bit grey stays 16-bit in PNG output and is scaled (not clipped) to 8 bits where
+a step or format needs 8 bits (``blur``, JPEG, WebP).
+
+Metadata (EXIF, XMP, comments, text chunks) is dropped unless the pipeline has ``keep-metadata``.
+Then EXIF and XMP are written to PNG (``eXIf`` chunk, XMP in an ``iTXt`` chunk), JPEG (APP1
+segments) and WebP (``EXIF`` and ``XMP`` chunks). The kept EXIF says orientation 1, gives the
+output's size where it gave one, and loses what described the source's encoding (strips, tiles,
+compression; the embedded thumbnail, which would show the unprocessed image). Comments, PNG text
+chunks, IPTC and Photoshop blocks are never kept. A JPEG segment holds at most 65533 bytes: an
+image whose EXIF or XMP is larger fails with the reason when the output is JPEG.
 """
 
 from __future__ import annotations
@@ -41,11 +53,20 @@ import re
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import BinaryIO, Literal, Protocol
 
-from PIL import Image, ImageCms, ImageFile, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import (
+    ExifTags,
+    Image,
+    ImageCms,
+    ImageFile,
+    ImageFilter,
+    ImageOps,
+    PngImagePlugin,
+    UnidentifiedImageError,
+)
 
 DEFAULT_PIPELINE = "swap"
 
@@ -262,14 +283,24 @@ class OutputFormat:
 
 
 @dataclass(frozen=True)
+class KeepMetadata:
+    """The ``keep-metadata`` step: not an operation on pixels, a choice of what to write."""
+
+    text = "keep-metadata"
+
+
+@dataclass(frozen=True)
 class Pipeline:
     operations: tuple[Operation, ...]
     output: OutputFormat | None = None  # None: PNG
+    keep_metadata: bool = False  # EXIF and XMP written to the output
 
     @property
     def text(self) -> str:
         steps = [op.text for op in self.operations]
-        return ",".join(steps + ([self.output.text] if self.output else []))
+        steps += [self.output.text] if self.output else []
+        steps += [KeepMetadata.text] if self.keep_metadata else []
+        return ",".join(steps)
 
     @property
     def output_format(self) -> OutputFormat:
@@ -284,7 +315,7 @@ class _ArgError(Exception):
     """A step's arguments are wrong; the parser adds which step."""
 
 
-Step = Operation | OutputFormat
+Step = Operation | OutputFormat | KeepMetadata
 _StepParser = Callable[[str | None, ProcessingSettings], Step]
 
 
@@ -298,15 +329,24 @@ def parse_pipeline(text: str | None, settings: ProcessingSettings) -> Pipeline:
         raise InvalidPipeline(f"too many steps: {len(raw_steps)} (at most {settings.max_steps})")
     operations: list[Operation] = []
     output: tuple[int, OutputFormat] | None = None
+    keep_metadata: int | None = None  # the step number that asked
     for number, raw in enumerate(raw_steps, start=1):
         step = _parse_step(number, raw, settings)
-        if not isinstance(step, OutputFormat):
+        if isinstance(step, KeepMetadata):
+            if keep_metadata is not None:
+                raise _step_error(
+                    number, raw, f"only one {step.text} (already step {keep_metadata})"
+                )
+            keep_metadata = number
+        elif not isinstance(step, OutputFormat):
             operations.append(step)
         elif output is None:
             output = (number, step)
         else:
             raise _step_error(number, raw, f"only one output format (already step {output[0]})")
-    return Pipeline(tuple(operations), output[1] if output else None)
+    return Pipeline(
+        tuple(operations), output[1] if output else None, keep_metadata=keep_metadata is not None
+    )
 
 
 def normalize_pipeline(text: str | None, settings: ProcessingSettings) -> str:
@@ -404,6 +444,7 @@ _PARSERS: dict[str, _StepParser] = {
     "png": _no_args(lambda: OutputFormat("png")),
     "jpeg": _quality_format("jpeg"),
     "webp": _quality_format("webp"),
+    "keep-metadata": _no_args(KeepMetadata),
 }
 
 
@@ -467,7 +508,7 @@ def process_image(
     except InvalidPipeline as exc:
         raise ImageRejected(f"invalid pipeline: {exc}") from exc
     started = time.perf_counter()
-    image, icc_profile = _decode(source, settings)
+    image, metadata = _decode(source, settings)
     decoded = time.perf_counter()
     timings["decode"] = decoded - started
     for operation in pipeline.operations:
@@ -476,13 +517,23 @@ def process_image(
     operated = time.perf_counter()
     timings["operation"] = operated - decoded
     output = pipeline.output_format
-    _encode(image, icc_profile, output, destination, settings)
+    kept = metadata if pipeline.keep_metadata else replace(metadata, exif=None, xmp=None)
+    _encode(image, kept, output, destination, settings)
     timings["encode"] = time.perf_counter() - operated
     return output.media_type
 
 
-def _decode(source: BinaryIO, settings: ProcessingSettings) -> tuple[Image.Image, bytes | None]:
-    """The first frame, upright, in a working mode, with its ICC profile."""
+@dataclass(frozen=True)
+class Metadata:
+    """What of the source's metadata may reach the output."""
+
+    icc: bytes | None = None
+    exif: Image.Exif | None = None  # orientation already applied (and removed)
+    xmp: bytes | None = None
+
+
+def _decode(source: BinaryIO, settings: ProcessingSettings) -> tuple[Image.Image, Metadata]:
+    """The first frame, upright, in a working mode, with its metadata."""
     # A truncated image must fail, not come out half grey; only a global switch controls this.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
@@ -490,8 +541,12 @@ def _decode(source: BinaryIO, settings: ProcessingSettings) -> tuple[Image.Image
         image = Image.open(source, formats=INPUT_FORMATS)
         _check_source_pixels(image.size, settings)  # before load(): nothing is decoded yet
         image.load()
-        ImageOps.exif_transpose(image, in_place=True)
-        return _to_working_mode(image, image.info.get("icc_profile"))
+        ImageOps.exif_transpose(image, in_place=True)  # also drops the orientation from XMP
+        exif = image.getexif()  # parsed (and cached) by exif_transpose already
+        xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
+        working, icc = _to_working_mode(image, image.info.get("icc_profile"))
+        xmp_bytes = xmp.encode() if isinstance(xmp, str) else xmp
+        return working, Metadata(icc, exif or None, xmp_bytes or None)
     except (ImageRejected, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -592,16 +647,19 @@ _ICC_SPACES = {"L": b"GRAY", "LA": b"GRAY", "I;16": b"GRAY", "RGB": b"RGB ", "RG
 
 def _encode(
     image: Image.Image,
-    icc: bytes | None,
+    metadata: Metadata,
     output: OutputFormat,
     destination: BinaryIO,
     settings: ProcessingSettings,
 ) -> None:
+    """Write ``image``; ``metadata`` holds only what is to be kept (EXIF and XMP when asked)."""
     image = _for_format(image, output.name)
     image.info = {}  # savers copy some metadata (comments, text) from info by default
     options: dict[str, object] = {}
+    icc = metadata.icc
     if icc and icc[16:20] == _ICC_SPACES.get(image.mode):
         options["icc_profile"] = icc  # a grey profile on colour pixels (or back) would be wrong
+    options.update(_metadata_options(metadata, image.size, output.name))
     if output.name == "png":
         options["compress_level"] = settings.png_compress_level
     elif output.name == "jpeg":
@@ -609,6 +667,85 @@ def _encode(
     else:
         options["quality"] = output.quality or settings.webp_quality
     image.save(destination, format=output.name.upper(), **options)
+
+
+# TIFF tags that describe how the source's pixels were stored, not the photo: a TIFF source's
+# EXIF is its whole first directory. XMP and ICC travel on their own; IPTC and Photoshop blocks
+# are not kept.
+_ENCODING_TAG_NAMES = """
+    NewSubfileType SubfileType ImageWidth ImageLength BitsPerSample Compression
+    PhotometricInterpretation Thresholding CellWidth CellLength FillOrder StripOffsets
+    SamplesPerPixel RowsPerStrip StripByteCounts MinSampleValue MaxSampleValue PlanarConfiguration
+    FreeOffsets FreeByteCounts GrayResponseUnit GrayResponseCurve T4Options T6Options Predictor
+    ColorMap TileWidth TileLength TileOffsets TileByteCounts SubIFDs InkSet ExtraSamples
+    SampleFormat SMinSampleValue SMaxSampleValue JPEGTables JPEGProc JpegIFOffset JpegIFByteCount
+    YCbCrCoefficients YCbCrSubSampling YCbCrPositioning ReferenceBlackWhite
+    XMLPacket IPTCNAA ImageResources InterColorProfile
+"""
+_ENCODING_TAGS = frozenset(int(ExifTags.Base[name]) for name in _ENCODING_TAG_NAMES.split())
+# One JPEG segment holds 65533 bytes: EXIF with its "Exif\0\0" header, XMP after its namespace.
+_JPEG_MAX_EXIF_BYTES = 65_533
+_JPEG_MAX_XMP_BYTES = 65_533 - len(b"http://ns.adobe.com/xap/1.0/\x00")
+_PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword XMP readers look for
+
+
+def _metadata_options(
+    metadata: Metadata, size: tuple[int, int], name: FormatName
+) -> dict[str, object]:
+    """The save options that write the kept EXIF and XMP in format ``name``."""
+    options: dict[str, object] = {}
+    exif = _exif_bytes(metadata.exif, size) if metadata.exif is not None else None
+    if exif:
+        if name == "jpeg" and len(exif) > _JPEG_MAX_EXIF_BYTES:
+            raise ImageRejected(
+                f"keep-metadata: the EXIF is {len(exif)} bytes, more than a JPEG holds "
+                f"({_JPEG_MAX_EXIF_BYTES}); choose png or webp output"
+            )
+        options["exif"] = exif  # PNG and WebP drop the "Exif\0\0" header themselves
+    if xmp := metadata.xmp:
+        if name == "jpeg" and len(xmp) > _JPEG_MAX_XMP_BYTES:
+            raise ImageRejected(
+                f"keep-metadata: the XMP is {len(xmp)} bytes, more than a JPEG holds "
+                f"({_JPEG_MAX_XMP_BYTES}); choose png or webp output"
+            )
+        if name == "png":
+            text = PngImagePlugin.PngInfo()
+            text.add_itxt(_PNG_XMP_KEY, xmp)  # type: ignore[arg-type]  # bytes are written as is
+            options["pnginfo"] = text
+        else:
+            options["xmp"] = xmp
+    return options
+
+
+def _exif_bytes(source: Image.Exif, size: tuple[int, int]) -> bytes | None:
+    """The EXIF to write, with orientation 1 and the output's size; None when nothing is left."""
+    exif = Image.Exif()
+    try:
+        for tag, value in source.items():
+            if tag not in _ENCODING_TAGS and tag not in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo):
+                exif[tag] = value
+        for pointer in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo):
+            if directory := dict(source.get_ifd(pointer)):
+                exif[pointer] = directory
+        if not exif:
+            return None
+        if isinstance(sub := exif.get(ExifTags.IFD.Exif), dict):
+            if ExifTags.IFD.Interop in sub:  # an offset into the source: copy the directory
+                if interop := dict(source.get_ifd(ExifTags.IFD.Interop)):
+                    sub[ExifTags.IFD.Interop] = interop
+                else:
+                    del sub[ExifTags.IFD.Interop]
+            width, height = size
+            if ExifTags.Base.ExifImageWidth in sub:
+                sub[ExifTags.Base.ExifImageWidth] = width
+            if ExifTags.Base.ExifImageHeight in sub:
+                sub[ExifTags.Base.ExifImageHeight] = height
+        exif[ExifTags.Base.Orientation] = 1  # the pixels are upright now
+        return exif.tobytes()
+    except MemoryError:
+        raise
+    except Exception as exc:  # a malformed directory in the source
+        raise ImageRejected(f"keep-metadata: the EXIF cannot be written: {exc}") from exc
 
 
 def _for_format(image: Image.Image, name: FormatName) -> Image.Image:

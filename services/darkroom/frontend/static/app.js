@@ -44,6 +44,7 @@ function pipelineText() {
   if (on("op-sharpen")) steps.push("sharpen");
   const format = $("format").value;
   if (format !== "png") steps.push(`${format}:${$("quality").value}`);
+  if (on("op-keep-metadata")) steps.push("keep-metadata");
   // An empty op means the default (swap), so "no operation" is said as a plain PNG conversion.
   return steps.join(",") || "png";
 }
@@ -110,8 +111,10 @@ function upload(file, op) {
   const preview = chosenUrl;
   const xhr = new XMLHttpRequest();
   const body = new FormData();
+  // The op goes first: the server then streams the file through instead of spooling it.
+  if (op) body.append("op", op);
   body.append("uploadfile", file, file.name);
-  xhr.open("POST", op ? `/submitTask?op=${encodeURIComponent(op)}` : "/submitTask");
+  xhr.open("POST", "/submitTask");
   xhr.upload.addEventListener("progress", (event) => {
     if (event.lengthComputable) setProgress(event.loaded / event.total);
   });
