@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
 
+from launch import HOST, Launched, free_port, kill
+
 ROLES = ("registry", "database", "storage", "master", "worker", "frontend")
-HOST = "127.0.0.1"
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 class DarkroomUp:
@@ -44,7 +35,7 @@ class DarkroomUp:
             "DARKROOM_INTERNAL_TOKEN": self.token,
             **env,
         }
-        self.process: subprocess.Popen[bytes] | None = None
+        self.launched: Launched | None = None
         self.session = requests.Session()
         self.session.trust_env = False
         self.session.headers["Authorization"] = f"Bearer {self.token}"
@@ -64,18 +55,8 @@ class DarkroomUp:
             str(self.workers),
             *[arg for role in ROLES for arg in (f"--{role}-port", str(self.ports[role]))],
         ]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"darkroom up exited; see {self.log_path}")
-            if "Darkroom is up" in self.log_path.read_text(errors="replace"):
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"darkroom up not ready after {START_TIMEOUT} s; see {self.log_path}")
+        self.launched = Launched("darkroom up", command, self.env, self.log_path)
+        self.launched.wait_for_log("Darkroom is up", START_TIMEOUT)
 
     def wait_workers_idle(self, timeout: float = 30.0) -> None:
         """Until every task loop is running (and so waiting for work)."""
@@ -90,16 +71,12 @@ class DarkroomUp:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            for pid in self.child_pids().values():
-                _kill(pid)
-            self.process.kill()
-            self.process.wait()
+        if self.launched is not None:
+            self.launched.stop(STOP_TIMEOUT, before_kill=self._kill_children)
+
+    def _kill_children(self) -> None:
+        for pid in self.child_pids().values():
+            kill(pid)
 
     def __enter__(self) -> DarkroomUp:
         self.start()
@@ -110,7 +87,7 @@ class DarkroomUp:
 
     def child_pids(self) -> dict[str, int]:
         """Each role's ``darkroom serve`` process: children of ``darkroom up``, from /proc."""
-        assert self.process is not None
+        assert self.launched is not None
         pids: dict[str, int] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -121,7 +98,7 @@ class DarkroomUp:
             except OSError:
                 continue
             parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if parent == self.process.pid and b"serve" in cmdline:
+            if parent == self.launched.pid and b"serve" in cmdline:
                 role = cmdline[cmdline.index(b"serve") + 1].decode()
                 pids[role] = int(entry.name)
         return pids
@@ -175,11 +152,6 @@ def _sample(text: str, name: str) -> float:
     return total
 
 
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
 class StandaloneDatabase:
     """``darkroom serve database`` alone, so no worker claims the benchmark's tasks.
 
@@ -198,7 +170,7 @@ class StandaloneDatabase:
             "DARKROOM_REGISTRY_ADDRESS": f"{HOST}:{free_port()}",
             "DARKROOM_INTERNAL_TOKEN": self.token,
         }
-        self.process: subprocess.Popen[bytes] | None = None
+        self.launched: Launched | None = None
 
     @property
     def url(self) -> str:
@@ -206,27 +178,10 @@ class StandaloneDatabase:
 
     def __enter__(self) -> StandaloneDatabase:
         command = [sys.executable, "-m", "darkroom", "serve", "database", "--port", str(self.port)]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"database exited; see {self.log_path}")
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"database not serving after {START_TIMEOUT} s")
+        self.launched = Launched("database", command, self.env, self.log_path)
+        self.launched.wait_for_url(f"{self.url}/healthz", START_TIMEOUT)
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.launched is not None:
+            self.launched.stop(STOP_TIMEOUT)

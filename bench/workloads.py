@@ -108,13 +108,13 @@ def end_to_end(
     timeout: float,
     uploaders: int = 4,
     downloaders: int = 2,
-    poll_seconds: tuple[float, float] = (0.005, 0.1),
+    wait_seconds: float = 10.0,
 ) -> dict[str, Any]:
     """Upload every image at once, follow them, download and verify each result.
 
-    One poller asks ``/isReady`` for the oldest unfinished job only (jobs are claimed in
-    order): at once after a job was ready, then after 5, 10, 20 ... up to 100 ms while it is
-    not, so the client costs the system little more than one ``/isReady`` per job.
+    One poller long-polls ``/isReady?wait=`` for the oldest unfinished job only (jobs are
+    claimed in order): the master answers when it is finished, so the client costs the system
+    about one ``/isReady`` per job and learns of each result at once.
     """
     local = _Sessions(system.token)
     master = system.url("master")
@@ -153,7 +153,6 @@ def end_to_end(
         upload_futures = [upload_pool.submit(upload, index) for index in range(count)]
         downloads = []
         followed = 0
-        delay = poll_seconds[0]
         while followed < count:
             if time.monotonic() > deadline:
                 raise BenchError(
@@ -166,19 +165,17 @@ def end_to_end(
                     arrived.wait(0.1)
                     continue
                 index, task_id, started = uploaded[0]
-            answer = local.session.get(f"{master}/isReady", params={"id": task_id}, timeout=30)
+            params = {"id": task_id, "wait": wait_seconds}
+            answer = local.session.get(f"{master}/isReady", params=params, timeout=60)
             if answer.status_code == 200 and answer.text.strip() == "1":
                 downloads.append(download_pool.submit(download, index, task_id, started))
             elif answer.status_code == 200:
-                time.sleep(delay)
-                delay = min(2 * delay, poll_seconds[1])
                 continue
             else:
                 failures[index] = f"isReady: {answer.status_code} {answer.text[:200]}"
             with arrived:
                 uploaded.popleft()
             followed += 1
-            delay = poll_seconds[0]
         for future in (*upload_futures, *downloads):
             future.result()
     wall = time.perf_counter() - wall_started
@@ -233,10 +230,11 @@ def _worker_figures(
 # Idle latency
 
 
-def idle_latency(
-    system: DarkroomUp, image: bytes, repeats: int, poll_seconds: float = 0.005
-) -> dict[str, Any]:
-    """One image at a time on an idle system: from the upload to ``/isReady`` answering 1."""
+def idle_latency(system: DarkroomUp, image: bytes, repeats: int) -> dict[str, Any]:
+    """One image at a time on an idle system: from the upload to ``/isReady`` answering 1.
+
+    The client long-polls (``wait``), so the figure holds no polling interval of its own.
+    """
     session = system.session
     master = system.url("master")
     latencies = []
@@ -245,10 +243,10 @@ def idle_latency(
         started = time.perf_counter()
         task_id = session.post(f"{master}/new", data=image, timeout=30).text.strip()
         deadline = time.monotonic() + 30
-        while session.get(f"{master}/isReady", params={"id": task_id}, timeout=30).text != "1":
+        params = {"id": task_id, "wait": 5}
+        while session.get(f"{master}/isReady", params=params, timeout=30).text != "1":
             if time.monotonic() > deadline:
                 raise BenchError(f"idle latency: job {task_id} not ready after 30 s")
-            time.sleep(poll_seconds)
         latencies.append(time.perf_counter() - started)
     return {
         "repeats": repeats,

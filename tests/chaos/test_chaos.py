@@ -19,20 +19,15 @@ import requests
 from darkroom import supervisor
 from darkroom.core.config import ROLES
 from darkroom.core.discovery import ServiceClient, ServiceLocator
-from darkroom.database.app import create_app as create_database_app
-from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
 from darkroom.database.store import State
-from darkroom.master.app import create_app as create_master_app
-from darkroom.master.client import MasterClient
-from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
-from darkroom.storage.store import FileImageStore, Folder
+from darkroom.storage.store import Folder
 from darkroom.worker.loop import TaskLoop
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
 from support.chaos import ChaosSettings, run_chaos
 from support.images import decode, png_bytes, same_pixels, swapped
-from support.inprocess import StaticRegistry, service_client
+from support.inprocess import StaticRegistry, master_side
 from support.processes import free_port
 
 
@@ -60,14 +55,8 @@ def _swap(source, destination, pipeline: str) -> str:
 
 def test_storage_outage_spends_no_attempts(config):
     """A storage restart used to fail good jobs: each loop spent every attempt in a second."""
-    tasks = open_store(config)
-    database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
-    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
-    storage = StorageClient(service_client(storage_app, "storageAddress", "storage:2"))
-    master_app = create_master_app(
-        config, DatabaseClient(database), storage, check_pipeline=lambda text: text or "swap"
-    )
-    master = MasterClient(service_client(master_app, "masterAddress", "master:3"))
+    system = master_side(config, open_store(config))
+    tasks, storage, master = system.tasks, system.storage, system.master
     nobody = ServiceLocator(StaticRegistry({"storageAddress": f"127.0.0.1:{free_port()}"}), 60)
     storage_down = StorageClient(ServiceClient(nobody, "storageAddress", requests.Session(), 2))
     no_waiting = threading.Event()

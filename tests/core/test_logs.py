@@ -12,17 +12,9 @@ from falcon import testing
 from darkroom.core import logs, requestid
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
-from darkroom.database.app import create_app as create_database_app
-from darkroom.database.client import DatabaseClient
-from darkroom.database.store import LeasePolicy, SqliteTaskStore
-from darkroom.master.app import create_app as create_master_app
-from darkroom.master.client import MasterClient
-from darkroom.storage.app import create_app as create_storage_app
-from darkroom.storage.client import StorageClient
-from darkroom.storage.store import FileImageStore
 from darkroom.worker.loop import TaskLoop
 from support.images import png_bytes
-from support.inprocess import service_client
+from support.inprocess import master_side
 
 TOKEN = "very-secret-service-token"
 
@@ -128,18 +120,8 @@ def test_unexpected_errors_are_logged_as_json(lines, tmp_path):
 
 def test_a_task_can_be_followed_through_every_service_by_its_id(lines, config):
     """The worker works under the task id: its calls carry it to master, database, storage."""
-    tasks = SqliteTaskStore(config.data_dir / "tasks.sqlite3", LeasePolicy(lease_seconds=5))
-    database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
-    storage = StorageClient(
-        service_client(
-            create_storage_app(config, FileImageStore(config.data_dir)), "storageAddress", "st:2"
-        )
-    )
-    master_app = create_master_app(
-        config, DatabaseClient(database), storage, check_pipeline=lambda text: text or "swap"
-    )
-    master_service = service_client(master_app, "masterAddress", "master:3")
-    upload = testing.TestClient(master_app).simulate_post(
+    system = master_side(config)
+    upload = testing.TestClient(system.master_app).simulate_post(
         "/new", body=png_bytes(), headers={"X-Request-ID": "client-upload-1"}
     )
     task_id = upload.text
@@ -148,10 +130,8 @@ def test_a_task_can_be_followed_through_every_service_by_its_id(lines, config):
         destination.write(source.read())
         return "image/png"
 
-    loop = TaskLoop(
-        MasterClient(master_service), storage, copy, ValueError, 0, 5, 5, threading.Event()
-    )
-    claim = MasterClient(master_service).claim(0, 5)
+    loop = TaskLoop(system.master, system.storage, copy, ValueError, 0, 5, 5, threading.Event())
+    claim = system.master.claim(0, 5)
     loop.handle(claim)
 
     found = lines()

@@ -13,7 +13,6 @@ import base64
 import string
 import tempfile
 from pathlib import Path
-from unittest import mock
 from urllib.parse import quote, quote_from_bytes
 
 import falcon
@@ -201,9 +200,39 @@ def expected_for(routes: dict[tuple[str, str], set[int]], method: str, path: str
     return routes.get((method, path.rstrip("/")), {405}) | MALFORMED | {404, 415, 200, 201, 204}
 
 
-class DatabaseMachine(RuleBasedStateMachine):
+class AppMachine(RuleBasedStateMachine):
+    """A state machine calling one app, ``client``, whose documented routes are ``routes``."""
+
+    routes: dict[tuple[str, str], set[int]]
+    client: testing.TestClient
+
+    def _call(self, method: str, path: str, **kwargs):
+        """A documented route: it must answer one of its own statuses."""
+        return call(self.client, self.routes[(method, path)], method, path, **kwargs)
+
+    def _call_anything(self, method: str, path: str, query: str, body, extra: dict):
+        """Any method on any path, with a raw query: only a plausible status, never a 5xx."""
+        expected = expected_for(self.routes, method, path)
+        return call(
+            self.client, expected, method, path, query_string=query, body=body, headers=extra
+        )
+
+
+def anything_rule(paths: list[str]):
+    """The rule of every ``anything``: any method, raw query, body and headers on ``paths``."""
+    return rule(
+        method=methods,
+        path=st.sampled_from(paths),
+        query=raw_query_strings(),
+        body=bodies,
+        extra=headers,
+    )
+
+
+class DatabaseMachine(AppMachine):
     """Random calls to the database app; a model of what each answer may be."""
 
+    routes = DATABASE_ROUTES
     tasks = Bundle("tasks")
 
     def __init__(self) -> None:
@@ -214,10 +243,9 @@ class DatabaseMachine(RuleBasedStateMachine):
             lease_seconds=LEASE_SECONDS, max_attempts=MAX_ATTEMPTS, upload_timeout_seconds=60
         )
         self.store = SqliteTaskStore(Path(self._dir.name) / "tasks.sqlite3", policy, self.clock)
-        config = Config(data_dir=Path(self._dir.name))
         # A claim on an empty queue waits up to the cap: keep it short so "inf" costs little.
-        with mock.patch.object(database_app, "MAX_CLAIM_WAIT_SECONDS", 0.05):
-            self.client = testing.TestClient(database_app.create_app(config, self.store))
+        config = Config(data_dir=Path(self._dir.name), max_wait_seconds=0.05)
+        self.client = testing.TestClient(database_app.create_app(config, self.store))
         self.latest_lease: dict[str, str | None] = {}
         self.finished: dict[str, dict] = {}
 
@@ -226,7 +254,7 @@ class DatabaseMachine(RuleBasedStateMachine):
         self._dir.cleanup()
 
     def _call(self, method: str, path: str, **kwargs):
-        answer = call(self.client, DATABASE_ROUTES[(method, path)], method, path, **kwargs)
+        answer = super()._call(method, path, **kwargs)
         event(f"{path} -> {answer.status_code}")  # --hypothesis-show-statistics lists them
         return answer
 
@@ -323,16 +351,9 @@ class DatabaseMachine(RuleBasedStateMachine):
     def advance_clock(self, seconds):
         self.clock.now += seconds
 
-    @rule(
-        method=methods,
-        path=st.sampled_from([*sorted({p for _, p in DATABASE_ROUTES}), "/", "/nope", "/list/"]),
-        query=raw_query_strings(),
-        body=bodies,
-        extra=headers,
-    )
+    @anything_rule([*sorted({p for _, p in DATABASE_ROUTES}), "/", "/nope", "/list/"])
     def anything(self, method, path, query, body, extra):
-        expected = expected_for(DATABASE_ROUTES, method, path)
-        call(self.client, expected, method, path, query_string=query, body=body, headers=extra)
+        self._call_anything(method, path, query, body, extra)
 
     def _get(self, task_id: str) -> dict:
         return self._call("GET", "/getById", params={"id": task_id}).json
@@ -368,8 +389,10 @@ MAX_UPLOAD = 200
 MAX_RESULT = 400
 
 
-class StorageMachine(RuleBasedStateMachine):
+class StorageMachine(AppMachine):
     """Random writes, reads and deletes; the folders must hold exactly what the model says."""
+
+    routes = STORAGE_ROUTES
 
     def __init__(self) -> None:
         super().__init__()
@@ -401,15 +424,8 @@ class StorageMachine(RuleBasedStateMachine):
     def send(self, data, state, body, length):
         task_id = self._id(data)
         extra = {} if length is None else {"Content-Length": length}
-        answer = call(
-            self.client,
-            STORAGE_ROUTES[("POST", "/sendImage")],
-            "POST",
-            "/sendImage",
-            params={"id": task_id, "state": state},
-            body=body,
-            headers=extra,
-        )
+        params = {"id": task_id, "state": state}
+        answer = self._call("POST", "/sendImage", params=params, body=body, headers=extra)
         # the server reads as many bytes as the request says it has
         received = body if length is None else body[: int(length)]
         limit = MAX_UPLOAD if state == "working" else MAX_RESULT
@@ -424,9 +440,7 @@ class StorageMachine(RuleBasedStateMachine):
     @rule(data=st.data(), state=st.one_of(st.sampled_from(["working", "finished"]), values))
     def get(self, data, state):
         task_id = self._id(data)
-        routes = STORAGE_ROUTES[("GET", "/getImage")]
-        params = {"id": task_id, "state": state}
-        answer = call(self.client, routes, "GET", "/getImage", params=params)
+        answer = self._call("GET", "/getImage", params={"id": task_id, "state": state})
         stored = self.files.get((state, task_id))
         if stored is None:
             assert answer.status_code in (400, 404)
@@ -436,24 +450,13 @@ class StorageMachine(RuleBasedStateMachine):
     @rule(data=st.data(), state=st.one_of(st.sampled_from(["working", "finished"]), values))
     def delete(self, data, state):
         task_id = self._id(data)
-        routes = STORAGE_ROUTES[("DELETE", "/deleteImage")]
-        params = {"id": task_id, "state": state}
-        answer = call(self.client, routes, "DELETE", "/deleteImage", params=params)
+        answer = self._call("DELETE", "/deleteImage", params={"id": task_id, "state": state})
         existed = self.files.pop((state, task_id), None) is not None
         assert (answer.status_code == 204) == existed
 
-    @rule(
-        method=methods,
-        path=st.sampled_from(["/sendImage", "/getImage", "/deleteImage", "/", "/x/../getImage"]),
-        query=raw_query_strings(),
-        body=bodies,
-        extra=headers,
-    )
+    @anything_rule(["/sendImage", "/getImage", "/deleteImage", "/", "/x/../getImage"])
     def anything(self, method, path, query, body, extra):
-        expected = expected_for(STORAGE_ROUTES, method, path)
-        answer = call(
-            self.client, expected, method, path, query_string=query, body=body, headers=extra
-        )
+        answer = self._call_anything(method, path, query, body, extra)
         if answer.status_code in (201, 204):
             # the model cannot tell which file a raw query wrote or deleted: read it back
             self.files = {
@@ -495,7 +498,9 @@ keys = st.one_of(
 )
 
 
-class RegistryMachine(RuleBasedStateMachine):
+class RegistryMachine(AppMachine):
+    routes = REGISTRY_ROUTES
+
     def __init__(self) -> None:
         super().__init__()
         self._dir = tempfile.TemporaryDirectory()
@@ -506,9 +511,6 @@ class RegistryMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self._dir.cleanup()
-
-    def _call(self, method: str, path: str, **kwargs):
-        return call(self.client, REGISTRY_ROUTES[(method, path)], method, path, **kwargs)
 
     @rule(key=keys, value=st.one_of(values, st.just("127.0.0.1:3001")))
     def set(self, key, value):
@@ -533,18 +535,9 @@ class RegistryMachine(RuleBasedStateMachine):
     def list(self, accept):
         self._call("GET", "/list", headers={} if accept is None else {"Accept": accept})
 
-    @rule(
-        method=methods,
-        path=st.sampled_from(["/get", "/set", "/remove", "/list", "/"]),
-        query=raw_query_strings(),
-        body=bodies,
-        extra=headers,
-    )
+    @anything_rule(["/get", "/set", "/remove", "/list", "/"])
     def anything(self, method, path, query, body, extra):
-        expected = expected_for(REGISTRY_ROUTES, method, path)
-        answer = call(
-            self.client, expected, method, path, query_string=query, body=body, headers=extra
-        )
+        answer = self._call_anything(method, path, query, body, extra)
         if answer.status_code == 200 and path in ("/set", "/remove"):
             self.model = self._listing()
 

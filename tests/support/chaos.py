@@ -28,7 +28,6 @@ import random
 import re
 import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -38,8 +37,9 @@ from pathlib import Path
 import requests
 
 import darkroom
+from launch import HOST, Launched, free_port, kill
+from launch import answers as url_answers
 from support.images import decode, png_bytes, same_pixels, swapped
-from support.processes import HOST, free_port
 
 SERVICE_ROLES = ("registry", "database", "storage", "master", "worker", "frontend")
 # What the chaos kills, and how often relative to each other.
@@ -199,7 +199,7 @@ class Darkroom:
             "DARKROOM_INTERNAL_TOKEN": self.token,
             **{f"DARKROOM_{name.upper()}": value for name, value in settings.items()},
         }
-        self.process: subprocess.Popen[bytes] | None = None
+        self.launched: Launched | None = None
         # every process of the tree (pid -> start time), to be sure none outlives us
         self.seen: dict[int, str] = {}
 
@@ -213,33 +213,21 @@ class Darkroom:
     def start(self, timeout: float) -> None:
         ports = [arg for role in SERVICE_ROLES for arg in (f"--{role}-port", str(self.ports[role]))]
         command = [sys.executable, "-m", "darkroom", "up", "--data-dir", str(self.data_dir)]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [*command, "--workers", str(self.workers), *ports],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while not (self.all_ready() and len(self.loop_pids()) == self.workers):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"darkroom up exited: see {self.log_path}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"darkroom up not ready after {timeout} s: see {self.log_path}")
-            time.sleep(0.2)
+        command += ["--workers", str(self.workers), *ports]
+        self.launched = Launched("darkroom up", command, self.env, self.log_path)
+        self.launched.wait_ready(
+            lambda: self.all_ready() and len(self.loop_pids()) == self.workers, timeout, 0.2
+        )
 
     def answers(self, role: str, path: str = "/healthz") -> bool:
-        try:
-            return requests.get(self.url(role, path), timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
+        return url_answers(self.url(role, path), timeout=2)
 
     def all_ready(self) -> bool:
         return all(self.answers(role, "/readyz") for role in SERVICE_ROLES)
 
     def role_pid(self, role: str) -> int | None:
-        assert self.process is not None
-        for pid, cmd in _children(_process_table(), self.process.pid).items():
+        assert self.launched is not None
+        for pid, cmd in _children(_process_table(), self.launched.pid).items():
             if any(cmd[i : i + 2] == ["serve", role] for i in range(len(cmd) - 1)):
                 self._remember(pid)
                 return pid
@@ -264,29 +252,15 @@ class Darkroom:
 
     def stop(self) -> list[int]:
         """Stop gracefully; returns the pids of processes that outlived ``darkroom up``."""
-        if self.process is None:
+        if self.launched is None:
             return []
         self.loop_pids()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.launched.stop(60)
         time.sleep(0.5)
         survivors = [pid for pid, started in self.seen.items() if _start_time(pid) == started]
         for pid in survivors:
-            _kill(pid)
+            kill(pid)
         return survivors
-
-
-def _kill(pid: int, sig: int = signal.SIGKILL) -> bool:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 # -- the chaos ----------------------------------------------------------------------------
@@ -359,7 +333,7 @@ class ChaosMonkey(threading.Thread):
             victims = {pid}  # the worker stops its loops itself
             self.terminations += 1
         for pid in victims:
-            _kill(pid, sig)
+            kill(pid, sig)
         self.kills[target] += 1
         self._pending.append(_Pending(target, old, time.monotonic()))
 

@@ -6,6 +6,7 @@ real apps, with no sockets and no monkeypatching.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from urllib.parse import urlsplit
 
@@ -13,7 +14,16 @@ import falcon
 import requests
 from falcon import testing
 
+from darkroom.core.config import Config
 from darkroom.core.discovery import RegistryClient, ServiceClient, ServiceLocator
+from darkroom.database.app import create_app as create_database_app
+from darkroom.database.client import DatabaseClient
+from darkroom.database.store import LeasePolicy, SqliteTaskStore
+from darkroom.master.app import create_app as create_master_app
+from darkroom.master.client import MasterClient
+from darkroom.storage.app import create_app as create_storage_app
+from darkroom.storage.client import StorageClient
+from darkroom.storage.store import FileImageStore
 
 
 class WsgiAdapter(requests.adapters.BaseAdapter):
@@ -60,3 +70,30 @@ def service_client(app: falcon.App, key: str, host: str) -> ServiceClient:
     session.mount(f"http://{host}/", WsgiAdapter(app))
     locator = ServiceLocator(StaticRegistry({key: host}), ttl=60)
     return ServiceClient(locator, key, session, timeout=5)
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterSide:
+    """The master app over real database and storage apps: what a worker talks to."""
+
+    tasks: SqliteTaskStore
+    storage: StorageClient
+    master_app: falcon.App
+    master: MasterClient
+
+
+def master_side(config: Config, tasks: SqliteTaskStore | None = None) -> MasterSide:
+    """Database, storage and master apps in-process, each reaching the next by its real client.
+
+    ``tasks`` is the database's store; by default a new one in ``config.data_dir``.
+    """
+    if tasks is None:
+        tasks = SqliteTaskStore(config.data_dir / "tasks.sqlite3", LeasePolicy(lease_seconds=5))
+    database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
+    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
+    storage = StorageClient(service_client(storage_app, "storageAddress", "storage:2"))
+    master_app = create_master_app(
+        config, DatabaseClient(database), storage, check_pipeline=lambda text: text or "swap"
+    )
+    master = MasterClient(service_client(master_app, "masterAddress", "master:3"))
+    return MasterSide(tasks, storage, master_app, master)

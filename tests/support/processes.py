@@ -5,38 +5,18 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import requests
-
 from darkroom.core.config import ROLES
+from launch import HOST as HOST
+from launch import Launched
+from launch import Timeout as Timeout
+from launch import free_port as free_port
+from launch import wait_until as wait_until
 
-HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
-
-
-class Timeout(AssertionError):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float, message: str, interval: float = 0.02):
-    """Poll ``predicate`` until it returns something truthy; raise Timeout after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(interval)
-    raise Timeout(f"timed out after {timeout} s: {message}")
+STOP_TIMEOUT = 30.0
 
 
 class Services:
@@ -46,7 +26,7 @@ class Services:
         self.data_dir = data_dir
         self.log_dir = log_dir
         self.ports = {role: free_port() for role in ROLES}
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes: dict[str, Launched] = {}
         self.env = {
             **os.environ,
             # the children run this checkout's code, whatever copy pip installed
@@ -66,39 +46,20 @@ class Services:
 
     def start(self, role: str, wait: bool = True, **settings: str) -> None:
         env = {**self.env, **{f"DARKROOM_{k.upper()}": v for k, v in settings.items()}}
-        log = (self.log_dir / f"{role}.log").open("ab")
-        self.processes[role] = subprocess.Popen(
-            [sys.executable, "-m", "darkroom", "serve", role, "--port", str(self.ports[role])],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        command = [sys.executable, "-m", "darkroom", "serve", role, "--port", str(self.ports[role])]
+        self.processes[role] = Launched(role, command, env, self.log_dir / f"{role}.log")
         if wait:
             self.wait_ready(role)
 
     def wait_ready(self, role: str) -> None:
-        def ready() -> bool:
-            if self.processes[role].poll() is not None:
-                raise Timeout(f"{role} exited: see {self.log_dir / role}.log")
-            try:
-                return requests.get(self.url(role, "/readyz"), timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_until(ready, START_TIMEOUT, f"{role} ready")
+        self.processes[role].wait_for_url(self.url(role, "/readyz"), START_TIMEOUT, interval=0.02)
 
     def start_all(self) -> None:
         for role in ROLES:
             self.start(role)
 
     def stop(self, role: str, sig: int = signal.SIGTERM) -> int:
-        process = self.processes.pop(role)
-        process.send_signal(sig)
-        try:
-            return process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait()
+        return self.processes.pop(role).stop(STOP_TIMEOUT, sig)
 
     def stop_all(self) -> None:
         for role in list(self.processes):

@@ -1,0 +1,121 @@
+"""Start a command, wait until it is ready, stop it: the processes benchmarks and tests run.
+
+``bench/system.py`` starts ``darkroom up`` and a lone database with it; ``tests/support`` starts
+the services with it (pytest has ``bench`` on its path, see ``pyproject.toml``). It imports no
+darkroom code on purpose: ``bench/run.py --services`` may be benchmarking another copy of it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import requests
+
+HOST = "127.0.0.1"
+T = TypeVar("T")
+
+
+class Timeout(AssertionError, RuntimeError):
+    """A wait ran out of time, or the process waited for exited: a failed assertion to pytest."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float, message: str, interval: float = 0.02
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; raise Timeout after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(interval)
+    raise Timeout(f"timed out after {timeout} s: {message}")
+
+
+def answers(url: str, timeout: float = 1.0) -> bool:
+    """Whether ``url`` answers a GET with 200."""
+    try:
+        return requests.get(url, timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def kill(pid: int, sig: int = signal.SIGKILL) -> bool:
+    """Signal the process ``pid`` (by default kill it); False when there is none."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class Launched:
+    """``command`` running in the background, its stdout and stderr appended to ``log_path``."""
+
+    def __init__(
+        self, name: str, command: Sequence[str], env: Mapping[str, str], log_path: Path
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                list(command), env=dict(env), stdout=log, stderr=subprocess.STDOUT
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_ready(self, ready: Callable[[], object], timeout: float, interval: float) -> None:
+        """Poll ``ready`` until it is truthy; Timeout when the process exits first, or late."""
+
+        def check() -> object:
+            if self.process.poll() is not None:
+                raise Timeout(f"{self.name} exited: see {self.log_path}")
+            return ready()
+
+        wait_until(check, timeout, f"{self.name} ready (see {self.log_path})", interval)
+
+    def wait_for_url(self, url: str, timeout: float, interval: float = 0.05) -> None:
+        """Until ``url`` answers 200."""
+        self.wait_ready(lambda: answers(url), timeout, interval)
+
+    def wait_for_log(self, text: str, timeout: float, interval: float = 0.1) -> None:
+        """Until ``text`` appears in the log."""
+
+        def logged() -> bool:
+            return text in self.log_path.read_text(errors="replace")
+
+        self.wait_ready(logged, timeout, interval)
+
+    def stop(
+        self,
+        timeout: float,
+        sig: int = signal.SIGTERM,
+        before_kill: Callable[[], object] | None = None,
+    ) -> int:
+        """Send ``sig`` (nothing if it has exited), SIGKILL after ``timeout`` s; the exit code.
+
+        ``before_kill`` runs first when it comes to SIGKILL, e.g. to kill what the process
+        started and would otherwise leave behind.
+        """
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            if before_kill is not None:
+                before_kill()
+            self.process.kill()
+            return self.process.wait()
