@@ -9,6 +9,7 @@ from pathlib import Path
 import requests
 
 POLL_SECONDS = 0.2
+LONG_POLL_SECONDS = 25.0
 
 
 def _error(response: requests.Response) -> str:
@@ -46,12 +47,17 @@ def submit(
     deadline = time.monotonic() + timeout
     last_state = ""
     while True:
-        status = session.get(f"{base}/status", params={"id": task_id}, timeout=30)
+        # Long polling: the master answers once the job leaves the state last seen.
+        asked = time.monotonic()
+        wait = max(min(LONG_POLL_SECONDS, deadline - asked), 0) if last_state else 0
+        params = {"id": task_id, "wait": wait, "state": last_state or None}
+        status = session.get(f"{base}/status", params=params, timeout=wait + 30)
         if status.status_code != 200:
             print(f"darkroom: {_error(status)}", file=sys.stderr)
             return 1
         task = status.json()
-        if task["stateName"] != last_state:
+        changed = task["stateName"] != last_state
+        if changed:
             last_state = task["stateName"]
             print(f"  {last_state} (attempt {task['attempts']})", file=sys.stderr)
         if last_state == "failed":
@@ -62,7 +68,8 @@ def submit(
         if time.monotonic() > deadline:
             print(f"darkroom: still {last_state} after {timeout:g} s", file=sys.stderr)
             return 1
-        time.sleep(POLL_SECONDS)
+        if not changed and time.monotonic() - asked < 1:
+            time.sleep(POLL_SECONDS)  # answered at once (the master is busy): do not spin
     with session.get(f"{base}/get", params={"id": task_id}, stream=True, timeout=60) as result:
         if result.status_code != 200:
             print(f"darkroom: download failed: {_error(result)}", file=sys.stderr)

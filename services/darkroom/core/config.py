@@ -60,6 +60,8 @@ class Config:
     upload_timeout_seconds: float = 3600.0
     # longest a worker's claim request waits for work (long polling)
     claim_wait_seconds: float = 10.0
+    # longest a client's long poll (/isReady, /status with ``wait``) or a claim holds a request
+    max_wait_seconds: float = 30.0
     # finished and failed jobs, with their files, are removed after this long
     retention_seconds: float = 3 * 24 * 3600.0
     sweep_interval_seconds: float = 600.0

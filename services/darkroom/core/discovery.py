@@ -171,6 +171,10 @@ class ServiceClient:
         self._timeout = timeout
         self._headers = headers or {}
 
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Send a request; on a connection failure resolve the address again and retry once.
 

@@ -6,6 +6,7 @@ import logging
 import math
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 import falcon
@@ -21,7 +22,18 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     sys.exit(0)
 
 
-def serve(app: falcon.App, config: Config, role: str, max_body_bytes: int | None = None) -> None:
+def serve(
+    app: falcon.App,
+    config: Config,
+    role: str,
+    max_body_bytes: int | None = None,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGTERM; ``on_listening`` runs once the socket accepts connections.
+
+    Roles register their address there: registered before listening, a caller that found the
+    address could be refused (seen as a 503 right after start).
+    """
     port = config.port_for(role)
     max_body_bytes = max_body_bytes or config.max_upload_bytes
     server = waitress.create_server(
@@ -44,6 +56,8 @@ def serve(app: falcon.App, config: Config, role: str, max_body_bytes: int | None
         clear_untrusted_proxy_headers=True,
     )
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if on_listening is not None:
+        on_listening()
     log.info("serving", extra={"role": role, "address": f"{config.host}:{port}"})
     try:
         server.run()

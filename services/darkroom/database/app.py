@@ -19,8 +19,6 @@ from darkroom.database.store import State, Task, TaskConflict, TaskNotFound, Tas
 
 MAX_ERROR_LENGTH = 2000
 MAX_PIPELINE_LENGTH = 1000
-# a waiting claim or task watch holds a server thread: bound it
-MAX_CLAIM_WAIT_SECONDS = 30.0
 
 
 def _timestamp(seconds: float | None) -> str | None:
@@ -184,7 +182,8 @@ def create_app(config: Config, store: TaskStore) -> falcon.App:
     app.add_error_handler(sqlite3.OperationalError, _database_error)
     app.add_error_handler(TaskNotFound, _not_found)
     app.add_error_handler(TaskConflict, _conflict)
-    tasks = Tasks(store, max_wait=MAX_CLAIM_WAIT_SECONDS)
+    # a waiting claim or task watch holds a server thread: bounded
+    tasks = Tasks(store, max_wait=config.max_wait_seconds)
     routes = {
         "/newTask": "new",
         "/enqueueTask": "enqueue",

@@ -22,8 +22,7 @@ def open_store(config: Config) -> SqliteTaskStore:
 def run(config: Config) -> None:
     store = open_store(config)
     runtime = Runtime(config, "database")
-    runtime.register()
     expire_periodically(
         store.purge, config.retention_seconds, config.sweep_interval_seconds, runtime.stop
     )
-    serve(create_app(config, store), config, "database")
+    serve(create_app(config, store), config, "database", on_listening=runtime.register)

@@ -10,12 +10,14 @@ from importlib import resources
 from typing import Any, BinaryIO
 
 import falcon
+import requests
 
 from darkroom.core.app import create_base_app
 from darkroom.core.auth import BASIC_CHALLENGE, CLIENT, PUBLIC
 from darkroom.core.config import Config
 from darkroom.core.errors import raise_for_upstream
 from darkroom.core.ids import require_task_id
+from darkroom.core.params import wait_param
 from darkroom.core.relay import relay, relay_stream
 from darkroom.core.streams import CHUNK_BYTES, iter_chunks
 from darkroom.master.client import MasterClient
@@ -72,8 +74,9 @@ class StaticFile:
 class Jobs:
     auth = CLIENT
 
-    def __init__(self, master: MasterClient) -> None:
+    def __init__(self, master: MasterClient, max_wait: float) -> None:
         self._master = master.service
+        self._max_wait = max_wait
 
     def on_post_submit(self, req: falcon.Request, resp: falcon.Response) -> None:
         """The seed's form post: sends the ``uploadfile`` part to the master, answers the id.
@@ -100,17 +103,24 @@ class Jobs:
             upstream = self._master.request("POST", "/new", params=params, data=image)
             relay(upstream, resp, "master")
 
+    def _poll(self, req: falcon.Request, path: str) -> requests.Response:
+        """Ask the master, passing on a long poll's ``wait`` and ``state`` (it checks them)."""
+        params: dict[str, Any] = {"id": require_task_id(req)}
+        timeout = self._master.timeout
+        if wait := wait_param(req, self._max_wait):
+            params.update(wait=wait, state=req.get_param("state"))
+            timeout += wait
+        return self._master.request("GET", path, params=params, timeout=timeout)
+
     def on_get_is_ready(self, req: falcon.Request, resp: falcon.Response) -> None:
-        task_id = require_task_id(req)
-        with self._master.request("GET", "/isReady", params={"id": task_id}) as upstream:
+        with self._poll(req, "/isReady") as upstream:
             raise_for_upstream(upstream, "master")
             ready = upstream.text.strip() == "1"
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = "Your image is ready." if ready else "Your image is not ready yet."
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
-        task_id = require_task_id(req)
-        relay(self._master.request("GET", "/status", params={"id": task_id}), resp, "master")
+        relay(self._poll(req, "/status"), resp, "master")
 
     def on_get_image(self, req: falcon.Request, resp: falcon.Response) -> None:
         task_id = require_task_id(req)
@@ -171,7 +181,7 @@ def _field_text(stream: BinaryIO) -> str:
 
 def create_app(config: Config, master: MasterClient, readiness: list | None = None) -> falcon.App:
     app = create_base_app(config, readiness=readiness or [], challenge=BASIC_CHALLENGE)
-    jobs = Jobs(master)
+    jobs = Jobs(master, config.max_wait_seconds)
     app.add_route("/", Page())
     app.add_route("/static/{name}", StaticFile())
     app.add_route("/submitTask", jobs, suffix="submit")

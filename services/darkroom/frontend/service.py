@@ -14,5 +14,4 @@ def run(config: Config) -> None:
     app = create_app(
         config, MasterClient(runtime.client("master")), readiness=runtime.reachable("master")
     )
-    runtime.register()
-    serve(app, config, "frontend")
+    serve(app, config, "frontend", on_listening=runtime.register)

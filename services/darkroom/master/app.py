@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 PipelineCheck = Callable[[str | None], str]
 
 SUPPORTED = ", ".join(sorted(EXTENSIONS.values()))
-# Longest a claim or a client's long poll (``wait``) may hold a request.
-MAX_WAIT_SECONDS = 30.0
 # The states a job can be in, as /status names them (``stateName``).
 STATE_NAMES = tuple(state.label for state in State)
 
@@ -84,6 +82,7 @@ class Jobs:
         self._max_upload_bytes = config.max_upload_bytes
         self._http_timeout = config.http_timeout_seconds
         self._long_polls = LongPolls(config.threads // 2)
+        self._max_wait = config.max_wait_seconds
 
     def on_post_new(self, req: falcon.Request, resp: falcon.Response) -> None:
         if (req.content_length or 0) > self._max_upload_bytes:
@@ -128,7 +127,7 @@ class Jobs:
 
     def _task(self, req: falcon.Request, state: str | None = None) -> dict[str, Any]:
         task_id = require_task_id(req)
-        with self._long_polls.wait(wait_param(req, MAX_WAIT_SECONDS)) as wait:
+        with self._long_polls.wait(wait_param(req, self._max_wait)) as wait:
             return self._database.get(task_id, wait, state, self._http_timeout)
 
     def on_get_is_ready(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -168,15 +167,16 @@ def _raise_if_failed(task: dict[str, Any]) -> None:
 class WorkerApi:
     """The routes workers use; each relays the database's answer with its real status."""
 
-    def __init__(self, database: DatabaseClient, claim_timeout: float) -> None:
+    def __init__(self, database: DatabaseClient, config: Config) -> None:
         self._database = database
-        self._claim_timeout = claim_timeout
+        self._claim_timeout = config.http_timeout_seconds
+        self._max_wait = config.max_wait_seconds
 
     def _relay(self, req: falcon.Request, resp: falcon.Response, path: str, **kwargs: Any) -> None:
         relay(self._database.call("POST", path, params=req.params, **kwargs), resp, "database")
 
     def on_post_claim(self, req: falcon.Request, resp: falcon.Response) -> None:
-        wait = wait_param(req, MAX_WAIT_SECONDS)
+        wait = wait_param(req, self._max_wait)
         self._relay(req, resp, "/getNewTask", timeout=wait + self._claim_timeout)
 
     def on_post_finish(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -211,7 +211,7 @@ def create_app(
     app.add_route("/isReady", jobs, suffix="is_ready")
     app.add_route("/status", jobs, suffix="status")
     app.add_route("/get", jobs, suffix="result")
-    workers = WorkerApi(database, claim_timeout=config.http_timeout_seconds)
+    workers = WorkerApi(database, config)
     app.add_route("/getNewTask", workers, suffix="claim")
     app.add_route("/registerTaskFinished", workers, suffix="finish")
     app.add_route("/heartbeat", workers, suffix="heartbeat")

@@ -16,6 +16,7 @@ from darkroom import __version__
 from darkroom.core.auth import PUBLIC
 from darkroom.core.ids import TASK_ID_PATTERN
 from darkroom.core.imagetypes import EXTENSIONS
+from darkroom.database.store import State
 
 JSON = "application/json"
 TEXT = "text/plain"
@@ -47,11 +48,39 @@ _TASK_ID_PARAMETER = {
     "schema": {"type": "string", "pattern": f"^{TASK_ID_PATTERN.pattern}$"},
 }
 
+_WAIT_PARAMETER = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": (
+        "Long polling: hold the answer up to this many seconds until the job changes (capped by "
+        "the server, 30 s by default; answered at once when the server is busy). Without it, "
+        "or with 0, the answer is immediate."
+    ),
+    "schema": {"type": "number", "minimum": 0},
+}
+
+_STATE_PARAMETER = {
+    "name": "state",
+    "in": "query",
+    "required": False,
+    "description": (
+        "With `wait`: the state the client last saw; the answer comes once the job is in "
+        "another. Without it the wait lasts until the job is finished or failed."
+    ),
+    "schema": {"type": "string", "enum": [state.label for state in State]},
+}
+
 _CLIENT_SECURITY = [{}, {"bearer": []}, {"apiKey": []}, {"basic": []}]
 
 
 def _job_operation(
-    operation_id: str, summary: str, description: str, ok: dict[str, Any], *statuses: str
+    operation_id: str,
+    summary: str,
+    description: str,
+    ok: dict[str, Any],
+    *statuses: str,
+    parameters: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
     errors = {
         "404": _error("No job has this id."),
@@ -65,7 +94,7 @@ def _job_operation(
             "operationId": operation_id,
             "tags": ["jobs"],
             "security": _CLIENT_SECURITY,
-            "parameters": [_TASK_ID_PARAMETER],
+            "parameters": [_TASK_ID_PARAMETER, *parameters],
             "responses": {
                 "200": ok,
                 **{status: errors[status] for status in statuses},
@@ -150,6 +179,7 @@ _DOCUMENT: dict[str, Any] = {
             },
             "404",
             "422",
+            parameters=(_WAIT_PARAMETER,),
         ),
         "/status": _job_operation(
             "status",
@@ -160,6 +190,7 @@ _DOCUMENT: dict[str, Any] = {
                 "content": {JSON: {"schema": {"$ref": "#/components/schemas/Task"}}},
             },
             "404",
+            parameters=(_WAIT_PARAMETER, _STATE_PARAMETER),
         ),
         "/get": _job_operation(
             "result",

@@ -21,5 +21,4 @@ def run(config: Config) -> None:
         check_pipeline=lambda text: normalize_pipeline(text, settings),
         readiness=runtime.reachable("database", "storage"),
     )
-    runtime.register()
-    serve(app, config, "master")
+    serve(app, config, "master", on_listening=runtime.register)

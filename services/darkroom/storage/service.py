@@ -13,8 +13,13 @@ from darkroom.storage.store import FileImageStore
 def run(config: Config) -> None:
     store = FileImageStore(config.data_dir)
     runtime = Runtime(config, "storage")
-    runtime.register()
     expire_periodically(
         store.purge, config.retention_seconds, config.sweep_interval_seconds, runtime.stop
     )
-    serve(create_app(config, store), config, "storage", max_body_bytes=config.max_result_bytes)
+    serve(
+        create_app(config, store),
+        config,
+        "storage",
+        max_body_bytes=config.max_result_bytes,
+        on_listening=runtime.register,
+    )

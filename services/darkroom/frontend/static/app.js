@@ -10,6 +10,8 @@ const TASK_ID = /^[A-Za-z0-9_-]{22}$/;
 const POLL_FIRST_MS = 250;
 const POLL_MAX_MS = 2000;
 const POLL_GROWTH = 1.5;
+// Each /status request waits up to this long for the state to change (long polling).
+const LONG_POLL_SECONDS = 25;
 const MAX_SERVER_ERRORS = 10;
 
 const form = $("upload");
@@ -161,7 +163,8 @@ function setProgress(fraction) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Following a job: poll /status, backing off, until it is finished or failed.
+// Following a job: long-poll /status until it is finished or failed. The server answers when
+// the state changes, or at once when it is busy: then the page waits, backing off, and asks again.
 
 function showJob(job) {
   following++;
@@ -176,10 +179,13 @@ function showJob(job) {
 async function follow(id, generation) {
   let delay = POLL_FIRST_MS;
   let errors = 0; // in a row: unreachable, or a 5xx while a service restarts
+  let known = null; // the state last shown: the server answers once the job leaves it
   while (generation === following) {
     let response = null;
+    let url = `/status?id=${encodeURIComponent(id)}`;
+    if (known) url += `&wait=${LONG_POLL_SECONDS}&state=${encodeURIComponent(known)}`;
     try {
-      response = await fetch(`/status?id=${encodeURIComponent(id)}`, { cache: "no-store" });
+      response = await fetch(url, { cache: "no-store" });
     } catch {
       // the network failed; counted below like a 5xx
     }
@@ -191,6 +197,11 @@ async function follow(id, generation) {
       showTask(task);
       if (task.stateName === "finished") return showResult(id);
       if (task.stateName === "failed") return setAfter(null, "No result: the job failed.");
+      if (task.stateName !== known) {
+        known = task.stateName;
+        delay = POLL_FIRST_MS;
+        continue; // changed: ask again at once, waiting for the next change
+      }
     } else if (response && response.status < 500) {
       setState(null);
       setAfter(null, "No result.");
