@@ -3,6 +3,8 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 
 import falcon
@@ -20,20 +22,16 @@ from darkroom.core.metrics import (
     TaskMetrics,
     multiprocess_dir,
     remove_multiprocess_dir,
+    remove_stale_multiprocess_dirs,
 )
 from darkroom.database.app import create_app as create_database_app
-from darkroom.database.client import DatabaseClient
 from darkroom.database.store import LeasePolicy, SqliteTaskStore, State
-from darkroom.master.app import create_app as create_master_app
-from darkroom.master.client import MasterClient
-from darkroom.storage.app import create_app as create_storage_app
-from darkroom.storage.client import StorageClient
-from darkroom.storage.store import FileImageStore, Folder
+from darkroom.storage.store import Folder
 from darkroom.worker.loop import TaskLoop
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
 from darkroom.worker.service import timed_processor
 from support.images import png_bytes
-from support.inprocess import service_client
+from support.inprocess import master_side
 
 TOKEN = "metrics-test-token"
 
@@ -131,22 +129,12 @@ def test_database_exports_queue_depth_and_lease_expiries(config):
 @pytest.fixture
 def wired(config):
     """The worker's task loop against real database, storage and master apps, in-process."""
-    tasks = SqliteTaskStore(config.data_dir / "tasks.sqlite3", LeasePolicy(lease_seconds=5))
-    database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
-    storage = StorageClient(
-        service_client(
-            create_storage_app(config, FileImageStore(config.data_dir)), "storageAddress", "st:2"
-        )
-    )
-    master_app = create_master_app(
-        config, DatabaseClient(database), storage, check_pipeline=lambda text: text or "swap"
-    )
-    master = MasterClient(service_client(master_app, "masterAddress", "master:3"))
+    system = master_side(config)
     registry = CollectorRegistry()
     metrics = TaskMetrics(registry)
     loop = TaskLoop(
-        master,
-        storage,
+        system.master,
+        system.storage,
         timed_processor(ProcessingSettings(), metrics),
         ImageRejected,
         claim_wait_seconds=0,
@@ -155,7 +143,7 @@ def wired(config):
         stop=threading.Event(),
         metrics=metrics,
     )
-    return tasks, storage, master, loop, registry
+    return system.tasks, system.storage, system.master, loop, registry
 
 
 def submit(tasks, storage, body: bytes) -> str:
@@ -242,3 +230,40 @@ def test_stage_timings_from_process_image():
     assert set(timings) == {"decode", "operation", "encode"}
     assert all(seconds >= 0 for seconds in timings.values())
     assert output.getvalue().startswith(b"\x89PNG")
+
+
+def test_folders_of_killed_workers_are_removed(tmp_path):
+    # Workers making their folders in tmp_path: one that stays alive until its stdin closes, then
+    # one SIGKILLed, whose folder is left behind. The lock on a folder tells, not the pid in its
+    # name: in a container every worker is PID 1, the killed one and its successor alike.
+    code = (
+        "import os, sys; from darkroom.core.metrics import multiprocess_dir\n"
+        "print(multiprocess_dir(), flush=True)\n"
+        "sys.stdin.read() if sys.argv[1] == 'live' else os.kill(os.getpid(), 9)"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)}
+    live = subprocess.Popen(
+        [sys.executable, "-c", code, "live"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        live_folder = live.stdout.readline().strip()
+        killed = subprocess.run(
+            [sys.executable, "-c", code, "killed"], env=env, capture_output=True, text=True
+        )
+        killed_folder = killed.stdout.strip()
+        assert killed.returncode == -9 and os.path.isdir(killed_folder), killed.stderr
+        assert os.path.isdir(live_folder)  # the killed worker's own cleanup left it alone
+        same_pid = tmp_path / f"darkroom-metrics-{os.getpid()}-abc"  # a live pid, no lock
+        other = tmp_path / "unrelated"
+        for folder in (same_pid, other):
+            folder.mkdir()
+        assert remove_stale_multiprocess_dirs(str(tmp_path)) == 2
+        assert not os.path.exists(killed_folder) and not same_pid.exists()
+        assert os.path.isdir(live_folder) and other.exists()
+    finally:
+        live.stdin.close()
+        live.wait(30)

@@ -21,12 +21,14 @@ sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh temporary folder before it starts t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import falcon
@@ -244,18 +246,71 @@ class BusyFraction:
         )
 
 
+MULTIPROC_PREFIX = "darkroom-metrics-"
+# Lock of each folder this process made, open until ``remove_multiprocess_dir`` (or the end of
+# the process, whichever way it ends: the kernel then drops the lock).
+_held_locks: dict[str, int] = {}
+
+
 def multiprocess_dir() -> str:
     """A fresh, empty folder for loop processes' metric files, set in ``PROMETHEUS_MULTIPROC_DIR``.
 
     Only processes started after this call (and importing prometheus_client afresh, as spawned
-    processes do) write there; the caller removes it with ``remove_multiprocess_dir``.
+    processes do) write there; the caller removes it with ``remove_multiprocess_dir``. Folders
+    left by workers that were killed are removed first (``remove_stale_multiprocess_dirs``).
+
+    The folder, ``darkroom-metrics-<pid>-<random>`` (the pid is only for people), stays locked
+    while this process lives. It is made as a dot-folder, which the cleanup ignores, and renamed
+    once locked, so another worker's cleanup never finds it unlocked.
     """
-    path = tempfile.mkdtemp(prefix="darkroom-metrics-")
+    remove_stale_multiprocess_dirs()
+    staging = tempfile.mkdtemp(prefix=f".{MULTIPROC_PREFIX}{os.getpid()}-")
+    fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    head, name = os.path.split(staging)
+    path = os.path.join(head, name.removeprefix("."))
+    os.rename(staging, path)
+    _held_locks[path] = fd
     os.environ[MULTIPROC_ENV] = path
     return path
+
+
+def remove_stale_multiprocess_dirs(root: str | None = None) -> int:
+    """Removes the metric folders under ``root`` (the temporary folder) that no process holds.
+
+    Those are the folders of workers that were killed (SIGKILL, OOM) before they could remove
+    their own. A live worker holds a lock (flock) on its folder, which the kernel drops when the
+    process ends, however it ends, so the lock tells them apart. The pid in the name cannot: in
+    a container the worker is always PID 1, like the killed worker before it whose folder is
+    still in the pod's /tmp (an emptyDir outlives its container), so that folder would look
+    alive forever; and in a /tmp shared across pid namespaces a live worker's pid can look dead.
+    Returns how many folders were removed.
+    """
+    removed = 0
+    for entry in Path(root or tempfile.gettempdir()).glob(f"{MULTIPROC_PREFIX}*-*"):
+        try:
+            # Not a symlink, and only our own folders (a shared /tmp holds other users' too).
+            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_uid != os.getuid():
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # locked: its worker is alive
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+        finally:
+            os.close(fd)
+    return removed
 
 
 def remove_multiprocess_dir(path: str) -> None:
     if os.environ.get(MULTIPROC_ENV) == path:
         del os.environ[MULTIPROC_ENV]
     shutil.rmtree(path, ignore_errors=True)
+    fd = _held_locks.pop(path, None)
+    if fd is not None:
+        os.close(fd)

@@ -1,7 +1,9 @@
 """Running the worker: N task loops (processes or threads) and a small health server.
 
-Processes by default: decoding and encoding images hold the GIL for long stretches, so
-threads share one core (see docs/benchmarks.md). A loop process that dies is started again.
+Processes by default: Pillow releases the GIL while it decodes and encodes, so threads
+measured about as fast (docs/benchmarks.md), but the work between those calls holds it, and a
+crash or leak stays in one loop process, which is then started again. ``/metrics`` adds up the
+loop processes' figures (prometheus_client multiprocess mode, see darkroom.core.metrics).
 """
 
 from __future__ import annotations
