@@ -113,3 +113,47 @@ def test_run_stops_when_asked(system):
     _, _, _, loop = system
     loop._stop.set()
     loop.run()  # returns at once instead of claiming
+
+
+class StoreAfterNextTaskStarts:
+    """Storage whose result upload of the first task waits until the next task is processed.
+
+    A loop that stored results before claiming the next task would wait here until the timeout.
+    """
+
+    def __init__(self, storage: StorageClient, processing_started: threading.Event) -> None:
+        self._storage = storage
+        self._processing_started = processing_started
+        self.overlapped: bool | None = None  # for the first result stored
+
+    def open(self, *args, **kwargs):
+        return self._storage.open(*args, **kwargs)
+
+    def send(self, folder, task_id, body, size=None) -> None:
+        if folder == Folder.FINISHED and self.overlapped is None:
+            self.overlapped = self._processing_started.wait(5)
+        self._storage.send(folder, task_id, body, size)
+
+
+def test_run_stores_each_result_while_processing_the_next_task(system, config):
+    tasks, storage, master, _ = system
+    first = submit(tasks, storage, b"one")
+    second = submit(tasks, storage, b"two")
+    second_started = threading.Event()
+    stop = threading.Event()
+
+    def process(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str:
+        data = source.read()
+        if data == b"two":
+            second_started.set()
+            stop.set()  # the loop claims nothing after this task
+        destination.write(data[::-1])
+        return "application/octet-stream"
+
+    slow_storage = StoreAfterNextTaskStarts(storage, second_started)
+    TaskLoop(master, slow_storage, process, Rejected, 0, 5, 5, stop).run()
+    assert slow_storage.overlapped, "the first result was stored only after the next task"
+    # run() returned only once the last result was stored: nothing is left half done.
+    assert tasks.get(first).state == State.FINISHED
+    assert tasks.get(second).state == State.FINISHED
+    assert (config.data_dir / "finished" / second).read_bytes() == b"owt"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextvars
+import functools
 import logging
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import falcon
 import requests
@@ -28,6 +30,9 @@ SPOOL_BYTES = 8 * 1024 * 1024
 
 # process(source, destination, pipeline) -> media type; raises Rejected for a bad image
 Processor = Callable[[BinaryIO, BinaryIO, str], str]
+
+
+_T = TypeVar("_T")
 
 
 class ImageGone(Exception):
@@ -67,62 +72,81 @@ class TaskLoop:
 
     def _run(self) -> None:
         backoff = Backoff(first=0.1, cap=5.0)
-        while not self._stop.is_set():
-            try:
-                claim = self._master.claim(self._claim_wait, self._http_timeout)
-            except Exception as exc:
-                delay = backoff.next()
-                log.warning("claim failed", extra={"error": str(exc), "retry_in": delay})
-                self._stop.wait(delay)
-                continue
-            backoff.reset()
-            if claim is None:
-                continue
-            if self._stop.is_set():
-                self._give_back(claim)
-                return
-            self.handle(claim)
+        with _Behind() as behind:
+            while not self._stop.is_set():
+                try:
+                    claim = self._master.claim(self._claim_wait, self._http_timeout)
+                except Exception as exc:
+                    delay = backoff.next()
+                    log.warning("claim failed", extra={"error": str(exc), "retry_in": delay})
+                    self._stop.wait(delay)
+                    continue
+                backoff.reset()
+                if claim is None:
+                    continue
+                if self._stop.is_set():
+                    self._give_back(claim)
+                    return
+                self.handle(claim, behind)
 
-    def handle(self, claim: Claim) -> None:
+    def handle(self, claim: Claim, behind: _Behind | None = None) -> None:
         """Process one claimed task; every outcome is reported to the master.
 
-        The task id is the request id meanwhile: it is on every log line and downstream call.
+        With ``behind``, storing the result and reporting it run there, in the background,
+        while this loop claims and processes the next task: the CPU does not wait for the
+        network. Without it, the task is done when this returns. The task id is the request id
+        meanwhile: it is on every log line and downstream call.
         """
         token = requestid.current.set(claim.task_id)
         try:
+            log.info("task claimed", extra={"task": claim.task_id, "attempt": claim.attempts})
+            heartbeat = _Heartbeat(self._master, claim, self._heartbeat_every)
+            heartbeat.start()
+            # Busy: the loop's own time on the task (storing the result may overlap the next).
             with self._metrics.busy():
-                self._handle(claim)
+                processed = self._guarded(claim, self._download_and_process)
+            if processed is None:
+                heartbeat.stop()
+                return
+            finish = functools.partial(self._finish, claim, processed, heartbeat)
+            if behind is None:
+                finish()
+            else:
+                behind.run(contextvars.copy_context().run, finish)
         finally:
             requestid.current.reset(token)
 
-    def _handle(self, claim: Claim) -> None:
-        log.info("task claimed", extra={"task": claim.task_id, "attempt": claim.attempts})
-        with _Heartbeat(self._master, claim, self._heartbeat_every):
-            try:
-                self._process_task(claim)
-            except LeaseLost:
-                self._metrics.outcome("lease_lost")
-                log.warning(
-                    "lease lost; another worker has the task", extra={"task": claim.task_id}
-                )
-            except (self._rejected, ImageGone) as exc:
-                self.failed += 1
-                self._metrics.outcome("failed")
-                self._report_failure(claim, str(exc), retryable=False)
-            except Exception as exc:
-                self._metrics.outcome("error")
-                if _is_outage(exc):
-                    self._wait_out_outage(claim, exc)
-                    return
-                log.exception("task error", extra={"task": claim.task_id})
-                reason = getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"
-                self._report_failure(claim, reason, retryable=True)
+    def _finish(self, claim: Claim, processed: _Processed, heartbeat: _Heartbeat) -> None:
+        try:
+            self._guarded(claim, functools.partial(self._store_result, processed=processed))
+        finally:
+            processed.close()
+            heartbeat.stop()
 
-    def _process_task(self, claim: Claim) -> None:
-        with (
-            tempfile.SpooledTemporaryFile(SPOOL_BYTES) as source,
-            tempfile.SpooledTemporaryFile(SPOOL_BYTES) as result,
-        ):
+    def _guarded(self, claim: Claim, step: Callable[[Claim], _T]) -> _T | None:
+        """Run one step of a task; a failure is reported (or waited out) and gives None."""
+        try:
+            return step(claim)
+        except LeaseLost:
+            self._metrics.outcome("lease_lost")
+            log.warning("lease lost; another worker has the task", extra={"task": claim.task_id})
+        except (self._rejected, ImageGone) as exc:
+            self.failed += 1
+            self._metrics.outcome("failed")
+            self._report_failure(claim, str(exc), retryable=False)
+        except Exception as exc:
+            self._metrics.outcome("error")
+            if _is_outage(exc):
+                self._wait_out_outage(claim, exc)
+                return None
+            log.exception("task error", extra={"task": claim.task_id})
+            reason = getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"
+            self._report_failure(claim, reason, retryable=True)
+        return None
+
+    def _download_and_process(self, claim: Claim) -> _Processed:
+        processed = _Processed()
+        try:
             download_started = time.perf_counter()
             try:
                 download = self._storage.open(Folder.WORKING, claim.task_id)
@@ -132,19 +156,26 @@ class TaskLoop:
                 # Claimable tasks always have their image, so it was expired or deleted since.
                 raise ImageGone("the uploaded image is gone (expired or deleted)") from exc
             with download:
-                _copy_body(download, source)
+                _copy_body(download, processed.source)
             self._metrics.observe("download", time.perf_counter() - download_started)
-            source.seek(0)
-            media_type = self._process(source, result, claim.pipeline)
-            size = result.tell()
-            result.seek(0)
-            with self._metrics.stage("upload"):
-                self._storage.send(Folder.FINISHED, claim.task_id, iter_chunks(result), size)
-            self._master.finish(claim)
+            processed.source.seek(0)
+            processed.media_type = self._process(processed.source, processed.result, claim.pipeline)
+        except BaseException:
+            processed.close()
+            raise
+        return processed
+
+    def _store_result(self, claim: Claim, processed: _Processed) -> None:
+        result = processed.result
+        size = result.tell()
+        result.seek(0)
+        with self._metrics.stage("upload"):
+            self._storage.send(Folder.FINISHED, claim.task_id, iter_chunks(result), size)
+        self._master.finish(claim)
         self.completed += 1
         self._outage.reset()
         self._metrics.outcome("done")
-        log.info("task finished", extra={"task": claim.task_id, "media_type": media_type})
+        log.info("task finished", extra={"task": claim.task_id, "media_type": processed.media_type})
 
     def _report_failure(self, claim: Claim, error: str, retryable: bool) -> None:
         log.warning(
@@ -203,11 +234,10 @@ class _Heartbeat:
             target=contextvars.copy_context().run, args=(self._run,), daemon=True, name="heartbeat"
         )
 
-    def __enter__(self) -> _Heartbeat:
+    def start(self) -> None:
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._done.set()
         self._thread.join()
 
@@ -221,3 +251,48 @@ class _Heartbeat:
                 log.warning(
                     "heartbeat failed", extra={"task": self._claim.task_id, "error": str(exc)}
                 )
+
+
+class _Processed:
+    """A task's image and its result, in memory or spilled to disk, until the result is stored."""
+
+    def __init__(self) -> None:
+        # Closed by close(), which may run in another thread once the result is stored.
+        self.source = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115
+        self.result = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115
+        self.media_type = ""
+
+    def close(self) -> None:
+        self.source.close()
+        self.result.close()
+
+
+class _Behind:
+    """One background thread for the last step of the previous task.
+
+    ``run`` first waits for the step before: at most one result waits to be stored, so memory
+    stays bounded, and a slow storage slows the loop down instead of piling up results.
+    Leaving the ``with`` block waits for the last step, so a stopping loop loses nothing.
+    """
+
+    def __init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-result")
+        self._pending: concurrent.futures.Future[Any] | None = None
+
+    def run(self, step: Callable[..., Any], *args: Any) -> None:
+        self.wait()
+        self._pending = self._pool.submit(step, *args)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def __enter__(self) -> _Behind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()
