@@ -25,7 +25,8 @@ def test_quick_benchmark_completes_and_prints_the_figures(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     for text in (
-        "the bound",
+        "bound before small",
+        "bound after",
         "end to end small",
         "end to end photo",
         "idle latency",
@@ -41,3 +42,5 @@ def test_quick_benchmark_completes_and_prints_the_figures(tmp_path):
     assert results["e2e"]["photo"]["2"]["verified"] == 2
     assert results["e2e"]["small"]["2"]["verified"] == 20
     assert len(results["targets"]) == 5
+    bound = results["bound"]["photo"]["2"]
+    assert bound["images_per_s"] > 0 and {"before", "after"} <= bound.keys()
