@@ -102,17 +102,18 @@ class TaskLoop:
             log.info("task claimed", extra={"task": claim.task_id, "attempt": claim.attempts})
             heartbeat = _Heartbeat(self._master, claim, self._heartbeat_every)
             heartbeat.start()
-            # Busy: the loop's own time on the task (storing the result may overlap the next).
+            # Busy: the loop's time on the task, up to handing its result over (storing it
+            # overlaps the next task, but waiting for the previous one to be stored counts).
             with self._metrics.busy():
                 processed = self._guarded(claim, self._download_and_process)
-            if processed is None:
-                heartbeat.stop()
-                return
-            finish = functools.partial(self._finish, claim, processed, heartbeat)
-            if behind is None:
-                finish()
-            else:
-                behind.run(contextvars.copy_context().run, finish)
+                if processed is None:
+                    heartbeat.stop()
+                    return
+                finish = functools.partial(self._finish, claim, processed, heartbeat)
+                if behind is None:
+                    finish()
+                else:
+                    behind.run(contextvars.copy_context().run, finish)
         finally:
             requestid.current.reset(token)
 
