@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 import threading
 import time
 
@@ -235,6 +236,30 @@ def test_watch_ignores_other_tasks_and_returns_unchanged_at_its_deadline(store):
 def test_watch_answers_at_once_when_the_state_already_differs(store):
     task_id = queued(store)
     assert store.watch(task_id, {State.IN_PROGRESS}, 30).state == State.QUEUED
+
+
+class CountingStore(SqliteTaskStore):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads: collections.Counter[str] = collections.Counter()
+
+    def get(self, task_id: str):
+        self.reads[task_id] += 1
+        return super().get(task_id)
+
+
+def test_a_change_wakes_only_the_watchers_of_its_task(tmp_path):
+    store = CountingStore(tmp_path / "tasks.sqlite3", LeasePolicy())
+    watched, other = queued(store), queued(store)
+    thread, result = _watch_in_thread(store, watched, {State.QUEUED}, 0.4)
+    for _ in range(30):  # 60 state changes of the other task
+        store.cancel(other)
+        store.retry(other)
+    thread.join(10)
+    assert result["task"].state == State.QUEUED
+    # The first read, a wake at 0.5 s at most, the last: not one read per change.
+    assert store.reads[watched] <= 3, store.reads
+    assert not store._watchers, "the watch is forgotten once it returns"
 
 
 def test_counts(store):

@@ -122,9 +122,10 @@ class SqliteTaskStore:
         # Claimers long-poll on this; every change that may make a task claimable bumps it.
         self._queue_changed = threading.Condition()
         self._generation = 0
-        # Watchers of one task's state long-poll on this; every state change bumps it.
-        self._task_changed = threading.Condition()
-        self._changes = 0
+        # Long polls on one task's state: an event per waiting request, set when that task
+        # changes (all of them for bulk changes), so a change wakes only its own watchers.
+        self._watchers: dict[str, set[threading.Event]] = {}
+        self._watchers_lock = threading.Lock()
         self.lease_expiries = 0
 
     # -- transactions -------------------------------------------------------------------
@@ -140,7 +141,7 @@ class SqliteTaskStore:
     def _update(self, task_id: str, **fields: object) -> Task:
         if "state" in fields:
             # Inside the transaction: a woken watcher reads the row only after the commit.
-            self._notify_watchers()
+            self._notify_watchers(task_id)
         fields["updated_at"] = self._clock()
         assignments = ", ".join(f"{name} = ?" for name in fields)
         self._db.execute(
@@ -148,10 +149,15 @@ class SqliteTaskStore:
         )
         return self._row(task_id)
 
-    def _notify_watchers(self) -> None:
-        with self._task_changed:
-            self._changes += 1
-            self._task_changed.notify_all()
+    def _notify_watchers(self, task_id: str | None = None) -> None:
+        """Wake the watchers of ``task_id``, or of every task."""
+        with self._watchers_lock:
+            if task_id is None:
+                events = [event for group in self._watchers.values() for event in group]
+            else:
+                events = list(self._watchers.get(task_id, ()))
+        for event in events:
+            event.set()
 
     def _notify_claimers(self) -> None:
         with self._queue_changed:
@@ -190,17 +196,24 @@ class SqliteTaskStore:
     def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task:
         """The task as soon as its state is not one of ``while_in``, or as it is after the wait."""
         deadline = time.monotonic() + wait_seconds
-        while True:
-            with self._task_changed:
-                changes = self._changes
-            task = self.get(task_id)
-            remaining = deadline - time.monotonic()
-            if task.state not in while_in or remaining <= 0:
-                return task
-            with self._task_changed:
-                if changes == self._changes:
-                    # Wake at least twice a second so expired leases are noticed.
-                    self._task_changed.wait(min(remaining, 0.5))
+        changed = threading.Event()
+        with self._watchers_lock:
+            self._watchers.setdefault(task_id, set()).add(changed)
+        try:
+            while True:
+                changed.clear()  # before reading: a change from here on sets it again
+                task = self.get(task_id)
+                remaining = deadline - time.monotonic()
+                if task.state not in while_in or remaining <= 0:
+                    return task
+                # Wake at least twice a second so expired leases are noticed.
+                changed.wait(min(remaining, 0.5))
+        finally:
+            with self._watchers_lock:
+                group = self._watchers[task_id]
+                group.discard(changed)
+                if not group:
+                    del self._watchers[task_id]
 
     def claim(self, wait_seconds: float = 0.0) -> Task | None:
         """The oldest queued task, leased to the caller; waits up to ``wait_seconds`` for one."""
