@@ -160,9 +160,13 @@ class SqliteTaskStore:
             event.set()
 
     def _notify_claimers(self) -> None:
+        """One task became claimable: wake one waiting claimer, not all of them to race for it.
+
+        The others see the new generation when they next wake (twice a second at least).
+        """
         with self._queue_changed:
             self._generation += 1
-            self._queue_changed.notify_all()
+            self._queue_changed.notify()
 
     # -- life cycle ---------------------------------------------------------------------
     def create(self, pipeline: str) -> Task:
