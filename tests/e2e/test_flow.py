@@ -97,6 +97,19 @@ def test_database_restart_loses_no_task(services):
         assert same_pixels(decode(download(services, task_id)), swapped(image))
 
 
+def test_master_is_ready_only_while_its_dependencies_answer(services):
+    for role in ("registry", "database", "storage", "master"):
+        services.start(role)
+    readyz = services.url("master", "/readyz")
+    assert requests.get(readyz, timeout=5).status_code == 200
+    services.stop("database", signal.SIGKILL)
+    # Its address is still registered: the check asks the database itself.
+    answer = requests.get(readyz, timeout=5)
+    assert answer.status_code == 503 and "database" in answer.json()["description"]
+    services.start("database")
+    assert requests.get(readyz, timeout=5).status_code == 200
+
+
 def test_killed_worker_task_is_redone_after_lease_expires(services):
     for role in ("registry", "database", "storage", "master"):
         services.start(role)

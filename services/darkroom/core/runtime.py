@@ -16,6 +16,8 @@ from darkroom.core.discovery import (
 )
 from darkroom.core.errors import UpstreamUnavailable
 
+PROBE_TIMEOUT_SECONDS = 1.0
+
 
 class Runtime:
     def __init__(self, config: Config, role: str) -> None:
@@ -44,12 +46,19 @@ class Runtime:
         )
 
     def reachable(self, *roles: str) -> list:
-        """Readiness checks: each role's address can be resolved."""
+        """Readiness checks: each role answers its ``/healthz`` (found through the registry).
+
+        One second each at most: the chart's probe gives ``/readyz`` three.
+        """
 
         def check(role: str):
+            client = self.client(role, timeout=PROBE_TIMEOUT_SECONDS)
+
             def probe() -> str | None:
                 try:
-                    self.locator.address(ADDRESS_KEYS[role])
+                    with client.request("GET", "/healthz") as response:
+                        if response.status_code != 200:
+                            return f"the {role} answered {response.status_code}"
                 except UpstreamUnavailable as exc:
                     return str(exc.description)
                 return None
