@@ -82,7 +82,8 @@ class Tasks:
         task_id = require_task_id(req)
         wait = wait_param(req, self._max_wait)
         if wait:
-            task = self._store.watch(task_id, _states_to_wait_out(req), wait)
+            state = state_param(req)
+            task = self._store.watch(task_id, _UNFINISHED if state is None else {state}, wait)
         else:
             task = self._store.get(task_id)
         resp.media = task_document(task)
@@ -154,13 +155,14 @@ _STATES_BY_NAME = {state.label: state for state in State}
 _UNFINISHED = frozenset(State) - {State.FINISHED, State.FAILED}
 
 
-def _states_to_wait_out(req: falcon.Request) -> frozenset[State]:
+def state_param(req: falcon.Request) -> State | None:
+    """``state``: a task state by the name ``stateName`` gives it (the master checks it too)."""
     name = req.get_param("state")
     if name is None:
-        return _UNFINISHED
+        return None
     if name not in _STATES_BY_NAME:
         raise falcon.HTTPInvalidParam(f"Expected one of: {', '.join(_STATES_BY_NAME)}.", "state")
-    return frozenset({_STATES_BY_NAME[name]})
+    return _STATES_BY_NAME[name]
 
 
 def _conflict(req: falcon.Request, resp: falcon.Response, ex: TaskConflict, params: Any) -> None:

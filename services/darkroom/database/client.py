@@ -33,17 +33,12 @@ class DatabaseClient:
     def abandon_upload(self, task_id: str, error: str) -> None:
         self._checked("POST", "/failTask", params={"id": task_id, "error": error}).close()
 
-    def get(
-        self, task_id: str, wait: float = 0.0, state: str | None = None, timeout: float = 0.0
-    ) -> dict[str, Any]:
-        """The task; with ``wait``, once it leaves ``state`` (default: once it ends) or after it.
-
-        ``timeout`` is the call's own, to which the wait is added.
-        """
+    def get(self, task_id: str, wait: float = 0.0, state: str | None = None) -> dict[str, Any]:
+        """The task; with ``wait``, once it leaves ``state`` (default: once it ends) or after it."""
         params: dict[str, Any] = {"id": task_id}
         kwargs: dict[str, Any] = {}
         if wait > 0:
             params.update(wait=wait, state=state)
-            kwargs["timeout"] = timeout + wait
+            kwargs["timeout"] = self._service.timeout + wait
         with self._checked("GET", "/getById", params=params, **kwargs) as response:
             return response.json()

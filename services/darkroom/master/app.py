@@ -19,8 +19,8 @@ from darkroom.core.imagetypes import EXTENSIONS, SNIFF_BYTES, sniff_media_type
 from darkroom.core.params import wait_param
 from darkroom.core.relay import relay, relay_stream
 from darkroom.core.streams import iter_chunks
+from darkroom.database.app import state_param
 from darkroom.database.client import DatabaseClient
-from darkroom.database.store import State
 from darkroom.master.openapi import OpenApiDocument
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import Folder
@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 PipelineCheck = Callable[[str | None], str]
 
 SUPPORTED = ", ".join(sorted(EXTENSIONS.values()))
-# The states a job can be in, as /status names them (``stateName``).
-STATE_NAMES = tuple(state.label for state in State)
 
 
 def _read_head(stream: BinaryIO) -> bytes:
@@ -80,7 +78,6 @@ class Jobs:
         self._storage = storage
         self._check_pipeline = check_pipeline
         self._max_upload_bytes = config.max_upload_bytes
-        self._http_timeout = config.http_timeout_seconds
         self._long_polls = LongPolls(config.threads // 2)
         self._max_wait = config.max_wait_seconds
 
@@ -128,7 +125,7 @@ class Jobs:
     def _task(self, req: falcon.Request, state: str | None = None) -> dict[str, Any]:
         task_id = require_task_id(req)
         with self._long_polls.wait(wait_param(req, self._max_wait)) as wait:
-            return self._database.get(task_id, wait, state, self._http_timeout)
+            return self._database.get(task_id, wait, state)
 
     def on_get_is_ready(self, req: falcon.Request, resp: falcon.Response) -> None:
         task = self._task(req)
@@ -137,10 +134,8 @@ class Jobs:
         resp.text = "1" if task["stateName"] == "finished" else "0"
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
-        state = req.get_param("state")
-        if state is not None and state not in STATE_NAMES:
-            raise falcon.HTTPInvalidParam(f"Expected one of: {', '.join(STATE_NAMES)}.", "state")
-        resp.media = self._task(req, state)
+        state = state_param(req)
+        resp.media = self._task(req, None if state is None else state.label)
 
     def on_get_result(self, req: falcon.Request, resp: falcon.Response) -> None:
         task = self._task(req)
