@@ -14,6 +14,7 @@ from falcon import testing
 from PIL import ExifTags, Image
 from urllib3.filepost import encode_multipart_formdata
 
+from darkroom.contract.pipeline import normalize_pipeline
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
@@ -24,12 +25,7 @@ from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import FileImageStore
 from darkroom.worker.loop import TaskLoop
-from darkroom.worker.operations import (
-    ImageRejected,
-    ProcessingSettings,
-    normalize_pipeline,
-    process_image,
-)
+from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
 from support.images import decode, encode, png_bytes
 from support.inprocess import service_client
 
