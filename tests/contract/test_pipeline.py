@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from darkroom.contract.pipeline import (
+    MAX_STEPS,
+    STEPS,
     InvalidPipeline,
     PipelineLimits,
     normalize_pipeline,
@@ -16,6 +20,7 @@ from darkroom.contract.pipeline import (
 )
 
 SETTINGS = PipelineLimits(max_image_pixels=50_000_000)
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -34,6 +39,8 @@ SETTINGS = PipelineLimits(max_image_pixels=50_000_000)
         ("png", "png"),
         ("crop:10x20", "crop:10x20+0+0"),
         ("crop:10x20+3+4", "crop:10x20+3+4"),
+        ("crop:400x300 100 50", "crop:400x300+100+50"),  # "+" decoded from a query string
+        ("crop:400x300+100 50", "crop:400x300+100+50"),
         ("rotate:-90", "rotate:270"),
         ("rotate:360", "rotate:0"),
         ("rotate:12.50", "rotate:12.5"),
@@ -75,6 +82,8 @@ def test_parse_pipeline_separates_operations_from_output() -> None:
         ("swap:1", "step 1 'swap:1': takes no arguments"),
         ("swap,", "step 2 '': empty step"),
         ("crop:10x10-5+5", "expected WxH+X+Y"),
+        ("crop:10x10 5 5 5", "expected WxH+X+Y"),
+        ("crop:10x10  5 5", "expected WxH+X+Y"),
         ("crop:0x10+5+5", "width must be 1..10000"),
         ("rotate:90deg", "angle must be -360..360 with at most two decimals"),
         ("rotate:361", "angle must be -360..360"),
@@ -152,3 +161,33 @@ def test_normalize_is_idempotent(steps: list[str]) -> None:
         return  # e.g. two format steps
     assert normalize_pipeline(canonical, SETTINGS) == canonical
     assert parse_pipeline(canonical, SETTINGS) == parse_pipeline(text, SETTINGS)
+
+
+# --- the step table --------------------------------------------------------------------------
+
+
+def test_every_step_has_a_one_line_help_and_a_syntax_naming_it() -> None:
+    for rule in STEPS:
+        assert rule.syntax.split(":")[0].split("[")[0] == rule.name
+        assert rule.help and "\n" not in rule.help and "`" not in rule.help
+
+
+def test_unknown_step_lists_the_table_in_order() -> None:
+    with pytest.raises(InvalidPipeline) as raised:
+        parse_pipeline("explode", SETTINGS)
+    assert str(raised.value).endswith(f"(known: {', '.join(rule.name for rule in STEPS)})")
+
+
+def readme_operations() -> tuple[str, list[tuple[str, str]]]:
+    """The README's Operations section: its text and its table's (step, help) rows."""
+    section = README.read_text().split("\n## Operations\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)` \| (.+) \|$", section, re.MULTILINE)
+    return section, rows
+
+
+def test_readme_table_is_the_step_table() -> None:
+    section, rows = readme_operations()
+    expected = [(rule.syntax, rule.help) for rule in STEPS]
+    table = "\n".join(f"| `{syntax}` | {help} |" for syntax, help in expected)
+    assert rows == expected, f"the README's Operations table should read:\n{table}"
+    assert f"at most {MAX_STEPS} steps" in " ".join(section.split())
