@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import io
+import re
 import threading
 from html.parser import HTMLParser
 from types import SimpleNamespace
@@ -14,6 +15,15 @@ from falcon import testing
 from PIL import ExifTags, Image
 from urllib3.filepost import encode_multipart_formdata
 
+from darkroom.contract.pipeline import (
+    BLUR_RADIUS_HUNDREDTHS,
+    DEFAULT_JPEG_QUALITY,
+    MAX_DIMENSION,
+    MAX_PIPELINE_CHARS,
+    QUALITY_RANGE,
+    STEPS,
+    normalize_pipeline,
+)
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
@@ -24,12 +34,7 @@ from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import FileImageStore
 from darkroom.worker.loop import TaskLoop
-from darkroom.worker.operations import (
-    ImageRejected,
-    ProcessingSettings,
-    normalize_pipeline,
-    process_image,
-)
+from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
 from support.images import decode, encode, png_bytes
 from support.inprocess import service_client
 
@@ -164,6 +169,28 @@ def test_page_form_has_an_op_field_without_javascript(page):
     noscript = result[result.index("<noscript>") : result.index("</noscript>")]
     assert 'name="op"' in noscript  # shown and sent only when scripts are off
     assert "keep-metadata" in noscript
+
+
+def test_page_hint_names_the_grammars_steps_in_order(page):
+    text = page[0].text
+    hint = text[text.index('id="op-plain-hint"') :]
+    hint = hint[: hint.index("</p>")]
+    assert re.findall(r"<code>([^<]*)</code>", hint) == [rule.syntax for rule in STEPS]
+
+
+def test_page_bounds_are_the_grammars(page):
+    _, parts = page
+    inputs = {i["id"]: i for i in parts.inputs if i.get("id")}
+    assert inputs["op"]["maxlength"] == inputs["op-plain"]["maxlength"] == str(MAX_PIPELINE_CHARS)
+    for name in ("resize-w", "resize-h", "thumbnail-size"):
+        assert (inputs[name]["min"], inputs[name]["max"]) == ("1", str(MAX_DIMENSION)), name
+    blur = inputs["blur-radius"]
+    assert (
+        tuple(round(float(blur[bound]) * 100) for bound in ("min", "max")) == BLUR_RADIUS_HUNDREDTHS
+    )
+    quality = inputs["quality"]
+    assert (int(quality["min"]), int(quality["max"])) == QUALITY_RANGE
+    assert quality["value"] == str(DEFAULT_JPEG_QUALITY)
 
 
 def test_builder_offers_keep_metadata_with_a_label(page, system):
@@ -441,6 +468,30 @@ def test_get_image_streams_the_result_as_an_attachment(system):
     disposition = result.headers["content-disposition"]
     assert disposition.startswith("attachment") and f"darkroom-{task_id}.jpg" in disposition
     assert decode(result.content).size == (4, 3)
+
+
+def post_form_query(system, png, query_string: str) -> testing.Result:
+    body, content_type = form([image_field(png)])
+    headers = {"Content-Type": content_type}
+    return system.client.simulate_post(
+        "/submitTask", body=body, headers=headers, query_string=query_string
+    )
+
+
+def test_repeated_op_query_parameter_is_400(system, png):
+    result = post_form_query(system, png, "op=flip&op=flop")
+    assert result.status_code == 400
+    assert result.json == {
+        "title": "Invalid parameter",
+        "description": 'The "op" parameter is invalid. Give it once, not 2 times.',
+    }
+    assert system.tasks.recent(10) == []
+
+
+def test_crop_offsets_may_arrive_as_spaces(system, png):
+    # The "+" of crop:WxH+X+Y, left unencoded in the query string, is decoded to a space.
+    result = post_form_query(system, png, "op=crop:4x3+1+2")
+    assert pipeline_of(system, result) == "crop:4x3+1+2"
 
 
 def test_failed_job_reports_its_reason_everywhere(system):

@@ -28,6 +28,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from darkroom.contract.pipeline import MAX_PIPELINE_CHARS
 from darkroom.core.config import Config
 from darkroom.core.ids import TASK_ID_PATTERN
 from darkroom.database import app as database_app
@@ -262,7 +263,7 @@ class DatabaseMachine(AppMachine):
     def create(self, pipeline, enqueue):
         created = self._call("POST", "/newTask", params={"pipeline": pipeline})
         if created.status_code != 201:
-            assert not pipeline.strip() or len(pipeline) > database_app.MAX_PIPELINE_LENGTH
+            assert not pipeline.strip() or len(pipeline) > MAX_PIPELINE_CHARS
             return multiple()
         task_id = created.text
         assert TASK_ID_PATTERN.fullmatch(task_id)

@@ -6,6 +6,8 @@ import time
 import pytest
 from falcon import testing
 
+from darkroom.contract.pipeline import PipelineLimits, normalize_pipeline
+from darkroom.core.config import Config
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
@@ -17,9 +19,7 @@ from support.inprocess import service_client
 
 
 def check_pipeline(text: str | None) -> str:
-    if text in (None, "", "swap"):
-        return "swap"
-    raise ValueError(f"unknown operation {text!r}")
+    return normalize_pipeline(text, PipelineLimits(max_image_pixels=Config.max_image_pixels))
 
 
 @pytest.fixture
@@ -115,6 +115,23 @@ def test_invalid_pipeline_is_400(client, png):
     result = client.simulate_post("/new", params={"op": "explode"}, body=png)
     assert result.status_code == 400
     assert "explode" in result.json["description"]
+
+
+def test_crop_offsets_may_arrive_as_spaces(client, tasks, png):
+    # The "+" of crop:WxH+X+Y, left unencoded in a query string, is decoded to a space.
+    result = client.simulate_post("/new", query_string="op=crop:4x3+1+2", body=png)
+    assert result.status_code == 200, result.text
+    assert tasks.get(result.text).pipeline == "crop:4x3+1+2"
+
+
+def test_repeated_op_is_400_and_creates_no_task(client, tasks, png):
+    result = client.simulate_post("/new", query_string="op=flip&op=flop", body=png)
+    assert result.status_code == 400
+    assert result.json == {
+        "title": "Invalid parameter",
+        "description": 'The "op" parameter is invalid. Give it once, not 2 times.',
+    }
+    assert sum(tasks.counts().values()) == 0
 
 
 @pytest.mark.parametrize("route", ["/get", "/isReady", "/status"])

@@ -17,3 +17,14 @@ def wait_param(req: falcon.Request, maximum: float) -> float:
     if math.isnan(wait):
         raise falcon.HTTPInvalidParam("The value must be a number.", "wait")
     return min(wait, maximum)
+
+
+def single_param(req: falcon.Request, name: str) -> str | None:
+    """The query parameter ``name`` (None when absent), refused when given more than once.
+
+    Falcon would keep one of the values silently; a client that sent two meant something else.
+    """
+    value = req.params.get(name)
+    if isinstance(value, list):
+        raise falcon.HTTPInvalidParam(f"Give it once, not {len(value)} times.", name)
+    return value

@@ -9,6 +9,7 @@ from typing import Any
 import falcon
 from prometheus_client import CollectorRegistry
 
+from darkroom.contract.pipeline import MAX_PIPELINE_CHARS
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
 from darkroom.core.errors import disk_full
@@ -18,7 +19,6 @@ from darkroom.core.params import wait_param
 from darkroom.database.store import State, Task, TaskConflict, TaskNotFound, TaskStore
 
 MAX_ERROR_LENGTH = 2000
-MAX_PIPELINE_LENGTH = 1000
 
 
 def _timestamp(seconds: float | None) -> str | None:
@@ -63,10 +63,10 @@ class Tasks:
 
     def on_post_new(self, req: falcon.Request, resp: falcon.Response) -> None:
         pipeline = req.get_param("pipeline", default="swap")
-        if not pipeline or len(pipeline) > MAX_PIPELINE_LENGTH:
+        if not pipeline or len(pipeline) > MAX_PIPELINE_CHARS:
             raise falcon.HTTPBadRequest(
                 title="Invalid pipeline",
-                description=f"pipeline must be 1 to {MAX_PIPELINE_LENGTH} characters",
+                description=f"pipeline must be 1 to {MAX_PIPELINE_CHARS} characters",
             )
         task = self._store.create(pipeline)
         resp.status = falcon.HTTP_201

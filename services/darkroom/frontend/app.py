@@ -12,12 +12,13 @@ from typing import Any, BinaryIO
 import falcon
 import requests
 
+from darkroom.contract.pipeline import MAX_PIPELINE_CHARS
 from darkroom.core.app import create_base_app
 from darkroom.core.auth import BASIC_CHALLENGE, CLIENT, PUBLIC
 from darkroom.core.config import Config
 from darkroom.core.errors import raise_for_upstream
 from darkroom.core.ids import require_task_id
-from darkroom.core.params import wait_param
+from darkroom.core.params import single_param, wait_param
 from darkroom.core.relay import relay, relay_stream
 from darkroom.core.streams import CHUNK_BYTES, iter_chunks
 from darkroom.master.client import MasterClient
@@ -37,8 +38,8 @@ PAGE_POLICY = (
 )
 UPLOAD_FIELD = "uploadfile"
 OP_FIELD = "op"
-# The master checks the pipeline (at most 1000 characters); this only bounds what is read here.
-MAX_OP_BYTES = 4096
+# The master checks the pipeline; this only bounds what is read here (UTF-8: 4 bytes a character).
+MAX_OP_BYTES = 4 * MAX_PIPELINE_CHARS
 
 
 def _invalid_op(description: str) -> falcon.HTTPBadRequest:
@@ -92,7 +93,7 @@ class Jobs:
                 title="Expected a form upload",
                 description=f"POST multipart/form-data with the image in field {UPLOAD_FIELD!r}.",
             )
-        query_op = req.get_param(OP_FIELD) or None
+        query_op = single_param(req, OP_FIELD) or None
         with _read_form(req.get_media()) as (form_op, image):
             if form_op and query_op:
                 raise _invalid_op(

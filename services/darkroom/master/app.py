@@ -16,7 +16,7 @@ from darkroom.core.auth import CLIENT
 from darkroom.core.config import Config
 from darkroom.core.ids import require_task_id
 from darkroom.core.imagetypes import EXTENSIONS, SNIFF_BYTES, sniff_media_type
-from darkroom.core.params import wait_param
+from darkroom.core.params import single_param, wait_param
 from darkroom.core.relay import relay, relay_stream
 from darkroom.core.streams import iter_chunks
 from darkroom.database.app import state_param
@@ -88,7 +88,7 @@ class Jobs:
                 description=f"Images may be at most {self._max_upload_bytes} bytes.",
             )
         try:
-            pipeline = self._check_pipeline(req.get_param("op"))
+            pipeline = self._check_pipeline(single_param(req, "op"))
         except ValueError as exc:
             raise falcon.HTTPBadRequest(title="Invalid operation", description=str(exc)) from exc
         stream = req.bounded_stream

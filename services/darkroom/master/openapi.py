@@ -13,6 +13,7 @@ from typing import Any
 import falcon
 
 from darkroom import __version__
+from darkroom.contract.pipeline import DEFAULT_PIPELINE, MAX_PIPELINE_CHARS, MAX_STEPS, STEPS
 from darkroom.core.auth import PUBLIC
 from darkroom.core.ids import TASK_ID_PATTERN
 from darkroom.core.imagetypes import EXTENSIONS
@@ -70,6 +71,16 @@ _STATE_PARAMETER = {
     ),
     "schema": {"type": "string", "enum": [state.label for state in State]},
 }
+
+# Generated from the grammar's step table, so the document cannot drift from what is accepted.
+_PIPELINE_DESCRIPTION = (
+    f"Operation pipeline: at most {MAX_STEPS} steps separated by commas, applied in order, "
+    "e.g. `resize:800x600,grayscale,jpeg:85,keep-metadata`; at most one output format step "
+    "and one `keep-metadata`. Names are case-insensitive. An unencoded `+` arrives as a space, "
+    f"which `crop` accepts too. Absent or empty: `{DEFAULT_PIPELINE}`. The canonical form is "
+    "what `/status` answers as `pipeline`; an invalid pipeline is refused with 400. Steps:\n\n"
+    + "\n".join(f"- `{rule.syntax}`: {rule.help}" for rule in STEPS)
+)
 
 _CLIENT_SECURITY = [{}, {"bearer": []}, {"apiKey": []}, {"basic": []}]
 
@@ -133,22 +144,8 @@ _DOCUMENT: dict[str, Any] = {
                         "name": "op",
                         "in": "query",
                         "required": False,
-                        "description": (
-                            "Operation pipeline: steps separated by commas, applied in order, "
-                            "e.g. `resize:800x600,grayscale,jpeg:85,keep-metadata`. Steps: "
-                            "`swap`, `grayscale`, `resize:WxH` (fit inside) or "
-                            "`resize:WxH:fill` (cover and crop), `thumbnail:N`, "
-                            "`crop:WxH+X+Y`, `rotate:DEG` (clockwise), `flip`, `flop`, "
-                            "`blur:RADIUS`, `sharpen`; at most one output format: `png` "
-                            "(the default), `jpeg[:QUALITY]` or `webp[:QUALITY]`; and at most "
-                            "one `keep-metadata`, which keeps the EXIF (its orientation set to "
-                            "1, as the result is upright) and XMP metadata that are otherwise "
-                            "removed (the colour profile is kept either way). Absent or empty: "
-                            "`swap` (red and green exchanged). The canonical form is what "
-                            "`/status` answers as `pipeline`; an invalid pipeline is refused "
-                            "with 400."
-                        ),
-                        "schema": {"type": "string", "maxLength": 1000},
+                        "description": _PIPELINE_DESCRIPTION,
+                        "schema": {"type": "string", "maxLength": MAX_PIPELINE_CHARS},
                     }
                 ],
                 "requestBody": {

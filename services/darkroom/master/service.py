@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
+from darkroom.contract.pipeline import PipelineLimits, normalize_pipeline
 from darkroom.core.config import Config
 from darkroom.core.runtime import Runtime
 from darkroom.core.server import serve
 from darkroom.database.client import DatabaseClient
 from darkroom.master.app import create_app
 from darkroom.storage.client import StorageClient
-from darkroom.worker.operations import ProcessingSettings, normalize_pipeline
 
 
 def run(config: Config) -> None:
     runtime = Runtime(config, "master")
-    settings = ProcessingSettings(max_image_pixels=config.max_image_pixels)
+    limits = PipelineLimits(max_image_pixels=config.max_image_pixels)
     app = create_app(
         config,
         DatabaseClient(runtime.client("database")),
         StorageClient(runtime.client("storage")),
-        check_pipeline=lambda text: normalize_pipeline(text, settings),
+        check_pipeline=lambda text: normalize_pipeline(text, limits),
         readiness=runtime.reachable("database", "storage"),
     )
     serve(app, config, "master", on_listening=runtime.register)

@@ -1,0 +1,299 @@
+"""Reading and writing image files: decode, colour modes, encode, and the metadata kept.
+
+Colour handling: the EXIF orientation is applied, the ICC profile is kept while it still
+describes the output's colour space. Images are worked on in one of L, LA, RGB, RGBA or I
+(16-bit grey); 16-bit grey stays 16-bit in PNG output and is scaled (not clipped) to 8 bits where
+a step or format needs 8 bits (``blur``, JPEG, WebP).
+
+Metadata (EXIF, XMP, comments, text chunks) is dropped unless the pipeline has ``keep-metadata``.
+Then EXIF and XMP are written to PNG (``eXIf`` chunk, XMP in an ``iTXt`` chunk), JPEG (APP1
+segments) and WebP (``EXIF`` and ``XMP`` chunks). The kept EXIF says orientation 1, gives the
+output's size where it gave one, and loses what described the source's encoding (strips, tiles,
+compression; the embedded thumbnail, which would show the unprocessed image). Comments, PNG text
+chunks, IPTC and Photoshop blocks are never kept. A JPEG segment holds at most 65533 bytes: an
+image whose EXIF or XMP is larger fails with the reason when the output is JPEG.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import BinaryIO
+
+from PIL import (
+    ExifTags,
+    Image,
+    ImageCms,
+    ImageFile,
+    ImageOps,
+    PngImagePlugin,
+    UnidentifiedImageError,
+)
+
+from darkroom.contract.pipeline import (
+    DEFAULT_JPEG_QUALITY,
+    DEFAULT_WEBP_QUALITY,
+    MAX_STEPS,
+    FormatName,
+    OutputFormat,
+)
+
+# Decoders we trust with untrusted bytes; Image.open would otherwise try every plugin (EPS, PSD…).
+INPUT_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+
+# catch_warnings() swaps the process-wide filter list and is not thread-safe before Python 3.14,
+# so the bomb warning is made an error once, at import (imports are serialised).
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+@dataclass(frozen=True)
+class ProcessingSettings:
+    max_image_pixels: int = 50_000_000  # Pillow decompression-bomb limit; also max output pixels
+    png_compress_level: int = 1  # 2x faster than zlib's default 6, ~10% larger files
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY  # when the pipeline does not say
+    webp_quality: int = DEFAULT_WEBP_QUALITY
+    max_steps: int = MAX_STEPS
+
+
+class ImageRejected(Exception):
+    """The image cannot be processed; ``str(exc)`` is a reason fit to show a user."""
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What of the source's metadata may reach the output."""
+
+    icc: bytes | None = None
+    exif: Image.Exif | None = None  # orientation already applied (and removed)
+    xmp: bytes | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def decode(source: BinaryIO, settings: ProcessingSettings) -> tuple[Image.Image, Metadata]:
+    """The first frame, upright, in a working mode, with its metadata."""
+    # A truncated image must fail, not come out half grey; only a global switch controls this.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        # No `with`: closing the image would discard the pixels; the caller owns `source`.
+        image = Image.open(source, formats=INPUT_FORMATS)
+        _check_source_pixels(image.size, settings)  # before load(): nothing is decoded yet
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)  # also drops the orientation from XMP
+        exif = image.getexif()  # parsed (and cached) by exif_transpose already
+        xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
+        working, icc = _to_working_mode(image, image.info.get("icc_profile"))
+        xmp_bytes = xmp.encode() if isinstance(xmp, str) else xmp
+        return working, Metadata(icc, exif or None, xmp_bytes or None)
+    except (ImageRejected, MemoryError):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(f"image is too large: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageRejected("not a supported image (PNG, JPEG, GIF, WebP, BMP or TIFF)") from exc
+    except Exception as exc:  # any decoder failure is the image's fault
+        raise ImageRejected(f"cannot decode the image: {exc}") from exc
+
+
+def _check_source_pixels(size: tuple[int, int], settings: ProcessingSettings) -> None:
+    width, height = size
+    if width * height > settings.max_image_pixels:
+        raise ImageRejected(
+            f"image is {width}x{height} ({width * height} pixels), "
+            f"more than the limit of {settings.max_image_pixels} pixels"
+        )
+
+
+_WORKING_MODES = {"L", "LA", "RGB", "RGBA", "I"}
+_SIMPLE_CONVERSIONS = {
+    "1": "L",
+    "La": "LA",
+    "PA": "RGBA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+    "YCbCr": "RGB",
+    "I;16": "I",
+    "I;16L": "I",
+    "I;16B": "I",
+    "I;16N": "I",
+}
+
+
+def _to_working_mode(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:
+    mode = image.mode
+    if mode in _WORKING_MODES:
+        return image, icc
+    if mode in _SIMPLE_CONVERSIONS:
+        return image.convert(_SIMPLE_CONVERSIONS[mode]), icc
+    if mode == "P":
+        return image.convert("RGBA" if image.has_transparency_data else "RGB"), icc
+    if mode == "F":
+        return _stretch_float(image), icc
+    if mode in ("CMYK", "LAB"):
+        return _to_srgb(image, icc), None
+    raise ImageRejected(f"unsupported colour mode {mode}")
+
+
+def _stretch_float(image: Image.Image) -> Image.Image:
+    # Floating-point data has no fixed range: stretch its own range over 16-bit grey.
+    low, high = image.getextrema()
+    scale = 65535 / (high - low) if high > low else 0
+    return image.point(lambda value: (value - low) * scale).convert("I")
+
+
+def _to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
+    """CMYK or Lab to RGB, through the embedded profile when there is a usable one."""
+    if icc:
+        try:
+            source_profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            converted = ImageCms.profileToProfile(
+                image, source_profile, _srgb_profile(), outputMode="RGB"
+            )
+            if converted is not None:
+                return converted
+        except ImageCms.PyCMSError:
+            pass  # a broken profile: fall back to the plain conversion
+    return image.convert("RGB")
+
+
+@lru_cache(maxsize=1)
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def sixteen_to_eight(image: Image.Image) -> Image.Image:
+    """16-bit grey (mode I) as 8-bit grey, scaled rather than clipped."""
+    # convert("L") clips everything above 255 to white: scale 0..65535 onto 0..255 first.
+    return image.point(lambda value: value / 257).convert("L")
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+# The colour space an ICC profile describes, from its header, per output mode.
+_ICC_SPACES = {"L": b"GRAY", "LA": b"GRAY", "I;16": b"GRAY", "RGB": b"RGB ", "RGBA": b"RGB "}
+
+
+def encode(
+    image: Image.Image,
+    metadata: Metadata,
+    output: OutputFormat,
+    destination: BinaryIO,
+    settings: ProcessingSettings,
+) -> None:
+    """Write ``image``; ``metadata`` holds only what is to be kept (EXIF and XMP when asked)."""
+    image = _for_format(image, output.name)
+    image.info = {}  # savers copy some metadata (comments, text) from info by default
+    options: dict[str, object] = {}
+    icc = metadata.icc
+    if icc and icc[16:20] == _ICC_SPACES.get(image.mode):
+        options["icc_profile"] = icc  # a grey profile on colour pixels (or back) would be wrong
+    options.update(_metadata_options(metadata, image.size, output.name))
+    if output.name == "png":
+        options["compress_level"] = settings.png_compress_level
+    elif output.name == "jpeg":
+        options["quality"] = output.quality or settings.jpeg_quality
+    else:
+        options["quality"] = output.quality or settings.webp_quality
+    image.save(destination, format=output.name.upper(), **options)
+
+
+# TIFF tags that describe how the source's pixels were stored, not the photo: a TIFF source's
+# EXIF is its whole first directory. XMP and ICC travel on their own; IPTC and Photoshop blocks
+# are not kept.
+_ENCODING_TAG_NAMES = """
+    NewSubfileType SubfileType ImageWidth ImageLength BitsPerSample Compression
+    PhotometricInterpretation Thresholding CellWidth CellLength FillOrder StripOffsets
+    SamplesPerPixel RowsPerStrip StripByteCounts MinSampleValue MaxSampleValue PlanarConfiguration
+    FreeOffsets FreeByteCounts GrayResponseUnit GrayResponseCurve T4Options T6Options Predictor
+    ColorMap TileWidth TileLength TileOffsets TileByteCounts SubIFDs InkSet ExtraSamples
+    SampleFormat SMinSampleValue SMaxSampleValue JPEGTables JPEGProc JpegIFOffset JpegIFByteCount
+    YCbCrCoefficients YCbCrSubSampling YCbCrPositioning ReferenceBlackWhite
+    XMLPacket IPTCNAA ImageResources InterColorProfile
+"""
+_ENCODING_TAGS = frozenset(int(ExifTags.Base[name]) for name in _ENCODING_TAG_NAMES.split())
+# One JPEG segment holds 65533 bytes: EXIF with its "Exif\0\0" header, XMP after its namespace.
+_JPEG_MAX_EXIF_BYTES = 65_533
+_JPEG_MAX_XMP_BYTES = 65_533 - len(b"http://ns.adobe.com/xap/1.0/\x00")
+_PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword XMP readers look for
+
+
+def _metadata_options(
+    metadata: Metadata, size: tuple[int, int], name: FormatName
+) -> dict[str, object]:
+    """The save options that write the kept EXIF and XMP in format ``name``."""
+    options: dict[str, object] = {}
+    exif = _exif_bytes(metadata.exif, size) if metadata.exif is not None else None
+    if exif:
+        if name == "jpeg" and len(exif) > _JPEG_MAX_EXIF_BYTES:
+            raise ImageRejected(
+                f"keep-metadata: the EXIF is {len(exif)} bytes, more than a JPEG holds "
+                f"({_JPEG_MAX_EXIF_BYTES}); choose png or webp output"
+            )
+        options["exif"] = exif  # PNG and WebP drop the "Exif\0\0" header themselves
+    if xmp := metadata.xmp:
+        if name == "jpeg" and len(xmp) > _JPEG_MAX_XMP_BYTES:
+            raise ImageRejected(
+                f"keep-metadata: the XMP is {len(xmp)} bytes, more than a JPEG holds "
+                f"({_JPEG_MAX_XMP_BYTES}); choose png or webp output"
+            )
+        if name == "png":
+            text = PngImagePlugin.PngInfo()
+            text.add_itxt(_PNG_XMP_KEY, xmp)  # type: ignore[arg-type]  # bytes are written as is
+            options["pnginfo"] = text
+        else:
+            options["xmp"] = xmp
+    return options
+
+
+def _exif_bytes(source: Image.Exif, size: tuple[int, int]) -> bytes | None:
+    """The EXIF to write, with orientation 1 and the output's size; None when nothing is left."""
+    exif = Image.Exif()
+    try:
+        for tag, value in source.items():
+            if tag not in _ENCODING_TAGS and tag not in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo):
+                exif[tag] = value
+        for pointer in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo):
+            if directory := dict(source.get_ifd(pointer)):
+                exif[pointer] = directory
+        if not exif:
+            return None
+        if isinstance(sub := exif.get(ExifTags.IFD.Exif), dict):
+            if ExifTags.IFD.Interop in sub:  # an offset into the source: copy the directory
+                if interop := dict(source.get_ifd(ExifTags.IFD.Interop)):
+                    sub[ExifTags.IFD.Interop] = interop
+                else:
+                    del sub[ExifTags.IFD.Interop]
+            width, height = size
+            if ExifTags.Base.ExifImageWidth in sub:
+                sub[ExifTags.Base.ExifImageWidth] = width
+            if ExifTags.Base.ExifImageHeight in sub:
+                sub[ExifTags.Base.ExifImageHeight] = height
+        exif[ExifTags.Base.Orientation] = 1  # the pixels are upright now
+        return exif.tobytes()
+    except MemoryError:
+        raise
+    except Exception as exc:  # a malformed directory in the source
+        raise ImageRejected(f"keep-metadata: the EXIF cannot be written: {exc}") from exc
+
+
+def _for_format(image: Image.Image, name: FormatName) -> Image.Image:
+    if image.mode == "I":
+        # PNG keeps 16 bits (values clamped to its range); the others take 8.
+        image = image.convert("I;16") if name == "png" else sixteen_to_eight(image)
+    if name == "jpeg" and image.mode in ("LA", "RGBA"):
+        return _on_white(image)
+    if name == "webp" and image.mode in ("L", "LA"):
+        return image.convert("RGB" if image.mode == "L" else "RGBA")
+    return image
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    colour_mode = image.mode[:-1]
+    background = Image.new(colour_mode, image.size, (255,) * len(colour_mode))
+    background.paste(image.convert(colour_mode), mask=image.getchannel("A"))
+    return background
