@@ -13,8 +13,8 @@ from types import FrameType
 
 import requests
 
+from darkroom.core.backoff import Backoff
 from darkroom.core.config import ROLES
-from darkroom.core.discovery import Backoff
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 60.0

@@ -16,7 +16,7 @@ import falcon
 import requests
 
 from darkroom.core import requestid
-from darkroom.core.discovery import Backoff
+from darkroom.core.backoff import Backoff
 from darkroom.core.metrics import TaskMetrics
 from darkroom.core.streams import iter_chunks
 from darkroom.master.client import Claim, LeaseLost, MasterClient
