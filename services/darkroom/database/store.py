@@ -54,6 +54,9 @@ class TaskConflict(Exception):
 
 
 class TaskStore(Protocol):
+    # Leases that expired since the store opened (a requeue or a final failure each).
+    lease_expiries: int
+
     def create(self, pipeline: str) -> Task: ...
     def enqueue(self, task_id: str) -> Task: ...
     def get(self, task_id: str) -> Task: ...

@@ -17,11 +17,11 @@ import requests
 
 from darkroom.core import requestid
 from darkroom.core.backoff import Backoff
-from darkroom.core.metrics import TaskMetrics
 from darkroom.core.streams import iter_chunks
 from darkroom.master.client import Claim, LeaseLost, MasterClient
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import Folder
+from darkroom.worker.metrics import TaskMetrics
 
 log = logging.getLogger(__name__)
 
