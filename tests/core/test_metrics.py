@@ -146,7 +146,7 @@ def test_database_exports_queue_depth_and_lease_expiries(config):
     assert found[("darkroom_tasks", labels(state="in progress"))] == 1
     assert found[("darkroom_lease_expiries_total", frozenset())] == 0
 
-    clock.now += 11  # the lease runs out; the next look at the store puts the task back
+    clock.now += 11  # the lease runs out; the scrape's sweep puts the task back
     store.get(claimed.id)
     found = scrape(client)
     assert found[("darkroom_lease_expiries_total", frozenset())] == 1
