@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -13,8 +14,9 @@ from types import FrameType
 
 import requests
 
+from darkroom.core.atomicfile import write_atomically
+from darkroom.core.backoff import Backoff
 from darkroom.core.config import ROLES
-from darkroom.core.discovery import Backoff
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 60.0
@@ -26,12 +28,10 @@ STABLE_SECONDS = 10.0
 def internal_token(data_dir: Path) -> str:
     """The data directory's service token, made on first use and readable by its owner only."""
     path = data_dir / "internal-token"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as file:
-        file.write(secrets.token_urlsafe(32))
+    # Atomic, so a crash or a full disk never leaves an empty token (which would turn the
+    # checks off); never overwriting, so two first starts agree on one token.
+    with contextlib.suppress(FileExistsError):
+        write_atomically(path, secrets.token_urlsafe(32), overwrite=False)
     return path.read_text().strip()
 
 

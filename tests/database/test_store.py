@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import collections
+import sqlite3
 import threading
 import time
 
@@ -280,3 +281,48 @@ def test_purge_removes_only_old_ended_tasks(store, clock):
     with pytest.raises(TaskNotFound):
         store.get(done)
     assert store.get(waiting).state == State.QUEUED
+
+
+def test_get_is_a_read_that_shows_a_lapsed_lease_as_its_expiry_will_write_it(tmp_path, clock):
+    path = tmp_path / "tasks.sqlite3"
+    store = SqliteTaskStore(path, LeasePolicy(lease_seconds=10, max_attempts=2), clock=clock)
+    requeued, failed = queued(store), queued(store)
+    store.claim()
+    store.fail(failed, store.claim().lease_token, "crashed", retryable=True)
+    store.claim()  # the second attempt at `failed`
+    clock.now += 11
+    # Another writer holds SQLite's write lock: a get that took it would wait, then fail.
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        seen = {task_id: store.get(task_id) for task_id in (requeued, failed)}
+        assert time.monotonic() - started < 1.0
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert seen[requeued].state == State.QUEUED
+    assert seen[requeued].error == "worker stopped responding"
+    assert seen[failed].state == State.FAILED
+    assert seen[failed].error == "lease expired 2 times; last error: crashed"
+    assert store.lease_expiries == 0, "a read writes nothing"
+    assert store.counts()[State.IN_PROGRESS] == 2, "the rows are unchanged until the sweep"
+
+    assert store.expire() == 2
+    assert {task_id: store.get(task_id) for task_id in seen} == seen
+    assert store.lease_expiries == 2
+    assert store.expire() == 0
+
+
+def test_a_change_to_a_lapsed_task_starts_from_what_get_showed(store, clock):
+    task_id = queued(store)
+    claim = store.claim()
+    clock.now += 11
+    assert store.get(task_id).state == State.QUEUED
+    with pytest.raises(TaskConflict, match="queued"):
+        store.heartbeat(task_id, claim.lease_token)
+    upload = store.create("swap")
+    clock.now += 101
+    assert store.get(upload.id).state == State.FAILED
+    with pytest.raises(TaskConflict, match="failed"):
+        store.enqueue(upload.id)

@@ -14,26 +14,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes.client import ApiClient, Configuration, CoreV1Api
-from kubernetes.client.exceptions import ApiException
 
 from darkroom.core.config import Config
-from darkroom.registry.configmap import (
-    MAX_DATA_BYTES,
-    ConfigMapKeyValueStore,
-    Snapshot,
-    StoreUnavailable,
-    WatchPolicy,
-    data_size,
-    json_lines,
-    load_api_client,
-    pod_namespace,
-    watch_configmap,
-)
-from darkroom.registry.store import InvalidEntry, StoreFull
+from darkroom.registry.configmap import MAX_DATA_BYTES, ConfigMapKeyValueStore, data_size
+from darkroom.registry.kubeapi import json_lines
+from darkroom.registry.kubeconfig import load_api_client, pod_namespace
+from darkroom.registry.store import InvalidEntry, StoreFull, StoreUnavailable
+from darkroom.registry.watching import Snapshot, WatchPolicy
 from support.kube_api_double import KubeApiDouble
 
 NS = "darkroom"
@@ -233,86 +223,6 @@ def test_reconnects_with_capped_exponential_backoff(double, make_store):
 
 
 # --- each half alone ---------------------------------------------------------------------
-
-
-class ScriptedSource:
-    """A ConfigMapSource playing a script: each watch() takes the next step."""
-
-    namespace, name = NS, NAME
-
-    def __init__(self, steps: list[Any], stop: threading.Event) -> None:
-        self.steps = steps
-        self.stop = stop
-        self.calls: list[str] = []
-
-    def list(self) -> tuple[Snapshot | None, str]:
-        self.calls.append("list")
-        version = str(len(self.calls))
-        return Snapshot({"k": version}, version), version
-
-    def watch(self, version: str) -> Iterator[dict[str, Any]]:
-        self.calls.append(f"watch {version}")
-        if not self.steps:
-            self.stop.set()
-            return iter(())
-        step = self.steps.pop(0)
-        if isinstance(step, Exception):
-            raise step
-        return iter(step)
-
-
-class RecordingHandler:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str]] = []
-
-    def on_listed(self, snapshot: Snapshot | None) -> None:
-        self.seen.append(("listed", snapshot.version if snapshot else ""))
-
-    def on_event(self, kind: str, snapshot: Snapshot) -> None:
-        self.seen.append((kind, snapshot.version))
-
-    def on_connected(self) -> None:
-        pass
-
-    def on_broken(self, error: Exception) -> None:
-        self.seen.append(("broken", type(error).__name__))
-
-
-def modified(version: str) -> dict[str, Any]:
-    return {"type": "MODIFIED", "object": {"metadata": {"resourceVersion": version}}}
-
-
-def test_loop_resumes_after_normal_end_and_lists_again_after_gone():
-    stop = threading.Event()
-    gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}
-    bookmark = {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "8"}}}
-    source = ScriptedSource([[modified("7"), bookmark], [gone]], stop)
-    handler = RecordingHandler()
-    waits: list[float] = []
-    policy = WatchPolicy(min_stream_seconds=0.0)
-
-    watch_configmap(source, handler, policy, stop, wait=waits.append)
-
-    assert source.calls == ["list", "watch 1", "watch 8", "list", "watch 4"]
-    assert handler.seen == [("listed", "1"), ("MODIFIED", "7"), ("listed", "4")]
-    assert waits == []
-
-
-def test_loop_backs_off_exponentially_up_to_the_cap_and_never_loops_hot():
-    stop = threading.Event()
-    error = ApiException(status=500, reason="Internal Server Error")
-    # Four failures, then four streams that end at once without an event (as a proxy that
-    # drops idle connections would), then a productive stream.
-    source = ScriptedSource([error] * 4 + [[]] * 4 + [[modified("9")]], stop)
-    handler = RecordingHandler()
-    waits: list[float] = []
-    policy = WatchPolicy(backoff_initial_seconds=1, backoff_factor=2, backoff_max_seconds=4)
-
-    watch_configmap(source, handler, policy, stop, wait=waits.append)
-
-    assert waits == [1, 2, 4, 4, 4, 4, 4, 4]
-    assert source.calls[-1] == "watch 9"  # progress kept; never listed again
-    assert source.calls.count("list") == 1
 
 
 def test_cache_ignores_events_older_than_its_copy_and_tracks_staleness():

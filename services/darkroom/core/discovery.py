@@ -1,5 +1,8 @@
 """Finding other services through the registry, and calling them.
 
+How a call goes on the wire (sessions, pools, ``send``) is ``core/transport.py``; the retry
+pacing is ``core/backoff.py``.
+
 Addresses are cached briefly and resolved again after a failed call, so a service that moved
 is found without restarting anything. Registration retries with backoff while the registry is
 down, in the background, so no service crashes or waits for it.
@@ -12,29 +15,15 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
 
 import requests
 
 from darkroom.core import requestid
+from darkroom.core.backoff import Backoff
 from darkroom.core.errors import UpstreamUnavailable
+from darkroom.core.transport import bearer, send
 
 log = logging.getLogger(__name__)
-
-
-def new_session(pool_size: int = 32) -> requests.Session:
-    """A session with a connection pool large enough for every server thread."""
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
-    session.mount("http://", adapter)
-    session.trust_env = False  # never route service-to-service calls through a proxy
-    # Only what the services read: each header line costs the receiving waitress parse time.
-    session.headers = requests.structures.CaseInsensitiveDict({"User-Agent": "darkroom"})
-    return session
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 class RegistryClient:
@@ -67,21 +56,6 @@ class RegistryClient:
         )
         with response:
             response.raise_for_status()
-
-
-class Backoff:
-    """Capped exponential delays: 0.1 s, 0.2 s, ... up to ``cap``."""
-
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self.first, self.cap = first, cap
-        self.delay = first
-
-    def next(self) -> float:
-        delay, self.delay = self.delay, min(self.delay * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        self.delay = self.first
 
 
 def keep_registered(
@@ -196,38 +170,6 @@ class ServiceClient:
             except requests.Timeout as exc:
                 raise UpstreamUnavailable(self.name, "timed out") from exc
         raise AssertionError("unreachable")
-
-
-def send(
-    session: requests.Session,
-    method: str,
-    url: str,
-    headers: dict[str, str],
-    params: dict[str, Any] | None = None,
-    data: Any = None,
-    timeout: float | tuple[float, float] | None = None,
-    stream: bool = False,
-) -> requests.Response:
-    """``session.request`` through the session's adapter, without its per-call merging.
-
-    Service calls use no cookies, redirects, hooks, proxies or environment settings; skipping
-    them (and requests' URL re-parsing) halves the client's CPU per call (docs/benchmarks.md).
-    """
-    if params:
-        query = urlencode({k: v for k, v in params.items() if v is not None}, doseq=True)
-        url = f"{url}?{query}" if query else url
-    prepared = requests.PreparedRequest()
-    prepared.method = method.upper()
-    prepared.url = url
-    prepared.headers = requests.structures.CaseInsensitiveDict({**session.headers, **headers})
-    prepared.prepare_body(data, None)
-    if "Content-Length" in headers:
-        # A streamed body of known length goes as it is: chunked framing costs both ends CPU.
-        prepared.headers.pop("Transfer-Encoding", None)
-    response = session.get_adapter(url).send(prepared, stream=stream, timeout=timeout)
-    if not stream:
-        response.content  # noqa: B018 -- read now, so the connection goes back to the pool
-    return response
 
 
 def _short(exc: Exception) -> str:

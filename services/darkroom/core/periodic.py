@@ -10,6 +10,25 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
+def run_periodically(
+    action: Callable[[], object], every_seconds: float, stop: threading.Event, name: str
+) -> threading.Thread:
+    """Call ``action()`` now and every ``every_seconds`` until ``stop``; failures are logged."""
+
+    def run() -> None:
+        while True:
+            try:
+                action()
+            except Exception:
+                log.exception("periodic task failed", extra={"task": name})
+            if stop.wait(every_seconds):
+                return
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 def expire_periodically(
     purge: Callable[[float], int],
     retention_seconds: float,
@@ -19,17 +38,9 @@ def expire_periodically(
 ) -> threading.Thread:
     """Call ``purge(cutoff)`` now and every ``every_seconds``; a failure waits for the next turn."""
 
-    def run() -> None:
-        while True:
-            try:
-                removed = purge(clock() - retention_seconds)
-                if removed:
-                    log.info("expired old jobs", extra={"removed": removed})
-            except Exception:
-                log.exception("expiry failed")
-            if stop.wait(every_seconds):
-                return
+    def expire() -> None:
+        removed = purge(clock() - retention_seconds)
+        if removed:
+            log.info("expired old jobs", extra={"removed": removed})
 
-    thread = threading.Thread(target=run, name="expiry", daemon=True)
-    thread.start()
-    return thread
+    return run_periodically(expire, every_seconds, stop, "expiry")

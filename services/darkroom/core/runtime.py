@@ -6,15 +6,9 @@ import threading
 
 from darkroom.core import logs
 from darkroom.core.config import ADDRESS_KEYS, Config
-from darkroom.core.discovery import (
-    RegistryClient,
-    ServiceClient,
-    ServiceLocator,
-    bearer,
-    keep_registered,
-    new_session,
-)
+from darkroom.core.discovery import RegistryClient, ServiceClient, ServiceLocator, keep_registered
 from darkroom.core.errors import UpstreamUnavailable
+from darkroom.core.transport import bearer, new_session
 
 PROBE_TIMEOUT_SECONDS = 1.0
 

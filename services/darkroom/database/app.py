@@ -14,8 +14,8 @@ from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
 from darkroom.core.errors import disk_full
 from darkroom.core.ids import require_task_id
-from darkroom.core.metrics import queue_collector
 from darkroom.core.params import wait_param
+from darkroom.database.metrics import QueueCollector
 from darkroom.database.store import State, Task, TaskConflict, TaskNotFound, TaskStore
 
 MAX_ERROR_LENGTH = 2000
@@ -179,7 +179,7 @@ def _database_error(
 
 def create_app(config: Config, store: TaskStore) -> falcon.App:
     registry = CollectorRegistry()
-    registry.register(queue_collector(store))
+    registry.register(QueueCollector(store))
     app = create_base_app(config, registry=registry)
     app.add_error_handler(sqlite3.OperationalError, _database_error)
     app.add_error_handler(TaskNotFound, _not_found)

@@ -54,6 +54,9 @@ class TaskConflict(Exception):
 
 
 class TaskStore(Protocol):
+    # Leases that expired since the store opened (a requeue or a final failure each).
+    lease_expiries: int
+
     def create(self, pipeline: str) -> Task: ...
     def enqueue(self, task_id: str) -> Task: ...
     def get(self, task_id: str) -> Task: ...
@@ -66,6 +69,7 @@ class TaskStore(Protocol):
     def retry(self, task_id: str) -> Task: ...
     def cancel(self, task_id: str) -> Task: ...
     def counts(self) -> dict[State, int]: ...
+    def expire(self) -> int: ...
     def purge(self, older_than: float) -> int: ...
     def recent(self, limit: int) -> list[Task]: ...
 
@@ -182,7 +186,7 @@ class SqliteTaskStore:
 
     def enqueue(self, task_id: str) -> Task:
         with self._transaction():
-            task = self._row(task_id)
+            task = self._current(task_id)
             if task.state == State.UPLOADING:
                 task = self._update(task_id, state=State.QUEUED)
             elif task.state != State.QUEUED:
@@ -193,9 +197,14 @@ class SqliteTaskStore:
         return task
 
     def get(self, task_id: str) -> Task:
-        with self._transaction():
-            self._expire(self._clock())
-            return self._row(task_id)
+        """The task as clients must see it; a read only (no write transaction, no expiry written).
+
+        A lease or upload that ran out shows as what its expiry will write (``_lapsed``); claims
+        and the periodic sweep (``expire``) write it, and so does any change to the task.
+        """
+        with self._lock:  # the one connection: never read inside another thread's transaction
+            task = self._row(task_id)
+        return _lapsed(task, self._clock(), self._policy)
 
     def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task:
         """The task as soon as its state is not one of ``while_in``, or as it is after the wait."""
@@ -262,7 +271,7 @@ class SqliteTaskStore:
 
     def finish(self, task_id: str, lease_token: str) -> Task:
         with self._transaction():
-            task = self._row(task_id)
+            task = self._current(task_id)
             if task.state == State.FINISHED and task.lease_token == lease_token:
                 return task  # the holder repeating itself
             # A holder whose lease just expired may still finish while nobody else holds it.
@@ -277,7 +286,7 @@ class SqliteTaskStore:
 
     def fail(self, task_id: str, lease_token: str | None, error: str, retryable: bool) -> Task:
         with self._transaction():
-            task = self._row(task_id)
+            task = self._current(task_id)
             if lease_token is None:
                 # Without a lease only an upload can be abandoned (by the master).
                 if task.state != State.UPLOADING:
@@ -318,7 +327,7 @@ class SqliteTaskStore:
     def retry(self, task_id: str) -> Task:
         """Queue a failed task again with fresh attempts (an operator's decision)."""
         with self._transaction():
-            task = self._row(task_id)
+            task = self._current(task_id)
             if task.state == State.QUEUED:
                 return task
             if task.state != State.FAILED:
@@ -336,7 +345,7 @@ class SqliteTaskStore:
 
     def cancel(self, task_id: str) -> Task:
         with self._transaction():
-            task = self._row(task_id)
+            task = self._current(task_id)
             if task.state == State.FAILED:
                 return task
             if task.state not in (State.QUEUED, State.UPLOADING):
@@ -354,14 +363,14 @@ class SqliteTaskStore:
             ).rowcount
 
     def counts(self) -> dict[State, int]:
-        with self._transaction():
+        with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
         counts = dict.fromkeys(State, 0)
         counts.update({State(state): n for state, n in rows})
         return counts
 
     def recent(self, limit: int) -> list[Task]:
-        with self._transaction():
+        with self._lock:
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM tasks ORDER BY created_at DESC, rowid DESC LIMIT ?",
                 (limit,),
@@ -374,37 +383,99 @@ class SqliteTaskStore:
 
     # -- rules --------------------------------------------------------------------------
     def _held(self, task_id: str, lease_token: str, *states: State) -> Task:
-        task = self._row(task_id)
+        task = self._current(task_id)
         if task.lease_token != lease_token:
             raise TaskConflict("lease lost: the task is leased to another worker or not leased")
         if task.state not in states:
             raise TaskConflict(f"task is {task.state.label}")
         return task
 
-    def _expire(self, now: float) -> None:
-        """Put tasks with expired leases back in the queue, or fail them when out of attempts."""
-        policy = self._policy
-        failed = self._db.execute(
-            "UPDATE tasks SET state = ?, finished_at = ?, updated_at = ?, lease_expires_at = NULL,"
-            " error = 'lease expired ' || attempts || ' times; last error: '"
-            " || COALESCE(error, 'worker stopped responding')"
-            " WHERE state = ? AND lease_expires_at < ? AND attempts >= ?",
-            (State.FAILED, now, now, State.IN_PROGRESS, now, policy.max_attempts),
-        ).rowcount
-        requeued = self._db.execute(
-            "UPDATE tasks SET state = ?, updated_at = ?, lease_expires_at = NULL,"
-            " error = COALESCE(error, 'worker stopped responding')"
-            " WHERE state = ? AND lease_expires_at < ?",
-            (State.QUEUED, now, State.IN_PROGRESS, now),
-        ).rowcount
-        stale_uploads = self._db.execute(
-            "UPDATE tasks SET state = ?, finished_at = ?, updated_at = ?,"
-            " error = 'upload never completed' WHERE state = ? AND created_at < ?",
-            (State.FAILED, now, now, State.UPLOADING, now - policy.upload_timeout_seconds),
-        ).rowcount
-        self.lease_expiries += failed + requeued
-        if failed or requeued or stale_uploads:
-            self._notify_watchers()
+    def expire(self) -> int:
+        """Write the expiry of every lease and upload that ran out; how many tasks changed.
+
+        The periodic sweep and the metrics scrape call it; a claim does the same first. Most
+        calls find nothing, and then they write nothing: the look is a read.
+        """
+        now = self._clock()
+        with self._lock:
+            if not self._lapsed_rows(now):
+                return 0
+        with self._transaction():
+            return self._expire(now)
+
+    def _expire(self, now: float) -> int:
+        """Put tasks with expired leases back in the queue, or fail them when out of attempts;
+        fail uploads that never completed. Inside a transaction."""
+        lapsed = self._lapsed_rows(now)
+        for task in lapsed:
+            self._write_lapse(task, _lapsed(task, now, self._policy))
+        return len(lapsed)
+
+    def _lapsed_rows(self, now: float) -> list[Task]:
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM tasks"
+            " WHERE (state = ? AND lease_expires_at < ?) OR (state = ? AND created_at < ?)",
+            (State.IN_PROGRESS, now, State.UPLOADING, now - self._policy.upload_timeout_seconds),
+        ).fetchall()
+        return [_task(row) for row in rows]
+
+    def _current(self, task_id: str) -> Task:
+        """The task's row with its lapse written first, if it has one. Inside a transaction."""
+        task = self._row(task_id)
+        lapsed = _lapsed(task, self._clock(), self._policy)
+        return task if lapsed == task else self._write_lapse(task, lapsed)
+
+    def _write_lapse(self, task: Task, lapsed: Task) -> Task:
+        self._db.execute(
+            "UPDATE tasks SET state = ?, error = ?, finished_at = ?, updated_at = ?,"
+            " lease_expires_at = ? WHERE id = ?",
+            (
+                lapsed.state,
+                lapsed.error,
+                lapsed.finished_at,
+                lapsed.updated_at,
+                lapsed.lease_expires_at,
+                task.id,
+            ),
+        )
+        if task.state == State.IN_PROGRESS:
+            self.lease_expiries += 1
+        self._notify_watchers(task.id)
+        return lapsed
+
+
+def _lapsed(task: Task, now: float, policy: LeasePolicy) -> Task:
+    """``task`` as its expiry leaves it, at ``now``: unchanged unless its lease or upload ran out.
+
+    The one statement of the expiry rules: reads derive from it, writes persist it.
+    """
+    if task.state == State.IN_PROGRESS and _before(task.lease_expires_at, now):
+        last_error = task.error if task.error is not None else "worker stopped responding"
+        if task.attempts >= policy.max_attempts:
+            return dataclasses.replace(
+                task,
+                state=State.FAILED,
+                finished_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+                error=f"lease expired {task.attempts} times; last error: {last_error}",
+            )
+        return dataclasses.replace(
+            task, state=State.QUEUED, updated_at=now, lease_expires_at=None, error=last_error
+        )
+    if task.state == State.UPLOADING and task.created_at < now - policy.upload_timeout_seconds:
+        return dataclasses.replace(
+            task,
+            state=State.FAILED,
+            finished_at=now,
+            updated_at=now,
+            error="upload never completed",
+        )
+    return task
+
+
+def _before(moment: float | None, now: float) -> bool:
+    return moment is not None and moment < now
 
 
 class _Transaction:

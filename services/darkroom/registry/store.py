@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 from typing import Protocol
+
+from darkroom.core.atomicfile import write_atomically
 
 # The rules Kubernetes applies to ConfigMap keys, so every backend accepts the same keys.
 KEY_PATTERN = re.compile(r"[-._a-zA-Z0-9]+")
@@ -108,14 +108,6 @@ class FileKeyValueStore:
     def _write(self, data: dict[str, str]) -> None:
         """Replace the file atomically, then the in-memory copy: memory never runs ahead of disk."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".registry-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as file:
-                json.dump(data, file, indent=1, sort_keys=True)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        text = json.dumps(data, indent=1, sort_keys=True)
+        write_atomically(self._path, text, prefix=".registry-")
         self._data = data

@@ -1,7 +1,7 @@
 """Image files on a volume, behind an interface an S3-compatible store can implement too.
 
-Writes stream into a temporary file in the target folder, fsync, then rename: a reader
-never sees a partial file, and an interrupted upload leaves nothing behind.
+Writes stream through ``core.atomicfile`` (a temporary file in the target folder, fsync, then
+rename): a reader never sees a partial file, and an interrupted upload leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from darkroom.core.atomicfile import atomic_writer
 from darkroom.core.ids import is_task_id
 from darkroom.core.imagetypes import SNIFF_BYTES, sniff_media_type
 
@@ -68,19 +68,8 @@ class FileImageStore:
         return self._root / folder / task_id
 
     def write(self, folder: Folder, task_id: str, chunks: Iterator[bytes], limit: int) -> int:
-        target = self._path(folder, task_id)
-        fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                size = _copy_bounded(chunks, file, limit)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp_name, target)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-        _fsync_directory(target.parent)
-        return size
+        with atomic_writer(self._path(folder, task_id), prefix=TEMP_PREFIX) as file:
+            return _copy_bounded(chunks, file, limit)
 
     def open(self, folder: Folder, task_id: str) -> StoredImage:
         try:
@@ -127,12 +116,3 @@ def _copy_bounded(chunks: Iterator[bytes], file: BinaryIO, limit: int) -> int:
             raise TooLarge(f"the image is larger than the limit of {limit} bytes")
         file.write(chunk)
     return size
-
-
-def _fsync_directory(path: Path) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

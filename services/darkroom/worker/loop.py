@@ -16,12 +16,12 @@ import falcon
 import requests
 
 from darkroom.core import requestid
-from darkroom.core.discovery import Backoff
-from darkroom.core.metrics import TaskMetrics
+from darkroom.core.backoff import Backoff
 from darkroom.core.streams import iter_chunks
 from darkroom.master.client import Claim, LeaseLost, MasterClient
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import Folder
+from darkroom.worker.metrics import TaskMetrics
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Processes by default: Pillow releases the GIL while it decodes and encodes, so threads
 measured about as fast (docs/benchmarks.md), but the work between those calls holds it, and a
 crash or leak stays in one loop process, which is then started again. ``/metrics`` adds up the
-loop processes' figures (prometheus_client multiprocess mode, see darkroom.core.metrics).
+loop processes' figures (prometheus_client multiprocess mode, see darkroom.worker.metrics).
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
-from darkroom.core.metrics import (
-    BusyFraction,
-    TaskMetrics,
-    multiprocess_dir,
-    remove_multiprocess_dir,
-)
 from darkroom.core.runtime import Runtime, configure_logging
 from darkroom.core.server import serve
 from darkroom.master.client import MasterClient
 from darkroom.storage.client import StorageClient
 from darkroom.worker.loop import Processor, TaskLoop
+from darkroom.worker.metrics import (
+    BusyFraction,
+    TaskMetrics,
+    multiprocess_dir,
+    remove_multiprocess_dir,
+)
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import requests
 
-from darkroom.core.discovery import send
+from darkroom.core.transport import send
 
 
 class RecordingAdapter(requests.adapters.BaseAdapter):
