@@ -13,7 +13,7 @@ from types import FrameType
 
 import requests
 
-from darkroom.core.config import ROLES
+from darkroom.contract.roles import ROLES
 from darkroom.core.discovery import Backoff
 
 HOST = "127.0.0.1"

@@ -11,11 +11,7 @@ from darkroom.database.store import LeasePolicy, SqliteTaskStore
 
 
 def open_store(config: Config) -> SqliteTaskStore:
-    policy = LeasePolicy(
-        lease_seconds=config.lease_seconds,
-        max_attempts=config.max_attempts,
-        upload_timeout_seconds=config.upload_timeout_seconds,
-    )
+    policy = config.settings_for(LeasePolicy)
     return SqliteTaskStore(config.data_dir / "tasks.sqlite3", policy)
 
 

@@ -37,7 +37,7 @@ PAGE_POLICY = (
 )
 UPLOAD_FIELD = "uploadfile"
 OP_FIELD = "op"
-# The master checks the pipeline (at most 1000 characters); this only bounds what is read here.
+# The master checks the pipeline (contract.limits.MAX_PIPELINE_LENGTH); this bounds the read.
 MAX_OP_BYTES = 4096
 
 

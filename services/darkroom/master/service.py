@@ -19,6 +19,6 @@ def run(config: Config) -> None:
         DatabaseClient(runtime.client("database")),
         StorageClient(runtime.client("storage")),
         check_pipeline=lambda text: normalize_pipeline(text, settings),
-        readiness=runtime.reachable("database", "storage"),
+        readiness=runtime.readiness_checks(),
     )
     serve(app, config, "master", on_listening=runtime.register)
