@@ -82,3 +82,17 @@ def test_kinds_decide_services_volumes_and_budgets() -> None:
     assert set(_by_kind(documents, "Service")) == set(kinds) - background
     assert set(_by_kind(documents, "PersistentVolumeClaim")) == stateful
     assert set(_by_kind(documents, "PodDisruptionBudget")) == set(kinds) - stateful
+
+
+SCRIPTS = CHART.parents[1] / "scripts"
+
+
+@pytest.mark.parametrize("script", ["kind-e2e.sh", "podman-e2e.sh"])
+def test_the_scripts_role_lists_are_the_codes(script: str) -> None:
+    text = (SCRIPTS / script).read_text()
+    (roles,) = re.findall(r"^ROLES=\((.*)\)$", text, re.MULTILINE)
+    assert tuple(roles.split()) == tuple(DEFAULT_PORTS)
+    for ports in re.findall(r"^declare -A PORTS=\((.*)\)$", text, re.MULTILINE):
+        assert dict(re.findall(r"\[(\w+)\]=(\d+)", ports)) == {
+            role: str(port) for role, port in DEFAULT_PORTS.items()
+        }

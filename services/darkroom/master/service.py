@@ -13,7 +13,7 @@ from darkroom.worker.operations import ProcessingSettings, normalize_pipeline
 
 def run(config: Config) -> None:
     runtime = Runtime(config, "master")
-    settings = ProcessingSettings(max_image_pixels=config.max_image_pixels)
+    settings = config.settings_for(ProcessingSettings)
     app = create_app(
         config,
         DatabaseClient(runtime.client("database")),
