@@ -25,7 +25,7 @@ class Config:
     port: int = 0  # 0: the role's default port
     # host:port other services use to reach this one; default host:port
     advertise_address: str = ""
-    registry_address: str = "127.0.0.1:3000"
+    registry_address: str = f"127.0.0.1:{DEFAULT_PORTS['registry']}"
     # "file" keeps keys in DATA_DIR/registry.json; "configmap" in a Kubernetes ConfigMap
     registry_backend: str = "file"
     registry_configmap: str = "darkroom-registry"
