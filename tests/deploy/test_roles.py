@@ -96,3 +96,20 @@ def test_the_scripts_role_lists_are_the_codes(script: str) -> None:
         assert dict(re.findall(r"\[(\w+)\]=(\d+)", ports)) == {
             role: str(port) for role, port in DEFAULT_PORTS.items()
         }
+
+
+def test_each_image_target_exposes_its_roles_port() -> None:
+    exposed, stage = {}, ""
+    for line in (CHART.parents[1] / "images" / "Dockerfile").read_text().splitlines():
+        if match := re.fullmatch(r"FROM \S+ AS (\S+)", line):
+            stage = match[1]
+        elif match := re.fullmatch(r"EXPOSE (\d+)", line):
+            exposed[stage] = int(match[1])
+    assert exposed == DEFAULT_PORTS
+
+
+def test_skaffold_forwards_the_public_roles_ports() -> None:
+    skaffold = yaml.safe_load((CHART.parents[1] / "skaffold.yaml").read_text())
+    forwarded = {f["resourceName"]: f["port"] for f in skaffold["portForward"]}
+    public = [role for role in ROLE_TABLE if role.kind is RoleKind.PUBLIC]
+    assert forwarded == {f"darkroom-{role.name}": role.port for role in public}
