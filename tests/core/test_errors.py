@@ -45,6 +45,8 @@ def test_an_error_answer_becomes_its_type(status: int, kind: type, answered: int
     with pytest.raises(ServiceError) as caught:
         raise_for_upstream(_answer(status), "storage")
     assert type(caught.value) is kind
+    assert isinstance(caught.value.__cause__, requests.HTTPError)
+    assert caught.value.__cause__.response.status_code == status
     assert (caught.value.service, caught.value.status) == ("storage", answered)
     if kind is ServiceFailed:
         assert caught.value.title == "Upstream error"

@@ -45,6 +45,8 @@ def raise_for_upstream(response: requests.Response, service: str) -> None:
         return
     title, description = _error_text(response)
     kind = error_for_status(response.status_code)
+    # The library's own error, with the answer, as the cause.
+    cause = requests.HTTPError(f"{response.status_code} {response.reason}", response=response)
     if kind is ServiceFailed:
         # The upstream's internals are its own business: say which hop failed.
         raise ServiceFailed(
@@ -52,8 +54,8 @@ def raise_for_upstream(response: requests.Response, service: str) -> None:
             502,
             "Upstream error",
             f"The {service} service failed ({response.status_code}): {description}",
-        )
-    raise kind(service, response.status_code, title, description)
+        ) from cause
+    raise kind(service, response.status_code, title, description) from cause
 
 
 def service_error(req: falcon.Request, resp: falcon.Response, ex: ServiceError, params: Any):
