@@ -27,4 +27,5 @@ fi
 
 python3 -m ruff check .
 python3 -m ruff format --check .
+PYTHONPATH=services lint-imports --no-cache  # the import contracts in pyproject.toml
 python3 -m pytest "$@"

@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from darkroom.core.config import DEFAULT_PORTS, ROLES, Config
+from darkroom.contract.roles import DEFAULT_PORTS, ROLES
+from darkroom.core.config import Config
 from darkroom.core.runtime import configure_logging
 
 

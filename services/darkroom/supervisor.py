@@ -14,9 +14,9 @@ from types import FrameType
 
 import requests
 
+from darkroom.contract.roles import ROLES
 from darkroom.core.atomicfile import write_atomically
 from darkroom.core.backoff import Backoff
-from darkroom.core.config import ROLES
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 60.0

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from darkroom import supervisor
-from darkroom.core.config import ROLES
+from darkroom.contract.roles import ROLES
 from darkroom.core.discovery import ServiceClient, ServiceLocator
 from darkroom.database.service import open_store
 from darkroom.database.store import State

@@ -141,7 +141,7 @@ def test_database_exports_queue_depth_and_lease_expiries(config):
     found = scrape(client)
     counts = store.counts()
     for state in State:
-        assert found[("darkroom_tasks", labels(state=state.label))] == counts[state]
+        assert found[("darkroom_tasks", labels(state=state.value))] == counts[state]
     assert found[("darkroom_tasks", labels(state="queued"))] == 2
     assert found[("darkroom_tasks", labels(state="in progress"))] == 1
     assert found[("darkroom_lease_expiries_total", frozenset())] == 0

@@ -288,7 +288,7 @@ class DatabaseMachine(AppMachine):
         if answer.status_code != 200:
             return
         task = answer.json
-        assert task["state"] == State.IN_PROGRESS and task["lease"]
+        assert task["state"] == State.IN_PROGRESS.code and task["lease"]
         assert 1 <= task["attempts"] <= MAX_ATTEMPTS
         assert task["id"] not in self.finished
         self.latest_lease[task["id"]] = task["lease"]
@@ -340,7 +340,7 @@ class DatabaseMachine(AppMachine):
         answer = self._call("GET", "/getById", params={"id": task_id})
         if answer.status_code == 200:
             assert answer.json["id"] == task_id
-            assert answer.json["stateName"] == State(answer.json["state"]).label
+            assert answer.json["stateName"] == State.from_code(answer.json["state"]).value
 
     @rule(limit=st.one_of(st.none(), numbers), accept=st.one_of(st.none(), header_values))
     def list(self, limit, accept):

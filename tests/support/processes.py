@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from darkroom.core.config import ROLES
+from darkroom.contract.roles import ROLES
 from launch import HOST as HOST
 from launch import Launched
 from launch import Timeout as Timeout

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import BinaryIO
 
 import pytest
 
+from darkroom.contract.errors import ServiceConflict
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
 from darkroom.database.store import State
 from darkroom.master.app import create_app as create_master_app
-from darkroom.master.client import MasterClient
+from darkroom.master.client import LeaseLost, MasterClient
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import FileImageStore, Folder
@@ -107,6 +109,20 @@ def test_storage_outage_is_retried(system, config):
     claim_and_handle(master, loop)
     task = tasks.get(task_id)
     assert task.state == State.QUEUED and task.error
+
+
+def test_a_lost_lease_is_a_conflict_the_loop_leaves_alone(system):
+    tasks, storage, master, loop = system
+    task_id = submit(tasks, storage, b"\x89PNG-abc")
+    claim = master.claim(0, 5)
+    stolen = dataclasses.replace(claim, lease="someone-else")
+    with pytest.raises(LeaseLost) as caught:
+        master.heartbeat(stolen)
+    assert isinstance(caught.value, ServiceConflict) and caught.value.service == "master"
+    loop.handle(stolen)
+    task = tasks.get(task_id)
+    assert task.state == State.IN_PROGRESS and task.error is None  # not failed by the loser
+    assert (loop.completed, loop.failed) == (0, 0)
 
 
 def test_run_stops_when_asked(system):

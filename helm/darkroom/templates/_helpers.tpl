@@ -34,10 +34,41 @@ the other role suffixes still fit in 63.
 {{- .Release.Namespace }}
 {{- end }}
 
-{{/* The fixed port of each role (docs/architecture.md). Call with the role name. */}}
+{{/*
+The role table, the same as the code's (services/darkroom/contract/roles.py; tests/deploy/
+test_roles.py checks they agree). Per role: its fixed port; its kind (public: reached from
+outside the release; internal: called by other roles only; stateful: internal, one pod on its
+own volume; background: calls others, called by none, serves health and metrics only); the
+registry key it advertises its address under; the roles it calls besides the registry, which
+every other role calls. Templates range over it: include "darkroom.roles" . | fromYamlArray
+*/}}
+{{- define "darkroom.roles" -}}
+- {name: registry, port: 3000, kind: internal, registryKey: "", calls: []}
+- {name: database, port: 3001, kind: stateful, registryKey: databaseAddress, calls: []}
+- {name: storage, port: 3002, kind: stateful, registryKey: storageAddress, calls: []}
+- {name: master, port: 3003, kind: public, registryKey: masterAddress, calls: [database, storage]}
+- {name: worker, port: 9100, kind: background, registryKey: "", calls: [master, storage]}
+- {name: frontend, port: 8080, kind: public, registryKey: frontendAddress, calls: [master]}
+{{- end }}
+
+{{/* One role's entry of the table, as YAML. Call with the role name; use with fromYaml. */}}
+{{- define "darkroom.role" -}}
+{{- $name := . }}
+{{- $found := dict }}
+{{- range include "darkroom.roles" . | fromYamlArray }}
+{{- if eq .name $name }}
+{{- $found = . }}
+{{- end }}
+{{- end }}
+{{- if not $found }}
+{{- fail (printf "unknown role %q" $name) }}
+{{- end }}
+{{- toYaml $found }}
+{{- end }}
+
+{{/* The fixed port of each role (the role table). Call with the role name. */}}
 {{- define "darkroom.port" -}}
-{{- $ports := dict "registry" 3000 "database" 3001 "storage" 3002 "master" 3003 "frontend" 8080 "worker" 9100 }}
-{{- required (printf "unknown role %q" .) (get $ports .) }}
+{{- (include "darkroom.role" . | fromYaml).port | int }}
 {{- end }}
 
 {{/* "<fullname>-<role>": the name of a role's Deployment, Service, ... Call with (dict "root" $ "role" ROLE). */}}
@@ -145,15 +176,17 @@ seccompProfile:
 
 {{/*
 One role's Deployment. Call with (dict "root" $ "role" ROLE). The differences between roles
-are few and all here: the registry's service account and ConfigMap settings, the worker's
-concurrency and missing Service, the data volume and Recreate strategy of database and storage.
+are few and all here: the registry's service account and ConfigMap settings, what a role's
+values give (replicas or autoscaling, concurrency, grace period), the kinds' differences (a
+background role advertises no address; a stateful one has the data volume and Recreate).
 */}}
 {{- define "darkroom.deployment" -}}
 {{- $root := .root }}
 {{- $role := .role }}
+{{- $entry := include "darkroom.role" $role | fromYaml }}
 {{- $values := index $root.Values $role }}
-{{- $port := include "darkroom.port" $role | int }}
-{{- $stateful := has $role (list "database" "storage") }}
+{{- $port := $entry.port | int }}
+{{- $stateful := eq $entry.kind "stateful" }}
 {{- $isRegistry := eq $role "registry" }}
 apiVersion: apps/v1
 kind: Deployment
@@ -168,7 +201,7 @@ spec:
   replicas: 1
   strategy:
     type: Recreate
-  {{- else if not (and (eq $role "worker") $values.autoscaling.enabled) }}
+  {{- else if not (dig "autoscaling" "enabled" false $values) }}
   replicas: {{ $values.replicas }}
   {{- end }}
   revisionHistoryLimit: 5
@@ -201,8 +234,8 @@ spec:
       {{- end }}
       # No SERVICE_HOST/PORT variables: "darkroom-registry" would inject DARKROOM_REGISTRY_*.
       enableServiceLinks: false
-      {{- if eq $role "worker" }}
-      terminationGracePeriodSeconds: {{ $values.terminationGracePeriodSeconds }}
+      {{- with $values.terminationGracePeriodSeconds }}
+      terminationGracePeriodSeconds: {{ . }}
       {{- end }}
       securityContext:
         {{- include "darkroom.podSecurityContext" $root | nindent 8 }}
@@ -231,7 +264,7 @@ spec:
               value: "0.0.0.0"
             - name: DARKROOM_PORT
               value: {{ $port | quote }}
-            {{- if ne $role "worker" }}
+            {{- if ne $entry.kind "background" }}
             - name: DARKROOM_ADVERTISE_ADDRESS
               value: {{ include "darkroom.address" . | quote }}
             {{- end }}
@@ -251,7 +284,7 @@ spec:
                 fieldRef:
                   fieldPath: metadata.namespace
             {{- end }}
-            {{- if eq $role "worker" }}
+            {{- if hasKey $values "concurrency" }}
             - name: DARKROOM_CONCURRENCY
               value: {{ $values.concurrency | quote }}
             {{- end }}

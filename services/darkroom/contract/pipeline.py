@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from darkroom.contract.limits import MAX_PIPELINE_CHARS
+
 DEFAULT_PIPELINE = "swap"
-MAX_PIPELINE_CHARS = 1_000  # also what the task record stores at most
 MAX_STEPS = 10
 MAX_DIMENSION = 10_000  # the largest width, height or thumbnail size a step may ask for
 QUALITY_RANGE = (1, 100)

@@ -9,8 +9,10 @@ from typing import Any
 import falcon
 from prometheus_client import CollectorRegistry
 
+from darkroom.contract.errors import ServiceError
 from darkroom.core.auth import BEARER_CHALLENGE, AuthMiddleware, parse_api_keys
 from darkroom.core.config import Config
+from darkroom.core.errors import service_error
 from darkroom.core.health import Liveness, Readiness, ReadinessCheck
 from darkroom.core.logs import AccessLog
 from darkroom.core.metrics import MetricsResource, RequestMetrics
@@ -31,6 +33,7 @@ def create_base_app(
         middleware=[RequestIdMiddleware(), RequestMetrics(registry), AccessLog(), auth, *middleware]
     )
     app.add_error_handler(Exception, _unexpected_error)
+    app.add_error_handler(ServiceError, service_error)
     # Query strings like ?value= keep their empty values, so "empty" is reported, not "missing".
     app.req_options.keep_blank_qs_values = True
     app.req_options.strip_url_path_trailing_slash = True

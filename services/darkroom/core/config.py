@@ -10,26 +10,11 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-ROLES = ("registry", "database", "storage", "master", "worker", "frontend")
+from darkroom.contract.roles import DEFAULT_PORTS
 
-DEFAULT_PORTS = {
-    "registry": 3000,
-    "database": 3001,
-    "storage": 3002,
-    "master": 3003,
-    "frontend": 8080,
-    "worker": 9100,  # metrics and health only
-}
-
-# The registry key under which each role advertises its address, as in the seed.
-ADDRESS_KEYS = {
-    "database": "databaseAddress",
-    "storage": "storageAddress",
-    "master": "masterAddress",
-    "frontend": "frontendAddress",
-}
+_Settings = TypeVar("_Settings")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +25,7 @@ class Config:
     port: int = 0  # 0: the role's default port
     # host:port other services use to reach this one; default host:port
     advertise_address: str = ""
-    registry_address: str = "127.0.0.1:3000"
+    registry_address: str = f"127.0.0.1:{DEFAULT_PORTS['registry']}"
     # "file" keeps keys in DATA_DIR/registry.json; "configmap" in a Kubernetes ConfigMap
     registry_backend: str = "file"
     registry_configmap: str = "darkroom-registry"
@@ -99,6 +84,13 @@ class Config:
 
     def advertised(self, role: str) -> str:
         return self.advertise_address or f"{self.host}:{self.port_for(role)}"
+
+    def settings_for(self, settings: type[_Settings]) -> _Settings:
+        """A role's settings dataclass (``LeasePolicy``, ...) with this configuration's values
+        for the fields it shares with it, so that their defaults live here only."""
+        own = {field.name for field in dataclasses.fields(self)}
+        wanted = {field.name for field in dataclasses.fields(settings)}  # type: ignore[arg-type]
+        return settings(**{name: getattr(self, name) for name in wanted & own})
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

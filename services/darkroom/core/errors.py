@@ -1,20 +1,31 @@
-"""Errors shared by every role, and turning a failed call to another service into an answer."""
+"""Errors shared by every role: reading another service's error answer into a typed error
+(``darkroom.contract.errors``), and turning such an error into this role's own answer."""
 
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 import falcon
 import requests
 
+from darkroom.contract.errors import (
+    ServiceError,
+    ServiceFailed,
+    ServiceUnavailable,
+    error_for_status,
+)
 
-class UpstreamUnavailable(falcon.HTTPServiceUnavailable):
-    """Another Darkroom service could not be reached; the client may retry."""
+
+class UpstreamUnavailable(ServiceUnavailable):
+    """Another Darkroom service could not be reached at all; the client may retry in a second."""
 
     def __init__(self, service: str, reason: str) -> None:
         super().__init__(
-            title="Service unavailable",
-            description=f"The {service} service is not reachable: {reason}",
+            service,
+            503,
+            "Service unavailable",
+            f"The {service} service is not reachable: {reason}",
             retry_after=1,
         )
 
@@ -29,18 +40,33 @@ def disk_full(what: str) -> falcon.HTTPError:
 
 
 def raise_for_upstream(response: requests.Response, service: str) -> None:
-    """Re-raise an upstream error answer with its real status and message, never as a 200."""
+    """Raise an error answer as its ``ServiceError`` type, keeping its status and message."""
     if response.status_code < 400:
         return
     title, description = _error_text(response)
-    status = falcon.code_to_http_status(response.status_code)
-    if response.status_code >= 500 and response.status_code not in (503, 507):
+    kind = error_for_status(response.status_code)
+    # The library's own error, with the answer, as the cause.
+    cause = requests.HTTPError(f"{response.status_code} {response.reason}", response=response)
+    if kind is ServiceFailed:
         # The upstream's internals are its own business: say which hop failed.
-        raise falcon.HTTPBadGateway(
-            title="Upstream error",
-            description=f"The {service} service failed ({response.status_code}): {description}",
-        )
-    raise falcon.HTTPError(status, title=title, description=description)
+        raise ServiceFailed(
+            service,
+            502,
+            "Upstream error",
+            f"The {service} service failed ({response.status_code}): {description}",
+        ) from cause
+    raise kind(service, response.status_code, title, description) from cause
+
+
+def service_error(req: falcon.Request, resp: falcon.Response, ex: ServiceError, params: Any):
+    """The one handler of every role: a failed call to another service, as this role's answer."""
+    headers = {} if ex.retry_after is None else {"Retry-After": str(ex.retry_after)}
+    raise falcon.HTTPError(
+        falcon.code_to_http_status(ex.status),
+        title=ex.title,
+        description=ex.description,
+        headers=headers or None,
+    ) from ex
 
 
 def _error_text(response: requests.Response) -> tuple[str, str]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 
 import falcon
 
+from darkroom.contract.limits import TASK_ID_DESCRIPTION, TASK_ID_PATTERN
+
 # 16 random bytes = 128 bits, base64url without padding = 22 characters
 _TOKEN_BYTES = 16
-TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")
 
 
 def new_task_id() -> str:
@@ -30,6 +30,6 @@ def require_task_id(req: falcon.Request, name: str = "id") -> str:
     if not is_task_id(value):
         raise falcon.HTTPBadRequest(
             title="Invalid task id",
-            description=f"Parameter {name!r} must be a task id: 22 characters of A-Z a-z 0-9 _ -.",
+            description=f"Parameter {name!r} must be a task id: {TASK_ID_DESCRIPTION}.",
         )
     return value

@@ -6,6 +6,8 @@ import math
 
 import falcon
 
+from darkroom.contract.tasks import TaskState
+
 
 def wait_param(req: falcon.Request, maximum: float) -> float:
     """``wait``: seconds a long poll may hold the request (0 when absent), capped at ``maximum``.
@@ -28,3 +30,14 @@ def single_param(req: falcon.Request, name: str) -> str | None:
     if isinstance(value, list):
         raise falcon.HTTPInvalidParam(f"Give it once, not {len(value)} times.", name)
     return value
+
+
+def state_param(req: falcon.Request) -> TaskState | None:
+    """``state``: a task state by its wire name (a long poll waits while the task is in it)."""
+    name = req.get_param("state")
+    if name is None:
+        return None
+    try:
+        return TaskState.parse(name)
+    except ValueError as exc:
+        raise falcon.HTTPInvalidParam(str(exc), "state") from exc

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 
+from darkroom.contract.roles import ADDRESS_KEYS, BY_NAME
 from darkroom.core import logs
-from darkroom.core.config import ADDRESS_KEYS, Config
+from darkroom.core.config import Config
 from darkroom.core.discovery import RegistryClient, ServiceClient, ServiceLocator, keep_registered
 from darkroom.core.errors import UpstreamUnavailable
+from darkroom.core.health import ReadinessCheck
 from darkroom.core.transport import bearer, new_session
 
 PROBE_TIMEOUT_SECONDS = 1.0
@@ -39,13 +41,14 @@ class Runtime:
             self.registry, ADDRESS_KEYS[self.role], self.config.advertised(self.role), self.stop
         )
 
-    def reachable(self, *roles: str) -> list:
-        """Readiness checks: each role answers its ``/healthz`` (found through the registry).
+    def readiness_checks(self) -> list[ReadinessCheck]:
+        """One check per role this one calls (the role table's ``calls``): it answers its
+        ``/healthz``, found through the registry.
 
         One second each at most: the chart's probe gives ``/readyz`` three.
         """
 
-        def check(role: str):
+        def check(role: str) -> ReadinessCheck:
             client = self.client(role, timeout=PROBE_TIMEOUT_SECONDS)
 
             def probe() -> str | None:
@@ -59,7 +62,7 @@ class Runtime:
 
             return probe
 
-        return [check(role) for role in roles]
+        return [check(role) for role in BY_NAME[self.role].calls]
 
 
 def configure_logging(level: str, **fields: str) -> None:

@@ -9,16 +9,15 @@ from typing import Any
 import falcon
 from prometheus_client import CollectorRegistry
 
-from darkroom.contract.pipeline import MAX_PIPELINE_CHARS
+from darkroom.contract.limits import MAX_ERROR_LENGTH, MAX_PIPELINE_CHARS
+from darkroom.contract.tasks import UNFINISHED_STATES, TaskState
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
 from darkroom.core.errors import disk_full
 from darkroom.core.ids import require_task_id
-from darkroom.core.params import wait_param
+from darkroom.core.params import state_param, wait_param
 from darkroom.database.metrics import QueueCollector
-from darkroom.database.store import State, Task, TaskConflict, TaskNotFound, TaskStore
-
-MAX_ERROR_LENGTH = 2000
+from darkroom.database.store import Task, TaskConflict, TaskNotFound, TaskStore
 
 
 def _timestamp(seconds: float | None) -> str | None:
@@ -30,8 +29,8 @@ def _timestamp(seconds: float | None) -> str | None:
 def task_document(task: Task, with_lease: bool = False) -> dict[str, Any]:
     document: dict[str, Any] = {
         "id": task.id,
-        "state": int(task.state),
-        "stateName": task.state.label,
+        "state": task.state.code,
+        "stateName": task.state.value,
         "pipeline": task.pipeline,
         "attempts": task.attempts,
         "error": task.error,
@@ -83,7 +82,7 @@ class Tasks:
         wait = wait_param(req, self._max_wait)
         if wait:
             state = state_param(req)
-            task = self._store.watch(task_id, _UNFINISHED if state is None else {state}, wait)
+            task = self._store.watch(task_id, UNFINISHED_STATES if state is None else {state}, wait)
         else:
             task = self._store.get(task_id)
         resp.media = task_document(task)
@@ -127,8 +126,11 @@ class Tasks:
         task_id = str(body.get("id", ""))
         req.params["id"] = task_id
         require_task_id(req)
-        actions = {State.QUEUED: self._store.retry, State.FAILED: self._store.cancel}
-        action = actions.get(body["state"])  # type: ignore[call-overload]
+        actions = {
+            TaskState.QUEUED.code: self._store.retry,
+            TaskState.FAILED.code: self._store.cancel,
+        }
+        action = actions.get(body["state"])
         if action is None:
             raise falcon.HTTPConflict(
                 title="State change not allowed",
@@ -144,25 +146,11 @@ class Tasks:
             resp.media = [task_document(task) for task in tasks]
             return
         resp.content_type = falcon.MEDIA_TEXT
-        resp.text = "".join(f"{t.id} {int(t.state)} {t.state.label}\n" for t in tasks)
+        resp.text = "".join(f"{t.id} {t.state.code} {t.state.value}\n" for t in tasks)
 
 
 def _not_found(req: falcon.Request, resp: falcon.Response, ex: TaskNotFound, params: Any) -> None:
     raise falcon.HTTPNotFound(title="Unknown task", description="No task has this id.")
-
-
-_STATES_BY_NAME = {state.label: state for state in State}
-_UNFINISHED = frozenset(State) - {State.FINISHED, State.FAILED}
-
-
-def state_param(req: falcon.Request) -> State | None:
-    """``state``: a task state by the name ``stateName`` gives it (the master checks it too)."""
-    name = req.get_param("state")
-    if name is None:
-        return None
-    if name not in _STATES_BY_NAME:
-        raise falcon.HTTPInvalidParam(f"Expected one of: {', '.join(_STATES_BY_NAME)}.", "state")
-    return _STATES_BY_NAME[name]
 
 
 def _conflict(req: falcon.Request, resp: falcon.Response, ex: TaskConflict, params: Any) -> None:

@@ -1,4 +1,7 @@
-"""Calling the database service (used by the master)."""
+"""Calling the database service (used by the master).
+
+Error answers are raised as ``darkroom.contract.errors`` types.
+"""
 
 from __future__ import annotations
 

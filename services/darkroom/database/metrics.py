@@ -23,7 +23,7 @@ class QueueCollector:
         self._store.expire()
         tasks = GaugeMetricFamily("darkroom_tasks", "Tasks by state.", labels=["state"])
         for state, count in self._store.counts().items():
-            tasks.add_metric([state.label], count)
+            tasks.add_metric([state.value], count)
         yield tasks
         yield CounterMetricFamily(
             "darkroom_lease_expiries",

@@ -15,11 +15,7 @@ LEASE_SWEEP_SECONDS = 1.0
 
 
 def open_store(config: Config) -> SqliteTaskStore:
-    policy = LeasePolicy(
-        lease_seconds=config.lease_seconds,
-        max_attempts=config.max_attempts,
-        upload_timeout_seconds=config.upload_timeout_seconds,
-    )
+    policy = config.settings_for(LeasePolicy)
     return SqliteTaskStore(config.data_dir / "tasks.sqlite3", policy)
 
 

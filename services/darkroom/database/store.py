@@ -8,7 +8,6 @@ task fails, keeping the last error. A finished task never changes again.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import sqlite3
 import threading
 import time
@@ -16,19 +15,13 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Protocol
 
+from darkroom.contract.tasks import TaskState
+from darkroom.core.config import Config
 from darkroom.core.ids import new_lease_token, new_task_id
 
-
-class State(enum.IntEnum):
-    UPLOADING = -1  # created, image still streaming to storage: not claimable
-    QUEUED = 0
-    IN_PROGRESS = 1
-    FINISHED = 2
-    FAILED = 3
-
-    @property
-    def label(self) -> str:
-        return self.name.lower().replace("_", " ")
+# The store's name for the contract's task states; stored as their codes (the seed's numbers).
+State = TaskState
+sqlite3.register_adapter(TaskState, lambda state: state.code)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +90,11 @@ _COLUMNS = (
 
 @dataclasses.dataclass(frozen=True)
 class LeasePolicy:
-    lease_seconds: float = 60.0
-    max_attempts: int = 3
-    upload_timeout_seconds: float = 3600.0
+    """The store's rules; ``Config.settings_for(LeasePolicy)`` builds it, defaults are Config's."""
+
+    lease_seconds: float = Config.lease_seconds
+    max_attempts: int = Config.max_attempts
+    upload_timeout_seconds: float = Config.upload_timeout_seconds
 
 
 class SqliteTaskStore:
@@ -191,7 +186,7 @@ class SqliteTaskStore:
                 task = self._update(task_id, state=State.QUEUED)
             elif task.state != State.QUEUED:
                 raise TaskConflict(
-                    f"task is {task.state.label}; only an uploading task is enqueued"
+                    f"task is {task.state.value}; only an uploading task is enqueued"
                 )
         self._notify_claimers()
         return task
@@ -290,7 +285,7 @@ class SqliteTaskStore:
             if lease_token is None:
                 # Without a lease only an upload can be abandoned (by the master).
                 if task.state != State.UPLOADING:
-                    raise TaskConflict(f"task is {task.state.label}; failing it needs its lease")
+                    raise TaskConflict(f"task is {task.state.value}; failing it needs its lease")
                 return self._update(
                     task_id, state=State.FAILED, error=error, finished_at=self._clock()
                 )
@@ -331,7 +326,7 @@ class SqliteTaskStore:
             if task.state == State.QUEUED:
                 return task
             if task.state != State.FAILED:
-                raise TaskConflict(f"task is {task.state.label}; only a failed task is retried")
+                raise TaskConflict(f"task is {task.state.value}; only a failed task is retried")
             task = self._update(
                 task_id,
                 state=State.QUEUED,
@@ -349,7 +344,7 @@ class SqliteTaskStore:
             if task.state == State.FAILED:
                 return task
             if task.state not in (State.QUEUED, State.UPLOADING):
-                raise TaskConflict(f"task is {task.state.label}; only a waiting task is cancelled")
+                raise TaskConflict(f"task is {task.state.value}; only a waiting task is cancelled")
             return self._update(
                 task_id, state=State.FAILED, error="cancelled", finished_at=self._clock()
             )
@@ -366,7 +361,7 @@ class SqliteTaskStore:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
         counts = dict.fromkeys(State, 0)
-        counts.update({State(state): n for state, n in rows})
+        counts.update({State.from_code(state): n for state, n in rows})
         return counts
 
     def recent(self, limit: int) -> list[Task]:
@@ -387,7 +382,7 @@ class SqliteTaskStore:
         if task.lease_token != lease_token:
             raise TaskConflict("lease lost: the task is leased to another worker or not leased")
         if task.state not in states:
-            raise TaskConflict(f"task is {task.state.label}")
+            raise TaskConflict(f"task is {task.state.value}")
         return task
 
     def expire(self) -> int:
@@ -503,7 +498,7 @@ def _task(row: tuple) -> Task:
     (task_id, state, pipeline, attempts, error, created, updated, finished, token, expires) = row
     return Task(
         id=task_id,
-        state=State(state),
+        state=State.from_code(state),
         pipeline=pipeline,
         attempts=attempts,
         error=error,

@@ -12,6 +12,6 @@ from darkroom.master.client import MasterClient
 def run(config: Config) -> None:
     runtime = Runtime(config, "frontend")
     app = create_app(
-        config, MasterClient(runtime.client("master")), readiness=runtime.reachable("master")
+        config, MasterClient(runtime.client("master")), readiness=runtime.readiness_checks()
     )
     serve(app, config, "frontend", on_listening=runtime.register)

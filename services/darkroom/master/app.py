@@ -11,19 +11,19 @@ from typing import Any, BinaryIO
 
 import falcon
 
+from darkroom.contract.folders import Folder
+from darkroom.contract.tasks import TaskState
 from darkroom.core.app import create_base_app
 from darkroom.core.auth import CLIENT
 from darkroom.core.config import Config
 from darkroom.core.ids import require_task_id
 from darkroom.core.imagetypes import EXTENSIONS, SNIFF_BYTES, sniff_media_type
-from darkroom.core.params import single_param, wait_param
+from darkroom.core.params import single_param, state_param, wait_param
 from darkroom.core.relay import relay, relay_stream
 from darkroom.core.streams import iter_chunks
-from darkroom.database.app import state_param
 from darkroom.database.client import DatabaseClient
 from darkroom.master.openapi import OpenApiDocument
 from darkroom.storage.client import StorageClient
-from darkroom.storage.store import Folder
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +131,16 @@ class Jobs:
         task = self._task(req)
         _raise_if_failed(task)
         resp.content_type = falcon.MEDIA_TEXT
-        resp.text = "1" if task["stateName"] == "finished" else "0"
+        resp.text = "1" if task["stateName"] == TaskState.FINISHED else "0"
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
         state = state_param(req)
-        resp.media = self._task(req, None if state is None else state.label)
+        resp.media = self._task(req, None if state is None else state.value)
 
     def on_get_result(self, req: falcon.Request, resp: falcon.Response) -> None:
         task = self._task(req)
         _raise_if_failed(task)
-        if task["stateName"] != "finished":
+        if task["stateName"] != TaskState.FINISHED:
             raise falcon.HTTPConflict(
                 title="Not finished",
                 description=f"The job is {task['stateName']}; ask /isReady until it answers 1.",
@@ -153,7 +153,7 @@ class Jobs:
 
 
 def _raise_if_failed(task: dict[str, Any]) -> None:
-    if task["stateName"] == "failed":
+    if task["stateName"] == TaskState.FAILED:
         raise falcon.HTTPUnprocessableEntity(
             title="Job failed", description=f"The job failed: {task['error']}"
         )

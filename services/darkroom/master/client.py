@@ -1,26 +1,22 @@
-"""Calling the master (used by workers, the frontend and ``darkroom submit``)."""
+"""Calling the master (used by workers, the frontend and ``darkroom submit``).
+
+Error answers are raised as ``darkroom.contract.errors`` types.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import requests
 
+from darkroom.contract.errors import ServiceConflict
+from darkroom.contract.tasks import Claim
 from darkroom.core.discovery import ServiceClient
 from darkroom.core.errors import raise_for_upstream
 
 
-@dataclasses.dataclass(frozen=True)
-class Claim:
-    task_id: str
-    lease: str
-    pipeline: str
-    attempts: int
-
-
-class LeaseLost(Exception):
-    """The master says this worker no longer holds the task."""
+class LeaseLost(ServiceConflict):
+    """The master says this worker no longer holds the task (a conflict on a leased call)."""
 
 
 class MasterClient:
@@ -29,10 +25,11 @@ class MasterClient:
 
     def _post(self, path: str, params: dict[str, Any], **kwargs: Any) -> requests.Response:
         response = self.service.request("POST", path, params=params, **kwargs)
-        if response.status_code == 409:
+        try:
+            raise_for_upstream(response, "master")
+        except ServiceConflict as exc:
             response.close()
-            raise LeaseLost(params.get("id"))
-        raise_for_upstream(response, "master")
+            raise LeaseLost(exc.service, exc.status, exc.title, exc.description) from exc
         return response
 
     def claim(self, wait_seconds: float, timeout: float) -> Claim | None:
@@ -41,8 +38,7 @@ class MasterClient:
         ) as response:
             if response.status_code == 204:
                 return None
-            task = response.json()
-        return Claim(task["id"], task["lease"], task["pipeline"], task["attempts"])
+            return Claim.from_document(response.json())
 
     def heartbeat(self, claim: Claim) -> None:
         self._post("/heartbeat", {"id": claim.task_id, "lease": claim.lease}).close()

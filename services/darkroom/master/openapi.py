@@ -13,11 +13,11 @@ from typing import Any
 import falcon
 
 from darkroom import __version__
+from darkroom.contract.limits import TASK_ID_PATTERN
 from darkroom.contract.pipeline import DEFAULT_PIPELINE, MAX_PIPELINE_CHARS, MAX_STEPS, STEPS
+from darkroom.contract.tasks import TaskState
 from darkroom.core.auth import PUBLIC
-from darkroom.core.ids import TASK_ID_PATTERN
 from darkroom.core.imagetypes import EXTENSIONS
-from darkroom.database.store import State
 
 JSON = "application/json"
 TEXT = "text/plain"
@@ -69,7 +69,7 @@ _STATE_PARAMETER = {
         "With `wait`: the state the client last saw; the answer comes once the job is in "
         "another. Without it the wait lasts until the job is finished or failed."
     ),
-    "schema": {"type": "string", "enum": [state.label for state in State]},
+    "schema": {"type": "string", "enum": [str(state) for state in TaskState]},
 }
 
 # Generated from the grammar's step table, so the document cannot drift from what is accepted.
@@ -269,13 +269,12 @@ _DOCUMENT: dict[str, Any] = {
                     "id": {"$ref": "#/components/schemas/TaskId"},
                     "state": {
                         "type": "integer",
-                        "enum": [-1, 0, 1, 2, 3],
-                        "description": "-1 uploading, 0 queued, 1 in progress, 2 finished, "
-                        "3 failed",
+                        "enum": [state.code for state in TaskState],
+                        "description": ", ".join(f"{s.code} {s}" for s in TaskState),
                     },
                     "stateName": {
                         "type": "string",
-                        "enum": ["uploading", "queued", "in progress", "finished", "failed"],
+                        "enum": [str(state) for state in TaskState],
                     },
                     "pipeline": {"type": "string"},
                     "attempts": {"type": "integer", "minimum": 0},

@@ -13,12 +13,12 @@ from darkroom.storage.client import StorageClient
 
 def run(config: Config) -> None:
     runtime = Runtime(config, "master")
-    limits = PipelineLimits(max_image_pixels=config.max_image_pixels)
+    limits = config.settings_for(PipelineLimits)
     app = create_app(
         config,
         DatabaseClient(runtime.client("database")),
         StorageClient(runtime.client("storage")),
         check_pipeline=lambda text: normalize_pipeline(text, limits),
-        readiness=runtime.reachable("database", "storage"),
+        readiness=runtime.readiness_checks(),
     )
     serve(app, config, "master", on_listening=runtime.register)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import falcon
 
+from darkroom.contract.folders import Folder
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
 from darkroom.core.errors import DISK_FULL_ERRNOS, disk_full
 from darkroom.core.ids import require_task_id
 from darkroom.core.streams import iter_chunks
-from darkroom.storage.store import Folder, ImageNotFound, ImageStore, TooLarge
+from darkroom.storage.store import ImageNotFound, ImageStore, TooLarge
 
 
 def _folder(req: falcon.Request) -> Folder:

@@ -1,4 +1,7 @@
-"""Calling the storage service (used by the master and the worker)."""
+"""Calling the storage service (used by the master and the worker).
+
+Error answers are raised as ``darkroom.contract.errors`` types.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,10 @@ from collections.abc import Iterable
 
 import requests
 
+from darkroom.contract.errors import ServiceNotFound
+from darkroom.contract.folders import Folder
 from darkroom.core.discovery import ServiceClient
 from darkroom.core.errors import raise_for_upstream
-from darkroom.storage.store import Folder
 
 
 class StorageClient:
@@ -31,7 +35,7 @@ class StorageClient:
             raise_for_upstream(response, "storage")
 
     def open(self, folder: Folder, task_id: str) -> requests.Response:
-        """The image as a streaming response (close it); upstream errors raised as theirs."""
+        """The image as a streaming response (close it); ServiceNotFound if there is none."""
         response = self._service.request(
             "GET", "/getImage", params={"id": task_id, "state": str(folder)}, stream=True
         )
@@ -45,7 +49,8 @@ class StorageClient:
             "DELETE", "/deleteImage", params={"id": task_id, "state": str(folder)}
         )
         with response:
-            if response.status_code == 404:
+            try:
+                raise_for_upstream(response, "storage")
+            except ServiceNotFound:
                 return False
-            raise_for_upstream(response, "storage")
             return True

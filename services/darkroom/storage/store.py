@@ -7,22 +7,17 @@ rename): a reader never sees a partial file, and an interrupted upload leaves no
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from darkroom.contract.folders import Folder
 from darkroom.core.atomicfile import atomic_writer
 from darkroom.core.ids import is_task_id
 from darkroom.core.imagetypes import SNIFF_BYTES, sniff_media_type
 
 TEMP_PREFIX = ".upload-"
-
-
-class Folder(enum.StrEnum):
-    WORKING = "working"
-    FINISHED = "finished"
 
 
 class TooLarge(Exception):

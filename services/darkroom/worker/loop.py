@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import enum
 import functools
 import logging
 import tempfile
@@ -12,15 +13,16 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO, TypeVar
 
-import falcon
 import requests
 
+from darkroom.contract.errors import ServiceNotFound, ServiceUnavailable
+from darkroom.contract.folders import Folder
+from darkroom.contract.tasks import Claim
 from darkroom.core import requestid
 from darkroom.core.backoff import Backoff
 from darkroom.core.streams import iter_chunks
-from darkroom.master.client import Claim, LeaseLost, MasterClient
+from darkroom.master.client import LeaseLost, MasterClient
 from darkroom.storage.client import StorageClient
-from darkroom.storage.store import Folder
 from darkroom.worker.metrics import TaskMetrics
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,15 @@ Processor = Callable[[BinaryIO, BinaryIO, str], str]
 
 
 _T = TypeVar("_T")
+
+
+class Outcome(enum.StrEnum):
+    """How a task ended for this worker: the ``outcome`` label of its task counter."""
+
+    DONE = "done"  # result stored and reported
+    FAILED = "failed"  # the image was rejected (or is gone): failed for good
+    ERROR = "error"  # something else went wrong: retried, or given back during an outage
+    LEASE_LOST = "lease_lost"  # another worker has the task now
 
 
 class ImageGone(Exception):
@@ -72,7 +83,7 @@ class TaskLoop:
 
     def _run(self) -> None:
         backoff = Backoff(first=0.1, cap=5.0)
-        with _Behind() as behind:
+        with _Finisher() as finisher:
             while not self._stop.is_set():
                 try:
                     claim = self._master.claim(self._claim_wait, self._http_timeout)
@@ -87,12 +98,12 @@ class TaskLoop:
                 if self._stop.is_set():
                     self._give_back(claim)
                     return
-                self.handle(claim, behind)
+                self.handle(claim, finisher)
 
-    def handle(self, claim: Claim, behind: _Behind | None = None) -> None:
+    def handle(self, claim: Claim, finisher: _Finisher | None = None) -> None:
         """Process one claimed task; every outcome is reported to the master.
 
-        With ``behind``, storing the result and reporting it run there, in the background,
+        With ``finisher``, storing the result and reporting it run there, in the background,
         while this loop claims and processes the next task: the CPU does not wait for the
         network. Without it, the task is done when this returns. The task id is the request id
         meanwhile: it is on every log line and downstream call.
@@ -105,69 +116,68 @@ class TaskLoop:
             # Busy: the loop's time on the task, up to handing its result over (storing it
             # overlaps the next task, but waiting for the previous one to be stored counts).
             with self._metrics.busy():
-                processed = self._guarded(claim, self._download_and_process)
-                if processed is None:
+                images = self._run_step(claim, self._download_and_process)
+                if images is None:
                     heartbeat.stop()
                     return
-                finish = functools.partial(self._finish, claim, processed, heartbeat)
-                if behind is None:
+                finish = functools.partial(self._finish, claim, images, heartbeat)
+                if finisher is None:
                     finish()
                 else:
-                    behind.run(contextvars.copy_context().run, finish)
+                    finisher.run(contextvars.copy_context().run, finish)
         finally:
             requestid.current.reset(token)
 
-    def _finish(self, claim: Claim, processed: _Processed, heartbeat: _Heartbeat) -> None:
+    def _finish(self, claim: Claim, images: _TaskImages, heartbeat: _Heartbeat) -> None:
         try:
-            self._guarded(claim, functools.partial(self._store_result, processed=processed))
+            self._run_step(claim, functools.partial(self._store_result, images=images))
         finally:
-            processed.close()
+            images.close()
             heartbeat.stop()
 
-    def _guarded(self, claim: Claim, step: Callable[[Claim], _T]) -> _T | None:
+    def _run_step(self, claim: Claim, step: Callable[[Claim], _T]) -> _T | None:
         """Run one step of a task; a failure is reported (or waited out) and gives None."""
         try:
             return step(claim)
         except LeaseLost:
-            self._metrics.outcome("lease_lost")
+            self._metrics.outcome(Outcome.LEASE_LOST)
             log.warning("lease lost; another worker has the task", extra={"task": claim.task_id})
         except (self._rejected, ImageGone) as exc:
             self.failed += 1
-            self._metrics.outcome("failed")
+            self._metrics.outcome(Outcome.FAILED)
             self._report_failure(claim, str(exc), retryable=False)
+        except ServiceUnavailable as exc:
+            # A service is down or restarting (also when it could not be reached at all).
+            self._metrics.outcome(Outcome.ERROR)
+            self._wait_out_outage(claim, exc)
         except Exception as exc:
-            self._metrics.outcome("error")
-            if _is_outage(exc):
-                self._wait_out_outage(claim, exc)
-                return None
+            self._metrics.outcome(Outcome.ERROR)
             log.exception("task error", extra={"task": claim.task_id})
             reason = getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"
             self._report_failure(claim, reason, retryable=True)
         return None
 
-    def _download_and_process(self, claim: Claim) -> _Processed:
-        processed = _Processed()
+    def _download_and_process(self, claim: Claim) -> _TaskImages:
+        images = _TaskImages()
         try:
             download_started = time.perf_counter()
             try:
                 download = self._storage.open(Folder.WORKING, claim.task_id)
-            except falcon.HTTPError as exc:
-                if exc.status_code != 404:
-                    raise
+            except ServiceNotFound as exc:
                 # Claimable tasks always have their image, so it was expired or deleted since.
                 raise ImageGone("the uploaded image is gone (expired or deleted)") from exc
             with download:
-                _copy_body(download, processed.source)
+                _copy_body(download, images.source)
             self._metrics.observe("download", time.perf_counter() - download_started)
-            processed.source.seek(0)
-            processed.media_type = self._process(processed.source, processed.result, claim.pipeline)
+            images.source.seek(0)
+            images.media_type = self._process(images.source, images.result, claim.pipeline)
         except BaseException:
-            processed.close()
+            images.close()
             raise
-        return processed
+        return images
 
-    def _store_result(self, claim: Claim, processed: _Processed) -> None:
-        result = processed.result
+    def _store_result(self, claim: Claim, images: _TaskImages) -> None:
+        result = images.result
         size = result.tell()
         result.seek(0)
         with self._metrics.stage("upload"):
@@ -175,8 +185,8 @@ class TaskLoop:
         self._master.finish(claim)
         self.completed += 1
         self._outage.reset()
-        self._metrics.outcome("done")
-        log.info("task finished", extra={"task": claim.task_id, "media_type": processed.media_type})
+        self._metrics.outcome(Outcome.DONE)
+        log.info("task finished", extra={"task": claim.task_id, "media_type": images.media_type})
 
     def _report_failure(self, claim: Claim, error: str, retryable: bool) -> None:
         log.warning(
@@ -184,22 +194,21 @@ class TaskLoop:
         )
         try:
             self._master.fail(claim, error, retryable)
-        except (LeaseLost, requests.RequestException, Exception) as exc:
+        except Exception as exc:
             # The lease will expire and the task will be retried: nothing is lost.
             log.warning(
                 "could not report failure", extra={"task": claim.task_id, "error": str(exc)}
             )
 
-    def _wait_out_outage(self, claim: Claim, exc: Exception) -> None:
+    def _wait_out_outage(self, claim: Claim, exc: ServiceUnavailable) -> None:
         """Not the task's fault: give it back without spending an attempt, then wait a little.
 
         Failing it instead would spend all its attempts in a second of storage restart.
         """
         delay = self._outage.next()
-        reason = getattr(exc, "description", None) or str(exc)
         log.warning(
             "service unavailable; task given back",
-            extra={"task": claim.task_id, "error": reason, "retry_in": delay},
+            extra={"task": claim.task_id, "error": exc.description, "retry_in": delay},
         )
         self._give_back(claim)
         self._stop.wait(delay)
@@ -217,11 +226,6 @@ def _copy_body(response: requests.Response, target: BinaryIO) -> None:
     chunk_size = min(int(length), SPOOL_BYTES) if length.isdigit() and length != "0" else 256 * 1024
     for chunk in response.iter_content(chunk_size):
         target.write(chunk)
-
-
-def _is_outage(exc: Exception) -> bool:
-    """A service is down or restarting (503, also when it could not be reached at all)."""
-    return isinstance(exc, falcon.HTTPError) and exc.status_code == 503
 
 
 class _Heartbeat:
@@ -254,7 +258,7 @@ class _Heartbeat:
                 )
 
 
-class _Processed:
+class _TaskImages:
     """A task's image and its result, in memory or spilled to disk, until the result is stored."""
 
     def __init__(self) -> None:
@@ -268,8 +272,8 @@ class _Processed:
         self.result.close()
 
 
-class _Behind:
-    """One background thread for the last step of the previous task.
+class _Finisher:
+    """One background thread that finishes the previous task (stores its result, reports it).
 
     ``run`` first waits for the step before: at most one result waits to be stored, so memory
     stays bounded, and a slow storage slows the loop down instead of piling up results.
@@ -289,7 +293,7 @@ class _Behind:
             self._pending.result()
             self._pending = None
 
-    def __enter__(self) -> _Behind:
+    def __enter__(self) -> _Finisher:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -55,9 +55,7 @@ def timed_processor(settings: ProcessingSettings, metrics: TaskMetrics) -> Proce
 
 
 def build_loop(config: Config, runtime: Runtime, metrics: TaskMetrics | None = None) -> TaskLoop:
-    settings = ProcessingSettings(
-        max_image_pixels=config.max_image_pixels, png_compress_level=config.png_compress_level
-    )
+    settings = config.settings_for(ProcessingSettings)
     metrics = metrics or TaskMetrics()
     return TaskLoop(
         master=MasterClient(runtime.client("master")),
@@ -165,9 +163,7 @@ def run(config: Config) -> None:
         MultiProcessCollector(registry, path=loops.metrics_dir)
         registry.register(BusyFraction([MultiProcessCollector(None, path=loops.metrics_dir)]))
     log.info("worker started", extra={"loops": count, "mode": config.worker_mode})
-    app = create_base_app(
-        config, readiness=runtime.reachable("master", "storage"), registry=registry
-    )
+    app = create_base_app(config, readiness=runtime.readiness_checks(), registry=registry)
     stopper: Callable[[float], None] = loops.stop
     try:
         serve(app, config, "worker")

@@ -1,0 +1,15 @@
+"""Limits of what crosses the wire, checked by every role that receives it."""
+
+from __future__ import annotations
+
+import re
+
+# A task id: 16 random bytes (128 bits) as base64url without padding.
+TASK_ID_LENGTH = 22
+TASK_ID_PATTERN = re.compile(f"[A-Za-z0-9_-]{{{TASK_ID_LENGTH}}}")
+TASK_ID_DESCRIPTION = f"{TASK_ID_LENGTH} characters of A-Z a-z 0-9 _ -"
+
+# The longest pipeline text a task may carry (the database refuses longer).
+MAX_PIPELINE_CHARS = 1_000
+# The longest error a task keeps; longer ones are cut.
+MAX_ERROR_LENGTH = 2000

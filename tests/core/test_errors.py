@@ -1,0 +1,98 @@
+"""Errors between services: an error answer becomes its type, and the type becomes an answer."""
+
+from __future__ import annotations
+
+import falcon
+import falcon.testing
+import pytest
+import requests
+
+from darkroom.contract.errors import (
+    ServiceConflict,
+    ServiceError,
+    ServiceFailed,
+    ServiceNotFound,
+    ServiceUnavailable,
+)
+from darkroom.core.app import create_base_app
+from darkroom.core.config import Config
+from darkroom.core.errors import UpstreamUnavailable, raise_for_upstream
+
+
+def _answer(status: int, body: bytes = b'{"title": "T", "description": "D"}') -> requests.Response:
+    response = requests.Response()
+    response.status_code = status
+    response.reason = "Reason"
+    response._content = body
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "answered"),
+    [
+        (400, ServiceError, 400),
+        (404, ServiceNotFound, 404),
+        (409, ServiceConflict, 409),
+        (413, ServiceError, 413),
+        (503, ServiceUnavailable, 503),
+        (507, ServiceError, 507),
+        (500, ServiceFailed, 502),
+        (504, ServiceFailed, 502),
+    ],
+)
+def test_an_error_answer_becomes_its_type(status: int, kind: type, answered: int) -> None:
+    with pytest.raises(ServiceError) as caught:
+        raise_for_upstream(_answer(status), "storage")
+    assert type(caught.value) is kind
+    assert isinstance(caught.value.__cause__, requests.HTTPError)
+    assert caught.value.__cause__.response.status_code == status
+    assert (caught.value.service, caught.value.status) == ("storage", answered)
+    if kind is ServiceFailed:
+        assert caught.value.title == "Upstream error"
+        assert caught.value.description == f"The storage service failed ({status}): D"
+    else:
+        assert (caught.value.title, caught.value.description) == ("T", "D")
+
+
+def test_a_success_raises_nothing() -> None:
+    raise_for_upstream(_answer(204, b""), "storage")
+
+
+def test_a_text_error_keeps_its_text() -> None:
+    with pytest.raises(ServiceNotFound) as caught:
+        raise_for_upstream(_answer(404, b"no such thing"), "master")
+    assert (caught.value.title, caught.value.description) == ("Reason", "no such thing")
+
+
+class _Raises:
+    def __init__(self, error: Exception) -> None:
+        self._error = error
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise self._error
+
+
+def _client(error: Exception) -> falcon.testing.TestClient:
+    app = create_base_app(Config())
+    app.add_route("/call", _Raises(error))
+    return falcon.testing.TestClient(app)
+
+
+def test_one_handler_answers_with_the_errors_status_and_text() -> None:
+    result = _client(ServiceConflict("database", 409, "Task conflict", "lease lost")).simulate_get(
+        "/call"
+    )
+    assert result.status_code == 409
+    assert result.json == {"title": "Task conflict", "description": "lease lost"}
+    assert "Retry-After" not in result.headers
+
+
+def test_an_unreachable_service_is_a_503_to_retry() -> None:
+    result = _client(UpstreamUnavailable("storage", "connection refused")).simulate_get("/call")
+    assert result.status_code == 503
+    assert result.headers["Retry-After"] == "1"
+    assert result.json == {
+        "title": "Service unavailable",
+        "description": "The storage service is not reachable: connection refused",
+    }
