@@ -23,6 +23,8 @@ DEFAULT_PORTS = {
     "worker": 9100,  # metrics and health only
 }
 
+LOG_FORMATS = ("auto", "text", "json")
+
 # The registry key under which each role advertises its address, as in the seed.
 ADDRESS_KEYS = {
     "database": "databaseAddress",
@@ -74,6 +76,11 @@ class Config:
     # (docs/benchmarks.md); 6 is Pillow's default, 9 the smallest
     png_compress_level: int = 1
     log_level: str = "INFO"
+    # "text": one readable line per event, "json": one JSON object per line, "auto": text on a
+    # terminal, JSON otherwise (containers, files)
+    log_format: str = "auto"
+    # a stopping worker lets its task in hand finish for this long, then gives it back unspent
+    drain_seconds: float = 10.0
     # shared secret for internal routes; empty: not checked (unit tests, trusted networks)
     internal_token: str = dataclasses.field(default="", repr=False)
     # comma-separated keys for the public API and the frontend; empty: open to all
@@ -82,6 +89,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.worker_mode not in ("process", "thread"):
             raise ValueError(f"worker_mode must be 'process' or 'thread', not {self.worker_mode!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {LOG_FORMATS}, not {self.log_format!r}")
         for name in (
             "max_upload_bytes",
             "max_result_bytes",
