@@ -35,7 +35,7 @@ STOP_ORDER = (("frontend", "worker"), ("master",), ("storage",), ("database",), 
 STOP_GRACE_SECONDS = 5.0
 # A child that ran this long before dying is restarted at once again, not after a grown backoff.
 STABLE_SECONDS = 10.0
-# Deaths in a row, each soon after a start, before giving up (about 15 s of backoff).
+# Deaths in a row, each soon after a start, that make it give up (after 7.5 s of backoff).
 GIVE_UP_AFTER = 5
 
 log = logging.getLogger("darkroom.supervisor")

@@ -37,6 +37,6 @@ class RestartPolicy:
             self._backoff.reset()
             self.quick_deaths = 0
         self.quick_deaths += 1
-        if self._give_up_after is not None and self.quick_deaths > self._give_up_after:
+        if self._give_up_after is not None and self.quick_deaths >= self._give_up_after:
             return None
         return self._backoff.next()
