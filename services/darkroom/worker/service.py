@@ -81,13 +81,16 @@ def _loop_process(config: Config, parent_pid: int) -> None:
     Its metrics go to files in PROMETHEUS_MULTIPROC_DIR, set by the parent before the start.
     """
     configure_logging(config.log_level, config.log_format, role="worker")
+    # SIGTERM is taken by a thread of its own: a handler would wait for the main thread to
+    # leave the Pillow call it is in, which can take seconds. Blocked here, before any thread
+    # starts, so that every thread inherits the mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     runtime = Runtime(config, "worker")
     loop = build_loop(config, runtime)
     finished = threading.Event()
-    signal.signal(
-        signal.SIGTERM, lambda *_: _drain(loop, runtime.stop, finished, config.drain_seconds)
-    )
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    drain = (loop, runtime.stop, finished, config.drain_seconds)
+    threading.Thread(target=_drain, args=drain, daemon=True, name="drain").start()
     stop_with_parent(parent_pid)
     try:
         loop.run()
@@ -96,20 +99,15 @@ def _loop_process(config: Config, parent_pid: int) -> None:
 
 
 def _drain(loop: TaskLoop, stop: threading.Event, finished: threading.Event, grace: float) -> None:
-    """Stop claiming; a task in hand gets ``grace`` seconds, then is given back and we exit.
+    """On SIGTERM, stop claiming; a task in hand gets ``grace`` s, then is given back: exit.
 
     An idle loop is not cut short: its claim, pending at the database, would lease a task to
     no one. It ends within the claim wait and sees the stop.
     """
-    if stop.is_set():
-        return
+    signal.sigwait({signal.SIGTERM})
     stop.set()
-
-    def give_back_when_late() -> None:
-        if not finished.wait(grace) and loop.give_back_held():
-            os._exit(0)  # the task is given back: the processing in the main thread is moot
-
-    threading.Thread(target=give_back_when_late, daemon=True, name="drain").start()
+    if not finished.wait(grace) and loop.give_back_held():
+        os._exit(0)  # the task is given back: the processing in the main thread is moot
 
 
 class LoopProcesses:
