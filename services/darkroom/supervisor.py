@@ -35,7 +35,7 @@ STOP_ORDER = (("frontend", "worker"), ("master",), ("storage",), ("database",), 
 STOP_GRACE_SECONDS = 5.0
 # A child that ran this long before dying is restarted at once again, not after a grown backoff.
 STABLE_SECONDS = 10.0
-# Deaths in a row, each soon after a start, that make it give up (after 7.5 s of backoff).
+# Failed exits in a row, each soon after a start, that make it give up (after 7.5 s of backoff).
 GIVE_UP_AFTER = 5
 
 log = logging.getLogger("darkroom.supervisor")
@@ -177,8 +177,8 @@ class Supervisor:
             if child.process is None or child.running:
                 continue
             if child.restart_at is None:
-                delay = child.restarts.delay_after_exit(now)
                 code = child.process.returncode
+                delay = child.restarts.delay_after_exit(now, failed=code > 0)
                 if delay is None:
                     log.error(
                         f"{child.role} exited ({code}) {GIVE_UP_AFTER} times in a row soon after"

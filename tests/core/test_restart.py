@@ -1,12 +1,14 @@
 from darkroom.core.restart import RestartPolicy
 
 
-def _deaths(policy: RestartPolicy, count: int, ran_seconds: float) -> list[float | None]:
+def _deaths(
+    policy: RestartPolicy, count: int, ran_seconds: float, failed: bool = True
+) -> list[float | None]:
     delays, now = [], 0.0
     for _ in range(count):
         policy.started(now)
         now += ran_seconds
-        delays.append(policy.delay_after_exit(now))
+        delays.append(policy.delay_after_exit(now, failed=failed))
     return delays
 
 
@@ -31,3 +33,8 @@ def test_gives_up_after_quick_deaths_in_a_row_only():
 
 def test_without_a_limit_it_never_gives_up():
     assert None not in _deaths(RestartPolicy(), 50, ran_seconds=0.1)
+
+
+def test_a_process_killed_from_outside_backs_off_but_is_not_given_up_on():
+    policy = RestartPolicy(first=0.5, cap=4.0, stable_seconds=10, give_up_after=3)
+    assert _deaths(policy, 6, ran_seconds=0.1, failed=False) == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
