@@ -46,10 +46,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from darkroom.supervisor import Supervisor
 
+    config = Config.from_env(log_format=args.log_format)
     # The children write to the same terminal or file: they log as the supervisor does.
-    log_format = logs.resolve_format(args.log_format or Config.from_env().log_format)
+    log_format = logs.resolve_format(config.log_format)
     os.environ["DARKROOM_LOG_FORMAT"] = log_format
-    configure_logging(Config.from_env().log_level, log_format, role="up")
+    configure_logging(config.log_level, log_format, role="up")
     ports = {role: getattr(args, f"{role}_port") for role in ROLES}
     return Supervisor(args.data_dir, ports, workers=args.workers).run()
 
