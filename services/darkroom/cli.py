@@ -1,4 +1,4 @@
-"""The ``darkroom`` command: ``serve`` one role, bring ``up`` all of them, ``submit`` an image."""
+"""The darkroom command: serve one role, bring up all of them, submit an image."""
 
 from __future__ import annotations
 
@@ -9,8 +9,21 @@ import sys
 from pathlib import Path
 
 from darkroom.contract.roles import DEFAULT_PORTS, ROLES
-from darkroom.core.config import Config
+from darkroom.core import logs
+from darkroom.core.config import LOG_FORMATS, Config
+from darkroom.core.lifecycle import stop_with_parent_from_env
 from darkroom.core.runtime import configure_logging
+
+ENV_NOTE = "Every setting can also be given as a DARKROOM_* environment variable (see README)."
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, unless there is none or the help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -23,8 +36,10 @@ def _serve(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         worker_mode=args.worker_mode,
         log_level=args.log_level,
+        log_format=args.log_format,
     )
-    configure_logging(config.log_level, role=args.role)
+    configure_logging(config.log_level, config.log_format, role=args.role)
+    stop_with_parent_from_env()  # started by darkroom up: stop with it
     importlib.import_module(f"darkroom.{args.role}.service").run(config)
     return 0
 
@@ -32,6 +47,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from darkroom.supervisor import Supervisor
 
+    config = Config.from_env(log_format=args.log_format)
+    # The children write to the same terminal or file: they log as the supervisor does.
+    log_format = logs.resolve_format(config.log_format)
+    os.environ["DARKROOM_LOG_FORMAT"] = log_format
+    configure_logging(config.log_level, log_format, role="up")
     ports = {role: getattr(args, f"{role}_port") for role in ROLES}
     return Supervisor(args.data_dir, ports, workers=args.workers).run()
 
@@ -43,37 +63,99 @@ def _submit(args: argparse.Namespace) -> int:
     return submit(args.file, args.output, args.master, args.op, args.timeout, api_key)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="darkroom", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text: one readable line per event; json: one JSON object per line; auto: text on"
+        " a terminal, JSON otherwise (default: DARKROOM_LOG_FORMAT, else auto)",
+    )
 
-    serve = commands.add_parser("serve", help="run one role (settings also from DARKROOM_*)")
-    serve.add_argument("role", choices=ROLES)
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--advertise-address", help="HOST:PORT other services use to reach this one")
-    serve.add_argument("--registry-address", help="HOST:PORT of the registry")
-    serve.add_argument("--data-dir", type=Path)
-    serve.add_argument("--concurrency", type=int, help="worker: task loops (default: CPUs)")
-    serve.add_argument("--worker-mode", choices=("process", "thread"))
-    serve.add_argument("--log-level")
+
+def _serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run one role",
+        description="Run one role.",
+        epilog=ENV_NOTE,
+        formatter_class=_HelpFormatter,
+    )
+    serve.add_argument("role", choices=ROLES, help="the role to run")
+    serve.add_argument("--host", help="address to listen on (default: DARKROOM_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: the role's own)")
+    serve.add_argument(
+        "--advertise-address",
+        help="HOST:PORT other services use to reach this one (default: HOST:PORT)",
+    )
+    serve.add_argument(
+        "--registry-address", help="HOST:PORT of the registry (default: 127.0.0.1:3000)"
+    )
+    serve.add_argument("--data-dir", type=Path, help="where state is kept (default: ./data)")
+    serve.add_argument("--concurrency", type=int, help="worker: task loops (default: one per CPU)")
+    serve.add_argument(
+        "--worker-mode",
+        choices=("process", "thread"),
+        help="worker: run task loops as processes or threads (default: process)",
+    )
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    _add_log_format(serve)
     serve.set_defaults(func=_serve)
 
-    up = commands.add_parser("up", help="run every role on 127.0.0.1 until Ctrl-C")
-    up.add_argument("--data-dir", type=Path, default=Path("darkroom-data"))
-    up.add_argument("--workers", type=int, default=0, help="worker task loops (default: CPUs)")
+
+def _up_parser(commands: argparse._SubParsersAction) -> None:
+    up = commands.add_parser(
+        "up",
+        help="run every role on 127.0.0.1 until Ctrl-C",
+        description="Run every role on 127.0.0.1 until Ctrl-C, restarting any that dies.",
+        epilog=ENV_NOTE,
+        formatter_class=_HelpFormatter,
+    )
+    up.add_argument(
+        "--data-dir", type=Path, default=Path("darkroom-data"), help="where state is kept"
+    )
+    up.add_argument("--workers", type=int, default=0, help="worker task loops (0: one per CPU)")
     for role in ROLES:
-        up.add_argument(f"--{role}-port", type=int, default=DEFAULT_PORTS[role])
+        up.add_argument(
+            f"--{role}-port", type=int, default=DEFAULT_PORTS[role], help=f"the {role}'s port"
+        )
+    _add_log_format(up)
     up.set_defaults(func=_up)
 
-    submit = commands.add_parser("submit", help="upload an image, wait, save the result")
-    submit.add_argument("file", type=Path)
-    submit.add_argument("-o", "--output", type=Path)
+
+def _submit_parser(commands: argparse._SubParsersAction) -> None:
+    submit = commands.add_parser(
+        "submit",
+        help="upload an image, wait, save the result",
+        description="Upload an image to the master, wait for the job, save the result.",
+        formatter_class=_HelpFormatter,
+    )
+    submit.add_argument("file", type=Path, help="the image to upload")
+    submit.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="where to save the result (default: FILE-darkroom.EXT, EXT from the result's type)",
+    )
     submit.add_argument("--master", default="127.0.0.1:3003", help="HOST:PORT of the master")
-    submit.add_argument("--op", help="operation pipeline, e.g. resize:800x600,grayscale")
+    submit.add_argument(
+        "--op",
+        help="operation pipeline, e.g. resize:800x600,grayscale (default: the master's)",
+    )
     submit.add_argument("--timeout", type=float, default=300.0, help="seconds to wait")
-    submit.add_argument("--api-key", help="when the master asks for one (or DARKROOM_API_KEY)")
+    submit.add_argument(
+        "--api-key", help="when the master asks for one (default: DARKROOM_API_KEY)"
+    )
     submit.set_defaults(func=_submit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="darkroom", description=__doc__, epilog=ENV_NOTE, formatter_class=_HelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, title="commands")
+    _serve_parser(commands)
+    _up_parser(commands)
+    _submit_parser(commands)
     return parser
 
 

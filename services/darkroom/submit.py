@@ -1,15 +1,31 @@
-"""``darkroom submit``: upload an image to the master, follow the job, save the result."""
+"""``darkroom submit``: upload an image to the master, follow the job, save the result.
+
+On a terminal, tqdm shows the upload in bytes and the time waited; elsewhere only the job's
+state changes are written, one line each.
+"""
 
 from __future__ import annotations
 
+import mimetypes
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
+from tqdm import tqdm
+from tqdm.utils import CallbackIOWrapper
 
 POLL_SECONDS = 0.2
 LONG_POLL_SECONDS = 25.0
+# On a terminal the master is asked every second, so the elapsed time shown moves.
+PROGRESS_POLL_SECONDS = 1.0
+CHUNK_BYTES = 256 * 1024
+
+
+class SubmitError(Exception):
+    """What went wrong, worded for the user."""
 
 
 def _error(response: requests.Response) -> str:
@@ -20,6 +36,14 @@ def _error(response: requests.Response) -> str:
         return f"{response.status_code} {response.text.strip()[:300]}"
 
 
+def _bar(show: bool, **kwargs: Any) -> tqdm:
+    return tqdm(disable=not show, file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+
+def _byte_bar(show: bool, desc: str, total: int | None) -> tqdm:
+    return _bar(show, desc=desc, total=total, unit="B", unit_scale=True, unit_divisor=1024)
+
+
 def submit(
     file: Path,
     output: Path | None,
@@ -27,57 +51,112 @@ def submit(
     op: str | None,
     timeout: float,
     api_key: str | None = None,
+    progress: bool | None = None,
 ) -> int:
-    base = f"http://{master}"
+    """Upload ``file``, wait up to ``timeout`` s, save the result; the exit code.
+
+    ``progress``: show bars (default: when stderr is a terminal).
+    """
     session = requests.Session()
     if api_key:
         session.headers["Authorization"] = f"Bearer {api_key}"
-    params = {"op": op} if op else {}
+    show = sys.stderr.isatty() if progress is None else progress
+    base = f"http://{master}"
     try:
-        with file.open("rb") as image:
-            response = session.post(f"{base}/new", params=params, data=image, timeout=60)
+        task_id = _upload(session, base, file, op, show)
+        print(f"job {task_id}", file=sys.stderr)
+        _wait_finished(session, base, task_id, timeout, show)
+        saved = _download(session, base, task_id, output or file, output is None, show)
+    except requests.ConnectionError:
+        print(f"darkroom: the master at {master} is unreachable (is it running?)", file=sys.stderr)
+        return 1
+    except requests.RequestException as exc:
+        print(f"darkroom: the master at {master} did not answer: {exc}", file=sys.stderr)
+        return 1
+    except SubmitError as exc:
+        print(f"darkroom: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the output file
+        print(f"darkroom: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(str(saved))
+    return 0
+
+
+def _upload(session: requests.Session, base: str, file: Path, op: str | None, show: bool) -> str:
+    try:
+        image = file.open("rb")
     except OSError as exc:
-        print(f"darkroom: cannot read {file}: {exc.strerror}", file=sys.stderr)
-        return 1
+        raise SubmitError(f"cannot read {file}: {exc.strerror}") from exc
+    size = os.fstat(image.fileno()).st_size
+    params = {"op": op} if op else {}
+    with image, _byte_bar(show, "upload", size) as bar:
+        # requests still sends a Content-Length: the wrapper passes fileno() through.
+        body = CallbackIOWrapper(bar.update, image, "read")
+        response = session.post(f"{base}/new", params=params, data=body, timeout=60)
     if response.status_code != 200:
-        print(f"darkroom: upload refused: {_error(response)}", file=sys.stderr)
-        return 1
-    task_id = response.text.strip()
-    print(f"job {task_id}", file=sys.stderr)
+        raise SubmitError(f"upload refused: {_error(response)}")
+    return response.text.strip()
+
+
+def _wait_finished(
+    session: requests.Session, base: str, task_id: str, timeout: float, show: bool
+) -> None:
     deadline = time.monotonic() + timeout
+    longest_poll = PROGRESS_POLL_SECONDS if show else LONG_POLL_SECONDS
     last_state = ""
-    while True:
-        # Long polling: the master answers once the job leaves the state last seen.
-        asked = time.monotonic()
-        wait = max(min(LONG_POLL_SECONDS, deadline - asked), 0) if last_state else 0
-        params = {"id": task_id, "wait": wait, "state": last_state or None}
-        status = session.get(f"{base}/status", params=params, timeout=wait + 30)
-        if status.status_code != 200:
-            print(f"darkroom: {_error(status)}", file=sys.stderr)
-            return 1
-        task = status.json()
-        changed = task["stateName"] != last_state
-        if changed:
-            last_state = task["stateName"]
-            print(f"  {last_state} (attempt {task['attempts']})", file=sys.stderr)
-        if last_state == "failed":
-            print(f"darkroom: job failed: {task['error']}", file=sys.stderr)
-            return 1
-        if last_state == "finished":
-            break
-        if time.monotonic() > deadline:
-            print(f"darkroom: still {last_state} after {timeout:g} s", file=sys.stderr)
-            return 1
-        if not changed and time.monotonic() - asked < 1:
-            time.sleep(POLL_SECONDS)  # answered at once (the master is busy): do not spin
+    with _bar(show, desc="waiting", bar_format="{desc} {elapsed}") as bar:
+        while True:
+            # Long polling: the master answers once the job leaves the state last seen.
+            asked = time.monotonic()
+            wait = max(min(longest_poll, deadline - asked), 0) if last_state else 0
+            params = {"id": task_id, "wait": wait, "state": last_state or None}
+            status = session.get(f"{base}/status", params=params, timeout=wait + 30)
+            if status.status_code != 200:
+                raise SubmitError(_error(status))
+            task = status.json()
+            changed = task["stateName"] != last_state
+            if changed:
+                last_state = task["stateName"]
+                tqdm.write(f"  {last_state} (attempt {task['attempts']})", file=sys.stderr)
+                bar.set_description(last_state)
+            bar.refresh()
+            if last_state == "failed":
+                raise SubmitError(f"job failed: {task['error']}")
+            if last_state == "finished":
+                return
+            if time.monotonic() > deadline:
+                raise SubmitError(f"still {last_state} after {timeout:g} s")
+            if not changed and time.monotonic() - asked < min(longest_poll, 1):
+                time.sleep(POLL_SECONDS)  # answered at once (the master is busy): do not spin
+
+
+def _download(
+    session: requests.Session, base: str, task_id: str, target: Path, derive: bool, show: bool
+) -> Path:
+    """Save the result to ``target``, or beside it with the result's extension (``derive``)."""
     with session.get(f"{base}/get", params={"id": task_id}, stream=True, timeout=60) as result:
         if result.status_code != 200:
-            print(f"darkroom: download failed: {_error(result)}", file=sys.stderr)
-            return 1
-        extension = result.headers.get("Content-Type", "image/png").rsplit("/", 1)[-1]
-        output = output or file.with_name(f"{file.stem}-darkroom.{extension}")
-        with output.open("wb") as out:
-            for chunk in result.iter_content(256 * 1024):
+            raise SubmitError(f"download failed: {_error(result)}")
+        media_type = result.headers.get("Content-Type", "image/png").split(";")[0].strip()
+        if derive:
+            target = target.with_name(f"{target.stem}-darkroom.{media_type.rsplit('/', 1)[-1]}")
+        else:
+            _warn_if_other_format(target, media_type)
+        length = result.headers.get("Content-Length", "")
+        total = int(length) if length.isdigit() else None
+        with target.open("wb") as out, _byte_bar(show, "download", total) as bar:
+            for chunk in result.iter_content(CHUNK_BYTES):
                 out.write(chunk)
-    print(str(output))
-    return 0
+                bar.update(len(chunk))
+    return target
+
+
+def _warn_if_other_format(target: Path, media_type: str) -> None:
+    named, _ = mimetypes.guess_type(target.name)
+    if named and named.startswith("image/") and named != media_type:
+        print(
+            f"darkroom: warning: the result is {media_type} but {target.name} names {named};"
+            f" saved as {media_type} (add {named.split('/')[-1]} to --op to convert)",
+            file=sys.stderr,
+        )

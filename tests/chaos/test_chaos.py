@@ -11,13 +11,10 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 
 import pytest
 import requests
 
-from darkroom import supervisor
-from darkroom.contract.roles import ROLES
 from darkroom.core.discovery import ServiceClient, ServiceLocator
 from darkroom.database.service import open_store
 from darkroom.database.store import State
@@ -78,31 +75,3 @@ def test_storage_outage_spends_no_attempts(config):
     assert tasks.get(task.id).state == State.FINISHED
     result = b"".join(storage.open(Folder.FINISHED, task.id).iter_content(None))
     assert same_pixels(decode(result), swapped(image))
-
-
-class _Exited:
-    returncode = -9
-
-    def poll(self) -> int:
-        return self.returncode
-
-
-def _restart_delay(started_seconds_ago: float, crashes_before: int, tmp_path) -> float:
-    up = supervisor.Supervisor(tmp_path / "data", dict.fromkeys(ROLES, 1))
-    child = up._children[0]
-    child.start = lambda: None  # nothing is started: only the delay chosen is looked at
-    for _ in range(crashes_before):
-        child.backoff.next()
-    child.process = _Exited()
-    child.started_at = time.monotonic() - started_seconds_ago
-    up._restart_dead()
-    return child.restart_at - time.monotonic()
-
-
-def test_supervisor_restarts_a_child_that_ran_a_while_at_once(tmp_path, monkeypatch):
-    """The restart delay used to grow with every death ever, to 10 s, and never come down."""
-    monkeypatch.setenv("DARKROOM_INTERNAL_TOKEN", "t")
-    stable = supervisor.STABLE_SECONDS
-    assert _restart_delay(stable + 1, crashes_before=6, tmp_path=tmp_path) <= 0.5
-    # a child that keeps dying right after its start still backs off
-    assert _restart_delay(0.1, crashes_before=6, tmp_path=tmp_path) > 5

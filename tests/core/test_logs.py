@@ -12,6 +12,10 @@ from falcon import testing
 from darkroom.core import logs, requestid
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
+from darkroom.database.app import create_app as create_database_app
+from darkroom.database.service import open_store
+from darkroom.registry.app import create_app as create_registry_app
+from darkroom.registry.store import FileKeyValueStore
 from darkroom.worker.loop import TaskLoop
 from support.images import png_bytes
 from support.inprocess import master_side
@@ -146,3 +150,50 @@ def test_a_task_can_be_followed_through_every_service_by_its_id(lines, config):
     assert {"/getImage", "/sendImage", "/registerTaskFinished", "/finishTask"} <= {
         line.get("route") for line in task_lines
     }
+
+
+def test_routine_requests_are_debug_events_are_info(lines, config):
+    """Idle claims and registry look-ups filled a terminal every claim wait at INFO."""
+    registry = testing.TestClient(
+        create_registry_app(config, FileKeyValueStore(config.data_dir / "registry.json"))
+    )
+    registry.simulate_post("/set", params={"key": "masterAddress", "value": "127.0.0.1:1"})
+    registry.simulate_get("/get", params={"key": "masterAddress"})
+    database = testing.TestClient(create_database_app(config, open_store(config)))
+    assert database.simulate_post("/getNewTask", params={"wait": "0"}).status_code == 204
+    levels = {(line["route"], line["status"]): line["level"] for line in lines()}
+    assert levels == {("/set", 200): "INFO", ("/get", 200): "DEBUG", ("/getNewTask", 204): "DEBUG"}
+
+
+def test_text_lines_are_readable_with_the_fields_after_the_message():
+    buffer = io.StringIO()
+    formatter = logs.TextFormatter({"role": "master"})
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(formatter)
+    logger = logging.getLogger("darkroom.test.text")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("serving", extra={"address": "127.0.0.1:3003", "note": "two words"})
+        try:
+            raise ValueError("bad value")
+        except ValueError:
+            logger.exception("failed", extra={"token": "s3cret"})
+    finally:
+        logger.removeHandler(handler)
+    first, second, *trace = buffer.getvalue().splitlines()
+    clock, rest = first.split(" ", 1)
+    assert len(clock) == 8 and clock.count(":") == 2
+    assert rest == 'master WARNING serving address=127.0.0.1:3003 note="two words"'
+    assert second.endswith("master ERROR failed token=[redacted]")
+    assert trace[0] == "Traceback (most recent call last):" and "ValueError: bad value" in trace[-1]
+
+
+def test_auto_format_is_text_on_a_terminal_only():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert logs.resolve_format("auto", Terminal()) == "text"
+    assert logs.resolve_format("auto", io.StringIO()) == "json"
+    assert logs.resolve_format("json", Terminal()) == "json"

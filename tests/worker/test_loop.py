@@ -173,3 +173,27 @@ def test_run_stores_each_result_while_processing_the_next_task(system, config):
     assert tasks.get(first).state == State.FINISHED
     assert tasks.get(second).state == State.FINISHED
     assert (config.data_dir / "finished" / second).read_bytes() == b"owt"
+
+
+def test_a_task_given_back_by_a_stopping_worker_keeps_its_attempt(system, config):
+    """Ctrl-C used to leave tasks to their lease: an attempt spent, "worker stopped responding"."""
+    tasks, storage, master, _ = system
+    task_id = submit(tasks, storage, b"\x89PNG-abc")
+    processing, resume = threading.Event(), threading.Event()
+
+    def slow(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str:
+        processing.set()
+        resume.wait(10)
+        return reverse_bytes(source, destination, pipeline)
+
+    loop = TaskLoop(master, storage, slow, Rejected, 0, 5, 5, threading.Event())
+    handling = threading.Thread(target=claim_and_handle, args=(master, loop))
+    handling.start()
+    assert processing.wait(10)
+    assert loop.give_back_held() == 1
+    resume.set()
+    handling.join(10)
+    task = tasks.get(task_id)
+    assert task.state == State.QUEUED and task.attempts == 0 and not task.error
+    assert not (config.data_dir / "finished" / task_id).exists()  # not stored after all
+    assert loop.give_back_held() == 0

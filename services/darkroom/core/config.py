@@ -16,6 +16,8 @@ from darkroom.contract.roles import DEFAULT_PORTS
 
 _Settings = TypeVar("_Settings")
 
+LOG_FORMATS = ("auto", "text", "json")
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -59,6 +61,11 @@ class Config:
     # (docs/benchmarks.md); 6 is Pillow's default, 9 the smallest
     png_compress_level: int = 1
     log_level: str = "INFO"
+    # "text": one readable line per event, "json": one JSON object per line, "auto": text on a
+    # terminal, JSON otherwise (containers, files)
+    log_format: str = "auto"
+    # a stopping worker lets its task in hand finish for this long, then gives it back unspent
+    drain_seconds: float = 10.0
     # shared secret for internal routes; empty: not checked (unit tests, trusted networks)
     internal_token: str = dataclasses.field(default="", repr=False)
     # comma-separated keys for the public API and the frontend; empty: open to all
@@ -67,6 +74,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.worker_mode not in ("process", "thread"):
             raise ValueError(f"worker_mode must be 'process' or 'thread', not {self.worker_mode!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {LOG_FORMATS}, not {self.log_format!r}")
         for name in (
             "max_upload_bytes",
             "max_result_bytes",

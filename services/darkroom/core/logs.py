@@ -1,6 +1,8 @@
 """Structured logs: one JSON object per line, with the request id and every ``extra`` field.
 
-``configure(level)`` installs the formatter on the root logger. Each line carries ``time``,
+``configure(level)`` installs the formatter on the root logger; ``fmt="text"`` writes the same
+fields as one readable line instead (``12:00:01 master INFO serving address=127.0.0.1:3003``),
+for a person at a terminal. Each line carries ``time``,
 ``level``, ``logger``, ``message``, ``request_id`` (the request being handled, or the task a
 worker is processing; absent outside both), the ``extra={...}`` fields given at the call, and
 ``exception`` with the traceback when there is one. Fields whose name says they hold a secret
@@ -36,6 +38,11 @@ _SECRET_NAME = re.compile(
 REDACTED = "[redacted]"
 # Health probes and scrapes come every few seconds: their lines are DEBUG.
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+# An idle worker's claim ends with 204 every claim wait: DEBUG too.
+QUIET_ANSWERS = frozenset({("/getNewTask", 204)})
+# A resource lists here the methods whose lines are DEBUG (e.g. the registry's look-ups, made
+# on every address resolution), as ``auth`` says who may call it.
+QUIET_METHODS_ATTRIBUTE = "quiet_methods"
 
 
 def redact(name: str, value: Any) -> Any:
@@ -62,6 +69,10 @@ class JsonFormatter(logging.Formatter):
         self._static = dict(static or {})
 
     def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self.document(record), default=_plain, ensure_ascii=False)
+
+    def document(self, record: logging.LogRecord) -> dict[str, Any]:
+        """Every field of the line, in order: time, level, logger, message, then the rest."""
         document: dict[str, Any] = {
             "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
                 timespec="milliseconds"
@@ -82,16 +93,49 @@ class JsonFormatter(logging.Formatter):
             document["exception"] = record.exc_text
         if record.stack_info:
             document["stack"] = record.stack_info
-        return json.dumps(document, default=_plain, ensure_ascii=False)
+        return document
 
 
-def configure(level: str, stream: TextIO | None = None, **static: Any) -> None:
-    """JSON lines on ``stream`` (stderr) for every logger, at ``level`` (e.g. ``INFO``).
+class TextFormatter(JsonFormatter):
+    """``12:00:01 master INFO serving address=127.0.0.1:3003``: local time, role, level,
+    message, then the other fields as ``name=value``; a traceback on the lines below."""
 
-    ``static`` fields (e.g. ``role="database"``) are added to every line.
+    _SHOWN_FIRST = ("time", "level", "logger", "message", "role", "exception", "stack")
+
+    def format(self, record: logging.LogRecord) -> str:
+        document = self.document(record)
+        clock = time.strftime("%H:%M:%S", time.localtime(record.created))
+        source = document.get("role") or record.name
+        fields = " ".join(
+            f"{name}={_text(value)}"
+            for name, value in document.items()
+            if name not in self._SHOWN_FIRST
+        )
+        line = f"{clock} {source} {record.levelname} {document['message']} {fields}".rstrip()
+        trace = document.get("exception") or document.get("stack")
+        return f"{line}\n{trace}" if trace else line
+
+
+def _text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=_plain)
+    return json.dumps(text) if not text or " " in text else text
+
+
+def resolve_format(log_format: str, stream: TextIO | None = None) -> str:
+    """ "text" or "json": "auto" is text when ``stream`` (stderr) is a terminal, else JSON."""
+    if log_format != "auto":
+        return log_format
+    return "text" if (stream or sys.stderr).isatty() else "json"
+
+
+def configure(level: str, stream: TextIO | None = None, fmt: str = "json", **static: Any) -> None:
+    """Log lines on ``stream`` (stderr) for every logger, at ``level`` (e.g. ``INFO``).
+
+    ``fmt`` is "json" or "text"; ``static`` fields (e.g. ``role="database"``) are on every line.
     """
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter(static))
+    formatter = TextFormatter if fmt == "text" else JsonFormatter
+    handler.setFormatter(formatter(static))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -119,7 +163,7 @@ class AccessLog:
     ) -> None:
         started = getattr(req.context, "access_started", None)
         route = req.uri_template or "(unrouted)"
-        level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
+        level = logging.DEBUG if _is_quiet(req, resp, resource, route) else logging.INFO
         if not access_log.isEnabledFor(level):
             return
         elapsed = time.perf_counter() - started if started is not None else 0.0
@@ -134,3 +178,11 @@ class AccessLog:
                 "ms": round(elapsed * 1000, 2),
             },
         )
+
+
+def _is_quiet(req: falcon.Request, resp: falcon.Response, resource: object, route: str) -> bool:
+    return (
+        route in QUIET_ROUTES
+        or (route, resp.status_code) in QUIET_ANSWERS
+        or req.method in getattr(resource, QUIET_METHODS_ATTRIBUTE, ())
+    )

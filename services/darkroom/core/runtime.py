@@ -65,6 +65,7 @@ class Runtime:
         return [check(role) for role in BY_NAME[self.role].calls]
 
 
-def configure_logging(level: str, **fields: str) -> None:
-    """JSON log lines at ``level``; ``fields`` (e.g. ``role``) go on every line."""
-    logs.configure(level, **fields)
+def configure_logging(level: str, log_format: str = "json", **fields: str) -> None:
+    """Log lines at ``level``, JSON or text (``auto``: text on a terminal); ``fields`` (e.g.
+    ``role``) go on every line."""
+    logs.configure(level, fmt=logs.resolve_format(log_format), **fields)

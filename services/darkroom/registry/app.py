@@ -31,6 +31,8 @@ def _key(req: falcon.Request) -> str:
 class Entry:
     # Anyone may look an address up; only services holding the token may change one.
     auth = MappingProxyType({"GET": PUBLIC, "POST": INTERNAL, "DELETE": INTERNAL})
+    # Look-ups come with every address resolution: their access lines are DEBUG.
+    quiet_methods = ("GET",)
 
     def __init__(self, store: KeyValueStore) -> None:
         self._store = store

@@ -76,6 +76,9 @@ class TaskLoop:
         self.failed = 0
         # Waits between tasks given back because a service they need is down.
         self._outage = Backoff(first=0.5, cap=5.0)
+        # Claims being processed or stored, by task id: what a stopping worker gives back.
+        self._held: dict[str, Claim] = {}
+        self._held_lock = threading.Lock()
 
     def run(self) -> None:
         with self._metrics.running():
@@ -111,6 +114,7 @@ class TaskLoop:
         token = requestid.current.set(claim.task_id)
         try:
             log.info("task claimed", extra={"task": claim.task_id, "attempt": claim.attempts})
+            self._hold(claim)
             heartbeat = _Heartbeat(self._master, claim, self._heartbeat_every)
             heartbeat.start()
             # Busy: the loop's time on the task, up to handing its result over (storing it
@@ -119,6 +123,7 @@ class TaskLoop:
                 images = self._run_step(claim, self._download_and_process)
                 if images is None:
                     heartbeat.stop()
+                    self._let_go(claim)
                     return
                 finish = functools.partial(self._finish, claim, images, heartbeat)
                 if finisher is None:
@@ -130,10 +135,36 @@ class TaskLoop:
 
     def _finish(self, claim: Claim, images: _TaskImages, heartbeat: _Heartbeat) -> None:
         try:
-            self._run_step(claim, functools.partial(self._store_result, images=images))
+            if self._holds(claim):  # not given back by a stopping worker meanwhile
+                self._run_step(claim, functools.partial(self._store_result, images=images))
         finally:
             images.close()
             heartbeat.stop()
+            self._let_go(claim)
+
+    def _hold(self, claim: Claim) -> None:
+        with self._held_lock:
+            self._held[claim.task_id] = claim
+
+    def _holds(self, claim: Claim) -> bool:
+        with self._held_lock:
+            return claim.task_id in self._held
+
+    def _let_go(self, claim: Claim) -> None:
+        with self._held_lock:
+            self._held.pop(claim.task_id, None)
+
+    def give_back_held(self) -> int:
+        """Give back every task this loop holds, unspent: its worker stops before they are done.
+
+        Called from another thread once the drain time is over; how many were given back.
+        """
+        with self._held_lock:
+            held, self._held = list(self._held.values()), {}
+        for claim in held:
+            log.info("worker stopping; task given back", extra={"task": claim.task_id})
+            self._give_back(claim)
+        return len(held)
 
     def _run_step(self, claim: Claim, step: Callable[[Claim], _T]) -> _T | None:
         """Run one step of a task; a failure is reported (or waited out) and gives None."""

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -21,6 +22,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
+from darkroom.core.lifecycle import stop_with_parent
+from darkroom.core.restart import RestartPolicy
 from darkroom.core.runtime import Runtime, configure_logging
 from darkroom.core.server import serve
 from darkroom.master.client import MasterClient
@@ -70,30 +73,39 @@ def build_loop(config: Config, runtime: Runtime, metrics: TaskMetrics | None = N
     )
 
 
-def _loop_process(config: Config) -> None:
-    """Entry point of one loop process: runs until SIGTERM, then finishes its task.
+def _loop_process(config: Config, parent_pid: int) -> None:
+    """Entry point of one loop process: runs until SIGTERM, then drains (see ``_drain``).
 
     Its metrics go to files in PROMETHEUS_MULTIPROC_DIR, set by the parent before the start.
     """
-    configure_logging(config.log_level, role="worker")
-    runtime = Runtime(config, "worker")
-    signal.signal(signal.SIGTERM, lambda *_: runtime.stop.set())
+    configure_logging(config.log_level, config.log_format, role="worker")
+    # SIGTERM is taken by a thread of its own: a handler would wait for the main thread to
+    # leave the Pillow call it is in, which can take seconds. Blocked here, before any thread
+    # starts, so that every thread inherits the mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    _stop_when_orphaned(runtime.stop)
-    build_loop(config, runtime).run()
+    runtime = Runtime(config, "worker")
+    loop = build_loop(config, runtime)
+    finished = threading.Event()
+    drain = (loop, runtime.stop, finished, config.drain_seconds)
+    threading.Thread(target=_drain, args=drain, daemon=True, name="drain").start()
+    stop_with_parent(parent_pid)
+    try:
+        loop.run()
+    finally:
+        finished.set()
 
 
-def _stop_when_orphaned(stop: threading.Event) -> None:
-    """Stop claiming once the parent is gone (SIGKILLed), instead of running on unsupervised."""
-    parent = os.getppid()
+def _drain(loop: TaskLoop, stop: threading.Event, finished: threading.Event, grace: float) -> None:
+    """On SIGTERM, stop claiming; a task in hand gets ``grace`` s, then is given back: exit.
 
-    def watch() -> None:
-        while not stop.wait(1.0):
-            if os.getppid() != parent:
-                log.warning("worker parent gone; stopping this task loop")
-                stop.set()
-
-    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+    An idle loop is not cut short: its claim, pending at the database, would lease a task to
+    no one. It ends within the claim wait and sees the stop.
+    """
+    signal.sigwait({signal.SIGTERM})
+    stop.set()
+    if not finished.wait(grace) and loop.give_back_held():
+        os._exit(0)  # the task is given back: the processing in the main thread is moot
 
 
 class LoopProcesses:
@@ -103,31 +115,47 @@ class LoopProcesses:
         self._config = config
         self.metrics_dir = multiprocess_dir()
         self._context = multiprocessing.get_context("spawn")
-        self._processes = [self._start() for _ in range(count)]
+        self._restarts = [RestartPolicy(first=0.5, cap=10.0) for _ in range(count)]
+        self._processes = [self._start(slot) for slot in range(count)]
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="loop-watch")
         self._watcher.start()
 
-    def _start(self) -> multiprocessing.process.BaseProcess:
-        process = self._context.Process(target=_loop_process, args=(self._config,), daemon=False)
+    def _start(self, slot: int) -> multiprocessing.process.BaseProcess:
+        process = self._context.Process(
+            target=_loop_process, args=(self._config, os.getpid()), daemon=False
+        )
+        self._restarts[slot].started()
         process.start()
         return process
 
     def _watch(self) -> None:
-        while not self._stop.wait(1.0):
-            for index, process in enumerate(self._processes):
-                if not process.is_alive() and not self._stop.is_set():
-                    log.error("task loop died; starting another", extra={"exit": process.exitcode})
+        restart_at: dict[int, float] = {}
+        while not self._stop.wait(0.5):
+            for slot, process in enumerate(self._processes):
+                if process.is_alive() or self._stop.is_set():
+                    continue
+                if slot not in restart_at:
+                    delay = self._restarts[slot].delay_after_exit() or 0.0
+                    log.error(
+                        "task loop died; starting another",
+                        extra={"exit": process.exitcode, "retry_in": delay},
+                    )
                     mark_process_dead(process.pid, self.metrics_dir)
-                    self._processes[index] = self._start()
+                    restart_at[slot] = time.monotonic() + delay
+                elif time.monotonic() >= restart_at[slot]:
+                    del restart_at[slot]
+                    self._processes[slot] = self._start(slot)
 
     def stop(self, grace_seconds: float) -> None:
+        """SIGTERM every loop; each drains (``_drain``); kill those still running after that."""
         self._stop.set()
         for process in self._processes:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds + self._config.claim_wait_seconds + 2
         for process in self._processes:
-            process.join(grace_seconds)
+            process.join(max(deadline - time.monotonic(), 0))
             if process.is_alive():
                 process.kill()
         remove_multiprocess_dir(self.metrics_dir)
@@ -136,17 +164,24 @@ class LoopProcesses:
 class LoopThreads:
     def __init__(self, config: Config, runtime: Runtime, count: int, metrics: TaskMetrics) -> None:
         self._runtime = runtime
+        self._loops = [build_loop(config, runtime, metrics) for _ in range(count)]
+        # Daemons: a loop still processing a task given back must not keep the process alive.
         self._threads = [
-            threading.Thread(target=build_loop(config, runtime, metrics).run, name=f"loop-{n}")
-            for n in range(count)
+            threading.Thread(target=loop.run, name=f"loop-{n}", daemon=True)
+            for n, loop in enumerate(self._loops)
         ]
         for thread in self._threads:
             thread.start()
 
     def stop(self, grace_seconds: float) -> None:
+        """Stop claiming; give back the tasks still in hand after ``grace_seconds``."""
         self._runtime.stop.set()
+        deadline = time.monotonic() + grace_seconds
         for thread in self._threads:
-            thread.join(grace_seconds)
+            thread.join(max(deadline - time.monotonic(), 0))
+        for loop, thread in zip(self._loops, self._threads, strict=True):
+            if thread.is_alive():
+                loop.give_back_held()
 
 
 def run(config: Config) -> None:
@@ -168,5 +203,5 @@ def run(config: Config) -> None:
     try:
         serve(app, config, "worker")
     finally:
-        # A claim waits at most claim_wait; a task gets a lease's time to finish.
-        stopper(config.claim_wait_seconds + config.lease_seconds)
+        # A task in hand gets the drain time to finish, then is given back unspent.
+        stopper(config.drain_seconds)

@@ -1,0 +1,103 @@
+"""``darkroom submit`` against a stand-in master served on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import falcon
+import pytest
+
+from darkroom.submit import submit
+from launch import free_port
+
+
+class FakeMaster:
+    """Takes any upload as job ``job-1``, finishes it at once, answers a PNG result."""
+
+    def __init__(self, result_type: str = "image/png") -> None:
+        self.result_type = result_type
+        self.uploads: list[tuple[int | None, int]] = []  # (Content-Length, bytes read)
+
+    def on_post_new(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.uploads.append((req.content_length, len(req.bounded_stream.read())))
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.text = "job-1"
+
+    def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"stateName": "finished", "attempts": 1, "error": None}
+
+    def on_get_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = self.result_type
+        resp.data = b"result bytes"
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def master() -> Iterator[tuple[FakeMaster, str]]:
+    fake = FakeMaster()
+    app = falcon.App()
+    app.add_route("/new", fake, suffix="new")
+    app.add_route("/status", fake, suffix="status")
+    app.add_route("/get", fake, suffix="get")
+    server = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield fake, f"127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "photo.png"
+    path.write_bytes(b"\x89PNG" + bytes(300_000))
+    return path
+
+
+def test_a_master_that_is_down_is_named_unreachable(photo, capsys):
+    """It said "cannot read photo.png: None": requests' ConnectionError is an OSError."""
+    address = f"127.0.0.1:{free_port()}"
+    assert submit(photo, None, address, None, 5, progress=False) == 1
+    err = capsys.readouterr().err
+    assert f"the master at {address} is unreachable" in err and "cannot read" not in err
+
+
+def test_a_missing_file_is_named(tmp_path, capsys, master):
+    _, address = master
+    assert submit(tmp_path / "nope.png", None, address, None, 5, progress=False) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_upload_progress_counts_the_bytes_and_the_body_keeps_its_length(photo, capsys, master):
+    fake, address = master
+    assert submit(photo, None, address, None, 5, progress=True) == 0
+    size = photo.stat().st_size
+    assert fake.uploads == [(size, size)]
+    err = capsys.readouterr().err
+    assert "upload" in err and "293k/293k" in err  # tqdm's bytes, in KiB
+    assert "waiting" in err and "00:00" in err  # the time waited
+    assert (photo.parent / "photo-darkroom.png").read_bytes() == b"result bytes"
+
+
+def test_no_progress_bars_when_not_on_a_terminal(photo, capsys, master):
+    assert submit(photo, None, master[1], None, 5, progress=False) == 0
+    err = capsys.readouterr().err
+    assert "upload" not in err and "job job-1" in err and "finished" in err
+
+
+def test_an_output_named_for_another_format_is_warned_about(photo, tmp_path, capsys, master):
+    out = tmp_path / "out.jpg"
+    assert submit(photo, out, master[1], None, 5, progress=False) == 0
+    err = capsys.readouterr().err
+    assert "warning: the result is image/png but out.jpg names image/jpeg" in err
+    assert out.read_bytes() == b"result bytes"
+    assert submit(photo, tmp_path / "out.png", master[1], None, 5, progress=False) == 0
+    assert "warning" not in capsys.readouterr().err
