@@ -28,6 +28,9 @@ from pathlib import Path
 
 import pytest
 
+from launch import wait_until
+from support.pins import normal_name, pinned_versions
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 CONTAINER = f"darkroom-fresh-{os.getpid()}"
@@ -152,15 +155,6 @@ exec bash -c {command}
 """
 
 
-def _pins() -> dict[str, str]:
-    text = (ROOT / "requirements" / "constraints.txt").read_text()
-    return {_normal(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.MULTILINE)}
-
-
-def _normal(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 @pytest.mark.containers
 @containers_on
 @pytest.mark.timeout(BUDGET_SECONDS + 60)
@@ -204,14 +198,14 @@ def test_readme_commands_work_on_a_fresh_debian(tmp_path: Path) -> None:
 
 def _wait_until_the_system_answers(deadline: Deadline) -> None:
     probe = "import urllib.request as u; u.urlopen('http://127.0.0.1:3003/readyz', timeout=3)"
-    while True:
+
+    def answers() -> bool:
         state = run("podman", "inspect", "-f", "{{.State.Running}}", CONTAINER, timeout=30)
         assert state.stdout.strip() == "true", f"{CONTAINER} exited before the system answered"
         answer = run("podman", "exec", CONTAINER, "/src/.venv/bin/python", "-c", probe, timeout=30)
-        if answer.returncode == 0:
-            return
-        deadline.left()
-        time.sleep(2)
+        return answer.returncode == 0
+
+    wait_until(answers, deadline.left(), "the master's /readyz in the container", interval=2)
 
 
 def _check_the_test_install(deadline: Deadline) -> None:
@@ -223,8 +217,9 @@ def _check_the_test_install(deadline: Deadline) -> None:
     frozen = run("podman", "exec", CONTAINER, "/src/.venv/bin/python", "-m", "pip", "freeze",
                  "--exclude-editable", timeout=deadline.left())  # fmt: skip
     installed = dict(
-        (_normal(name), version)
+        (normal_name(name), version)
         for name, _, version in (line.partition("==") for line in frozen.stdout.splitlines())
     )
-    wrong = {n: (v, installed.get(n)) for n, v in _pins().items() if installed.get(n) != v}
+    pins = pinned_versions()
+    wrong = {n: (v, installed.get(n)) for n, v in pins.items() if installed.get(n) != v}
     assert not wrong, f"not the pinned versions (pinned, installed): {wrong}"

@@ -7,17 +7,10 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+from support.pins import normal_name, pinned_versions
+
 ROOT = Path(__file__).resolve().parents[2]
 CONSTRAINTS = "requirements/constraints.txt"
-
-
-def _normal(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _pins() -> dict[str, str]:
-    text = (ROOT / CONSTRAINTS).read_text()
-    return {_normal(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.MULTILINE)}
 
 
 def test_every_dependency_and_extra_is_pinned() -> None:
@@ -25,8 +18,8 @@ def test_every_dependency_and_extra_is_pinned() -> None:
     wanted = list(project["dependencies"])
     for extra in project["optional-dependencies"].values():
         wanted += extra
-    names = {_normal(re.match(r"[A-Za-z0-9_.-]+", w).group()) for w in wanted}  # type: ignore[union-attr]
-    assert names - _pins().keys() == set()
+    names = {normal_name(re.match(r"[A-Za-z0-9_.-]+", w).group()) for w in wanted}  # type: ignore[union-attr]
+    assert names - pinned_versions().keys() == set()
 
 
 def test_the_constraints_file_names_its_refresh_command() -> None:
