@@ -34,9 +34,12 @@ for arg in "$@"; do
 done
 
 log() { printf '[kind-e2e %4ds] %s\n' "$SECONDS" "$*" >&2; }
+[[ -x .venv/bin/helm ]] && export PATH=$PWD/.venv/bin:$PATH # scripts/install-helm.sh's
 for tool in docker kind kubectl helm curl; do
   command -v "$tool" >/dev/null || {
-    log "$tool is needed"
+    hint=""
+    [[ $tool == helm ]] && hint=" (scripts/install-helm.sh installs it into .venv/bin)"
+    log "$tool is needed$hint"
     exit 1
   }
 done
@@ -81,8 +84,12 @@ kubectl label namespace "$NAMESPACE" pod-security.kubernetes.io/enforce=restrict
 helm install "$RELEASE" helm/darkroom -n "$NAMESPACE" --set image.tag="$TAG" \
   --wait --timeout 5m
 
-log "helm test"
-helm test "$RELEASE" -n "$NAMESPACE" --logs --timeout 5m
+# Twice: the test pod is kept for --logs to read, and the second run must replace it
+# (hook-delete-policy before-hook-creation) rather than fail on a pod that already exists.
+for run in 1 2; do
+  log "helm test --logs ($run of 2)"
+  helm test "$RELEASE" -n "$NAMESPACE" --logs --timeout 5m
+done
 
 log "curl walk-through through a port-forward"
 kubectl -n "$NAMESPACE" port-forward svc/$RELEASE-master 13003:3003 >"$WORK/forward.log" 2>&1 &

@@ -2,9 +2,12 @@
 # Makes a local Python base image for building the Darkroom images where none can be pulled.
 #
 #   scripts/make-base-image.sh            # prints the image name when done
+#   scripts/make-base-image.sh --bare     # the same without Python: a fresh machine
 #
 # Debian bookworm (--variant=minbase) plus python3 and python3-venv (Python 3.11 at
-# /usr/bin/python3), imported into podman as localhost/darkroom-base:bookworm. Build the images
+# /usr/bin/python3), imported into podman as localhost/darkroom-base:bookworm. With --bare, the
+# minbase alone, as localhost/darkroom-base:bookworm-bare: what tests/deploy/test_fresh_machine.py
+# installs python3 into with apt and then runs the README's commands on. Build the images
 # from it with `--build-arg BASE=localhost/darkroom-base:bookworm`; anyone who can pull images
 # builds from the default python:3.11-slim instead and never needs this script.
 #
@@ -18,11 +21,21 @@
 # default one this script writes), DARKROOM_BASE_REBUILD=1 (ignore the image and the cache).
 set -euo pipefail
 
-IMAGE=${DARKROOM_BASE_IMAGE:-localhost/darkroom-base:bookworm}
-CACHE=${DARKROOM_BASE_CACHE:-/var/tmp/darkroom-base-bookworm.tar}
+FLAVOUR=bookworm
+PACKAGES=python3,python3-venv
+COMMAND='["python3"]'
+if [[ ${1:-} == --bare ]]; then
+  FLAVOUR=bookworm-bare
+  PACKAGES=""
+  COMMAND='["bash"]'
+elif [[ -n ${1:-} ]]; then
+  echo "usage: $0 [--bare]" >&2
+  exit 2
+fi
+IMAGE=${DARKROOM_BASE_IMAGE:-localhost/darkroom-base:$FLAVOUR}
+CACHE=${DARKROOM_BASE_CACHE:-/var/tmp/darkroom-base-$FLAVOUR.tar}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
-PACKAGES=python3,python3-venv
 
 log() { printf '[make-base-image] %s\n' "$*" >&2; }
 
@@ -59,8 +72,8 @@ make_rootfs_tarball() {
   root=$(mktemp -d /var/tmp/darkroom-rootfs.XXXXXX)
   # shellcheck disable=SC2064
   trap "rm -rf '$root'" RETURN
-  log "debootstrap --variant=minbase $SUITE ($PACKAGES) from $MIRROR; takes a few minutes"
-  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$MIRROR" \
+  log "debootstrap --variant=minbase $SUITE (${PACKAGES:-nothing more}) from $MIRROR; takes a few minutes"
+  debootstrap --variant=minbase ${PACKAGES:+--include="$PACKAGES"} "$SUITE" "$root" "$MIRROR" \
     >"$root.log" 2>&1 || { tail -n 30 "$root.log" >&2; rm -f "$root.log"; return 1; }
   rm -f "$root.log"
   # What an image does not need: package caches and lists, docs, man pages, locales.
@@ -90,7 +103,7 @@ main() {
     podman import --quiet \
       --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
       --change 'ENV LANG=C.UTF-8' \
-      --change 'CMD ["python3"]' \
+      --change "CMD $COMMAND" \
       "$CACHE" "$IMAGE" >/dev/null
   fi
   echo "$IMAGE"

@@ -1,6 +1,7 @@
 """The Helm chart and k8s/, checked offline over the rendered objects.
 
-Needs helm 3 on PATH (skipped with the reason otherwise; scripts/test.sh installs it) and
+Needs helm 3 on PATH or next to this Python (scripts/test.sh installs it into its venv with
+scripts/install-helm.sh; skipped with the reason otherwise, a failure under CI=true) and
 kubernetes-validate, whose bundled schemas decide which Kubernetes versions are checked: 1.23
 (the oldest the chart supports) and the newest it ships.
 """
@@ -11,6 +12,7 @@ import functools
 import importlib.metadata
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -86,11 +88,30 @@ CHART_SECRET_KEYS: dict[str, Any] = {
 SCENARIOS = {"defaults": {}, "all-on": ALL_ON, "chart-secret-keys": CHART_SECRET_KEYS}
 
 
+@functools.cache
+def _find_helm() -> str | None:
+    # PATH first, then the venv this Python runs in (scripts/test.sh's, even when not activated).
+    return shutil.which("helm") or shutil.which("helm", path=str(Path(sys.executable).parent))
+
+
 def _helm() -> str:
-    helm = shutil.which("helm")
+    helm = _find_helm()
     if helm is None:
-        pytest.skip("helm 3 is not on PATH (install it: shared/tools/install-helm)")
+        reason = "helm 3 is not on PATH: scripts/install-helm.sh installs it (scripts/test.sh does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; under CI=true a chart test may not skip")
+        pytest.skip(reason)
     return helm
+
+
+def test_without_helm_a_chart_test_skips_but_fails_under_ci(monkeypatch) -> None:
+    monkeypatch.setitem(globals(), "_find_helm", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"scripts/install-helm\.sh"):
+        _helm()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="under CI=true"):
+        _helm()
 
 
 def _run_helm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -647,6 +668,14 @@ def test_helm_test_hook_runs_the_smoke_test() -> None:
     assert container["command"][2] == (CHART / "files" / "smoke_test.py").read_text()
     assert container["command"][3] == "http://darkroom-master:3003"
     assert not [o for o in render({}, "--skip-tests") if is_test_hook(o)]
+
+
+def test_helm_test_pod_outlives_the_run_for_its_logs() -> None:
+    # `helm test --logs` reads the pod's logs after the run: a pod deleted on success
+    # (hook-succeeded) makes it exit 1 every time. before-hook-creation lets a re-run replace it.
+    (pod,) = [o for o in render({}) if is_test_hook(o)]
+    policy = pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(",")
+    assert policy == ["before-hook-creation"]
 
 
 # --- k8s/ and the smoke script ---------------------------------------------------------------
