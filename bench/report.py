@@ -126,7 +126,7 @@ def overheads(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     return found
 
 
-Target = tuple[str, "bool | None", str]  # the target, met (None: not measured), the figures
+Target = tuple[str, bool | None, str]  # the target, met (None: not measured), the figures
 
 
 def targets(results: dict[str, Any]) -> list[Target]:

@@ -202,7 +202,7 @@ def run(args: argparse.Namespace, work: Path, results: dict[str, Any]) -> None:
     started = time.monotonic()
     only = args.only
     sets = make_sets(args, work)
-    if "thumbnails" in only:
+    if "camera" in sets:
         results["peer"] = measure_peer(args, work, sets["camera"][0])
     counts = set(args.workers) if only & {"longpoll", "idle", "upload"} else set()
     if only & ISSUE_WORKLOADS:
@@ -254,7 +254,7 @@ def issue_workloads(
     """Issue 12's workloads, the large image first: its loops' peak RSS starts fresh."""
     if "large" in args.only:
         results["large"] = measure_large(system, args)
-    if "thumbnails" in args.only:
+    if "camera" in sets:
         results["thumbnails"] = measure_thumbnails(system, args, sets["camera"][0])
     for kind, workload in (("small", "small"), ("photo", "photos")):
         if workload in args.only and kind in sets:

@@ -268,7 +268,7 @@ def _worker_figures(
 # ---------------------------------------------------------------------------------------------
 # Clients that submit and follow one job at a time, as users' programs do
 
-Check = Callable[[int, bytes], "str | None"]  # what is wrong with job N's result; None: right
+Check = Callable[[int, bytes], str | None]  # what is wrong with job N's result; None: right
 Spans = list[tuple[bytes, float, float]]  # each job's result, start and end
 
 
