@@ -62,9 +62,15 @@ def install(log_path: Path) -> Path:
             except (OSError, subprocess.SubprocessError) as exc:
                 shutil.rmtree(venv, ignore_errors=True)
                 command = " ".join([Path(step[0]).name, *step[1:5]])
-                raise PeerUnavailable(f"{command} failed ({exc}); see {log_path}") from exc
+                said = _last_line(log_path)
+                raise PeerUnavailable(f"{command} failed: {said or exc} (see {log_path})") from exc
     (venv / COMPLETE).touch()
     return venv
+
+
+def _last_line(path: Path) -> str:
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+    return next((line for line in reversed(lines) if line), "")
 
 
 def configuration(images_dir: Path, quality: int) -> str:
