@@ -181,7 +181,8 @@ def issue_targets(results: dict[str, Any]) -> list[Target]:
 def thumbnail_target(darkroom: dict[str, Any], thumbor: dict[str, Any]) -> Target:
     text = "thumbnails: Darkroom jobs/s >= 1.0 x thumbor's requests/s"
     if "skipped" in thumbor:
-        return text, None, f"{darkroom['jobs_per_s']:.1f} jobs/s; thumbor {thumbor['skipped']}"
+        why = thumbor["skipped"]
+        return text, None, f"{darkroom['jobs_per_s']:.1f} jobs/s; thumbor skipped ({why})"
     ours, theirs = darkroom["jobs_per_s"], thumbor["requests_per_s"]
     ratio = ours / theirs
     return (
