@@ -2,7 +2,9 @@
 
 ``photo`` is photo-like: smooth multi-scale colour, a few sharp-edged shapes, a little blur and
 sensor grain. It compresses like a photo (about 3.3 MB as a 1600x1200 PNG at level 6), which
-is what makes PNG encoding the dominant cost, as it is with real photos.
+is what makes PNG encoding the dominant cost, as it is with real photos. ``camera`` is the same
+kind of picture softer and with less grain, stored as JPEG at quality 90: about 350 KB at
+2048x1536, like a camera's JPEG of that size. Everything, the grain too, comes from the seed.
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 PHOTO_SIZE = (1600, 1200)
 SMALL_SIZE = (64, 64)
+CAMERA_SIZE = (2048, 1536)
+LARGE_SIZE = (8660, 5773)  # 50 megapixels, within the worker's default limit of 50 000 000
+UNIFORM_BYTE_SIGMA = 73.9  # the standard deviation of uniformly random bytes
 
 
-def photo(seed: int, size: tuple[int, int] = PHOTO_SIZE) -> Image.Image:
+def photo(
+    seed: int, size: tuple[int, int] = PHOTO_SIZE, blur: float = 1.5, grain: float = 4.0
+) -> Image.Image:
     rnd = random.Random(seed)
     width, height = size
     image: Image.Image | None = None
@@ -32,9 +39,19 @@ def photo(seed: int, size: tuple[int, int] = PHOTO_SIZE) -> Image.Image:
         x, y = rnd.randrange(width), rnd.randrange(height)
         box = (x, y, x + rnd.randrange(50, 500), y + rnd.randrange(50, 400))
         draw.ellipse(box, fill=tuple(rnd.randrange(256) for _ in range(3)))
-    image = image.filter(ImageFilter.GaussianBlur(1.5))
-    grain = Image.effect_noise(size, 4).convert("L")
-    return ImageChops.add(image, Image.merge("RGB", (grain, grain, grain)), offset=-128)
+    image = image.filter(ImageFilter.GaussianBlur(blur))
+    # Grain from the seed (Image.effect_noise follows C's rand(), which differs per process).
+    noise = Image.frombytes("L", size, rnd.randbytes(width * height))
+    scale = grain / UNIFORM_BYTE_SIGMA
+    noise = noise.point([round(128 + (value - 128) * scale) for value in range(256)])
+    return ImageChops.add(image, Image.merge("RGB", (noise, noise, noise)), offset=-128)
+
+
+def camera(seed: int, size: tuple[int, int] = CAMERA_SIZE) -> bytes:
+    """A photo-like JPEG at quality 90, softer and less grainy than ``photo``."""
+    buffer = io.BytesIO()
+    photo(seed, size, blur=4.0, grain=1.0).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
 
 
 def small(seed: int, size: tuple[int, int] = SMALL_SIZE) -> Image.Image:
@@ -64,3 +81,15 @@ def result_digest(data: bytes) -> str:
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         return pixel_digest(image)
+
+
+def thumbnail_problem(data: bytes, longest_side: int) -> str | None:
+    """Why ``data`` is not a JPEG whose longest side is ``longest_side``; None when it is."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.format != "JPEG" or max(image.size) != longest_side:
+                return f"{image.format} {image.size[0]}x{image.size[1]}"
+    except OSError as exc:
+        return f"not an image: {exc}"
+    return None

@@ -62,16 +62,29 @@ def kill(pid: int, sig: int = signal.SIGKILL) -> bool:
 
 
 class Launched:
-    """``command`` running in the background, its stdout and stderr appended to ``log_path``."""
+    """``command`` running in the background, its stdout and stderr appended to ``log_path``.
+
+    ``new_session`` makes it the leader of a process group of its own (its pid is the group's
+    id), for a server that forks children its own SIGTERM handling leaves behind.
+    """
 
     def __init__(
-        self, name: str, command: Sequence[str], env: Mapping[str, str], log_path: Path
+        self,
+        name: str,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        new_session: bool = False,
     ) -> None:
         self.name = name
         self.log_path = log_path
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                list(command), env=dict(env), stdout=log, stderr=subprocess.STDOUT
+                list(command),
+                env=dict(env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=new_session,
             )
 
     @property

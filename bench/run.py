@@ -1,22 +1,31 @@
 #!/usr/bin/env python3
-"""Darkroom's benchmark: the whole system under ``darkroom up`` against the worker's own bound.
+"""Darkroom's benchmark: the whole system under ``darkroom up``, against the worker's own bound
+and against thumbor, a real peer.
 
-    python bench/run.py              # the full run (several minutes); figures in docs/benchmarks.md
-    python bench/run.py --quick      # tiny counts, for CI: proves it runs, measures nothing
+    python bench/run.py                      # the full run; figures in docs/benchmarks.md
+    python bench/run.py --quick              # tiny counts, for CI: proves it runs, measures nothing
+    python bench/run.py --only thumbnails    # one workload (or several, comma-separated)
 
-It starts ``darkroom up`` itself (free ports, a temporary data folder, this checkout's code) for
-each worker count and measures, in one run:
+It starts ``darkroom up`` itself (free ports, a temporary data folder, this checkout's code) and
+measures, in one run, the workloads of issue 12 at 2 worker loops:
 
-- the bound: ``process_image`` (default settings) over the same images with as many processes,
-  no HTTP;
-- end to end: upload, wait, download and check the pixels of 200 small and 40 photo-like images;
-- idle latency: one small image on an idle system, upload to ready;
-- memory: master and storage RSS while a large upload streams through;
-- the database alone: creates, claims and finishes per second with concurrent clients.
+- thumbnails: 40 photo-like 2048x1536 JPEGs fitted in 512x512, JPEG q80, 80 jobs by 4 client
+  threads (``/new?op=``, ``/isReady?wait=30``, ``/get``), side by side with thumbor 7.8 (Pillow
+  engine, file loader, no storage, ``--processes 2``), installed from PyPI into a virtual
+  environment of its own (``~/.cache/darkroom-bench``) and started by the benchmark;
+- polling clients, as the seed's: 200 small PNGs by 8 threads asking ``/isReady`` every 20 ms,
+  40 photo-like PNGs by 4 threads every 50 ms, against the bound (``process_image`` in as many
+  processes, no HTTP, right before and right after);
+- job overhead: CPU per job of every role minus the processing itself;
+- large: a 50-megapixel JPEG thumbnailed, the worker loops' peak RSS;
+
+and, as before, for each worker count: the long-poll client (upload everything, follow the
+oldest job with long polls) against the bound, idle latency, master and storage RSS while a
+large upload streams through, and the database alone.
 
 Settings for the system under test are ``DARKROOM_*`` variables, passed on (e.g.
-``DARKROOM_WORKER_MODE=thread``, ``DARKROOM_PNG_COMPRESS_LEVEL=6``). Every load loop is bounded
-in count and time and talks to 127.0.0.1 only.
+``DARKROOM_WORKER_MODE=thread``). Every load loop is bounded in count and time and talks to
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,47 +50,63 @@ if "--services" in sys.argv:  # another copy of the code, e.g. before a change
 sys.path.insert(0, str(SERVICES))  # benchmark this checkout, not an installed copy
 
 import images  # noqa: E402
+import peer  # noqa: E402
 import workloads  # noqa: E402
+from report import ISSUE_WORKERS, report_jobs, report_overhead, say, summary  # noqa: E402
 from system import DarkroomUp, StandaloneDatabase  # noqa: E402
 
-# The original Go system on a 2-core machine (see docs/benchmarks.md).
-GO = {"photo": 1.9, "small": 70.0, "small_awake": 165.0, "idle_ms": 500.0}
-CPU_ROLES = ("master", "database", "storage", "registry", "worker", "frontend", "client")
-TARGETS = {
-    "photo_vs_bound": 0.85,
-    "photo_jobs_per_s": 2.5 * GO["photo"],
-    "small_jobs_per_s": 150.0,
-    "idle_p50_ms": 100.0,
-    "rss_growth_mb": 30.0,
+WORKLOADS = ("thumbnails", "small", "photos", "large", "longpoll", "idle", "upload", "database")
+ISSUE_WORKLOADS = {"thumbnails", "small", "photos", "large"}
+THUMBNAIL = {"op": "resize:512x512,jpeg:80", "side": 512, "quality": 80, "threads": 4}
+LARGE_OP = "thumbnail:512,jpeg:80"
+POLLING = {  # the seed's clients: N threads, each asking /isReady every S seconds
+    "small": workloads.Poll(interval=0.020),
+    "photo": workloads.Poll(interval=0.050),
 }
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
+POLLING_THREADS = {"small": 8, "photo": 4}
 
 
 def _make(job: tuple[str, int]) -> tuple[bytes, str]:
-    return images.make(*job)
+    kind, seed = job
+    return (images.camera(seed), "") if kind == "camera" else images.make(kind, seed)
+
+
+SEEDS = {"small": 0, "photo": 1000, "camera": 2000}  # the large JPEG's is 3000
 
 
 def make_images(kind: str, count: int, folder: Path) -> tuple[list[Path], list[str]]:
-    seeds = [(kind, 1000 * (kind == "photo") + n) for n in range(count)]
-    with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:
-        made = pool.map(_make, seeds, chunksize=1)
+    """``count`` images of ``kind`` (small, photo: PNG; camera: JPEG) in ``folder``/``kind``."""
+    folder = folder / kind
+    folder.mkdir(exist_ok=True)
+    jobs = [(kind, SEEDS[kind] + n) for n in range(count)]
+    with multiprocessing.get_context("spawn").Pool(min(count, os.cpu_count() or 1)) as pool:
+        made = pool.map(_make, jobs, chunksize=1)
+    suffix = "jpg" if kind == "camera" else "png"
     paths = []
     for n, (data, _) in enumerate(made):
-        path = folder / f"{kind}-{n:03d}.png"
+        path = folder / f"{kind}-{n:03d}.{suffix}"
         path.write_bytes(data)
         paths.append(path)
     return paths, [digest for _, digest in made]
 
 
+def make_large(size: tuple[int, int]) -> bytes:
+    """The large JPEG, made in a process of its own (it needs about 1 GB on the way)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(images.camera, (3000, size))
+
+
 def options(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny counts (CI): no real figures")
-    parser.add_argument("--workers", help="worker process counts, e.g. 1,2,4")
+    parser.add_argument("--only", help=f"workloads to run, comma-separated: {', '.join(WORKLOADS)}")
+    parser.add_argument("--workers", help="worker process counts of the long-poll runs, e.g. 1,2,4")
     parser.add_argument("--photos", type=int, help="photo-like 1600x1200 images (40)")
     parser.add_argument("--smalls", type=int, help="small 64x64 images (200)")
+    parser.add_argument("--thumbnails", type=int, help="photo-like 2048x1536 JPEGs (40)")
+    parser.add_argument("--thumbnail-jobs", type=int, help="thumbnail jobs over them (80)")
+    parser.add_argument("--large-size", help="the large JPEG's size (8660x5773: 50 megapixels)")
+    parser.add_argument("--no-peer", action="store_true", help="leave thumbor out")
     parser.add_argument("--idle-repeats", type=int, help="idle latency samples (20)")
     parser.add_argument("--upload-mb", type=int, help="size of the memory test's upload (200)")
     parser.add_argument("--db-tasks", type=int, help="tasks per database run (1000)")
@@ -93,6 +120,9 @@ def options(argv: list[str] | None) -> argparse.Namespace:
         "workers": "1,2,4",
         "photos": 40,
         "smalls": 200,
+        "thumbnails": 40,
+        "thumbnail_jobs": 80,
+        "large_size": "x".join(map(str, images.LARGE_SIZE)),
         "idle_repeats": 20,
         "upload_mb": 200,
         "db_tasks": 1000,
@@ -103,6 +133,9 @@ def options(argv: list[str] | None) -> argparse.Namespace:
         "workers": "2",
         "photos": 2,
         "smalls": 20,
+        "thumbnails": 4,
+        "thumbnail_jobs": 8,
+        "large_size": "x".join(map(str, images.CAMERA_SIZE)),
         "idle_repeats": 3,
         "upload_mb": 20,
         "db_tasks": 50,
@@ -114,6 +147,11 @@ def options(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, name, value)
     args.workers = [int(n) for n in args.workers.split(",")]
     args.db_concurrency = [int(n) for n in args.db_concurrency.split(",")]
+    width, _, height = args.large_size.partition("x")
+    args.large_size = (int(width), int(height))
+    args.only = set(args.only.split(",")) if args.only else set(WORKLOADS)
+    if unknown := args.only - set(WORKLOADS):
+        parser.error(f"unknown workload(s) {', '.join(sorted(unknown))}: choose from {WORKLOADS}")
     return args
 
 
@@ -162,71 +200,220 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, work: Path, results: dict[str, Any]) -> None:
     started = time.monotonic()
-    say(f"\nmaking {args.smalls} small and {args.photos} photo-like images ...")
-    counts = {"small": args.smalls, "photo": args.photos}
-    # A count of 0 leaves that set out (e.g. --photos 0 to look at small images only).
-    sets = {kind: make_images(kind, count, work) for kind, count in counts.items() if count}
-    sizes = {kind: sum(p.stat().st_size for p in paths) for kind, (paths, _) in sets.items()}
-    say("  " + ", ".join(f"{kind} set: {size / 1e6:.1f} MB" for kind, size in sizes.items()))
-
-    results["bound"] = {kind: {} for kind in sets}
-    results["e2e"] = {kind: {} for kind in sets}
+    only = args.only
+    sets = make_sets(args, work)
+    if "camera" in sets:
+        results["peer"] = measure_peer(args, work, sets["camera"][0])
+    counts = set(args.workers) if only & {"longpoll", "idle", "upload"} else set()
+    if only & ISSUE_WORKLOADS:
+        counts.add(ISSUE_WORKERS)
     idle_on = min(args.workers, key=lambda n: abs(n - (os.cpu_count() or 1)))
     env = {"DARKROOM_MAX_UPLOAD_BYTES": str((args.upload_mb + 16) * 1024 * 1024)}
-    for workers in args.workers:
+    for workers in sorted(counts):
         say(f"\ndarkroom up --workers {workers}")
         with DarkroomUp(SERVICES, work, workers, env) as system:
             system.wait_workers_idle()
-            if workers == idle_on and "small" in sets:
-                results["memory"] = measure_memory(system, args)
-                results["idle"] = measure_idle(system, args, sets["small"][0][0])
-            for kind, (paths, digests) in sets.items():
-                # The bound right before and right after, so that both see the same machine
-                # (its speed drifts by 10 % within minutes here); the system waits idle meanwhile.
-                before = measure_bound(kind, paths, workers, "before")
-                data = [p.read_bytes() for p in paths]
-                figure = workloads.end_to_end(system, data, digests, args.timeout)
-                after = measure_bound(kind, paths, workers, "after")
-                bound = (before["images_per_s"] + after["images_per_s"]) / 2
-                results["bound"][kind][workers] = {
-                    **before,
-                    "images_per_s": bound,
-                    "before": before,
-                    "after": after,
-                }
-                results["e2e"][kind][workers] = figure
-                figure["vs_bound"] = figure["jobs_per_s"] / bound
-                steady = figure.get("steady_jobs_per_s")
-                stages = ", ".join(f"{k} {v:.1f}" for k, v in figure["worker_stage_ms"].items())
-                say(
-                    f"  end to end {kind:5} x{len(paths):<3}: {figure['jobs_per_s']:7.1f} jobs/s"
-                    + (f" (steady {steady:.1f})" if steady else "")
-                    + f", latency p50 {figure['latency_p50_s'] * 1000:.0f} ms"
-                    f" p95 {figure['latency_p95_s'] * 1000:.0f} ms,"
-                    f" {figure['vs_bound']:.2f} x bound, all {figure['verified']} verified"
-                )
-                say(f"      worker busy {figure['worker_busy_fraction']:.0%}; ms per job: {stages}")
-                cpu = figure["cpu_ms_per_job"]
-                say(
-                    "      CPU ms per job: "
-                    + ", ".join(f"{role} {cpu[role]:.1f}" for role in CPU_ROLES if role in cpu)
-                    + f"; total {sum(cpu.values()):.1f} ({figure['cpu_share']:.2f} cores busy)"
-                )
+            if workers == ISSUE_WORKERS:
+                issue_workloads(system, args, sets, results)
+            if workers == idle_on:
+                if "upload" in only:
+                    results["memory"] = measure_memory(system, args)
+                if "idle" in only and "small" in sets:
+                    results["idle"] = measure_idle(system, args, sets["small"][0][0])
+            if "longpoll" in only and workers in args.workers:
+                long_polls(system, sets, results, args.timeout)
+    if "database" in only:
+        results["database"] = measure_database(args, work)
+    results["seconds"] = time.monotonic() - started
+    summary(args, results)
 
+
+ImageSets = dict[str, tuple[list[Path], list[str]]]  # kind: the files and their results' digests
+
+
+def make_sets(args: argparse.Namespace, work: Path) -> ImageSets:
+    """The image sets the chosen workloads need; a count of 0 leaves a set out."""
+    needed = {
+        "small": args.smalls if args.only & {"small", "longpoll", "idle"} else 0,
+        "photo": args.photos if args.only & {"photos", "longpoll"} else 0,
+        "camera": args.thumbnails if "thumbnails" in args.only else 0,
+    }
+    say("\nmaking " + ", ".join(f"{n} {kind}" for kind, n in needed.items() if n) + " images ...")
+    sets = {kind: make_images(kind, count, work) for kind, count in needed.items() if count}
+    sizes = {kind: sum(p.stat().st_size for p in paths) for kind, (paths, _) in sets.items()}
+    say("  " + ", ".join(f"{kind} set: {size / 1e6:.1f} MB" for kind, size in sizes.items()))
+    return sets
+
+
+def issue_workloads(
+    system: DarkroomUp,
+    args: argparse.Namespace,
+    sets: ImageSets,
+    results: dict[str, Any],
+) -> None:
+    """Issue 12's workloads, the large image first: its loops' peak RSS starts fresh."""
+    if "large" in args.only:
+        results["large"] = measure_large(system, args)
+    if "camera" in sets:
+        results["thumbnails"] = measure_thumbnails(system, args, sets["camera"][0])
+    for kind, workload in (("small", "small"), ("photo", "photos")):
+        if workload in args.only and kind in sets:
+            paths, digests = sets[kind]
+            bound, figure = against_bound(
+                kind, paths, system, partial(polling, system, args, kind, paths, digests)
+            )
+            results.setdefault("polling", {})[kind] = {"bound": bound, **figure}
+
+
+def polling(
+    system: DarkroomUp, args: argparse.Namespace, kind: str, paths: list[Path], digests: list[str]
+) -> dict[str, Any]:
+    def check(n: int, data: bytes) -> str | None:
+        return None if images.result_digest(data) == digests[n % len(digests)] else "wrong pixels"
+
+    data = [path.read_bytes() for path in paths]
+    poll, threads = POLLING[kind], POLLING_THREADS[kind]
+    figure = workloads.client_jobs(system, data, check, len(data), threads, poll, args.timeout)
+    report_jobs(f"{kind} x{len(data)}, {threads} threads {poll.text}", figure)
+    return figure
+
+
+def long_polls(
+    system: DarkroomUp, sets: ImageSets, results: dict[str, Any], timeout: float
+) -> None:
+    """The long-poll client (upload everything at once, follow the oldest job) per image set."""
+    for kind in ("small", "photo"):
+        if kind in sets:
+            paths, digests = sets[kind]
+            run_once = partial(long_poll, system, kind, paths, digests, timeout)
+            bound, figure = against_bound(kind, paths, system, run_once)
+            results.setdefault("bound", {}).setdefault(kind, {})[system.workers] = bound
+            results.setdefault("e2e", {}).setdefault(kind, {})[system.workers] = figure
+
+
+def long_poll(
+    system: DarkroomUp, kind: str, paths: list[Path], digests: list[str], timeout: float
+) -> dict[str, Any]:
+    figure = workloads.end_to_end(system, [p.read_bytes() for p in paths], digests, timeout)
+    report_jobs(f"{kind} x{len(paths)}, long polls", figure)
+    return figure
+
+
+def against_bound(
+    kind: str, paths: list[Path], system: DarkroomUp, run_once: Callable[[], dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run between two measures of the bound, so that both see the same machine (its speed
+    drifts by 10 % within minutes here); the system waits idle meanwhile."""
+    before = measure_bound(kind, paths, system.workers, "before")
+    figure = run_once()
+    after = measure_bound(kind, paths, system.workers, "after")
+    bound = {
+        **before,
+        "images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2,
+        "cpu_ms_per_image": (before["cpu_ms_per_image"] + after["cpu_ms_per_image"]) / 2,
+        "before": before,
+        "after": after,
+    }
+    figure["vs_bound"] = figure["jobs_per_s"] / bound["images_per_s"]
+    figure["overhead_ms"] = workloads.overhead(figure["cpu_ms_per_job"], bound["cpu_ms_per_image"])
+    mean = bound["images_per_s"]
+    say(f"      {figure['vs_bound']:.2f} x bound ({mean:.1f} images/s, mean of before and after)")
+    report_overhead(figure["overhead_ms"], bound["cpu_ms_per_image"], figure)
+    return bound, figure
+
+
+def measure_peer(args: argparse.Namespace, work: Path, paths: list[Path]) -> dict[str, Any]:
+    """thumbor over the same JPEGs with the same client threads, before any Darkroom runs."""
+    venv = peer.cached()
+    if args.no_peer:
+        return skip_peer("--no-peer")
+    if venv is None and args.quick:
+        return skip_peer(f"--quick and no cached virtual environment in {peer.venv_dir()}")
+    try:
+        if venv is None:
+            say(f"\ninstalling {peer.THUMBOR} from PyPI into {peer.venv_dir()} (once) ...")
+            venv = peer.install(peer.venv_dir().parent / "thumbor-install.log")
+        side, quality = THUMBNAIL["side"], THUMBNAIL["quality"]
+        with peer.Thumbor(venv, paths[0].parent, work, ISSUE_WORKERS, quality) as server:
+            pillow = server.pillow_version()
+            say(f"\nthumbor ({peer.THUMBOR}, Pillow {pillow}) --processes {ISSUE_WORKERS}")
+            urls = [server.fit_in(path.name, side, side, quality) for path in paths]
+            figure = workloads.peer_requests(
+                urls, thumbnail_check, args.thumbnail_jobs, THUMBNAIL["threads"], server.cpu_seconds
+            )
+            figure["pillow"] = pillow
+    except peer.PeerUnavailable as exc:
+        return skip_peer(f"cannot run it here: {exc}")
+    cpu = figure["cpu_ms_per_request"]
+    say(
+        f"  thumbor thumbnails x{figure['jobs']}, {figure['threads']} threads:"
+        f" {figure['requests_per_s']:7.1f} requests/s,"
+        f" latency p50 {figure['latency_p50_s'] * 1000:.0f} ms"
+        f" p95 {figure['latency_p95_s'] * 1000:.0f} ms, all {figure['verified']} verified"
+    )
+    say(f"      CPU ms per request: thumbor {cpu['server']:.1f}, client {cpu['client']:.1f}")
+    return figure
+
+
+def skip_peer(reason: str) -> dict[str, Any]:
+    say(f"\nthumbor: skipped ({reason}); the thumbnail target is not measured")
+    return {"skipped": reason}
+
+
+def thumbnail_check(_: int, data: bytes) -> str | None:
+    return images.thumbnail_problem(data, THUMBNAIL["side"])
+
+
+def measure_thumbnails(
+    system: DarkroomUp, args: argparse.Namespace, paths: list[Path]
+) -> dict[str, Any]:
+    data = [path.read_bytes() for path in paths]
+    threads, op = THUMBNAIL["threads"], THUMBNAIL["op"]
+    poll = workloads.Poll(wait=30)
+    figure = workloads.client_jobs(
+        system, data, thumbnail_check, args.thumbnail_jobs, threads, poll, args.timeout, op=op
+    )
+    report_jobs(f"thumbnails x{args.thumbnail_jobs}, {threads} threads, op={op}", figure)
+    # Darkroom's own processing of the same images, no HTTP: what the jobs could reach.
+    bound = workloads.bound(paths, system.workers, op)
+    say(
+        f"  bound thumbnails x{len(paths)}: {bound['images_per_s']:7.1f} images/s in"
+        f" {system.workers} processes ({bound['cpu_ms_per_image']:.1f} ms CPU per image)"
+    )
+    figure["bound"] = bound
+    figure["overhead_ms"] = workloads.overhead(figure["cpu_ms_per_job"], bound["cpu_ms_per_image"])
+    report_overhead(figure["overhead_ms"], bound["cpu_ms_per_image"], figure)
+    return figure
+
+
+def measure_large(system: DarkroomUp, args: argparse.Namespace) -> dict[str, Any]:
+    width, height = args.large_size
+    say(f"  making a {width}x{height} JPEG ({width * height / 1e6:.0f} megapixels) ...")
+    data = make_large(args.large_size)
+    figure = workloads.large_image(system, data, LARGE_OP, 512, args.timeout)
+    figure["megapixels"] = width * height / 1e6
+    say(
+        f"  large {width}x{height} JPEG ({figure['image_mb']:.1f} MB), op={LARGE_OP}:"
+        f" {figure['seconds']:.1f} s; worker loops' peak RSS (VmHWM)"
+        f" {figure['peak_rss_before_mb']:.0f} MB before, {figure['peak_rss_mb']:.0f} MB after"
+    )
+    return figure
+
+
+def measure_database(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     say("\nthe database alone (darkroom serve database, direct HTTP)")
-    results["database"] = []
+    figures = []
     with StandaloneDatabase(SERVICES, work) as database:
         for concurrency in args.db_concurrency:
             figure = workloads.database(database.url, database.token, args.db_tasks, concurrency)
-            results["database"].append(figure)
+            figures.append(figure)
             say(
                 f"  {concurrency:2} clients, {args.db_tasks} tasks: "
                 f"{figure['creates_per_s']:6.0f} creates/s (new + enqueue), "
                 f"{figure['claims_per_s']:6.0f} claims/s, "
                 f"{figure['finishes_per_s']:6.0f} finishes/s"
             )
-    results["seconds"] = time.monotonic() - started
-    summary(args, results)
+    return figures
 
 
 def measure_bound(kind: str, paths: list[Path], workers: int, when: str) -> dict[str, Any]:
@@ -261,74 +448,6 @@ def measure_idle(system: DarkroomUp, args: argparse.Namespace, first: Path) -> d
         f" p95 {figure['p95_ms']:.0f} ms, min {figure['min_ms']:.0f} ms"
     )
     return figure
-
-
-def summary(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    say("\nsummary                         " + "".join(f"{n:>4} worker(s)" for n in args.workers))
-    for kind in results["e2e"]:
-        rows = {
-            f"{kind} bound (images/s)": [
-                results["bound"][kind][n]["images_per_s"] for n in args.workers
-            ],
-            f"{kind} end to end (jobs/s)": [
-                results["e2e"][kind][n]["jobs_per_s"] for n in args.workers
-            ],
-            f"{kind} end to end / bound": [
-                results["e2e"][kind][n]["vs_bound"] for n in args.workers
-            ],
-            f"{kind} vs Go ({GO[kind]:g} jobs/s)": [
-                results["e2e"][kind][n]["jobs_per_s"] / GO[kind] for n in args.workers
-            ],
-        }
-        for label, values in rows.items():
-            say(f"  {label:30}" + "".join(f"{v:15.2f}" for v in values))
-    photo = results["e2e"].get("photo")
-    small = results["e2e"].get("small")
-    checks = []
-    if photo:
-        checks += [
-            (
-                "photo end to end >= 0.85 x bound (every worker count)",
-                min(f["vs_bound"] for f in photo.values()) >= TARGETS["photo_vs_bound"],
-                ", ".join(f"{n}: {f['vs_bound']:.2f}" for n, f in photo.items()),
-            ),
-            (
-                f"photo end to end >= {TARGETS['photo_jobs_per_s']:.2f} jobs/s (2.5 x Go)",
-                max(f["jobs_per_s"] for f in photo.values()) >= TARGETS["photo_jobs_per_s"],
-                f"best {max(f['jobs_per_s'] for f in photo.values()):.2f}",
-            ),
-        ]
-    if small:
-        checks.append(
-            (
-                "small end to end >= 150 jobs/s overall",
-                max(f["jobs_per_s"] for f in small.values()) >= TARGETS["small_jobs_per_s"],
-                f"best {max(f['jobs_per_s'] for f in small.values()):.1f}",
-            )
-        )
-    if idle := results.get("idle"):
-        checks.append(
-            (
-                "idle latency p50 <= 100 ms",
-                idle["p50_ms"] <= TARGETS["idle_p50_ms"],
-                f"{idle['p50_ms']:.0f} ms",
-            )
-        )
-    if memory := results.get("memory"):
-        growth = {role: memory[role]["rss_growth_mb"] for role in ("master", "storage")}
-        checks.append(
-            (
-                f"RSS growth <= 30 MB during a {memory['upload_mb']:.0f} MB upload",
-                max(growth.values()) <= TARGETS["rss_growth_mb"],
-                ", ".join(f"{role} {mb:.1f} MB" for role, mb in growth.items()),
-            )
-        )
-    say("\ntargets" + (" (quick run: counts too small to mean anything)" if args.quick else ""))
-    results["targets"] = []
-    for text, met, detail in checks:
-        results["targets"].append({"target": text, "met": met, "figure": detail})
-        say(f"  [{'met' if met else 'MISSED'}] {text}: {detail}")
-    say(f"\nbenchmark took {results['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -108,8 +108,13 @@ class DarkroomUp:
         found = {role: cpu_seconds(pid) for role, pid in self.child_pids().items()}
         worker = self.child_pids().get("worker")
         if worker is not None:
-            found["worker"] += sum(cpu_seconds(pid) for pid in _children(worker))
+            found["worker"] += sum(cpu_seconds(pid) for pid in children(worker))
         return found
+
+    def worker_loop_pids(self) -> list[int]:
+        """The worker's loop processes (in thread mode the loops are the worker process)."""
+        worker = self.child_pids()["worker"]
+        return children(worker) or [worker]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -121,7 +126,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _children(parent: int) -> list[int]:
+def running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children, e.g. a server and the processes it forked."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
+
+
+def children(parent: int) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():

@@ -12,8 +12,9 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import requests
 
 from darkroom.core.discovery import Backoff
 from darkroom.worker.operations import ProcessingSettings, process_image
-from images import result_digest
+from images import result_digest, thumbnail_problem
 from system import DarkroomUp, memory_kib
 
 STAGES = ("download", "decode", "operation", "encode", "upload")
@@ -42,11 +43,12 @@ def percentile(values: list[float], fraction: float) -> float:
 # The bound: the worker's own processing in a plain loop, no HTTP.
 
 _images: list[bytes] = []
+_pipeline = "swap"
 
 
-def _load(paths: list[str], barrier: Any) -> None:
-    global _images
-    _images = [Path(path).read_bytes() for path in paths]
+def _load(paths: list[str], pipeline: str, barrier: Any) -> None:
+    global _images, _pipeline
+    _images, _pipeline = [Path(path).read_bytes() for path in paths], pipeline
     barrier.wait()
 
 
@@ -56,15 +58,18 @@ def _ready(_: int) -> None:
 
 def _process(index: int) -> dict[str, float]:
     timings: dict[str, float] = {}
-    process_image(io.BytesIO(_images[index]), io.BytesIO(), "swap", ProcessingSettings(), timings)
+    cpu_started = time.process_time()
+    source, settings = io.BytesIO(_images[index]), ProcessingSettings()
+    process_image(source, io.BytesIO(), _pipeline, settings, timings)
+    timings["cpu"] = time.process_time() - cpu_started
     return timings
 
 
-def bound(paths: list[Path], processes: int) -> dict[str, Any]:
+def bound(paths: list[Path], processes: int, pipeline: str = "swap") -> dict[str, Any]:
     """``process_image`` with default settings over the images, ``processes`` at a time."""
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(processes)
-    with context.Pool(processes, _load, ([str(p) for p in paths], barrier)) as pool:
+    with context.Pool(processes, _load, ([str(p) for p in paths], pipeline, barrier)) as pool:
         pool.map(_ready, range(processes), chunksize=1)  # every process has loaded the images
         started = time.perf_counter()
         timings = pool.map(_process, range(len(paths)), chunksize=1)
@@ -72,12 +77,15 @@ def bound(paths: list[Path], processes: int) -> dict[str, Any]:
     return {
         "processes": processes,
         "images": len(paths),
+        "pipeline": pipeline,
         "seconds": elapsed,
         "images_per_s": len(paths) / elapsed,
         "stage_ms": {
             stage: 1000 * statistics.fmean(t[stage] for t in timings)
             for stage in ("decode", "operation", "encode")
         },
+        # CPU, not wall time: what the processing itself costs, whatever else runs meanwhile.
+        "cpu_ms_per_image": 1000 * statistics.fmean(t["cpu"] for t in timings),
     }
 
 
@@ -86,10 +94,13 @@ def bound(paths: list[Path], processes: int) -> dict[str, Any]:
 
 
 class _Sessions(threading.local):
-    def __init__(self, token: str) -> None:
+    """A session per thread (a requests.Session is not safe to share between threads)."""
+
+    def __init__(self, token: str | None) -> None:
         self.session = requests.Session()
         self.session.trust_env = False
-        self.session.headers["Authorization"] = f"Bearer {token}"
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
 
 def _metric_samples(system: DarkroomUp) -> dict[str, float]:
@@ -125,9 +136,7 @@ def end_to_end(
     results: dict[int, tuple[bytes, float, float]] = {}
     failures: dict[int, str] = {}
     deadline = time.monotonic() + timeout
-    metrics_before = _metric_samples(system)
-    cpu_before, client_before = system.cpu_seconds(), time.process_time()
-    wall_started = time.perf_counter()
+    usage = _Usage(system)
 
     def upload(index: int) -> None:
         started = time.perf_counter()
@@ -185,37 +194,60 @@ def end_to_end(
             not_held.reset()
         for future in (*upload_futures, *downloads):
             future.result()
-    wall = time.perf_counter() - wall_started
-    cpu_after, client_after = system.cpu_seconds(), time.process_time()
-    metrics_after = _metric_samples(system)
+    used = usage.figures(count)
 
     # Checking the pixels is the benchmark's work, not the system's: after the clock stops.
     wrong = [i for i, (data, _, _) in results.items() if result_digest(data) != digests[i]]
     if failures or wrong:
         raise BenchError(f"end to end: failed {failures}, wrong pixels in results {wrong}")
-    first = min(started for _, started, _ in results.values())
-    finished = sorted(done for _, _, done in results.values())
-    latencies = [done - started for _, started, done in results.values()]
-    elapsed = finished[-1] - first
+    spans = [(started, done) for _, started, done in results.values()]
+    return {"workers": system.workers, **rates(spans, "jobs_per_s"), **used}
+
+
+def rates(spans: list[tuple[float, float]], unit: str) -> dict[str, Any]:
+    """Throughput and latency of jobs given as (started, done): from the first start to the
+    last end, and "steady" from the 10th to the 90th percent of ends."""
+    count = len(spans)
+    finished = sorted(done for _, done in spans)
+    latencies = [done - started for started, done in spans]
+    elapsed = finished[-1] - min(started for started, _ in spans)
     figures: dict[str, Any] = {
-        "workers": system.workers,
         "jobs": count,
         "seconds": elapsed,
-        "jobs_per_s": count / elapsed,
+        unit: count / elapsed,
         "latency_p50_s": percentile(latencies, 0.5),
         "latency_p95_s": percentile(latencies, 0.95),
-        "verified": len(results),
+        "verified": count,
     }
-    if count >= 10:  # the rate once the pipeline is full: from the 10th to the 90th percent
+    if count >= 10:  # the rate once the pipeline is full
         low, high = round(0.1 * (count - 1)), round(0.9 * (count - 1))
-        figures["steady_jobs_per_s"] = (high - low) / max(finished[high] - finished[low], 1e-9)
-    figures.update(_worker_figures(metrics_before, metrics_after, system.workers, count, wall))
-    # CPU per job is what the machine's load changes least: the figure to compare runs by.
-    cpu = {role: 1000 * (cpu_after[role] - cpu_before.get(role, 0.0)) / count for role in cpu_after}
-    cpu["client"] = 1000 * (client_after - client_before) / count
-    figures["cpu_ms_per_job"] = cpu
-    figures["cpu_share"] = (sum(cpu.values()) * count / 1000) / wall  # cores used, all processes
+        figures[f"steady_{unit}"] = (high - low) / max(finished[high] - finished[low], 1e-9)
     return figures
+
+
+class _Usage:
+    """CPU and worker metrics from now until ``figures``: what a run cost, per job."""
+
+    def __init__(self, system: DarkroomUp) -> None:
+        self.system = system
+        self.metrics = _metric_samples(system)
+        self.cpu, self.client = system.cpu_seconds(), time.process_time()
+        self.started = time.perf_counter()
+
+    def figures(self, jobs: int) -> dict[str, Any]:
+        wall = time.perf_counter() - self.started
+        cpu_after, client_after = self.system.cpu_seconds(), time.process_time()
+        metrics = _metric_samples(self.system)
+        figures = _worker_figures(self.metrics, metrics, self.system.workers, jobs, wall)
+        # CPU per job is what the machine's load changes least: the figure to compare runs by.
+        cpu = {
+            role: 1000 * (after - self.cpu.get(role, 0.0)) / jobs
+            for role, after in cpu_after.items()
+        }
+        cpu["client"] = 1000 * (client_after - self.client) / jobs
+        figures["cpu_ms_per_job"] = cpu
+        figures["cpu_share"] = (sum(cpu.values()) * jobs / 1000) / wall  # cores used
+        return figures
 
 
 def _worker_figures(
@@ -230,6 +262,174 @@ def _worker_figures(
             stage: 1000 * delta(f'darkroom_worker_stage_seconds_sum{{stage="{stage}"}}') / jobs
             for stage in STAGES
         },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients that submit and follow one job at a time, as users' programs do
+
+Check = Callable[[int, bytes], str | None]  # what is wrong with job N's result; None: right
+Spans = list[tuple[bytes, float, float]]  # each job's result, start and end
+
+
+@dataclass(frozen=True)
+class Poll:
+    """How a client learns that its job is done: one long poll of up to ``wait`` seconds at a
+    time, or asking ``/isReady`` again every ``interval`` seconds as the seed's clients do."""
+
+    wait: float = 0.0
+    interval: float = 0.0
+
+    @property
+    def text(self) -> str:
+        if self.wait:
+            return f"long polls (wait={self.wait:g})"
+        return f"polling every {1000 * self.interval:g} ms"
+
+
+def client_jobs(
+    system: DarkroomUp,
+    images: list[bytes],
+    check: Check,
+    jobs: int,
+    threads: int,
+    poll: Poll,
+    timeout: float,
+    op: str | None = None,
+) -> dict[str, Any]:
+    """``jobs`` jobs over ``images`` in turn; each of ``threads`` clients uploads one to
+    ``/new``, waits for it as ``poll`` says, downloads it from ``/get`` and takes the next."""
+    local = _Sessions(system.token)
+    master = system.url("master")
+    deadline = time.monotonic() + timeout
+    params = {"op": op} if op else {}
+
+    def one(index: int) -> tuple[bytes, float, float]:
+        session = local.session
+        started = time.perf_counter()
+        data = images[index % len(images)]
+        task_id = _expect(
+            session.post(f"{master}/new", params=params, data=data, timeout=60), "/new"
+        ).text.strip()
+        _wait_ready(session, master, task_id, poll, deadline)
+        result = _expect(session.get(f"{master}/get", params={"id": task_id}, timeout=60), "/get")
+        return result.content, started, time.perf_counter()
+
+    usage = _Usage(system)
+    spans = _run_clients(one, jobs, threads)
+    used = usage.figures(jobs)
+    _verify(spans, check)
+    return {
+        "workers": system.workers,
+        "threads": threads,
+        "poll": poll.text,
+        **rates([(started, done) for _, started, done in spans], "jobs_per_s"),
+        **used,
+    }
+
+
+def _wait_ready(
+    session: requests.Session, master: str, task_id: str, poll: Poll, deadline: float
+) -> None:
+    params: dict[str, Any] = {"id": task_id, **({"wait": poll.wait} if poll.wait else {})}
+    not_held = Backoff(first=0.005, cap=0.1)
+    while time.monotonic() < deadline:
+        asked = time.monotonic()
+        answer = _expect(
+            session.get(f"{master}/isReady", params=params, timeout=poll.wait + 30), "/isReady"
+        )
+        if answer.text.strip() == "1":
+            return
+        if poll.interval:
+            time.sleep(poll.interval)
+        elif time.monotonic() - asked < poll.wait / 2:
+            time.sleep(not_held.next())  # answered without waiting: a busy master
+    raise BenchError(f"job {task_id} not ready in time")
+
+
+def peer_requests(
+    urls: list[str],
+    check: Check,
+    jobs: int,
+    threads: int,
+    cpu_seconds: Callable[[], float],
+) -> dict[str, Any]:
+    """``jobs`` GETs over ``urls`` in turn, ``threads`` at a time: an image server that answers
+    with the result (thumbor). ``cpu_seconds`` gives the server's CPU so far."""
+    local = _Sessions(None)
+
+    def one(index: int) -> tuple[bytes, float, float]:
+        started = time.perf_counter()
+        answer = _expect(local.session.get(urls[index % len(urls)], timeout=60), "GET")
+        return answer.content, started, time.perf_counter()
+
+    server_before, client_before = cpu_seconds(), time.process_time()
+    started = time.perf_counter()
+    spans = _run_clients(one, jobs, threads)
+    wall = time.perf_counter() - started
+    cpu = {
+        "server": 1000 * (cpu_seconds() - server_before) / jobs,
+        "client": 1000 * (time.process_time() - client_before) / jobs,
+    }
+    _verify(spans, check)
+    return {
+        "threads": threads,
+        **rates([(started, done) for _, started, done in spans], "requests_per_s"),
+        "cpu_ms_per_request": cpu,
+        "cpu_share": sum(cpu.values()) * jobs / 1000 / wall,
+    }
+
+
+Job = Callable[[int], tuple[bytes, float, float]]  # job N: its result, start and end
+
+
+def _run_clients(one: Job, jobs: int, threads: int) -> Spans:
+    with ThreadPoolExecutor(threads, "client") as pool:
+        return list(pool.map(one, range(jobs)))
+
+
+def _expect(response: requests.Response, what: str) -> requests.Response:
+    if response.status_code != 200:
+        raise BenchError(f"{what}: {response.status_code} {response.text[:200]}")
+    return response
+
+
+def _verify(spans: Spans, check: Check) -> None:
+    """Checking the results is the benchmark's work, not the system's: after the clock stops."""
+    wrong = {n: problem for n, (data, _, _) in enumerate(spans) if (problem := check(n, data))}
+    if wrong:
+        first = dict(list(wrong.items())[:5])
+        raise BenchError(f"{len(wrong)} of {len(spans)} results wrong, e.g. {first}")
+
+
+def overhead(cpu_ms_per_job: dict[str, float], processing_ms: float) -> dict[str, float]:
+    """What the job machinery costs per job, per role: all CPU but the benchmark client's,
+    minus the processing itself (``processing_ms`` of the worker's)."""
+    roles = {role: ms for role, ms in cpu_ms_per_job.items() if role != "client"}
+    roles["worker"] = roles.get("worker", 0.0) - processing_ms
+    return {**roles, "total": sum(roles.values())}
+
+
+def large_image(
+    system: DarkroomUp, data: bytes, op: str, longest_side: int, timeout: float
+) -> dict[str, Any]:
+    """One large image through the system; the peak RSS (VmHWM) of the worker's loops."""
+    loops = system.worker_loop_pids()
+    before = max(memory_kib(pid)["VmHWM"] for pid in loops)
+
+    def check(_: int, result: bytes) -> str | None:
+        return thumbnail_problem(result, longest_side)
+
+    figure = client_jobs(system, [data], check, 1, 1, Poll(wait=30), timeout, op=op)
+    after = max(memory_kib(pid)["VmHWM"] for pid in loops)
+    return {
+        "image_mb": len(data) / 1e6,
+        "op": op,
+        "seconds": figure["seconds"],
+        "loops": len(loops),
+        "peak_rss_before_mb": before / 1024,
+        "peak_rss_mb": after / 1024,
+        "worker_stage_ms": figure["worker_stage_ms"],
     }
 
 
