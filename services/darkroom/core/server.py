@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -11,10 +13,30 @@ from types import FrameType
 
 import falcon
 import waitress
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
+from waitress.utilities import BadRequest, Error, RequestEntityTooLarge, RequestHeaderFieldsTooLarge
 
 from darkroom.core.config import Config
+from darkroom.core.headers import SECURITY_HEADERS
 
 log = logging.getLogger(__name__)
+
+# What a role takes unless it says otherwise: task records, keys and forms, never images. The
+# body is buffered (to /tmp past 512 KiB) before the app, and its authentication, sees it.
+SMALL_BODY_BYTES = 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+# File descriptors kept out of the connection limit: per thread an outgoing connection, a
+# spooled body and a file it serves; and the process's own (logs, SQLite, the listener, pipes).
+FDS_PER_THREAD = 3
+FDS_RESERVED = 64
+# A connection can hold two: its socket and a body waitress spooled to a temporary file.
+FDS_PER_CONNECTION = 2
+# Past this, idle connections cost more memory than they are worth; the rest wait in the backlog.
+MAX_CONNECTIONS = 10_000
+# How far serve() raises its own soft descriptor limit towards the hard one.
+WANTED_OPEN_FILES = 2 * MAX_CONNECTIONS + 1024
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -22,39 +44,102 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     sys.exit(0)
 
 
+def raise_open_file_limit(wanted: int = WANTED_OPEN_FILES) -> int:
+    """Raise the soft RLIMIT_NOFILE towards ``wanted`` (never past the hard limit); the result."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit", extra={"error": str(exc)})
+    return MAX_CONNECTIONS * FDS_PER_CONNECTION if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_limit(open_files: int, threads: int) -> int:
+    """How many connections fit in ``open_files`` descriptors beside what the threads need."""
+    spare = open_files - FDS_RESERVED - threads * FDS_PER_THREAD
+    return max(16, min(MAX_CONNECTIONS, spare // FDS_PER_CONNECTION))
+
+
+def _describe(error: Error, adj: Adjustments) -> tuple[str, str]:
+    """Title and description of one of waitress's own refusals, in the app's words."""
+    if isinstance(error, RequestEntityTooLarge):
+        limit = adj.max_request_body_size - 1  # waitress refuses a body of max_request_body_size
+        return "Request body too large", f"This service takes bodies of at most {limit} bytes."
+    if isinstance(error, RequestHeaderFieldsTooLarge):
+        return (
+            "Request headers too large",
+            f"The request line and headers must be under {adj.max_request_header_size} bytes.",
+        )
+    if isinstance(error, BadRequest):
+        return "Malformed request", f"Not a valid HTTP/1.1 request: {error.body}."
+    return error.reason, str(error.body)
+
+
+class JsonErrorTask(ErrorTask):
+    """waitress's own answers (bad framing, oversized headers or body) as JSON, like the app's.
+
+    waitress writes them as text/plain, quoting its internal limits.
+    """
+
+    def execute(self) -> None:
+        error = self.request.error
+        title, description = _describe(error, self.channel.server.adj)
+        body = json.dumps({"title": title, "description": description}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.extend([("Content-Type", falcon.MEDIA_JSON), *SECURITY_HEADERS])
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class JsonErrorChannel(HTTPChannel):
+    error_task_class = JsonErrorTask
+
+
 def serve(
     app: falcon.App,
     config: Config,
     role: str,
-    max_body_bytes: int | None = None,
+    max_body_bytes: int = SMALL_BODY_BYTES,
     on_listening: Callable[[], None] | None = None,
 ) -> None:
     """Serve until SIGTERM; ``on_listening`` runs once the socket accepts connections.
+
+    ``max_body_bytes`` is the largest request body the role takes: waitress refuses a larger one
+    (413, from ``Content-Length`` alone) before buffering it, so keep it to what the role needs.
 
     Roles register their address there: registered before listening, a caller that found the
     address could be refused (seen as a 503 right after start).
     """
     port = config.port_for(role)
-    max_body_bytes = max_body_bytes or config.max_upload_bytes
+    open_files = raise_open_file_limit()
     server = waitress.create_server(
         app,
         host=config.host,
         port=port,
         threads=config.threads,
-        # waitress answers 413 itself for bodies over the upload limit (with slack for headers)
-        max_request_body_size=max_body_bytes + 64 * 1024,
-        max_request_header_size=64 * 1024,
+        # waitress answers 413 itself for bodies of this size or more
+        max_request_body_size=max_body_bytes + 1,
+        max_request_header_size=MAX_HEADER_BYTES,
         # idle connections (slow or stalled clients) are closed after twice the HTTP timeout;
         # waitress takes whole seconds and looks for them every cleanup_interval (30 s by default,
         # so a 2 s timeout cut clients after up to 32 s)
         channel_timeout=max(1, math.ceil(config.http_timeout_seconds * 2)),
         cleanup_interval=1,
-        connection_limit=1000,
+        # select() fails on descriptors >= 1024 ("filedescriptor out of range"): about 1,000 idle
+        # connections made the role exit; poll() has no such ceiling
+        asyncore_use_poll=True,
+        connection_limit=connection_limit(open_files, config.threads),
         # 8 KiB by default: a 3 MB body took 400 trips through the event loop (3x the CPU)
         recv_bytes=256 * 1024,
         ident="darkroom",
         clear_untrusted_proxy_headers=True,
     )
+    # create_server builds one TCP server; its accepted connections answer errors as JSON
+    server.channel_class = JsonErrorChannel
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if on_listening is not None:
         on_listening()

@@ -21,4 +21,10 @@ def run(config: Config) -> None:
         check_pipeline=lambda text: normalize_pipeline(text, settings),
         readiness=runtime.reachable("database", "storage"),
     )
-    serve(app, config, "master", on_listening=runtime.register)
+    serve(
+        app,
+        config,
+        "master",
+        max_body_bytes=config.max_upload_bytes,
+        on_listening=runtime.register,
+    )
