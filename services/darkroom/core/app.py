@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from darkroom.core.auth import BEARER_CHALLENGE, AuthMiddleware, parse_api_keys
 from darkroom.core.config import Config
+from darkroom.core.errors import UpstreamUnavailable
 from darkroom.core.headers import SecurityHeaders
 from darkroom.core.health import Liveness, Readiness, ReadinessCheck
 from darkroom.core.logs import AccessLog
@@ -43,6 +44,7 @@ def create_base_app(
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(falcon.HTTPRouteNotFound, _route_not_found)
     app.add_error_handler(falcon.HTTPMethodNotAllowed, _method_not_allowed)
+    app.add_error_handler(UpstreamUnavailable, _upstream_unavailable)
     app.set_error_serializer(json_error)
     # Query strings like ?value= keep their empty values, so "empty" is reported, not "missing".
     app.req_options.keep_blank_qs_values = True
@@ -62,6 +64,17 @@ def _unexpected_error(req: falcon.Request, resp: falcon.Response, ex: Exception,
         title="Internal server error",
         description="The service failed to answer this request; the reason is in its log.",
     )
+
+
+def _upstream_unavailable(
+    req: falcon.Request, resp: falcon.Response, ex: UpstreamUnavailable, params: Any
+):
+    # The answer only names the service; the address and the error are for the operator.
+    logging.getLogger("darkroom.app").warning(
+        "service unavailable",
+        extra={"service": ex.service, "error": ex.detail, "route": req.uri_template},
+    )
+    raise ex
 
 
 def _route_not_found(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any):
