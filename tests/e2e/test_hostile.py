@@ -230,3 +230,119 @@ def answers_200(services: Services, role: str) -> bool:
         return probe(services, role) == 200
     except requests.RequestException:
         return False
+
+
+# Slow readers ---------------------------------------------------------------------------------
+
+SLOW_THREADS = 4  # server threads of the master below: a few stalled downloads would take all
+RESULT_BYTES = 24 * 1024 * 1024  # over waitress's default 16 MiB output watermark
+STALLED_DOWNLOADS = 2 * SLOW_THREADS
+PROBING_SECONDS = 3.0
+
+
+@pytest.fixture(scope="module")
+def big_result(tmp_path_factory) -> Iterator[tuple[Services, str]]:
+    """A finished job whose result is larger than 16 MiB; each test starts its own master.
+
+    The fixture plays the worker through the internal API: claim, store the result, finish.
+    """
+    root = tmp_path_factory.mktemp("slow-readers")
+    running = Services(root / "data", root, api_keys="", threads=str(SLOW_THREADS))
+    token = {"Authorization": f"Bearer {running.env['DARKROOM_INTERNAL_TOKEN']}"}
+    try:
+        for role in ("registry", "database", "storage", "master"):
+            running.start(role)
+        task_id = requests.post(running.url("master", "/new"), data=png_bytes(), timeout=10).text
+        claim = requests.post(
+            running.url("master", "/getNewTask"), params={"wait": 0}, headers=token, timeout=10
+        ).json()
+        assert claim["id"] == task_id
+        stored = requests.post(
+            running.url("storage", "/sendImage"),
+            params={"id": task_id, "state": "finished"},
+            data=png_bytes() + os.urandom(RESULT_BYTES),  # a PNG's head, then noise
+            headers=token,
+            timeout=30,
+        )
+        assert stored.status_code == 201, stored.text
+        finished = requests.post(
+            running.url("master", "/registerTaskFinished"),
+            params={"id": task_id, "lease": claim["lease"]},
+            headers=token,
+            timeout=10,
+        )
+        assert finished.status_code == 200, finished.text
+        running.stop("master")
+        yield running, task_id
+    finally:
+        running.stop_all()
+
+
+def stalled_download(services: Services, path: str) -> socket.socket:
+    """A client that asks for ``path`` and then reads nothing at all."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((HOST, services.ports["master"]))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: darkroom\r\n\r\n".encode())
+    return sock
+
+
+def keeps_answering(services: Services, seconds: float) -> None:
+    """Every probe for ``seconds`` answers within PROBE_SECONDS."""
+    deadline = time.monotonic() + seconds
+    for _ in range(1000):
+        assert probe(services, "master") == 200
+        if time.monotonic() > deadline:
+            return
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bool:
+    """Read (and drop) what the server sent; True when it closed the connection in time."""
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        sock.settimeout(remaining)
+        try:
+            if not sock.recv(1024 * 1024):
+                return True
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def test_clients_that_never_read_a_large_download_hold_no_thread(big_result):
+    """The result is handed to waitress whole: the threads are free while the clients stall."""
+    services, task_id = big_result
+    services.start("master")
+    try:
+        with contextlib.ExitStack() as held:
+            for _ in range(STALLED_DOWNLOADS):
+                held.enter_context(stalled_download(services, f"/get?id={task_id}"))
+            keeps_answering(services, PROBING_SECONDS)
+            whole = requests.get(services.url("master", f"/get?id={task_id}"), timeout=30)
+            assert whole.status_code == 200 and len(whole.content) > RESULT_BYTES
+    finally:
+        services.stop("master")
+
+
+def test_a_response_waiting_on_a_client_that_reads_nothing_is_cut_off(big_result):
+    """Past the output watermark (here below the result), a stall ends after the idle timeout."""
+    services, task_id = big_result
+    # a 2 s idle cut-off; results up to 1 MiB, so waitress's watermark stays at 16 MiB
+    services.start("master", http_timeout_seconds="1", max_result_bytes=str(1024 * 1024))
+    try:
+        with contextlib.ExitStack() as held:
+            stalled = [
+                held.enter_context(stalled_download(services, f"/get?id={task_id}"))
+                for _ in range(STALLED_DOWNLOADS)
+            ]
+            started = time.monotonic()
+            wait_until(
+                lambda: answers_200(services, "master"), 30, "master /healthz past the stall"
+            )
+            assert time.monotonic() - started < 15
+            assert all(closed_by_server(sock, 30) for sock in stalled)
+        keeps_answering(services, 1)
+    finally:
+        services.stop("master")

@@ -8,13 +8,14 @@ import math
 import resource
 import signal
 import sys
+import time
 from collections.abc import Callable
 from types import FrameType
 
 import falcon
 import waitress
 from waitress.adjustments import Adjustments
-from waitress.channel import HTTPChannel
+from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.task import ErrorTask
 from waitress.utilities import BadRequest, Error, RequestEntityTooLarge, RequestHeaderFieldsTooLarge
 
@@ -95,8 +96,32 @@ class JsonErrorTask(ErrorTask):
         self.write(body)
 
 
-class JsonErrorChannel(HTTPChannel):
+class DarkroomChannel(HTTPChannel):
+    """waitress's connection, with JSON refusals and a bound on a client that reads nothing.
+
+    A response thread hands its bytes to the channel; past ``outbuf_high_watermark`` pending
+    bytes, waitress makes it wait, without a time limit, for the client to take some, and its
+    idle cut-off skips connections with a request in progress: clients that never read a large
+    download held every thread (the master's /healthz timed out for 75 s). Here the wait ends,
+    and the connection with it, once the client has taken nothing for ``channel_timeout``.
+    """
+
     error_task_class = JsonErrorTask
+
+    def _flush_outbufs_below_high_watermark(self) -> None:
+        # waitress 3.0.2's method of this name, with the wait bounded
+        if self.total_outbufs_len <= self.adj.outbuf_high_watermark:
+            return
+        waiting_since = time.time()
+        with self.outbuf_lock:
+            self._flush_exception(self._flush_some, do_close=False)
+            while self.connected and self.total_outbufs_len > self.adj.outbuf_high_watermark:
+                if time.time() - max(self.last_activity, waiting_since) > self.adj.channel_timeout:
+                    self.will_close = True  # the event loop closes the socket
+                    self.server.pull_trigger()
+                    raise ClientDisconnected
+                self.server.pull_trigger()
+                self.outbuf_lock.wait(timeout=1)
 
 
 def serve(
@@ -133,13 +158,18 @@ def serve(
         # connections made the role exit; poll() has no such ceiling
         asyncore_use_poll=True,
         connection_limit=connection_limit(open_files, config.threads),
+        # A response up to the largest result is handed to waitress whole (past 1 MiB it spools
+        # to a temporary file) so that its thread is free at once, however slowly the client
+        # reads; the connection is closed when the client takes nothing for channel_timeout.
+        # At waitress's 16 MiB, clients that never read a 20 MB result held every thread.
+        outbuf_high_watermark=max(16 * 1024 * 1024, config.max_result_bytes + MAX_HEADER_BYTES),
         # 8 KiB by default: a 3 MB body took 400 trips through the event loop (3x the CPU)
         recv_bytes=256 * 1024,
         ident="darkroom",
         clear_untrusted_proxy_headers=True,
     )
     # create_server builds one TCP server; its accepted connections answer errors as JSON
-    server.channel_class = JsonErrorChannel
+    server.channel_class = DarkroomChannel
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if on_listening is not None:
         on_listening()
