@@ -16,7 +16,14 @@ from waitress.utilities import (
 )
 
 from darkroom.core import server
-from darkroom.core.server import JsonErrorTask, connection_limit, raise_open_file_limit
+from darkroom.core.server import (
+    SMALL_BODY_BYTES,
+    BodyTooLarge,
+    JsonErrorTask,
+    channel_class,
+    connection_limit,
+    raise_open_file_limit,
+)
 
 
 def test_connection_limit_leaves_room_for_threads_and_files():
@@ -72,7 +79,7 @@ class Request:
             RequestEntityTooLarge("exceeds max_body of 1048577"),
             "413 Request Entity Too Large",
             "Request body too large",
-            "This service takes bodies of at most 1048576 bytes.",
+            "This route takes bodies of at most 1048576 bytes.",
         ),
         (
             RequestHeaderFieldsTooLarge("exceeds max_header of 65536"),
@@ -112,3 +119,51 @@ def test_waitress_refusals_are_json_in_the_apps_words(error, status, title, desc
     assert "X-Content-Type-Options: nosniff" in lines
     assert "Connection: close" in lines
     assert json.loads(body) == {"title": title, "description": description}
+
+
+UPLOAD_LIMIT = 4 * SMALL_BODY_BYTES
+RECV_BYTES = 256 * 1024
+
+
+def parse(head: bytes, body: bytes = b""):
+    """A request through the parser ``serve`` gives a role with one upload route, ``/new``."""
+    parser = channel_class({"/new": UPLOAD_LIMIT}).parser_class(
+        Adjustments(max_request_body_size=UPLOAD_LIMIT + 1)
+    )
+    data = head + body
+    while data and not parser.completed:  # as the channel feeds it: recv_bytes at a time
+        data = data[parser.received(data[:RECV_BYTES]) :]
+    return parser
+
+
+def refused_with(parser) -> str:
+    assert parser.error is not None and parser.error.code == 413
+    return server._describe(parser.error, parser.adj)[1]
+
+
+def post(path: str, length: int) -> bytes:
+    return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (path.encode(), length)
+
+
+@pytest.mark.parametrize("path", ["/new", "/new/"])
+def test_the_upload_route_takes_bodies_up_to_its_limit(path):
+    parser = parse(post(path, UPLOAD_LIMIT), b"x" * UPLOAD_LIMIT)
+    assert parser.error is None and parser.completed
+    refused = parse(post(path, UPLOAD_LIMIT + 1))
+    assert refused_with(refused) == f"This route takes bodies of at most {UPLOAD_LIMIT} bytes."
+
+
+@pytest.mark.parametrize("path", ["/heartbeat", "/", "/newer"])
+def test_other_routes_take_small_bodies_judged_from_the_length(path):
+    assert parse(post(path, SMALL_BODY_BYTES), b"x" * SMALL_BODY_BYTES).error is None
+    refused = parse(post(path, SMALL_BODY_BYTES + 1))  # no body sent: judged from the header
+    assert isinstance(refused.error, BodyTooLarge)
+    assert refused_with(refused) == f"This route takes bodies of at most {SMALL_BODY_BYTES} bytes."
+
+
+def test_a_chunked_body_is_cut_off_at_the_small_limit():
+    head = b"POST /heartbeat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+    parser = parse(head, chunk * 40)
+    assert isinstance(parser.error, BodyTooLarge)
+    assert parser.body_bytes_received <= SMALL_BODY_BYTES + RECV_BYTES

@@ -31,7 +31,7 @@ FLOOD_CONNECTIONS = 1100
 TEST_OPEN_FILES = 4096
 # Long enough that waitress does not cut the flood as idle (twice this) while the test runs.
 HTTP_TIMEOUT_SECONDS = 30
-SMALL_BODY_BYTES = 1024 * 1024  # what core/server.py lets the database and the registry take
+SMALL_BODY_BYTES = 1024 * 1024  # what core/server.py lets routes that take no image take
 BIG_BODY_BYTES = 40 * 1024 * 1024
 PROBE_SECONDS = 2.0
 
@@ -122,13 +122,23 @@ def test_idle_connections_past_select_limit_do_not_crash_the_role(stack, open_fi
     assert process.poll() is None
 
 
-@pytest.mark.parametrize("role", ["database", "registry"])
-def test_big_unauthenticated_body_is_refused_from_its_length_alone(stack, role):
+@pytest.mark.parametrize(
+    ("role", "path"),
+    [
+        ("database", "/setById"),
+        ("registry", "/set"),
+        # the roles that take images take them on their upload route only
+        ("master", "/getNewTask"),
+        ("frontend", "/status"),
+        ("storage", "/deleteImage"),
+    ],
+)
+def test_big_unauthenticated_body_is_refused_from_its_length_alone(stack, role, path):
     with socket.create_connection((HOST, stack.ports[role]), timeout=10) as sock:
         started = time.monotonic()
         sock.sendall(
-            b"POST /setById HTTP/1.1\r\nHost: darkroom\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n" % BIG_BODY_BYTES
+            b"POST %s HTTP/1.1\r\nHost: darkroom\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (path.encode(), BIG_BODY_BYTES)
         )
         answer = read_answer(sock, 10)  # not one body byte sent
         elapsed = time.monotonic() - started
@@ -136,7 +146,7 @@ def test_big_unauthenticated_body_is_refused_from_its_length_alone(stack, role):
     assert status == 413
     assert error == {
         "title": "Request body too large",
-        "description": f"This service takes bodies of at most {SMALL_BODY_BYTES} bytes.",
+        "description": f"This route takes bodies of at most {SMALL_BODY_BYTES} bytes.",
     }
     assert "x-content-type-options: nosniff" in headers
     assert elapsed < 2.0

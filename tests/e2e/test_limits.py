@@ -191,7 +191,7 @@ def test_body_over_the_limit_is_refused_with_413_before_it_is_sent(services):
     assert re.search(rb"\r\nConnection: close\r\n", data, re.IGNORECASE)
     assert json_error_of(data) == {
         "title": "Request body too large",
-        "description": f"This service takes bodies of at most {MAX_UPLOAD_BYTES} bytes.",
+        "description": f"This route takes bodies of at most {MAX_UPLOAD_BYTES} bytes.",
     }
     assert how == "eof"
     assert healthy(services)

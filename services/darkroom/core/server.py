@@ -9,13 +9,14 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import FrameType
 
 import falcon
 import waitress
 from waitress.adjustments import Adjustments
 from waitress.channel import ClientDisconnected, HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.task import ErrorTask
 from waitress.utilities import BadRequest, Error, RequestEntityTooLarge, RequestHeaderFieldsTooLarge
 
@@ -64,11 +65,18 @@ def connection_limit(open_files: int, threads: int) -> int:
     return max(16, min(MAX_CONNECTIONS, spare // FDS_PER_CONNECTION))
 
 
+class BodyTooLarge(RequestEntityTooLarge):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"exceeds {limit} bytes")
+        self.limit = limit
+
+
 def _describe(error: Error, adj: Adjustments) -> tuple[str, str]:
     """Title and description of one of waitress's own refusals, in the app's words."""
     if isinstance(error, RequestEntityTooLarge):
-        limit = adj.max_request_body_size - 1  # waitress refuses a body of max_request_body_size
-        return "Request body too large", f"This service takes bodies of at most {limit} bytes."
+        # waitress itself refuses a body of max_request_body_size
+        limit = getattr(error, "limit", adj.max_request_body_size - 1)
+        return "Request body too large", f"This route takes bodies of at most {limit} bytes."
     if isinstance(error, RequestHeaderFieldsTooLarge):
         return (
             "Request headers too large",
@@ -94,6 +102,30 @@ class JsonErrorTask(ErrorTask):
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
+
+
+class RouteBodyLimits(HTTPRequestParser):
+    """waitress's request parser, with a body limit per path: ``upload_limits`` or the small one.
+
+    waitress has one limit per server and buffers the body before the app (and so its
+    authentication) sees it; the routes that take no images must not buffer 50 MiB.
+    """
+
+    upload_limits: Mapping[str, int] = {}
+
+    def received(self, data: bytes) -> int:
+        consumed = super().received(data)
+        if not self.headers_finished or not (
+            self.error is None or isinstance(self.error, RequestEntityTooLarge)
+        ):
+            return consumed
+        limit = self.upload_limits.get(self.path.rstrip("/") or "/", SMALL_BODY_BYTES)
+        # a Content-Length is judged at once, a chunked body as it arrives; waitress's own
+        # refusal (over the largest limit) is told with this path's limit
+        if self.error is not None or max(self.content_length, self.body_bytes_received) > limit:
+            self.error = BodyTooLarge(limit)
+            self.completed = True
+        return consumed
 
 
 class DarkroomChannel(HTTPChannel):
@@ -124,21 +156,29 @@ class DarkroomChannel(HTTPChannel):
                 self.outbuf_lock.wait(timeout=1)
 
 
+def channel_class(upload_limits: Mapping[str, int]) -> type[HTTPChannel]:
+    """Connections whose bodies may reach ``upload_limits[path]``, elsewhere SMALL_BODY_BYTES."""
+    parser = type("Parser", (RouteBodyLimits,), {"upload_limits": dict(upload_limits)})
+    return type("Channel", (DarkroomChannel,), {"parser_class": parser})
+
+
 def serve(
     app: falcon.App,
     config: Config,
     role: str,
-    max_body_bytes: int = SMALL_BODY_BYTES,
+    upload_limits: Mapping[str, int] | None = None,
     on_listening: Callable[[], None] | None = None,
 ) -> None:
     """Serve until SIGTERM; ``on_listening`` runs once the socket accepts connections.
 
-    ``max_body_bytes`` is the largest request body the role takes: waitress refuses a larger one
-    (413, from ``Content-Length`` alone) before buffering it, so keep it to what the role needs.
+    ``upload_limits`` maps the paths that take large bodies (images) to their limit; every other
+    path takes SMALL_BODY_BYTES. A larger body is refused with 413 (from ``Content-Length``
+    alone) before it is buffered.
 
     Roles register their address there: registered before listening, a caller that found the
     address could be refused (seen as a 503 right after start).
     """
+    upload_limits = upload_limits or {}
     port = config.port_for(role)
     open_files = raise_open_file_limit()
     server = waitress.create_server(
@@ -146,8 +186,8 @@ def serve(
         host=config.host,
         port=port,
         threads=config.threads,
-        # waitress answers 413 itself for bodies of this size or more
-        max_request_body_size=max_body_bytes + 1,
+        # waitress's own limit, for all paths; RouteBodyLimits refuses less on most
+        max_request_body_size=max([SMALL_BODY_BYTES, *upload_limits.values()]) + 1,
         max_request_header_size=MAX_HEADER_BYTES,
         # idle connections (slow or stalled clients) are closed after twice the HTTP timeout;
         # waitress takes whole seconds and looks for them every cleanup_interval (30 s by default,
@@ -168,8 +208,8 @@ def serve(
         ident="darkroom",
         clear_untrusted_proxy_headers=True,
     )
-    # create_server builds one TCP server; its accepted connections answer errors as JSON
-    server.channel_class = DarkroomChannel
+    # create_server builds one TCP server; this is the class of the connections it accepts
+    server.channel_class = channel_class(upload_limits)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if on_listening is not None:
         on_listening()

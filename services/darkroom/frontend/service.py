@@ -18,6 +18,6 @@ def run(config: Config) -> None:
         app,
         config,
         "frontend",
-        max_body_bytes=config.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        upload_limits={"/submitTask": config.max_upload_bytes + FORM_OVERHEAD_BYTES},
         on_listening=runtime.register,
     )

@@ -25,6 +25,6 @@ def run(config: Config) -> None:
         app,
         config,
         "master",
-        max_body_bytes=config.max_upload_bytes,
+        upload_limits={"/new": config.max_upload_bytes},
         on_listening=runtime.register,
     )
