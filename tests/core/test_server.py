@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import resource
 
 import pytest
 from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
 from waitress.utilities import (
     BadRequest,
     InternalServerError,
@@ -167,3 +169,9 @@ def test_a_chunked_body_is_cut_off_at_the_small_limit():
     parser = parse(head, chunk * 40)
     assert isinstance(parser.error, BodyTooLarge)
     assert parser.body_bytes_received <= SMALL_BODY_BYTES + RECV_BYTES
+
+
+def test_the_waitress_method_bounded_here_is_still_the_one_that_waits():
+    # DarkroomChannel replaces a private method of waitress 3.0.2: an upgrade that renames it
+    # would silently bring back threads waiting forever on clients that do not read.
+    assert "self._flush_outbufs_below_high_watermark()" in inspect.getsource(HTTPChannel.write_soon)

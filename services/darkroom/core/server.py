@@ -25,7 +25,7 @@ from darkroom.core.headers import SECURITY_HEADERS
 
 log = logging.getLogger(__name__)
 
-# What a role takes unless it says otherwise: task records, keys and forms, never images. The
+# What a route takes unless serve() is told otherwise: task records, keys, never images. The
 # body is buffered (to /tmp past 512 KiB) before the app, and its authentication, sees it.
 SMALL_BODY_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
