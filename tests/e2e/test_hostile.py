@@ -288,20 +288,20 @@ def big_result(tmp_path_factory) -> Iterator[tuple[Services, str]]:
         running.stop_all()
 
 
-def stalled_download(services: Services, path: str) -> socket.socket:
-    """A client that asks for ``path`` and then reads nothing at all."""
+def stalled_download(services: Services, path: str, role: str = "master") -> socket.socket:
+    """A client that asks ``role`` for ``path`` and then reads nothing at all."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((HOST, services.ports["master"]))
+    sock.connect((HOST, services.ports[role]))
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: darkroom\r\n\r\n".encode())
     return sock
 
 
-def keeps_answering(services: Services, seconds: float) -> None:
-    """Every probe for ``seconds`` answers within PROBE_SECONDS."""
+def keeps_answering(services: Services, seconds: float, role: str = "master") -> None:
+    """Every probe of ``role`` for ``seconds`` answers within PROBE_SECONDS."""
     deadline = time.monotonic() + seconds
     for _ in range(1000):
-        assert probe(services, "master") == 200
+        assert probe(services, role) == 200
         if time.monotonic() > deadline:
             return
 
@@ -321,19 +321,23 @@ def closed_by_server(sock: socket.socket, timeout: float) -> bool:
     return False
 
 
-def test_clients_that_never_read_a_large_download_hold_no_thread(big_result):
+@pytest.mark.parametrize(("role", "path"), [("master", "/get"), ("frontend", "/getImage")])
+def test_clients_that_never_read_a_large_download_hold_no_thread(big_result, role, path):
     """The result is handed to waitress whole: the threads are free while the clients stall."""
     services, task_id = big_result
-    services.start("master")
+    roles = ["master"] if role == "master" else ["master", "frontend"]
+    for started in roles:
+        services.start(started)
     try:
         with contextlib.ExitStack() as held:
             for _ in range(STALLED_DOWNLOADS):
-                held.enter_context(stalled_download(services, f"/get?id={task_id}"))
-            keeps_answering(services, PROBING_SECONDS)
-            whole = requests.get(services.url("master", f"/get?id={task_id}"), timeout=30)
+                held.enter_context(stalled_download(services, f"{path}?id={task_id}", role))
+            keeps_answering(services, PROBING_SECONDS, role)
+            whole = requests.get(services.url(role, f"{path}?id={task_id}"), timeout=30)
             assert whole.status_code == 200 and len(whole.content) > RESULT_BYTES
     finally:
-        services.stop("master")
+        for started in reversed(roles):
+            services.stop(started)
 
 
 def test_a_response_waiting_on_a_client_that_reads_nothing_is_cut_off(big_result):
