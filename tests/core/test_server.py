@@ -129,7 +129,7 @@ RECV_BYTES = 256 * 1024
 
 def parse(head: bytes, body: bytes = b""):
     """A request through the parser ``serve`` gives a role with one upload route, ``/new``."""
-    parser = channel_class({"/new": UPLOAD_LIMIT}).parser_class(
+    parser = channel_class({"/new": UPLOAD_LIMIT}, spool_budget=0).parser_class(
         Adjustments(max_request_body_size=UPLOAD_LIMIT + 1)
     )
     data = head + body
@@ -175,3 +175,32 @@ def test_the_waitress_method_bounded_here_is_still_the_one_that_waits():
     # DarkroomChannel replaces a private method of waitress 3.0.2: an upgrade that renames it
     # would silently bring back threads waiting forever on clients that do not read.
     assert "self._flush_outbufs_below_high_watermark()" in inspect.getsource(HTTPChannel.write_soon)
+
+
+class Pending:
+    """A channel as ``_must_wait`` sees it: its pending output, its server's connections."""
+
+    def __init__(self, pending: int, others: list[int], budget: int) -> None:
+        self.total_outbufs_len = pending
+        self.adj = Adjustments(outbuf_high_watermark=100)
+        self.spool_budget = budget
+        everyone = [self, *(type("Other", (), {"total_outbufs_len": n})() for n in others)]
+        self.server = type("Server", (), {"active_channels": dict(enumerate(everyone))})()
+
+    must_wait = server.DarkroomChannel._must_wait
+
+
+@pytest.mark.parametrize(
+    ("pending", "others", "budget", "waits"),
+    [
+        (100, [10_000], 0, False),  # at the watermark: waitress would not wait either
+        (150, [], 1000, False),  # past it, within the budget: handed over
+        (150, [120, 90], 1000, False),  # 50 + 20 past the watermark in all
+        (150, [1050], 1000, True),  # 50 + 950: the budget is spent
+        (101, [], 0, True),  # no budget: waitress's own behaviour, with the wait bounded
+    ],
+)
+def test_a_response_waits_only_past_the_watermark_and_the_spool_budget(
+    pending, others, budget, waits
+):
+    assert Pending(pending, others, budget).must_wait() is waits

@@ -323,7 +323,8 @@ def closed_by_server(sock: socket.socket, timeout: float) -> bool:
 
 @pytest.mark.parametrize(("role", "path"), [("master", "/get"), ("frontend", "/getImage")])
 def test_clients_that_never_read_a_large_download_hold_no_thread(big_result, role, path):
-    """The result is handed to waitress whole: the threads are free while the clients stall."""
+    """Within the spool budget, the results are handed to waitress whole: the threads are free
+    while the clients stall."""
     services, task_id = big_result
     roles = ["master"] if role == "master" else ["master", "frontend"]
     for started in roles:
@@ -341,9 +342,9 @@ def test_clients_that_never_read_a_large_download_hold_no_thread(big_result, rol
 
 
 def test_a_response_waiting_on_a_client_that_reads_nothing_is_cut_off(big_result):
-    """Past the output watermark (here below the result), a stall ends after the idle timeout."""
+    """Over the spool budget, a response waits for its client, at most the idle timeout."""
     services, task_id = big_result
-    # a 2 s idle cut-off; results up to 1 MiB, so waitress's watermark stays at 16 MiB
+    # a 2 s idle cut-off; a spool budget of one largest result, 1 MiB, far below the stalls'
     services.start("master", http_timeout_seconds="1", max_result_bytes=str(1024 * 1024))
     try:
         with contextlib.ExitStack() as held:

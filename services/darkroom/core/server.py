@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 # body is buffered (to /tmp past 512 KiB) before the app, and its authentication, sees it.
 SMALL_BODY_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
+# waitress's default: output pending on one connection past which a response waits (see
+# DarkroomChannel); below it, a response is handed over whole, spooled past 1 MiB to a file.
+OUTPUT_WATERMARK_BYTES = 16 * 1024 * 1024
 # File descriptors kept out of the connection limit: per thread an outgoing connection, a
 # spooled body and a file it serves; and the process's own (logs, SQLite, the listener, pipes).
 FDS_PER_THREAD = 3
@@ -129,25 +132,29 @@ class RouteBodyLimits(HTTPRequestParser):
 
 
 class DarkroomChannel(HTTPChannel):
-    """waitress's connection, with JSON refusals and a bound on a client that reads nothing.
+    """waitress's connection, with JSON refusals and no thread held by a client that won't read.
 
-    A response thread hands its bytes to the channel; past ``outbuf_high_watermark`` pending
-    bytes, waitress makes it wait, without a time limit, for the client to take some, and its
-    idle cut-off skips connections with a request in progress: clients that never read a large
-    download held every thread (the master's /healthz timed out for 75 s). Here the wait ends,
-    and the connection with it, once the client has taken nothing for ``channel_timeout``.
+    A response thread hands its bytes to the channel; past ``outbuf_high_watermark`` (16 MiB)
+    pending on one connection, waitress makes it wait, without a time limit, for the client to
+    take some, and its idle cut-off skips connections with a request in progress: clients that
+    never read a 20 MB result held every thread (the master's /healthz timed out for 75 s).
+    Here the thread goes on handing bytes over (waitress spools them to a temporary file) while
+    what all connections hold past the watermark stays under ``spool_budget``; over it, the
+    thread waits, and the connection is closed once its client has taken nothing for
+    ``channel_timeout``.
     """
 
     error_task_class = JsonErrorTask
+    spool_budget = 0
 
     def _flush_outbufs_below_high_watermark(self) -> None:
-        # waitress 3.0.2's method of this name, with the wait bounded
-        if self.total_outbufs_len <= self.adj.outbuf_high_watermark:
+        # waitress 3.0.2's method of this name, with the budget and the wait bounded
+        if not self._must_wait():
             return
         waiting_since = time.time()
         with self.outbuf_lock:
             self._flush_exception(self._flush_some, do_close=False)
-            while self.connected and self.total_outbufs_len > self.adj.outbuf_high_watermark:
+            while self.connected and self._must_wait():
                 if time.time() - max(self.last_activity, waiting_since) > self.adj.channel_timeout:
                     self.will_close = True  # the event loop closes the socket
                     self.server.pull_trigger()
@@ -155,11 +162,22 @@ class DarkroomChannel(HTTPChannel):
                 self.server.pull_trigger()
                 self.outbuf_lock.wait(timeout=1)
 
+    def _must_wait(self) -> bool:
+        watermark = self.adj.outbuf_high_watermark
+        if self.total_outbufs_len <= watermark:
+            return False
+        channels = list(self.server.active_channels.values())
+        held = sum(max(0, channel.total_outbufs_len - watermark) for channel in channels)
+        return held >= self.spool_budget
 
-def channel_class(upload_limits: Mapping[str, int]) -> type[HTTPChannel]:
-    """Connections whose bodies may reach ``upload_limits[path]``, elsewhere SMALL_BODY_BYTES."""
+
+def channel_class(upload_limits: Mapping[str, int], spool_budget: int) -> type[HTTPChannel]:
+    """Connections whose bodies may reach ``upload_limits[path]``, elsewhere SMALL_BODY_BYTES,
+    and whose responses may hold ``spool_budget`` bytes in all past the output watermark."""
     parser = type("Parser", (RouteBodyLimits,), {"upload_limits": dict(upload_limits)})
-    return type("Channel", (DarkroomChannel,), {"parser_class": parser})
+    return type(
+        "Channel", (DarkroomChannel,), {"parser_class": parser, "spool_budget": spool_budget}
+    )
 
 
 def serve(
@@ -198,18 +216,15 @@ def serve(
         # connections made the role exit; poll() has no such ceiling
         asyncore_use_poll=True,
         connection_limit=connection_limit(open_files, config.threads),
-        # A response up to the largest result is handed to waitress whole (past 1 MiB it spools
-        # to a temporary file) so that its thread is free at once, however slowly the client
-        # reads; the connection is closed when the client takes nothing for channel_timeout.
-        # At waitress's 16 MiB, clients that never read a 20 MB result held every thread.
-        outbuf_high_watermark=max(16 * 1024 * 1024, config.max_result_bytes + MAX_HEADER_BYTES),
+        outbuf_high_watermark=OUTPUT_WATERMARK_BYTES,
         # 8 KiB by default: a 3 MB body took 400 trips through the event loop (3x the CPU)
         recv_bytes=256 * 1024,
         ident="darkroom",
         clear_untrusted_proxy_headers=True,
     )
     # create_server builds one TCP server; this is the class of the connections it accepts
-    server.channel_class = channel_class(upload_limits)
+    # one largest result may be spooled past the watermark, however slowly its client reads
+    server.channel_class = channel_class(upload_limits, spool_budget=config.max_result_bytes)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if on_listening is not None:
         on_listening()
