@@ -94,5 +94,5 @@ def test_an_unreachable_service_is_a_503_to_retry() -> None:
     assert result.headers["Retry-After"] == "1"
     assert result.json == {
         "title": "Service unavailable",
-        "description": "The storage service is not reachable: connection refused",
+        "description": "The storage service is not reachable (connection refused).",
     }

@@ -1,12 +1,13 @@
 """Slow clients and oversized requests against a real master process, over raw sockets.
 
 ``core/server.py`` gives waitress an idle timeout of twice ``DARKROOM_HTTP_TIMEOUT_SECONDS``,
-a 64 KiB limit on the request line and headers, and a body limit of
-``DARKROOM_MAX_UPLOAD_BYTES`` plus 64 KiB (the master refuses what lies in between itself).
+a 64 KiB limit on the request line and headers, and the master a body limit of
+``DARKROOM_MAX_UPLOAD_BYTES``. waitress's own refusals are JSON like the app's.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import select
 import socket
@@ -89,6 +90,17 @@ def status_of(response: bytes) -> int:
     return int(match.group(1))
 
 
+def json_error_of(response: bytes) -> dict:
+    """The JSON error document of a raw answer, checked for its headers."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    headers = head.decode("latin-1").lower()
+    assert "\r\ncontent-type: application/json" in headers, head
+    assert "\r\nx-content-type-options: nosniff" in headers, head
+    document = json.loads(body)
+    assert set(document) == {"title", "description"} and all(document.values()), document
+    return document
+
+
 def quiet_for(sock: socket.socket, seconds: float) -> None:
     """Wait ``seconds`` and assert the server neither answered nor closed meanwhile."""
     readable, _, _ = select.select([sock], [], [], seconds)
@@ -159,7 +171,10 @@ def test_headers_over_64_kib_are_refused_with_431(services):
         sock.sendall(header_block(HEADER_LIMIT, end=False))
         data, how, _ = read_until_closed(sock, 30)
     assert status_of(data) == 431
-    assert b"Request Header Fields Too Large" in data
+    assert json_error_of(data) == {
+        "title": "Request headers too large",
+        "description": f"The request line and headers must be under {HEADER_LIMIT} bytes.",
+    }
     assert how == "eof"
     assert healthy(services)
 
@@ -174,18 +189,51 @@ def test_body_over_the_limit_is_refused_with_413_before_it_is_sent(services):
         data, how, _ = read_until_closed(sock, 30)
     assert status_of(data) == 413
     assert re.search(rb"\r\nConnection: close\r\n", data, re.IGNORECASE)
+    assert json_error_of(data) == {
+        "title": "Request body too large",
+        "description": f"This route takes bodies of at most {MAX_UPLOAD_BYTES} bytes.",
+    }
     assert how == "eof"
     assert healthy(services)
 
 
 @pytest.mark.parametrize(
-    ("size", "expected"),
-    [(MAX_UPLOAD_BYTES, 415), (MAX_UPLOAD_BYTES + 1, 413), (MAX_UPLOAD_BYTES + 64 * 1024 - 1, 413)],
+    "request_bytes",
+    [
+        b"POST /new HTTP/1.1\r\nHost: darkroom\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: darkroom\r\nContent-Length: many\r\n\r\n",
+    ],
+    ids=["bad-chunk-size", "bad-content-length"],
+)
+def test_malformed_requests_get_a_json_400(services, request_bytes):
+    with connect(services) as sock:
+        sock.sendall(request_bytes)
+        data, _, _ = read_until_closed(sock, 30)
+    assert status_of(data) == 400
+    assert json_error_of(data)["title"] == "Malformed request"
+    assert healthy(services)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("GET", "/no-such-route", 404), ("PATCH", "/healthz", 405)]
+)
+def test_unknown_routes_and_methods_get_json_for_browsers_too(services, method, path, status):
+    browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    response = requests.request(
+        method, services.url("master", path), headers={"Accept": browser}, timeout=10
+    )
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.json()["description"]
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"), [(MAX_UPLOAD_BYTES, 415), (MAX_UPLOAD_BYTES + 1, 413)]
 )
 def test_upload_limit_is_exact(services, size, expected):
-    # Up to waitress's slack the master itself refuses from Content-Length (after waitress has
-    # buffered the body); at the limit the size passes and the body is judged (not an image).
+    # One byte over, waitress refuses from Content-Length; at the limit the body is judged.
     response = requests.post(services.url("master", "/new"), data=b"\0" * size, timeout=10)
     assert response.status_code == expected, response.text
     if expected == 413:
-        assert response.json()["title"] == "Image too large"
+        assert response.json()["title"] == "Request body too large"

@@ -373,7 +373,8 @@ def test_invalid_op_field_is_the_masters_400(system, png, position):
             "Give 'op' in the query string or as a form field, not both.",
         ),
         ([("op", "flip"), ("op", "flop"), "image"], {}, "The form has more than one 'op' field."),
-        ([("op", "flip"), "image", ("op", "flop")], {}, None),  # not read: the upload had begun
+        # the whole form is read before the upload to the master ends
+        ([("op", "flip"), "image", ("op", "flop")], {}, "The form has more than one 'op' field."),
         (["image", ("op", "flip"), ("op", "flop")], {}, "The form has more than one 'op' field."),
         (
             [("op", "flip," * 2000), "image"],
@@ -392,6 +393,26 @@ def test_op_field_problems_are_400(system, png, fields, params, description):
         return
     assert result.status_code == 400
     assert result.json == {"title": "Invalid operation", "description": description}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [[("op", "flip"), "image"], ["image", ("op", "flip")], ["image"]],
+    ids=["op-first-streamed", "op-after-spooled", "no-op-spooled"],
+)
+@pytest.mark.parametrize("cut", ["closing-boundary", "half"])
+def test_form_cut_short_is_400_and_submits_nothing(system, png, fields, cut):
+    fields = [image_field(png) if field == "image" else field for field in fields]
+    body, content_type = form(fields)
+    boundary = content_type.partition("boundary=")[2].encode()
+    ends = {"closing-boundary": body.rindex(b"\r\n--" + boundary), "half": len(body) // 2}
+    result = system.client.simulate_post(
+        "/submitTask", body=body[: ends[cut]], headers={"Content-Type": content_type}
+    )
+    assert result.status_code == 400, result.text
+    assert result.json["title"] == "Malformed form"
+    assert "nothing was submitted" in result.json["description"]
+    assert system.tasks.recent(10) == []
 
 
 def test_op_field_without_an_image_is_400(system):

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import errno
+import logging
+import re
 from typing import Any
 
 import falcon
@@ -16,16 +18,47 @@ from darkroom.contract.errors import (
     error_for_status,
 )
 
+log = logging.getLogger("darkroom.app")
+
+# Query parameters that carry secrets (a worker's lease is sent as ?lease=...).
+_SECRET_PARAMETER = re.compile(r"\b(lease|token|api[_-]?key|password|secret)=[^&\s'\")]+", re.I)
+# What the public may learn of a failed connection: its kind, never addresses or URLs.
+_FAILURE_KINDS = (
+    (re.compile(r"not registered"), None),  # "masterAddress is not registered": said as is
+    (re.compile(r"timed? ?out", re.I), "timed out"),
+    (re.compile(r"refused", re.I), "connection refused"),
+    (re.compile(r"resolve|name or service not known|getaddrinfo", re.I), "address not found"),
+    (re.compile(r"reset|aborted|disconnected|broken", re.I), "connection lost"),
+)
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the values of secret query parameters replaced (for logs)."""
+    return _SECRET_PARAMETER.sub(r"\1=[redacted]", text)
+
+
+def _failure_kind(reason: str) -> str:
+    for pattern, kind in _FAILURE_KINDS:
+        if pattern.search(reason):
+            return kind or reason
+    return "connection failed"
+
 
 class UpstreamUnavailable(ServiceUnavailable):
-    """Another Darkroom service could not be reached at all; the client may retry in a second."""
+    """Another Darkroom service could not be reached at all; the client may retry in a second.
+
+    The answer names the service and the kind of failure only: the underlying error quotes
+    internal addresses and URLs (with a worker's lease). That is kept, secrets redacted, in
+    ``detail`` for the log.
+    """
 
     def __init__(self, service: str, reason: str) -> None:
+        self.detail = redact_secrets(reason)
         super().__init__(
             service,
             503,
             "Service unavailable",
-            f"The {service} service is not reachable: {reason}",
+            f"The {service} service is not reachable ({_failure_kind(reason)}).",
             retry_after=1,
         )
 
@@ -60,6 +93,12 @@ def raise_for_upstream(response: requests.Response, service: str) -> None:
 
 def service_error(req: falcon.Request, resp: falcon.Response, ex: ServiceError, params: Any):
     """The one handler of every role: a failed call to another service, as this role's answer."""
+    if isinstance(ex, UpstreamUnavailable):
+        # The answer only names the service; the address and the error are for the operator.
+        log.warning(
+            "service unavailable",
+            extra={"service": ex.service, "error": ex.detail, "route": req.uri_template},
+        )
     headers = {} if ex.retry_after is None else {"Retry-After": str(ex.retry_after)}
     raise falcon.HTTPError(
         falcon.code_to_http_status(ex.status),

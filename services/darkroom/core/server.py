@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import resource
 import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from types import FrameType
 
 import falcon
 import waitress
+from waitress.adjustments import Adjustments
+from waitress.channel import ClientDisconnected, HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.task import ErrorTask
+from waitress.utilities import BadRequest, Error, RequestEntityTooLarge, RequestHeaderFieldsTooLarge
 
 from darkroom.core.config import Config
+from darkroom.core.headers import SECURITY_HEADERS
 
 log = logging.getLogger(__name__)
+
+# What a route takes unless serve() is told otherwise: task records, keys, never images. The
+# body is buffered (to /tmp past 512 KiB) before the app, and its authentication, sees it.
+SMALL_BODY_BYTES = 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+# waitress's default: output pending on one connection past which a response waits (see
+# DarkroomChannel); below it, a response is handed over whole, spooled past 1 MiB to a file.
+OUTPUT_WATERMARK_BYTES = 16 * 1024 * 1024
+# File descriptors kept out of the connection limit: per thread an outgoing connection, a
+# spooled body and a file it serves; and the process's own (logs, SQLite, the listener, pipes).
+FDS_PER_THREAD = 3
+FDS_RESERVED = 64
+# A connection can hold two: its socket and a body waitress spooled to a temporary file.
+FDS_PER_CONNECTION = 2
+# Past this, idle connections cost more memory than they are worth; the rest wait in the backlog.
+MAX_CONNECTIONS = 10_000
+# How far serve() raises its own soft descriptor limit towards the hard one.
+WANTED_OPEN_FILES = 2 * MAX_CONNECTIONS + 1024
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -22,39 +49,182 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     sys.exit(0)
 
 
+def raise_open_file_limit(wanted: int = WANTED_OPEN_FILES) -> int:
+    """Raise the soft RLIMIT_NOFILE towards ``wanted`` (never past the hard limit); the result."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit", extra={"error": str(exc)})
+    return MAX_CONNECTIONS * FDS_PER_CONNECTION if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_limit(open_files: int, threads: int) -> int:
+    """How many connections fit in ``open_files`` descriptors beside what the threads need."""
+    spare = open_files - FDS_RESERVED - threads * FDS_PER_THREAD
+    return max(16, min(MAX_CONNECTIONS, spare // FDS_PER_CONNECTION))
+
+
+class BodyTooLarge(RequestEntityTooLarge):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"exceeds {limit} bytes")
+        self.limit = limit
+
+
+def _describe(error: Error, adj: Adjustments) -> tuple[str, str]:
+    """Title and description of one of waitress's own refusals, in the app's words."""
+    if isinstance(error, RequestEntityTooLarge):
+        # waitress itself refuses a body of max_request_body_size
+        limit = getattr(error, "limit", adj.max_request_body_size - 1)
+        return "Request body too large", f"This route takes bodies of at most {limit} bytes."
+    if isinstance(error, RequestHeaderFieldsTooLarge):
+        return (
+            "Request headers too large",
+            f"The request line and headers must be under {adj.max_request_header_size} bytes.",
+        )
+    if isinstance(error, BadRequest):
+        return "Malformed request", f"Not a valid HTTP/1.1 request: {error.body}."
+    return error.reason, str(error.body)
+
+
+class JsonErrorTask(ErrorTask):
+    """waitress's own answers (bad framing, oversized headers or body) as JSON, like the app's.
+
+    waitress writes them as text/plain, quoting its internal limits.
+    """
+
+    def execute(self) -> None:
+        error = self.request.error
+        title, description = _describe(error, self.channel.server.adj)
+        body = json.dumps({"title": title, "description": description}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.extend([("Content-Type", falcon.MEDIA_JSON), *SECURITY_HEADERS])
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class RouteBodyLimits(HTTPRequestParser):
+    """waitress's request parser, with a body limit per path: ``upload_limits`` or the small one.
+
+    waitress has one limit per server and buffers the body before the app (and so its
+    authentication) sees it; the routes that take no images must not buffer 50 MiB.
+    """
+
+    upload_limits: Mapping[str, int] = {}
+
+    def received(self, data: bytes) -> int:
+        consumed = super().received(data)
+        if not self.headers_finished or not (
+            self.error is None or isinstance(self.error, RequestEntityTooLarge)
+        ):
+            return consumed
+        limit = self.upload_limits.get(self.path.rstrip("/") or "/", SMALL_BODY_BYTES)
+        # a Content-Length is judged at once, a chunked body as it arrives; waitress's own
+        # refusal (over the largest limit) is told with this path's limit
+        if self.error is not None or max(self.content_length, self.body_bytes_received) > limit:
+            self.error = BodyTooLarge(limit)
+            self.completed = True
+        return consumed
+
+
+class DarkroomChannel(HTTPChannel):
+    """waitress's connection, with JSON refusals and no thread held by a client that won't read.
+
+    A response thread hands its bytes to the channel; past ``outbuf_high_watermark`` (16 MiB)
+    pending on one connection, waitress makes it wait, without a time limit, for the client to
+    take some, and its idle cut-off skips connections with a request in progress: clients that
+    never read a 20 MB result held every thread (the master's /healthz timed out for 75 s).
+    Here the thread goes on handing bytes over (waitress spools them to a temporary file) while
+    what all connections hold past the watermark stays under ``spool_budget``; over it, the
+    thread waits, and the connection is closed once its client has taken nothing for
+    ``channel_timeout``.
+    """
+
+    error_task_class = JsonErrorTask
+    spool_budget = 0
+
+    def _flush_outbufs_below_high_watermark(self) -> None:
+        # waitress 3.0.2's method of this name, with the budget and the wait bounded
+        if not self._must_wait():
+            return
+        waiting_since = time.time()
+        with self.outbuf_lock:
+            self._flush_exception(self._flush_some, do_close=False)
+            while self.connected and self._must_wait():
+                if time.time() - max(self.last_activity, waiting_since) > self.adj.channel_timeout:
+                    self.will_close = True  # the event loop closes the socket
+                    self.server.pull_trigger()
+                    raise ClientDisconnected
+                self.server.pull_trigger()
+                self.outbuf_lock.wait(timeout=1)
+
+    def _must_wait(self) -> bool:
+        watermark = self.adj.outbuf_high_watermark
+        if self.total_outbufs_len <= watermark:
+            return False
+        channels = list(self.server.active_channels.values())
+        held = sum(max(0, channel.total_outbufs_len - watermark) for channel in channels)
+        return held >= self.spool_budget
+
+
+def channel_class(upload_limits: Mapping[str, int], spool_budget: int) -> type[HTTPChannel]:
+    """Connections whose bodies may reach ``upload_limits[path]``, elsewhere SMALL_BODY_BYTES,
+    and whose responses may hold ``spool_budget`` bytes in all past the output watermark."""
+    parser = type("Parser", (RouteBodyLimits,), {"upload_limits": dict(upload_limits)})
+    return type(
+        "Channel", (DarkroomChannel,), {"parser_class": parser, "spool_budget": spool_budget}
+    )
+
+
 def serve(
     app: falcon.App,
     config: Config,
     role: str,
-    max_body_bytes: int | None = None,
+    upload_limits: Mapping[str, int] | None = None,
     on_listening: Callable[[], None] | None = None,
 ) -> None:
     """Serve until SIGTERM; ``on_listening`` runs once the socket accepts connections.
 
+    ``upload_limits`` maps the paths that take large bodies (images) to their limit; every other
+    path takes SMALL_BODY_BYTES. A larger body is refused with 413 (from ``Content-Length``
+    alone) before it is buffered.
+
     Roles register their address there: registered before listening, a caller that found the
     address could be refused (seen as a 503 right after start).
     """
+    upload_limits = upload_limits or {}
     port = config.port_for(role)
-    max_body_bytes = max_body_bytes or config.max_upload_bytes
+    open_files = raise_open_file_limit()
     server = waitress.create_server(
         app,
         host=config.host,
         port=port,
         threads=config.threads,
-        # waitress answers 413 itself for bodies over the upload limit (with slack for headers)
-        max_request_body_size=max_body_bytes + 64 * 1024,
-        max_request_header_size=64 * 1024,
+        # waitress's own limit, for all paths; RouteBodyLimits refuses less on most
+        max_request_body_size=max([SMALL_BODY_BYTES, *upload_limits.values()]) + 1,
+        max_request_header_size=MAX_HEADER_BYTES,
         # idle connections (slow or stalled clients) are closed after twice the HTTP timeout;
         # waitress takes whole seconds and looks for them every cleanup_interval (30 s by default,
         # so a 2 s timeout cut clients after up to 32 s)
         channel_timeout=max(1, math.ceil(config.http_timeout_seconds * 2)),
         cleanup_interval=1,
-        connection_limit=1000,
+        # select() fails on descriptors >= 1024 ("filedescriptor out of range"): about 1,000 idle
+        # connections made the role exit; poll() has no such ceiling
+        asyncore_use_poll=True,
+        connection_limit=connection_limit(open_files, config.threads),
+        outbuf_high_watermark=OUTPUT_WATERMARK_BYTES,
         # 8 KiB by default: a 3 MB body took 400 trips through the event loop (3x the CPU)
         recv_bytes=256 * 1024,
         ident="darkroom",
         clear_untrusted_proxy_headers=True,
     )
+    # create_server builds one TCP server; this is the class of the connections it accepts
+    # one largest result may be spooled past the watermark, however slowly its client reads
+    server.channel_class = channel_class(upload_limits, spool_budget=config.max_result_bytes)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if on_listening is not None:
         on_listening()

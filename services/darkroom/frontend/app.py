@@ -40,6 +40,8 @@ UPLOAD_FIELD = "uploadfile"
 OP_FIELD = "op"
 # The master checks the pipeline; this only bounds what is read here (UTF-8: 4 bytes a character).
 MAX_OP_BYTES = 4 * MAX_PIPELINE_CHARS
+# What a form adds around the image (boundaries, part headers, the op field).
+FORM_OVERHEAD_BYTES = 64 * 1024
 
 
 def _invalid_op(description: str) -> falcon.HTTPBadRequest:
@@ -55,7 +57,6 @@ class Page:
         resp.content_type = falcon.MEDIA_HTML
         resp.text = (STATIC / "index.html").read_text()
         resp.set_header("Content-Security-Policy", PAGE_POLICY)
-        resp.set_header("X-Content-Type-Options", "nosniff")
 
 
 class StaticFile:
@@ -69,7 +70,6 @@ class StaticFile:
         resp.content_type = STATIC_TYPES[suffix]
         resp.text = file.read_text()
         resp.cache_control = ["no-cache"]
-        resp.set_header("X-Content-Type-Options", "nosniff")
 
 
 class Jobs:
@@ -136,7 +136,24 @@ class Jobs:
 
 @contextlib.contextmanager
 def _read_form(form: Any) -> Iterator[tuple[str | None, Iterator[bytes] | BinaryIO]]:
-    """The op field's text (None when absent or empty) and the image, as chunks or a file."""
+    """The op field's text (None when absent or empty) and the image, as chunks or a file.
+
+    The whole form is read, to its closing boundary, before the image's last bytes are given:
+    a form cut short is refused, never sent on truncated.
+    """
+    try:
+        with _form_parts(form) as fields:
+            yield fields
+    except falcon.MediaMalformedError as exc:
+        raise falcon.HTTPBadRequest(
+            title="Malformed form",
+            description=f"The form is cut short or malformed ({exc.description}); "
+            "nothing was submitted.",
+        ) from exc
+
+
+@contextlib.contextmanager
+def _form_parts(form: Any) -> Iterator[tuple[str | None, Iterator[bytes] | BinaryIO]]:
     op: str | None = None
     seen_op = False
     parts = iter(form)
@@ -145,7 +162,7 @@ def _read_form(form: Any) -> Iterator[tuple[str | None, Iterator[bytes] | Binary
             op, seen_op = _op_field(part, seen_op), True
         elif part.name == UPLOAD_FIELD:
             if seen_op:
-                yield op, iter_chunks(part.stream)
+                yield op, _then_form_end(iter_chunks(part.stream), parts)
                 return
             # The form skips what is left of a part when it moves on: keep this one on disk.
             with tempfile.TemporaryFile(prefix="darkroom-upload-") as image:
@@ -159,6 +176,19 @@ def _read_form(form: Any) -> Iterator[tuple[str | None, Iterator[bytes] | Binary
     raise falcon.HTTPBadRequest(
         title="No image", description=f"The form has no file field {UPLOAD_FIELD!r}."
     )
+
+
+def _then_form_end(chunks: Iterator[bytes], rest: Iterator[Any]) -> Iterator[bytes]:
+    """``chunks``, the last held back until the rest of the form is read to its end."""
+    held = next(chunks, None)
+    for chunk in chunks:
+        yield held
+        held = chunk
+    for later in rest:
+        if later.name == OP_FIELD:
+            _op_field(later, seen_before=True)
+    if held is not None:
+        yield held
 
 
 def _op_field(part: Any, seen_before: bool) -> str | None:

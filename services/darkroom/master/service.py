@@ -21,4 +21,10 @@ def run(config: Config) -> None:
         check_pipeline=lambda text: normalize_pipeline(text, limits),
         readiness=runtime.readiness_checks(),
     )
-    serve(app, config, "master", on_listening=runtime.register)
+    serve(
+        app,
+        config,
+        "master",
+        upload_limits={"/new": config.max_upload_bytes},
+        on_listening=runtime.register,
+    )

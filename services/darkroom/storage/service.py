@@ -20,6 +20,6 @@ def run(config: Config) -> None:
         create_app(config, store),
         config,
         "storage",
-        max_body_bytes=config.max_result_bytes,
+        upload_limits={"/sendImage": config.max_result_bytes},
         on_listening=runtime.register,
     )

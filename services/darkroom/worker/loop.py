@@ -239,7 +239,11 @@ class TaskLoop:
         delay = self._outage.next()
         log.warning(
             "service unavailable; task given back",
-            extra={"task": claim.task_id, "error": exc.description, "retry_in": delay},
+            extra={
+                "task": claim.task_id,
+                "error": getattr(exc, "detail", exc.description),
+                "retry_in": delay,
+            },
         )
         self._give_back(claim)
         self._stop.wait(delay)
