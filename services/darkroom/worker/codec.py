@@ -79,8 +79,8 @@ class Metadata:
 class SourceImage:
     """An opened image file: its header read and its size checked, no pixel decoded yet."""
 
-    def __init__(self, file: Image.Image) -> None:
-        self._file = file
+    def __init__(self, file: Image.Image, settings: ProcessingSettings) -> None:
+        self._file, self._settings = file, settings
         width, height = file.size
         # EXIF orientations 5 to 8 turn the picture a quarter: its upright axes are swapped.
         self._turned = file.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
@@ -94,7 +94,7 @@ class SourceImage:
         formats decode at full size.
         """
         image = self._file
-        with _decoding_errors():
+        with _decoding_errors(self._settings):
             if at_least is not None:
                 width, height = at_least
                 image.draft(None, (height, width) if self._turned else (width, height))
@@ -111,11 +111,11 @@ def open_image(source: BinaryIO, settings: ProcessingSettings) -> SourceImage:
     """Read the header of ``source`` and check its declared size against the pixel limit."""
     # A truncated image must fail, not come out half grey; only a global switch controls this.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with _decoding_errors():
+    with _decoding_errors(settings):
         # No `with`: closing the image would discard the pixels; the caller owns `source`.
         file = Image.open(source, formats=INPUT_FORMATS)
         _check_source_pixels(file.size, settings)  # nothing is decoded yet
-        return SourceImage(file)
+        return SourceImage(file, settings)
 
 
 def decode(source: BinaryIO, settings: ProcessingSettings) -> tuple[Image.Image, Metadata]:
@@ -124,13 +124,19 @@ def decode(source: BinaryIO, settings: ProcessingSettings) -> tuple[Image.Image,
 
 
 @contextmanager
-def _decoding_errors() -> Iterator[None]:
+def _decoding_errors(settings: ProcessingSettings) -> Iterator[None]:
     """Any failure of Pillow's readers becomes ImageRejected with a reason for the user."""
     try:
         yield
     except (ImageRejected, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow checks its own limit while opening, before ours; under it, ours is passed too.
+        limit = settings.max_image_pixels
+        if Image.MAX_IMAGE_PIXELS is not None and limit <= Image.MAX_IMAGE_PIXELS:
+            raise ImageRejected(
+                f"image is too large: more than the limit of {limit} pixels"
+            ) from exc
         raise ImageRejected(f"image is too large: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageRejected("not a supported image (PNG, JPEG, GIF, WebP, BMP or TIFF)") from exc
