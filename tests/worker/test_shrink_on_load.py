@@ -122,11 +122,15 @@ def test_the_fit_size_comes_from_the_full_size_not_the_shrunk_one() -> None:
     assert mean_difference(result, expected) < MAX_MEAN_DIFFERENCE
 
 
-@pytest.mark.parametrize("mode", ["L", "CMYK"])
-def test_grey_and_cmyk_jpegs_shrink_to_the_same_colours(mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "options"), [("L", {}), ("CMYK", {}), ("RGB", {"progressive": True})]
+)
+def test_grey_cmyk_and_progressive_jpegs_shrink_to_the_same_colours(
+    mode: str, options: dict[str, object]
+) -> None:
     source = full_decode(photo_jpeg()).convert(mode)
     buffer = io.BytesIO()
-    source.save(buffer, "JPEG", quality=90)
+    source.save(buffer, "JPEG", quality=90, **options)
     expected = full_decode(buffer.getvalue()).resize((512, 384), Image.Resampling.LANCZOS)
     result, _ = run(buffer.getvalue(), "resize:512x512,png")
     assert mean_difference(result, expected) < MAX_MEAN_DIFFERENCE
