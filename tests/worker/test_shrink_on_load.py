@@ -19,7 +19,7 @@ from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageOps, ImageStat
 from darkroom.contract.pipeline import PipelineLimits, parse_pipeline
 from darkroom.worker.codec import open_image
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, plan_shrink_on_load
-from support.processing import run
+from support.processing import encode, run
 
 MAX_MEAN_DIFFERENCE = 2.0  # levels out of 255, averaged over pixels and channels
 
@@ -54,7 +54,7 @@ def mean_difference(a: Image.Image, b: Image.Image) -> float:
     return sum(channels) / len(channels)
 
 
-def plan(pipeline: str, size: tuple[int, int]) -> tuple[int, int] | None:
+def plan(pipeline: str, size: tuple[int, int] | None) -> tuple[int, int] | None:
     operations = parse_pipeline(pipeline, PipelineLimits(max_image_pixels=10**9)).operations
     return plan_shrink_on_load(operations, size)[1]
 
@@ -105,7 +105,7 @@ def test_exif_orientation_turns_the_box_before_shrinking(orientation: int) -> No
     data = photo_jpeg(orientation=orientation)
     assert plan("resize:512x512", (1536, 2048)) == (384, 512)
     opened = open_image(io.BytesIO(data), ProcessingSettings())
-    assert opened.size == (1536, 2048)
+    assert opened.shrinkable_size == (1536, 2048)
     assert opened.decode(at_least=(384, 512))[0].size == (384, 512)  # 1/4: axes swapped back
     expected = full_decode(data).resize((384, 512), Image.Resampling.LANCZOS)
     result, _ = run(data, "resize:512x512,png")
@@ -134,6 +134,15 @@ def test_grey_cmyk_and_progressive_jpegs_shrink_to_the_same_colours(
     expected = full_decode(buffer.getvalue()).resize((512, 384), Image.Resampling.LANCZOS)
     result, _ = run(buffer.getvalue(), "resize:512x512,png")
     assert mean_difference(result, expected) < MAX_MEAN_DIFFERENCE
+
+
+def test_only_a_jpeg_can_shrink_and_nothing_else_is_decoded_to_know_it() -> None:
+    truncated = encode(full_decode(photo_jpeg((64, 48)))).getvalue()[:2000]
+    opened = open_image(io.BytesIO(truncated), ProcessingSettings())  # only the header is read
+    assert opened.shrinkable_size is None
+    assert plan("resize:16x16", None) is None
+    with pytest.raises(ImageRejected, match="cannot decode"):
+        opened.decode()
 
 
 def test_a_large_png_downscale_stays_close_to_lanczos() -> None:

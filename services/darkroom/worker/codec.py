@@ -81,17 +81,22 @@ class SourceImage:
 
     def __init__(self, file: Image.Image, settings: ProcessingSettings) -> None:
         self._file, self._settings = file, settings
-        width, height = file.size
-        # EXIF orientations 5 to 8 turn the picture a quarter: its upright axes are swapped.
-        self._turned = file.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
-        self.size = (height, width) if self._turned else (width, height)  # upright
+        # Only JPEG decoders shrink on load, and only there is the orientation known before the
+        # pixels are read (a PNG's eXIf chunk may follow them).
+        self._turned = False
+        self.shrinkable_size: tuple[int, int] | None = None  # upright
+        if file.format == "JPEG":
+            width, height = file.size
+            # EXIF orientations 5 to 8 turn the picture a quarter: its upright axes swap.
+            self._turned = file.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+            self.shrinkable_size = (height, width) if self._turned else (width, height)
 
     def decode(self, at_least: tuple[int, int] | None = None) -> tuple[Image.Image, Metadata]:
         """The first frame, upright, in a working mode, with its metadata.
 
-        With ``at_least`` (an upright size), a JPEG is shrunk on load: its DCT is decoded at
-        1/2, 1/4 or 1/8 scale, the smallest that keeps both sides at least that large. Other
-        formats decode at full size.
+        With ``at_least`` (an upright size; only when ``shrinkable_size`` is known), a JPEG is
+        shrunk on load: its DCT is decoded at 1/2, 1/4 or 1/8 scale, the smallest that keeps
+        both sides at least that large.
         """
         image = self._file
         with _decoding_errors(self._settings):

@@ -64,7 +64,7 @@ def process_image(
         raise ImageRejected(f"invalid pipeline: {exc}") from exc
     started = time.perf_counter()
     opened = open_image(source, settings)
-    operations, at_least = plan_shrink_on_load(pipeline.operations, opened.size)
+    operations, at_least = plan_shrink_on_load(pipeline.operations, opened.shrinkable_size)
     image, metadata = opened.decode(at_least)
     decoded = time.perf_counter()
     timings["decode"] = decoded - started
@@ -102,17 +102,17 @@ class _ResizeTo:
 
 
 def plan_shrink_on_load(
-    operations: tuple[Operation, ...], size: tuple[int, int]
+    operations: tuple[Operation, ...], size: tuple[int, int] | None
 ) -> tuple[tuple[Operation | _ResizeTo, ...], tuple[int, int] | None]:
     """The operations to run on an image of upright ``size``, and the smallest size it may be
-    decoded at (None: full size).
+    decoded at (None: full size). A ``size`` of None: the image cannot shrink on load.
 
     Only a first ``resize`` or ``thumbnail`` that scales down, after nothing but scale-free
     steps and quarter turns, allows shrinking: a crop, blur or sharpen before it works in pixels
     of the full size. A fit-inside step becomes a ``_ResizeTo`` the size it gives the full image.
     """
-    found = _first_downscale(operations)
-    if found is None:
+    found = None if size is None else _first_downscale(operations)
+    if size is None or found is None:
         return operations, None
     index, turned = found
     step = operations[index]
