@@ -405,7 +405,8 @@ def png_bomb(width: int, height: int) -> bytes:
         return len(body).to_bytes(4, "big") + kind + body + crc
 
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
-    pixels = zlib.compress(bytes(width + 1) * height, 9)
+    packer, row = zlib.compressobj(9), bytes(width + 1)  # row by row: no image-sized buffer
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     )
@@ -418,6 +419,12 @@ def test_decompression_bomb_is_rejected_before_decoding() -> None:
     with pytest.raises(ImageRejected, match="more than the limit"):
         run(bomb, "swap", ProcessingSettings(max_image_pixels=1_000_000))
     assert time.perf_counter() - started < 0.5
+
+
+def test_an_image_over_pillows_own_limit_is_refused_quoting_the_configured_limit() -> None:
+    bomb = png_bomb(14_000, 14_000)  # over twice Pillow's 89 M pixels: it refuses at open
+    with pytest.raises(ImageRejected, match="too large: more than the limit of 1000000 pixels"):
+        run(bomb, "thumbnail:64", ProcessingSettings(max_image_pixels=1_000_000))
 
 
 def test_pillow_bomb_error_becomes_rejected(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import BinaryIO
@@ -74,24 +76,72 @@ class Metadata:
 # Decoding
 
 
-def decode(source: BinaryIO, settings: ProcessingSettings) -> tuple[Image.Image, Metadata]:
-    """The first frame, upright, in a working mode, with its metadata."""
+class SourceImage:
+    """An opened image file: its header read and its size checked, no pixel decoded yet."""
+
+    def __init__(self, file: Image.Image, settings: ProcessingSettings) -> None:
+        self._file, self._settings = file, settings
+        # Only JPEG decoders shrink on load, and only there is the orientation known before the
+        # pixels are read (a PNG's eXIf chunk may follow them).
+        self._turned = False
+        self.shrinkable_size: tuple[int, int] | None = None  # upright
+        if file.format == "JPEG":
+            width, height = file.size
+            # EXIF orientations 5 to 8 turn the picture a quarter: its upright axes swap.
+            self._turned = file.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+            self.shrinkable_size = (height, width) if self._turned else (width, height)
+
+    def decode(self, at_least: tuple[int, int] | None = None) -> tuple[Image.Image, Metadata]:
+        """The first frame, upright, in a working mode, with its metadata.
+
+        With ``at_least`` (an upright size; only when ``shrinkable_size`` is known), a JPEG is
+        shrunk on load: its DCT is decoded at 1/2, 1/4 or 1/8 scale, the smallest that keeps
+        both sides at least that large.
+        """
+        image = self._file
+        with _decoding_errors(self._settings):
+            if at_least is not None:
+                width, height = at_least
+                image.draft(None, (height, width) if self._turned else (width, height))
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)  # also drops the orientation from XMP
+            exif = image.getexif()  # parsed (and cached) by exif_transpose already
+            xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
+            working, icc = _to_working_mode(image, image.info.get("icc_profile"))
+            xmp_bytes = xmp.encode() if isinstance(xmp, str) else xmp
+            return working, Metadata(icc, exif or None, xmp_bytes or None)
+
+
+def open_image(source: BinaryIO, settings: ProcessingSettings) -> SourceImage:
+    """Read the header of ``source`` and check its declared size against the pixel limit."""
     # A truncated image must fail, not come out half grey; only a global switch controls this.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
+    with _decoding_errors(settings):
         # No `with`: closing the image would discard the pixels; the caller owns `source`.
-        image = Image.open(source, formats=INPUT_FORMATS)
-        _check_source_pixels(image.size, settings)  # before load(): nothing is decoded yet
-        image.load()
-        ImageOps.exif_transpose(image, in_place=True)  # also drops the orientation from XMP
-        exif = image.getexif()  # parsed (and cached) by exif_transpose already
-        xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
-        working, icc = _to_working_mode(image, image.info.get("icc_profile"))
-        xmp_bytes = xmp.encode() if isinstance(xmp, str) else xmp
-        return working, Metadata(icc, exif or None, xmp_bytes or None)
+        file = Image.open(source, formats=INPUT_FORMATS)
+        _check_source_pixels(file.size, settings)  # nothing is decoded yet
+        return SourceImage(file, settings)
+
+
+def decode(source: BinaryIO, settings: ProcessingSettings) -> tuple[Image.Image, Metadata]:
+    """The first frame at full size, upright, in a working mode, with its metadata."""
+    return open_image(source, settings).decode()
+
+
+@contextmanager
+def _decoding_errors(settings: ProcessingSettings) -> Iterator[None]:
+    """Any failure of Pillow's readers becomes ImageRejected with a reason for the user."""
+    try:
+        yield
     except (ImageRejected, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow checks its own limit while opening, before ours; under it, ours is passed too.
+        limit = settings.max_image_pixels
+        if Image.MAX_IMAGE_PIXELS is not None and limit <= Image.MAX_IMAGE_PIXELS:
+            raise ImageRejected(
+                f"image is too large: more than the limit of {limit} pixels"
+            ) from exc
         raise ImageRejected(f"image is too large: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageRejected("not a supported image (PNG, JPEG, GIF, WebP, BMP or TIFF)") from exc

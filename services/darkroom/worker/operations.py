@@ -3,7 +3,8 @@
 The grammar (what each step means, its limits, the canonical text) is
 ``darkroom.contract.pipeline``; reading and writing files, colour modes and metadata are
 ``darkroom.worker.codec``. This module holds what each operation does to the pixels and
-``process_image``, which runs the three in turn.
+``process_image``, which runs the three in turn, and ``plan_shrink_on_load``, which lets a JPEG
+that is first scaled down be decoded at a fraction of its size.
 
 Pure functions of their inputs: no HTTP, no global state changed per call, safe to call from
 several threads at once.
@@ -11,9 +12,10 @@ several threads at once.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
 from PIL import Image, ImageFilter, ImageOps
@@ -36,8 +38,8 @@ from darkroom.contract.pipeline import (
 from darkroom.worker.codec import (
     ImageRejected,
     ProcessingSettings,
-    decode,
     encode,
+    open_image,
     sixteen_to_eight,
 )
 
@@ -61,10 +63,12 @@ def process_image(
     except InvalidPipeline as exc:
         raise ImageRejected(f"invalid pipeline: {exc}") from exc
     started = time.perf_counter()
-    image, metadata = decode(source, settings)
+    opened = open_image(source, settings)
+    operations, at_least = plan_shrink_on_load(pipeline.operations, opened.shrinkable_size)
+    image, metadata = opened.decode(at_least)
     decoded = time.perf_counter()
     timings["decode"] = decoded - started
-    for operation in pipeline.operations:
+    for operation in operations:
         image = apply(operation, image)
         _check_result_pixels(image, operation, settings)
     operated = time.perf_counter()
@@ -76,13 +80,85 @@ def process_image(
     return output.media_type
 
 
-def apply(operation: Operation, image: Image.Image) -> Image.Image:
+# ---------------------------------------------------------------------------------------------
+# Shrink-on-load: a JPEG that the pipeline first scales down is decoded at 1/2, 1/4 or 1/8 size.
+
+# Steps whose result does not depend on the image's scale, so they may run on a shrunk image.
+_SCALE_FREE = (Swap, Grayscale, Flip, Flop)
+# How much larger than the first downscale's output the decoded image must stay. 1.0, as
+# thumbor does: the DCT scaling is itself a good low-pass filter. Measured on 2048x1536 q90
+# photos fitted in 512x512 (mean absolute difference from a full-size decode + LANCZOS):
+# 1.0 takes 9 ms (0.87 levels), 2.0 takes 20 ms (0.52 levels), the full decode 45 ms.
+SHRINK_ON_LOAD_GAP = 1.0
+
+
+@dataclass(frozen=True)
+class _ResizeTo:
+    """A fit-inside step with its output size worked out from the source's full size, which
+    a decoder's rounding up of the shrunk size would otherwise change by a pixel."""
+
+    size: tuple[int, int]
+    text: str
+
+
+def plan_shrink_on_load(
+    operations: tuple[Operation, ...], size: tuple[int, int] | None
+) -> tuple[tuple[Operation | _ResizeTo, ...], tuple[int, int] | None]:
+    """The operations to run on an image of upright ``size``, and the smallest size it may be
+    decoded at (None: full size). A ``size`` of None: the image cannot shrink on load.
+
+    Only a first ``resize`` or ``thumbnail`` that scales down, after nothing but scale-free
+    steps and quarter turns, allows shrinking: a crop, blur or sharpen before it works in pixels
+    of the full size. A fit-inside step becomes a ``_ResizeTo`` the size it gives the full image.
+    """
+    found = None if size is None else _first_downscale(operations)
+    if size is None or found is None:
+        return operations, None
+    index, turned = found
+    step = operations[index]
+    assert isinstance(step, Resize | Thumbnail)
+    width, height = size[::-1] if turned else size
+    if isinstance(step, Thumbnail) and width <= step.size and height <= step.size:
+        return operations, None  # a thumbnail never enlarges: nothing to resize
+    box = (step.size, step.size) if isinstance(step, Thumbnail) else (step.width, step.height)
+    fill = isinstance(step, Resize) and step.fill
+    scale = (max if fill else min)(box[0] / width, box[1] / height)
+    if scale * SHRINK_ON_LOAD_GAP >= 1:
+        return operations, None
+    planned: tuple[Operation | _ResizeTo, ...] = operations
+    if not fill:
+        exact = _ResizeTo(_fit_size((width, height), *box), step.text)
+        planned = (*operations[:index], exact, *operations[index + 1 :])
+    at_least = (
+        math.ceil(width * scale * SHRINK_ON_LOAD_GAP),
+        math.ceil(height * scale * SHRINK_ON_LOAD_GAP),
+    )
+    return planned, (at_least[::-1] if turned else at_least)
+
+
+def _first_downscale(operations: tuple[Operation, ...]) -> tuple[int, bool] | None:
+    """Where the first resize or thumbnail is, if only scale-free steps come before it, and
+    whether quarter turns before it swap the axes."""
+    turned = False
+    for index, step in enumerate(operations):
+        if isinstance(step, Resize | Thumbnail):
+            return index, turned
+        if isinstance(step, Rotate) and step.hundredths % 9000 == 0:
+            turned ^= step.hundredths in (9000, 27000)
+        elif not isinstance(step, _SCALE_FREE):
+            return None
+    return None
+
+
+def apply(operation: Operation | _ResizeTo, image: Image.Image) -> Image.Image:
     """What ``operation`` makes of ``image`` (a working-mode image: L, LA, RGB, RGBA or I)."""
+    if isinstance(operation, _ResizeTo):  # planned by plan_shrink_on_load, not in the grammar
+        return _resized(image, operation.size)
     return PIXEL_STEPS[type(operation)](operation, image)
 
 
 def _check_result_pixels(
-    image: Image.Image, operation: Operation, settings: ProcessingSettings
+    image: Image.Image, operation: Operation | _ResizeTo, settings: ProcessingSettings
 ) -> None:
     if image.width * image.height > settings.max_image_pixels:
         raise ImageRejected(
@@ -174,10 +250,25 @@ def _sharpen(step: Sharpen, image: Image.Image) -> Image.Image:
 
 
 def _fit_inside(image: Image.Image, width: int, height: int) -> Image.Image:
+    return _resized(image, _fit_size(image.size, width, height))
+
+
+def _fit_size(size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
     # ImageOps.contain can round a side to 0 for very thin images.
-    scale = min(width / image.width, height / image.height)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+    scale = min(width / size[0], height / size[1])
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+# Resizing first reduces by a whole factor (box averaging) while the rest stays above this gap:
+# Pillow's thumbnail() default. Full-size 2048x1536 to 512x384: 13 ms instead of 32 ms, a mean
+# absolute difference of 0.35 levels from a plain LANCZOS resize.
+RESIZE_REDUCING_GAP = 2.0
+
+
+def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    if size == image.size:
+        return image
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP)
 
 
 # One entry per operation of the grammar (a test checks that none is missing).
