@@ -52,5 +52,4 @@ def test_the_processing_settings_come_from_the_configuration() -> None:
     config = Config(max_image_pixels=1234, png_compress_level=6)
     settings = config.settings_for(ProcessingSettings)
     assert (settings.max_image_pixels, settings.png_compress_level) == (1234, 6)
-    # Until ProcessingSettings takes its defaults from Config, they must at least agree.
     assert Config().settings_for(ProcessingSettings) == ProcessingSettings()

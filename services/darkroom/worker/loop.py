@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
-import enum
 import functools
 import logging
 import tempfile
@@ -23,7 +22,7 @@ from darkroom.core.backoff import Backoff
 from darkroom.core.streams import iter_chunks
 from darkroom.master.client import LeaseLost, MasterClient
 from darkroom.storage.client import StorageClient
-from darkroom.worker.metrics import TaskMetrics
+from darkroom.worker.metrics import Outcome, TaskMetrics
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +34,6 @@ Processor = Callable[[BinaryIO, BinaryIO, str], str]
 
 
 _T = TypeVar("_T")
-
-
-class Outcome(enum.StrEnum):
-    """How a task ended for this worker: the ``outcome`` label of its task counter."""
-
-    DONE = "done"  # result stored and reported
-    FAILED = "failed"  # the image was rejected (or is gone): failed for good
-    ERROR = "error"  # something else went wrong: retried, or given back during an outage
-    LEASE_LOST = "lease_lost"  # another worker has the task now
 
 
 class ImageGone(Exception):

@@ -13,6 +13,7 @@ sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh temporary folder before it starts t
 from __future__ import annotations
 
 import contextlib
+import enum
 import fcntl
 import os
 import shutil
@@ -30,6 +31,15 @@ from darkroom.core.metrics import Collector
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STAGES = ("download", "decode", "operation", "encode", "upload")
+
+
+class Outcome(enum.StrEnum):
+    """How a task ended for this worker: the ``outcome`` label of its task counter."""
+
+    DONE = "done"  # result stored and reported
+    FAILED = "failed"  # the image was rejected (or is gone): failed for good
+    ERROR = "error"  # something else went wrong: retried, or given back during an outage
+    LEASE_LOST = "lease_lost"  # another worker has the task now
 
 
 class TaskMetrics:
@@ -68,12 +78,12 @@ class TaskMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
-        for outcome in ("done", "failed", "error", "lease_lost"):
+        for outcome in Outcome:
             self.tasks.labels(outcome)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
 
-    def outcome(self, outcome: str) -> None:
+    def outcome(self, outcome: Outcome) -> None:
         self.tasks.labels(outcome).inc()
 
     def observe(self, stage: str, seconds: float) -> None:
