@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from darkroom.contract.folders import Folder
-from darkroom.core.atomicfile import atomic_writer
+from darkroom.core.atomicfile import atomic_writer, make_private_directory
 from darkroom.core.ids import is_task_id
 from darkroom.core.imagetypes import SNIFF_BYTES, sniff_media_type
 
@@ -53,7 +53,7 @@ class FileImageStore:
     def __init__(self, root: Path) -> None:
         self._root = root
         for folder in Folder:
-            (root / folder).mkdir(parents=True, exist_ok=True)
+            make_private_directory(root / folder)
         self.remove_partial_uploads()
 
     def _path(self, folder: Folder, task_id: str) -> Path:
