@@ -9,6 +9,7 @@ from typing import Any
 import falcon
 from prometheus_client import CollectorRegistry
 
+from darkroom.contract.folders import result_version
 from darkroom.contract.limits import MAX_ERROR_LENGTH, MAX_PIPELINE_CHARS
 from darkroom.contract.tasks import UNFINISHED_STATES, TaskState
 from darkroom.core.app import create_base_app
@@ -37,6 +38,12 @@ def task_document(task: Task, with_lease: bool = False) -> dict[str, Any]:
         "createdAt": _timestamp(task.created_at),
         "updatedAt": _timestamp(task.updated_at),
         "finishedAt": _timestamp(task.finished_at),
+        # which stored result is the job's: the one made under the lease that finished it
+        "result": (
+            result_version(task.lease_token)
+            if task.state == TaskState.FINISHED and task.lease_token
+            else None
+        ),
     }
     if with_lease:
         document["lease"] = task.lease_token

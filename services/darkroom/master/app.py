@@ -125,7 +125,14 @@ class Jobs:
     def _task(self, req: falcon.Request, state: str | None = None) -> dict[str, Any]:
         task_id = require_task_id(req)
         with self._long_polls.wait(wait_param(req, self._max_wait)) as wait:
-            return self._database.get(task_id, wait, state)
+            task = self._database.get(task_id, wait, state)
+        # The database and the storage remove old jobs each on its own timer: a finished job
+        # whose result is gone is gone, for every route alike.
+        if task["stateName"] == TaskState.FINISHED and not self._storage.exists(
+            Folder.FINISHED, task_id, task.get("result")
+        ):
+            raise falcon.HTTPNotFound(title="Unknown task", description="No task has this id.")
+        return task
 
     def on_get_is_ready(self, req: falcon.Request, resp: falcon.Response) -> None:
         task = self._task(req)
@@ -135,7 +142,9 @@ class Jobs:
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
         state = state_param(req)
-        resp.media = self._task(req, None if state is None else state.value)
+        task = self._task(req, None if state is None else state.value)
+        task.pop("result", None)  # the storage's name for it, of no use to a client
+        resp.media = task
 
     def on_get_result(self, req: falcon.Request, resp: falcon.Response) -> None:
         task = self._task(req)
@@ -146,7 +155,7 @@ class Jobs:
                 description=f"The job is {task['stateName']}; ask /isReady until it answers 1.",
                 headers={"Retry-After": "1"},
             )
-        upstream = self._storage.open(Folder.FINISHED, task["id"])
+        upstream = self._storage.open(Folder.FINISHED, task["id"], task["result"])
         relay_stream(upstream, resp)
         extension = EXTENSIONS.get(resp.content_type or "", "bin")
         resp.downloadable_as = f"darkroom-{task['id']}.{extension}"

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, TypeVar
 import requests
 
 from darkroom.contract.errors import ServiceNotFound, ServiceUnavailable
-from darkroom.contract.folders import Folder
+from darkroom.contract.folders import Folder, result_version
 from darkroom.contract.tasks import Claim
 from darkroom.core import requestid
 from darkroom.core.backoff import Backoff
@@ -212,7 +212,8 @@ class TaskLoop:
         size = result.tell()
         result.seek(0)
         with self._metrics.stage("upload"):
-            self._storage.send(Folder.FINISHED, claim.task_id, iter_chunks(result), size)
+            version = result_version(claim.lease)  # the finish below decides if it is the one
+            self._storage.send(Folder.FINISHED, claim.task_id, iter_chunks(result), size, version)
         self._master.finish(claim)
         self.completed += 1
         self._outage.reset()
