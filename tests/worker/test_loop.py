@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import threading
+import time
 from typing import BinaryIO
 
 import pytest
@@ -37,8 +39,11 @@ def reverse_bytes(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str
 
 @pytest.fixture
 def system(config):
+    return build_system(config, FileImageStore(config.data_dir))
+
+
+def build_system(config, images: FileImageStore):
     tasks = open_store(config)
-    images = FileImageStore(config.data_dir)
     database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
     storage_service = service_client(
         create_storage_app(config, images), "storageAddress", "storage:2"
@@ -225,3 +230,44 @@ def test_a_worker_that_lost_its_lease_never_replaces_the_result(system):
     served = master.service.request("GET", "/get", params={"id": task_id})
     assert served.status_code == 200 and served.content == b"cba-GNP\x89"
     assert tasks.get(task_id).state == State.FINISHED
+
+
+class FullForAWhile(FileImageStore):
+    """A storage volume with no space for results, for the first ``full_writes`` of them."""
+
+    def __init__(self, root, full_writes: int) -> None:
+        super().__init__(root)
+        self.full_writes = full_writes
+
+    def write(self, folder, task_id, chunks, limit, version=None) -> int:
+        if folder == Folder.FINISHED and self.full_writes > 0:
+            self.full_writes -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(folder, task_id, chunks, limit, version)
+
+
+def test_a_full_disk_on_the_result_is_waited_out_keeping_the_attempt(config):
+    """A 507 on the result write used to spend the task's attempts within a second."""
+    tasks, storage, master, _ = build_system(config, FullForAWhile(config.data_dir, 4))
+    loop = TaskLoop(master, storage, reverse_bytes, Rejected, 0, 5, 5, threading.Event())
+    task_id = submit(tasks, storage, b"\x89PNG-abc")
+    started = time.monotonic()
+    claim_and_handle(master, loop)
+    task = tasks.get(task_id)
+    assert task.state == State.FINISHED and task.attempts == 1
+    assert time.monotonic() - started >= 0.5 + 1 + 2, "backed off between the writes"
+    assert result_path(config, tasks, task_id).read_bytes() == b"cba-GNP\x89"
+
+
+def test_a_disk_that_stays_full_fails_the_task_after_the_deadline_saying_why(config):
+    tasks, storage, master, _ = build_system(config, FullForAWhile(config.data_dir, 10**6))
+    loop = TaskLoop(
+        master, storage, reverse_bytes, Rejected, 0, 5, 5, threading.Event(), disk_full_deadline=1
+    )
+    task_id = submit(tasks, storage, b"\x89PNG-abc")
+    started = time.monotonic()
+    claim_and_handle(master, loop)
+    task = tasks.get(task_id)
+    assert time.monotonic() - started >= 1
+    assert task.state == State.FAILED and task.attempts == 1
+    assert "stayed full for 1 s" in task.error and "no space left" in task.error
