@@ -6,10 +6,12 @@ owner's only.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,5 +83,53 @@ def test_files_and_folders_are_the_owners_only(tmp_path: Path) -> None:
             if stat.S_IMODE(path.stat().st_mode) & 0o077
         }
         assert loose == {}, "readable or writable by others than the owner"
+    finally:
+        services.stop_all()
+
+
+def test_the_database_keeps_threads_free_whatever_the_number_of_pollers(tmp_path: Path) -> None:
+    """Two masters' long polls (threads/2 each) took all 32 of the database's threads: uploads
+    waited 27-29 s. Here 6 polls and claims meet a database of 4 threads (2 may wait)."""
+    services = Services(tmp_path / "data", tmp_path, threads="4", max_wait_seconds="20")
+    internal = {"Authorization": f"Bearer {services.env['DARKROOM_INTERNAL_TOKEN']}"}
+    database = services.url("database")
+    try:
+        services.start("registry")
+        services.start("database")
+        uploading = requests.post(f"{database}/newTask", headers=internal, timeout=5).text
+
+        def watch() -> requests.Response:
+            params = {"id": uploading, "wait": "20", "state": "uploading"}
+            return requests.get(f"{database}/getById", params=params, headers=internal, timeout=30)
+
+        def claim() -> requests.Response:
+            params = {"wait": "20"}
+            return requests.post(
+                f"{database}/getNewTask", params=params, headers=internal, timeout=30
+            )
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            polls = [pool.submit(call) for call in (watch, claim) * 3]
+            answered = wait_until(
+                lambda: (
+                    [poll.result() for poll in polls if poll.done()]
+                    if sum(poll.done() for poll in polls) >= 4
+                    else None
+                ),
+                10,
+                "the polls beyond the slots to be answered at once",
+            )
+            started = time.monotonic()
+            created = requests.post(f"{database}/newTask", headers=internal, timeout=10)
+            took = time.monotonic() - started
+            assert created.status_code == 201 and took < 2, f"a new task took {took:.1f} s"
+            statuses = sorted(answer.status_code for answer in answered)
+            assert set(statuses) <= {200, 503} and 503 in statuses, statuses
+            for answer in answered:
+                if answer.status_code == 503:
+                    assert answer.headers["Retry-After"] == "1"  # the worker backs off
+            # the waiting watch and claim both end with this
+            enqueue = {"id": uploading}
+            requests.post(f"{database}/enqueueTask", params=enqueue, headers=internal, timeout=5)
     finally:
         services.stop_all()

@@ -12,7 +12,7 @@ from darkroom.core.config import Config
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
-from darkroom.master.app import LongPolls, create_app
+from darkroom.master.app import create_app
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import FileImageStore
@@ -193,14 +193,6 @@ def test_bad_long_poll_parameters_are_refused(client, png, params, problem):
     task_id = upload(client, png)
     answer = client.simulate_get("/status", params={"id": task_id, **params})
     assert answer.status_code == 400 and problem in answer.json["description"]
-
-
-def test_long_polls_beyond_the_slots_are_answered_at_once():
-    polls = LongPolls(slots=1)
-    with polls.wait(5) as first, polls.wait(5) as second:
-        assert (first, second) == (5, 0.0)
-    with polls.wait(5) as again:
-        assert again == 5, "the slot is given back"
 
 
 def test_a_finished_job_whose_result_is_gone_is_gone(client, config, png):

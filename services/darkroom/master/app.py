@@ -5,8 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import falcon
@@ -18,6 +17,7 @@ from darkroom.core.auth import CLIENT
 from darkroom.core.config import Config
 from darkroom.core.ids import require_task_id
 from darkroom.core.imagetypes import EXTENSIONS, SNIFF_BYTES, sniff_media_type
+from darkroom.core.longpoll import LongPolls
 from darkroom.core.params import single_param, state_param, wait_param
 from darkroom.core.relay import relay, relay_stream
 from darkroom.core.streams import iter_chunks
@@ -39,27 +39,6 @@ def _read_head(stream: BinaryIO) -> bytes:
     while len(head) < SNIFF_BYTES and (chunk := stream.read(SNIFF_BYTES - len(head))):
         head += chunk
     return head
-
-
-class LongPolls:
-    """Slots for client long polls: each holds a server thread, so only so many may wait.
-
-    Beyond that, a request with ``wait`` is answered at once, as without it: the client polls
-    again, which always works, and the threads stay free for uploads and workers.
-    """
-
-    def __init__(self, slots: int) -> None:
-        self._slots = threading.BoundedSemaphore(max(slots, 1))
-
-    @contextlib.contextmanager
-    def wait(self, seconds: float) -> Iterator[float]:
-        if seconds <= 0 or not self._slots.acquire(blocking=False):
-            yield 0.0
-            return
-        try:
-            yield seconds
-        finally:
-            self._slots.release()
 
 
 class Jobs:
