@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -18,8 +19,9 @@ import pytest
 import requests
 
 from darkroom.contract.roles import ROLES
+from darkroom.contract.tasks import TaskState
 from support.images import png_bytes
-from support.processes import Services, wait_until
+from support.processes import Services, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -132,4 +134,64 @@ def test_the_database_keeps_threads_free_whatever_the_number_of_pollers(tmp_path
             enqueue = {"id": uploading}
             requests.post(f"{database}/enqueueTask", params=enqueue, headers=internal, timeout=5)
     finally:
+        services.stop_all()
+
+
+def _state(services: Services, task_id: str) -> str:
+    status = requests.get(services.url("master", "/status"), params={"id": task_id}, timeout=5)
+    return status.json()["stateName"]
+
+
+def _freeze_while_claiming(services: Services, frozen_worker) -> str:
+    """Freeze the worker while its claim long-polls, then submit a job: the claim takes it, so
+    the worker is frozen holding a lease. A few tries: the freeze may fall between two polls."""
+    for _ in range(3):
+        os.kill(frozen_worker.pid, signal.SIGSTOP)
+        task_id = requests.post(services.url("master", "/new"), data=png_bytes(), timeout=10).text
+        try:
+            wait_until(lambda: _state(services, task_id) == TaskState.IN_PROGRESS, 3, "the claim")  # noqa: B023
+            return task_id
+        except AssertionError:
+            os.kill(frozen_worker.pid, signal.SIGCONT)  # it was between polls: let it do that job
+            wait_until(lambda: _state(services, task_id) == TaskState.FINISHED, 30, "that job")  # noqa: B023
+    raise AssertionError("could not freeze the worker during a claim")
+
+
+def test_a_frozen_worker_resumed_after_another_finished_never_replaces_the_result(
+    tmp_path: Path,
+) -> None:
+    """SIGSTOP after claiming, SIGCONT after another worker finished: /get then served the
+    stale worker's bytes, stored over the finished result."""
+    services = Services(tmp_path / "data", tmp_path, lease_seconds="2")
+    frozen = None
+    try:
+        for role in ("registry", "database", "storage", "master"):
+            services.start(role)
+        services.start("worker", worker_mode="thread", concurrency="1")
+        frozen = services.processes.pop("worker")
+        task_id = _freeze_while_claiming(services, frozen)
+
+        services.ports["worker"] = free_port()  # a second worker beside the frozen one
+        services.start("worker", worker_mode="thread", concurrency="1")
+        wait_until(lambda: _state(services, task_id) == TaskState.FINISHED, 30, "the other worker")
+        finished = services.data_dir / "finished"
+        served = requests.get(services.url("master", "/get"), params={"id": task_id}, timeout=5)
+        before = {path.name: path.stat().st_ino for path in finished.iterdir()}
+
+        def leases_lost() -> int:
+            return frozen.log_path.read_text().count("lease lost")
+
+        lost_before = leases_lost()
+        os.kill(frozen.pid, signal.SIGCONT)
+        # it stores its result, then cannot finish
+        wait_until(lambda: leases_lost() > lost_before, 30, "the resumed worker to give up")
+        after = requests.get(services.url("master", "/get"), params={"id": task_id}, timeout=5)
+        assert after.status_code == 200 and after.content == served.content
+        now = {path.name: path.stat().st_ino for path in finished.iterdir()}
+        assert {name: now.get(name) for name in before} == before, "the result was replaced"
+        assert len(now) == len(before) + 1, "the stale result is kept under its own version"
+    finally:
+        if frozen is not None:
+            os.kill(frozen.pid, signal.SIGCONT)
+            frozen.stop(30)
         services.stop_all()
