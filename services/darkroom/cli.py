@@ -10,6 +10,7 @@ from pathlib import Path
 
 from darkroom.contract.roles import DEFAULT_PORTS, ROLES
 from darkroom.core import logs
+from darkroom.core.atomicfile import OWNER_ONLY_UMASK
 from darkroom.core.config import LOG_FORMATS, Config
 from darkroom.core.lifecycle import stop_with_parent_from_env
 from darkroom.core.runtime import configure_logging
@@ -27,6 +28,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    os.umask(OWNER_ONLY_UMASK)
     config = Config.from_env(
         host=args.host,
         port=args.port,
@@ -37,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
         worker_mode=args.worker_mode,
         log_level=args.log_level,
         log_format=args.log_format,
+        trusted_network=args.trusted_network or None,
     )
     configure_logging(config.log_level, config.log_format, role=args.role)
     stop_with_parent_from_env()  # started by darkroom up: stop with it
@@ -47,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from darkroom.supervisor import Supervisor
 
+    os.umask(OWNER_ONLY_UMASK)  # the children inherit it
     config = Config.from_env(log_format=args.log_format)
     # The children write to the same terminal or file: they log as the supervisor does.
     log_format = logs.resolve_format(config.log_format)
@@ -98,6 +102,12 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
         help="worker: run task loops as processes or threads (default: process)",
     )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    serve.add_argument(
+        "--trusted-network",
+        action="store_true",
+        help="run without an internal token: anyone who can reach the role may call its internal"
+        " routes (default: DARKROOM_TRUSTED_NETWORK, else refuse to start without a token)",
+    )
     _add_log_format(serve)
     serve.set_defaults(func=_serve)
 

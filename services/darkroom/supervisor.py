@@ -23,7 +23,7 @@ from types import FrameType
 import requests
 
 from darkroom.contract.roles import ROLES
-from darkroom.core.atomicfile import write_atomically
+from darkroom.core.atomicfile import make_private_directory, write_atomically
 from darkroom.core.config import Config
 from darkroom.core.lifecycle import PARENT_PID_ENV
 from darkroom.core.restart import RestartPolicy
@@ -51,6 +51,11 @@ def internal_token(data_dir: Path) -> str:
     # checks off); never overwriting, so two first starts agree on one token.
     with contextlib.suppress(FileExistsError):
         write_atomically(path, secrets.token_urlsafe(32), overwrite=False)
+    if token := path.read_text().strip():
+        return token
+    # Empty (left by an older, non-atomic write or by hand): never "no token", a new one.
+    log.warning(f"{path} is empty; writing a new internal token")
+    write_atomically(path, secrets.token_urlsafe(32))
     return path.read_text().strip()
 
 
@@ -107,7 +112,7 @@ class Child:
 class Supervisor:
     def __init__(self, data_dir: Path, ports: dict[str, int], workers: int = 0) -> None:
         self._data_dir = data_dir.resolve()
-        self._data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_directory(self._data_dir)
         self._ports = ports
         self._config = Config.from_env()
         env = {

@@ -15,6 +15,7 @@ import threading
 import pytest
 import requests
 
+from darkroom.contract.folders import result_version
 from darkroom.core.discovery import ServiceClient, ServiceLocator
 from darkroom.database.service import open_store
 from darkroom.database.store import State
@@ -73,5 +74,6 @@ def test_storage_outage_spends_no_attempts(config):
 
     TaskLoop(master, storage, _swap, ImageRejected, 0, 5, 5, no_waiting).handle(master.claim(0, 5))
     assert tasks.get(task.id).state == State.FINISHED
-    result = b"".join(storage.open(Folder.FINISHED, task.id).iter_content(None))
+    version = result_version(tasks.get(task.id).lease_token)
+    result = b"".join(storage.open(Folder.FINISHED, task.id, version).iter_content(None))
     assert same_pixels(decode(result), swapped(image))

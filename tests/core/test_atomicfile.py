@@ -79,3 +79,12 @@ def test_without_overwrite_the_first_writer_wins(tmp_path: Path) -> None:
         write_atomically(path, "second", overwrite=False)
     assert path.read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["token"]
+
+
+def test_an_empty_token_file_is_never_read_as_no_token(tmp_path: Path) -> None:
+    """An empty file, left by a non-atomic write, used to turn the internal checks off."""
+    (tmp_path / "internal-token").write_text("")
+    token = internal_token(tmp_path)
+    assert len(token) >= 40
+    assert (tmp_path / "internal-token").read_text() == token
+    assert internal_token(tmp_path) == token

@@ -6,12 +6,13 @@ import time
 import pytest
 from falcon import testing
 
+from darkroom.contract.folders import result_version
 from darkroom.contract.pipeline import PipelineLimits, normalize_pipeline
 from darkroom.core.config import Config
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
-from darkroom.master.app import LongPolls, create_app
+from darkroom.master.app import create_app
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import FileImageStore
@@ -57,7 +58,7 @@ def test_full_worker_cycle_through_master(client, config, png):
     assert client.simulate_post("/getNewTask").status_code == 204
     result = client.simulate_get("/get", params={"id": task_id})
     assert result.status_code == 409 and "in progress" in result.json["description"]
-    (config.data_dir / "finished" / task_id).write_bytes(png)
+    (config.data_dir / "finished" / f"{task_id}.{result_version(claim['lease'])}").write_bytes(png)
     params = {"id": task_id, "lease": claim["lease"]}
     assert client.simulate_post("/registerTaskFinished", params=params).text == "success"
     assert client.simulate_get("/isReady", params={"id": task_id}).text == "1"
@@ -153,7 +154,7 @@ def test_missing_finished_file_is_not_a_200(client, png):
 def test_is_ready_long_poll_answers_when_the_job_finishes(client, config, png):
     task_id = upload(client, png)
     claim = client.simulate_post("/getNewTask").json
-    (config.data_dir / "finished" / task_id).write_bytes(png)
+    (config.data_dir / "finished" / f"{task_id}.{result_version(claim['lease'])}").write_bytes(png)
     params = {"id": task_id, "lease": claim["lease"]}
     finisher = threading.Timer(
         0.2, client.simulate_post, ("/registerTaskFinished",), {"params": params}
@@ -194,9 +195,18 @@ def test_bad_long_poll_parameters_are_refused(client, png, params, problem):
     assert answer.status_code == 400 and problem in answer.json["description"]
 
 
-def test_long_polls_beyond_the_slots_are_answered_at_once():
-    polls = LongPolls(slots=1)
-    with polls.wait(5) as first, polls.wait(5) as second:
-        assert (first, second) == (5, 0.0)
-    with polls.wait(5) as again:
-        assert again == 5, "the slot is given back"
+def test_a_finished_job_whose_result_is_gone_is_gone(client, config, png):
+    """The storage's retention sweep may remove a result before the database's removes the job:
+    /isReady said 1 while /get said 404, for up to a sweep interval."""
+    task_id = upload(client, png)
+    claim = client.simulate_post("/getNewTask").json
+    result = config.data_dir / "finished" / f"{task_id}.{result_version(claim['lease'])}"
+    result.write_bytes(png)
+    client.simulate_post("/registerTaskFinished", params={"id": task_id, "lease": claim["lease"]})
+    assert client.simulate_get("/isReady", params={"id": task_id}).text == "1"
+    assert "result" not in client.simulate_get("/status", params={"id": task_id}).json
+    result.unlink()  # what the storage's sweep does
+    for route in ("/isReady", "/status", "/get"):
+        answer = client.simulate_get(route, params={"id": task_id})
+        assert answer.status_code == 404, route
+        assert answer.json["title"] == "Unknown task"

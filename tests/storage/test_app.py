@@ -115,7 +115,7 @@ def test_purge_removes_old_images_only(config, store, png):
 
 
 class FullDisk(FileImageStore):
-    def write(self, folder, task_id, chunks, limit):
+    def write(self, folder, task_id, chunks, limit, version=None):
         raise OSError(errno.ENOSPC, "No space left on device")
 
 

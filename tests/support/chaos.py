@@ -691,7 +691,8 @@ def _orphan_files(data_dir: Path, task_ids: set[str]) -> list[str]:
         if path.name.startswith(TEMP_PREFIXES) or path.is_dir():
             continue  # temporary files are reported after the stop
         if relative.parts[0] in ("working", "finished") and len(relative.parts) == 2:
-            if path.name not in task_ids:
+            # a result is ID.VERSION (one per lease that stored one), an upload ID
+            if path.name.partition(".")[0] not in task_ids:
                 orphans.append(f"{relative} (no such task)")
         elif len(relative.parts) != 1 or not EXPECTED_ROOT_FILES.fullmatch(path.name):
             orphans.append(f"{relative} (unexpected)")

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import threading
+import time
 from typing import BinaryIO
 
 import pytest
 
 from darkroom.contract.errors import ServiceConflict
+from darkroom.contract.folders import result_version
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
@@ -36,8 +39,11 @@ def reverse_bytes(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str
 
 @pytest.fixture
 def system(config):
+    return build_system(config, FileImageStore(config.data_dir))
+
+
+def build_system(config, images: FileImageStore):
     tasks = open_store(config)
-    images = FileImageStore(config.data_dir)
     database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
     storage_service = service_client(
         create_storage_app(config, images), "storageAddress", "storage:2"
@@ -59,6 +65,13 @@ def submit(tasks, storage, body: bytes) -> str:
     return task.id
 
 
+def result_path(config, tasks, task_id: str):
+    """Where the finished task's result is: named after the lease that finished it."""
+    return (
+        config.data_dir / "finished" / f"{task_id}.{result_version(tasks.get(task_id).lease_token)}"
+    )
+
+
 def claim_and_handle(master, loop) -> None:
     claim = master.claim(0, 5)
     assert claim is not None
@@ -70,7 +83,7 @@ def test_success_stores_result_and_finishes(system, config):
     task_id = submit(tasks, storage, b"\x89PNG-abc")
     claim_and_handle(master, loop)
     assert tasks.get(task_id).state == State.FINISHED
-    assert (config.data_dir / "finished" / task_id).read_bytes() == b"cba-GNP\x89"
+    assert result_path(config, tasks, task_id).read_bytes() == b"cba-GNP\x89"
     assert loop.completed == 1
 
 
@@ -145,10 +158,10 @@ class StoreAfterNextTaskStarts:
     def open(self, *args, **kwargs):
         return self._storage.open(*args, **kwargs)
 
-    def send(self, folder, task_id, body, size=None) -> None:
+    def send(self, folder, task_id, body, size=None, version=None) -> None:
         if folder == Folder.FINISHED and self.overlapped is None:
             self.overlapped = self._processing_started.wait(5)
-        self._storage.send(folder, task_id, body, size)
+        self._storage.send(folder, task_id, body, size, version)
 
 
 def test_run_stores_each_result_while_processing_the_next_task(system, config):
@@ -172,7 +185,7 @@ def test_run_stores_each_result_while_processing_the_next_task(system, config):
     # run() returned only once the last result was stored: nothing is left half done.
     assert tasks.get(first).state == State.FINISHED
     assert tasks.get(second).state == State.FINISHED
-    assert (config.data_dir / "finished" / second).read_bytes() == b"owt"
+    assert result_path(config, tasks, second).read_bytes() == b"owt"
 
 
 def test_a_task_given_back_by_a_stopping_worker_keeps_its_attempt(system, config):
@@ -195,5 +208,66 @@ def test_a_task_given_back_by_a_stopping_worker_keeps_its_attempt(system, config
     handling.join(10)
     task = tasks.get(task_id)
     assert task.state == State.QUEUED and task.attempts == 0 and not task.error
-    assert not (config.data_dir / "finished" / task_id).exists()  # not stored after all
+    assert not list((config.data_dir / "finished").glob(f"{task_id}*"))  # not stored after all
     assert loop.give_back_held() == 0
+
+
+def test_a_worker_that_lost_its_lease_never_replaces_the_result(system):
+    """A stale worker (frozen after its claim, resumed after another worker finished) used to
+    store over the finished result: /get then served its bytes instead."""
+    tasks, storage, master, loop = system
+    task_id = submit(tasks, storage, b"\x89PNG-abc")
+    stale_claim = master.claim(0, 5)
+    tasks.release(task_id, stale_claim.lease)  # its lease is gone; it does not know
+    claim_and_handle(master, loop)  # another worker finishes the task
+    assert tasks.get(task_id).state == State.FINISHED
+
+    def other_bytes(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str:
+        destination.write(b"the stale worker's result")
+        return "application/octet-stream"
+
+    TaskLoop(master, storage, other_bytes, Rejected, 0, 5, 5, threading.Event()).handle(stale_claim)
+    served = master.service.request("GET", "/get", params={"id": task_id})
+    assert served.status_code == 200 and served.content == b"cba-GNP\x89"
+    assert tasks.get(task_id).state == State.FINISHED
+
+
+class FullForAWhile(FileImageStore):
+    """A storage volume with no space for results, for the first ``full_writes`` of them."""
+
+    def __init__(self, root, full_writes: int) -> None:
+        super().__init__(root)
+        self.full_writes = full_writes
+
+    def write(self, folder, task_id, chunks, limit, version=None) -> int:
+        if folder == Folder.FINISHED and self.full_writes > 0:
+            self.full_writes -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(folder, task_id, chunks, limit, version)
+
+
+def test_a_full_disk_on_the_result_is_waited_out_keeping_the_attempt(config):
+    """A 507 on the result write used to spend the task's attempts within a second."""
+    tasks, storage, master, _ = build_system(config, FullForAWhile(config.data_dir, 4))
+    loop = TaskLoop(master, storage, reverse_bytes, Rejected, 0, 5, 5, threading.Event())
+    task_id = submit(tasks, storage, b"\x89PNG-abc")
+    started = time.monotonic()
+    claim_and_handle(master, loop)
+    task = tasks.get(task_id)
+    assert task.state == State.FINISHED and task.attempts == 1
+    assert time.monotonic() - started >= 0.5 + 1 + 2, "backed off between the writes"
+    assert result_path(config, tasks, task_id).read_bytes() == b"cba-GNP\x89"
+
+
+def test_a_disk_that_stays_full_fails_the_task_after_the_deadline_saying_why(config):
+    tasks, storage, master, _ = build_system(config, FullForAWhile(config.data_dir, 10**6))
+    loop = TaskLoop(
+        master, storage, reverse_bytes, Rejected, 0, 5, 5, threading.Event(), disk_full_deadline=1
+    )
+    task_id = submit(tasks, storage, b"\x89PNG-abc")
+    started = time.monotonic()
+    claim_and_handle(master, loop)
+    task = tasks.get(task_id)
+    assert time.monotonic() - started >= 1
+    assert task.state == State.FAILED and task.attempts == 1
+    assert "stayed full for 1 s" in task.error and "no space left" in task.error

@@ -18,6 +18,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 TEMP_PREFIX = ".tmp-"
+# Every role's umask: what it makes is its owner's only (data directory 0700, files 0600),
+# since the data is every user's images and the ids that read them.
+OWNER_ONLY_UMASK = 0o077
+
+
+def make_private_directory(path: Path) -> None:
+    """``path`` and any missing parents, readable by their owner only (0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 @contextlib.contextmanager
@@ -46,6 +54,11 @@ def atomic_writer(
         temp.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist (for files others open)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def write_atomically(

@@ -66,8 +66,11 @@ class Config:
     log_format: str = "auto"
     # a stopping worker lets its task in hand finish for this long, then gives it back unspent
     drain_seconds: float = 10.0
-    # shared secret for internal routes; empty: not checked (unit tests, trusted networks)
+    # shared secret for internal routes; a role refuses to start without one unless
+    # trusted_network says that anyone who can reach it may call its internal routes
     internal_token: str = dataclasses.field(default="", repr=False)
+    # run without an internal token: internal routes are then open to anyone who can reach them
+    trusted_network: bool = False
     # comma-separated keys for the public API and the frontend; empty: open to all
     api_keys: str = dataclasses.field(default="", repr=False)
 

@@ -15,8 +15,23 @@ from darkroom.core.transport import bearer, new_session
 PROBE_TIMEOUT_SECONDS = 1.0
 
 
+def require_internal_token(config: Config, role: str) -> None:
+    """Refuse to serve ``role`` with internal routes open, unless the network is trusted.
+
+    An empty token turns the internal checks off (so unit tests can build apps without one);
+    a running role must not end up that way by accident (an empty variable, an empty file).
+    """
+    if not config.internal_token and not config.trusted_network:
+        raise ValueError(
+            f"the {role} has no internal token (DARKROOM_INTERNAL_TOKEN is empty), so its"
+            " internal routes would be open to anyone who can reach it; set a token, or set"
+            " DARKROOM_TRUSTED_NETWORK=1 (--trusted-network) if the network is trusted"
+        )
+
+
 class Runtime:
     def __init__(self, config: Config, role: str) -> None:
+        require_internal_token(config, role)
         self.config = config
         self.role = role
         self.stop = threading.Event()

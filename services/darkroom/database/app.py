@@ -9,12 +9,14 @@ from typing import Any
 import falcon
 from prometheus_client import CollectorRegistry
 
+from darkroom.contract.folders import result_version
 from darkroom.contract.limits import MAX_ERROR_LENGTH, MAX_PIPELINE_CHARS
 from darkroom.contract.tasks import UNFINISHED_STATES, TaskState
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
 from darkroom.core.errors import disk_full
 from darkroom.core.ids import require_task_id
+from darkroom.core.longpoll import LongPolls
 from darkroom.core.params import state_param, wait_param
 from darkroom.database.metrics import QueueCollector
 from darkroom.database.store import Task, TaskConflict, TaskNotFound, TaskStore
@@ -37,6 +39,12 @@ def task_document(task: Task, with_lease: bool = False) -> dict[str, Any]:
         "createdAt": _timestamp(task.created_at),
         "updatedAt": _timestamp(task.updated_at),
         "finishedAt": _timestamp(task.finished_at),
+        # which stored result is the job's: the one made under the lease that finished it
+        "result": (
+            result_version(task.lease_token)
+            if task.state == TaskState.FINISHED and task.lease_token
+            else None
+        ),
     }
     if with_lease:
         document["lease"] = task.lease_token
@@ -56,9 +64,10 @@ def _success(resp: falcon.Response) -> None:
 class Tasks:
     """Every task route; one store call each, with the store's errors mapped to statuses."""
 
-    def __init__(self, store: TaskStore, max_wait: float) -> None:
+    def __init__(self, store: TaskStore, max_wait: float, long_polls: LongPolls) -> None:
         self._store = store
         self._max_wait = max_wait
+        self._long_polls = long_polls
 
     def on_post_new(self, req: falcon.Request, resp: falcon.Response) -> None:
         pipeline = req.get_param("pipeline", default="swap")
@@ -79,16 +88,27 @@ class Tasks:
     def on_get_by_id(self, req: falcon.Request, resp: falcon.Response) -> None:
         """A task; with ``wait``, long-polls until it leaves ``state`` (default: until it ends)."""
         task_id = require_task_id(req)
-        wait = wait_param(req, self._max_wait)
-        if wait:
-            state = state_param(req)
-            task = self._store.watch(task_id, UNFINISHED_STATES if state is None else {state}, wait)
-        else:
-            task = self._store.get(task_id)
+        with self._long_polls.wait(wait_param(req, self._max_wait)) as wait:
+            if wait:
+                state = state_param(req)
+                while_in = UNFINISHED_STATES if state is None else {state}
+                task = self._store.watch(task_id, while_in, wait)
+            else:
+                task = self._store.get(task_id)
         resp.media = task_document(task)
 
     def on_post_claim(self, req: falcon.Request, resp: falcon.Response) -> None:
-        task = self._store.claim(wait_param(req, self._max_wait))
+        asked = wait_param(req, self._max_wait)
+        with self._long_polls.wait(asked) as wait:
+            task = self._store.claim(wait)
+        if task is None and wait < asked:
+            # No slot to wait in: an empty answer now would have the worker ask again at once,
+            # over and over; a 503 has it back off (its claims' backoff) instead.
+            raise falcon.HTTPServiceUnavailable(
+                title="Too many waiting requests",
+                description="Every long-poll slot is taken; ask again shortly.",
+                headers={"Retry-After": "1"},
+            )
         if task is None:
             resp.status = falcon.HTTP_204
             return
@@ -172,8 +192,10 @@ def create_app(config: Config, store: TaskStore) -> falcon.App:
     app.add_error_handler(sqlite3.OperationalError, _database_error)
     app.add_error_handler(TaskNotFound, _not_found)
     app.add_error_handler(TaskConflict, _conflict)
-    # a waiting claim or task watch holds a server thread: bounded
-    tasks = Tasks(store, max_wait=config.max_wait_seconds)
+    # A waiting claim or task watch holds a server thread: bounded in time, and in number
+    # whatever the number of masters and workers (half the threads, as the master's polls).
+    long_polls = LongPolls(config.threads // 2)
+    tasks = Tasks(store, max_wait=config.max_wait_seconds, long_polls=long_polls)
     routes = {
         "/newTask": "new",
         "/enqueueTask": "enqueue",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from darkroom.contract.tasks import TaskState
+from darkroom.core.atomicfile import create_private_file, make_private_directory
 from darkroom.core.config import Config
 from darkroom.core.ids import new_lease_token, new_task_id
 
@@ -108,7 +109,8 @@ class SqliteTaskStore:
         new_id: Callable[[], str] = new_task_id,
         new_token: Callable[[], str] = new_lease_token,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_directory(path.parent)
+        create_private_file(path)  # SQLite gives its -wal and -shm files the same mode
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a reply means the change is on disk

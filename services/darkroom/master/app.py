@@ -5,8 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import falcon
@@ -18,6 +17,7 @@ from darkroom.core.auth import CLIENT
 from darkroom.core.config import Config
 from darkroom.core.ids import require_task_id
 from darkroom.core.imagetypes import EXTENSIONS, SNIFF_BYTES, sniff_media_type
+from darkroom.core.longpoll import LongPolls
 from darkroom.core.params import single_param, state_param, wait_param
 from darkroom.core.relay import relay, relay_stream
 from darkroom.core.streams import iter_chunks
@@ -39,27 +39,6 @@ def _read_head(stream: BinaryIO) -> bytes:
     while len(head) < SNIFF_BYTES and (chunk := stream.read(SNIFF_BYTES - len(head))):
         head += chunk
     return head
-
-
-class LongPolls:
-    """Slots for client long polls: each holds a server thread, so only so many may wait.
-
-    Beyond that, a request with ``wait`` is answered at once, as without it: the client polls
-    again, which always works, and the threads stay free for uploads and workers.
-    """
-
-    def __init__(self, slots: int) -> None:
-        self._slots = threading.BoundedSemaphore(max(slots, 1))
-
-    @contextlib.contextmanager
-    def wait(self, seconds: float) -> Iterator[float]:
-        if seconds <= 0 or not self._slots.acquire(blocking=False):
-            yield 0.0
-            return
-        try:
-            yield seconds
-        finally:
-            self._slots.release()
 
 
 class Jobs:
@@ -125,7 +104,14 @@ class Jobs:
     def _task(self, req: falcon.Request, state: str | None = None) -> dict[str, Any]:
         task_id = require_task_id(req)
         with self._long_polls.wait(wait_param(req, self._max_wait)) as wait:
-            return self._database.get(task_id, wait, state)
+            task = self._database.get(task_id, wait, state)
+        # The database and the storage remove old jobs each on its own timer: a finished job
+        # whose result is gone is gone, for every route alike.
+        if task["stateName"] == TaskState.FINISHED and not self._storage.exists(
+            Folder.FINISHED, task_id, task.get("result")
+        ):
+            raise falcon.HTTPNotFound(title="Unknown task", description="No task has this id.")
+        return task
 
     def on_get_is_ready(self, req: falcon.Request, resp: falcon.Response) -> None:
         task = self._task(req)
@@ -135,7 +121,9 @@ class Jobs:
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
         state = state_param(req)
-        resp.media = self._task(req, None if state is None else state.value)
+        task = self._task(req, None if state is None else state.value)
+        task.pop("result", None)  # the storage's name for it, of no use to a client
+        resp.media = task
 
     def on_get_result(self, req: falcon.Request, resp: falcon.Response) -> None:
         task = self._task(req)
@@ -146,7 +134,7 @@ class Jobs:
                 description=f"The job is {task['stateName']}; ask /isReady until it answers 1.",
                 headers={"Retry-After": "1"},
             )
-        upstream = self._storage.open(Folder.FINISHED, task["id"])
+        upstream = self._storage.open(Folder.FINISHED, task["id"], task["result"])
         relay_stream(upstream, resp)
         extension = EXTENSIONS.get(resp.content_type or "", "bin")
         resp.downloadable_as = f"darkroom-{task['id']}.{extension}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from darkroom.core.config import Config
+from darkroom.core.runtime import require_internal_token
 from darkroom.core.server import serve
 from darkroom.registry.app import create_app
 from darkroom.registry.store import FileKeyValueStore, KeyValueStore
@@ -23,4 +24,5 @@ def open_store(config: Config) -> KeyValueStore:
 
 
 def run(config: Config) -> None:
+    require_internal_token(config, "registry")
     serve(create_app(config, open_store(config)), config, "registry")

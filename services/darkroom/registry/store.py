@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from darkroom.core.atomicfile import write_atomically
+from darkroom.core.atomicfile import make_private_directory, write_atomically
 
 # The rules Kubernetes applies to ConfigMap keys, so every backend accepts the same keys.
 KEY_PATTERN = re.compile(r"[-._a-zA-Z0-9]+")
@@ -107,7 +107,7 @@ class FileKeyValueStore:
 
     def _write(self, data: dict[str, str]) -> None:
         """Replace the file atomically, then the in-memory copy: memory never runs ahead of disk."""
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_directory(self._path.parent)
         text = json.dumps(data, indent=1, sort_keys=True)
         write_atomically(self._path, text, prefix=".registry-")
         self._data = data

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import falcon
 
-from darkroom.contract.folders import Folder
+from darkroom.contract.folders import RESULT_VERSION_PATTERN, Folder
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
 from darkroom.core.errors import DISK_FULL_ERRNOS, disk_full
 from darkroom.core.ids import require_task_id
 from darkroom.core.streams import iter_chunks
-from darkroom.storage.store import ImageNotFound, ImageStore, TooLarge
+from darkroom.storage.store import ImageNotFound, ImageStore, StoredImage, TooLarge
 
 
 def _folder(req: falcon.Request) -> Folder:
@@ -21,6 +21,15 @@ def _folder(req: falcon.Request) -> Folder:
         raise falcon.HTTPBadRequest(
             title="Invalid state", description="Parameter 'state' must be 'working' or 'finished'."
         ) from exc
+
+
+def _version(req: falcon.Request) -> str | None:
+    version = req.get_param("version")
+    if version is not None and not RESULT_VERSION_PATTERN.fullmatch(version):
+        raise falcon.HTTPBadRequest(
+            title="Invalid version", description="Parameter 'version' must be 32 hex digits."
+        )
+    return version
 
 
 def too_large(limit: int) -> falcon.HTTPContentTooLarge:
@@ -40,7 +49,9 @@ class Images:
         if (req.content_length or 0) > limit:
             raise too_large(limit)
         try:
-            self._store.write(folder, task_id, iter_chunks(req.bounded_stream), limit)
+            self._store.write(
+                folder, task_id, iter_chunks(req.bounded_stream), limit, _version(req)
+            )
         except TooLarge as exc:
             raise too_large(limit) from exc
         except OSError as exc:
@@ -52,19 +63,28 @@ class Images:
         resp.text = "success"
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        image = self._open(req)
+        resp.content_type = image.media_type
+        resp.set_stream(image.stream, image.size)
+
+    def on_head(self, req: falcon.Request, resp: falcon.Response) -> None:
+        image = self._open(req)
+        image.stream.close()
+        resp.content_type = image.media_type
+        resp.content_length = image.size
+
+    def _open(self, req: falcon.Request) -> StoredImage:
         task_id, folder = require_task_id(req), _folder(req)
         try:
-            image = self._store.open(folder, task_id)
+            return self._store.open(folder, task_id, _version(req))
         except ImageNotFound as exc:
             raise falcon.HTTPNotFound(
                 title="Unknown image", description=f"No {folder} image for this id."
             ) from exc
-        resp.content_type = image.media_type
-        resp.set_stream(image.stream, image.size)
 
     def on_delete_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
         task_id, folder = require_task_id(req), _folder(req)
-        if not self._store.delete(folder, task_id):
+        if not self._store.delete(folder, task_id, _version(req)):
             raise falcon.HTTPNotFound(
                 title="Unknown image", description=f"No {folder} image for this id."
             )

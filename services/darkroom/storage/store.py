@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from darkroom.contract.folders import Folder
-from darkroom.core.atomicfile import atomic_writer
+from darkroom.contract.folders import RESULT_VERSION_PATTERN, Folder
+from darkroom.core.atomicfile import atomic_writer, make_private_directory
 from darkroom.core.ids import is_task_id
 from darkroom.core.imagetypes import SNIFF_BYTES, sniff_media_type
 
@@ -36,13 +36,22 @@ class StoredImage:
 
 
 class ImageStore(Protocol):
-    def write(self, folder: Folder, task_id: str, chunks: Iterator[bytes], limit: int) -> int:
+    """Images by folder, task id and an optional version (``contract.folders.result_version``)."""
+
+    def write(
+        self,
+        folder: Folder,
+        task_id: str,
+        chunks: Iterator[bytes],
+        limit: int,
+        version: str | None = None,
+    ) -> int:
         """Store the image atomically; returns its size. Raises TooLarge past ``limit`` bytes."""
         ...
 
-    def open(self, folder: Folder, task_id: str) -> StoredImage: ...
+    def open(self, folder: Folder, task_id: str, version: str | None = None) -> StoredImage: ...
 
-    def delete(self, folder: Folder, task_id: str) -> bool: ...
+    def delete(self, folder: Folder, task_id: str, version: str | None = None) -> bool: ...
 
     def purge(self, older_than: float) -> int:
         """Delete images last written before ``older_than`` (epoch seconds)."""
@@ -53,22 +62,33 @@ class FileImageStore:
     def __init__(self, root: Path) -> None:
         self._root = root
         for folder in Folder:
-            (root / folder).mkdir(parents=True, exist_ok=True)
+            make_private_directory(root / folder)
         self.remove_partial_uploads()
 
-    def _path(self, folder: Folder, task_id: str) -> Path:
-        # Ids are validated by the API too; checking here keeps every path inside the root.
+    def _path(self, folder: Folder, task_id: str, version: str | None) -> Path:
+        # Both are validated by the API too; checking here keeps every path inside the root.
         if not is_task_id(task_id):
             raise ValueError(f"not a task id: {task_id!r}")
-        return self._root / folder / task_id
+        if version is None:
+            return self._root / folder / task_id
+        if not RESULT_VERSION_PATTERN.fullmatch(version):
+            raise ValueError(f"not a result version: {version!r}")
+        return self._root / folder / f"{task_id}.{version}"
 
-    def write(self, folder: Folder, task_id: str, chunks: Iterator[bytes], limit: int) -> int:
-        with atomic_writer(self._path(folder, task_id), prefix=TEMP_PREFIX) as file:
+    def write(
+        self,
+        folder: Folder,
+        task_id: str,
+        chunks: Iterator[bytes],
+        limit: int,
+        version: str | None = None,
+    ) -> int:
+        with atomic_writer(self._path(folder, task_id, version), prefix=TEMP_PREFIX) as file:
             return _copy_bounded(chunks, file, limit)
 
-    def open(self, folder: Folder, task_id: str) -> StoredImage:
+    def open(self, folder: Folder, task_id: str, version: str | None = None) -> StoredImage:
         try:
-            stream = self._path(folder, task_id).open("rb")
+            stream = self._path(folder, task_id, version).open("rb")
         except FileNotFoundError as exc:
             raise ImageNotFound(task_id) from exc
         size = os.fstat(stream.fileno()).st_size
@@ -76,9 +96,9 @@ class FileImageStore:
         stream.seek(0)
         return StoredImage(stream, size, media_type)
 
-    def delete(self, folder: Folder, task_id: str) -> bool:
+    def delete(self, folder: Folder, task_id: str, version: str | None = None) -> bool:
         try:
-            self._path(folder, task_id).unlink()
+            self._path(folder, task_id, version).unlink()
         except FileNotFoundError:
             return False
         return True
@@ -88,7 +108,8 @@ class FileImageStore:
         for folder in Folder:
             for path in (self._root / folder).iterdir():
                 with contextlib.suppress(FileNotFoundError):
-                    if is_task_id(path.name) and path.stat().st_mtime < older_than:
+                    stored = is_task_id(path.name.partition(".")[0])  # ID or ID.VERSION
+                    if stored and path.stat().st_mtime < older_than:
                         path.unlink()
                         removed += 1
         return removed

@@ -14,8 +14,8 @@ from typing import Any, BinaryIO, TypeVar
 
 import requests
 
-from darkroom.contract.errors import ServiceNotFound, ServiceUnavailable
-from darkroom.contract.folders import Folder
+from darkroom.contract.errors import ServiceError, ServiceNotFound, ServiceUnavailable
+from darkroom.contract.folders import Folder, result_version
 from darkroom.contract.tasks import Claim
 from darkroom.core import requestid
 from darkroom.core.backoff import Backoff
@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 # Images up to this size are processed in memory; larger ones spill to temporary files.
 SPOOL_BYTES = 8 * 1024 * 1024
 
+# A full storage volume is waited out this long (the lease kept, no attempt spent) before the
+# task fails: space is usually freed (retention, an operator) long before.
+DISK_FULL_DEADLINE_SECONDS = 300.0
+DISK_FULL = 507  # the storage's answer when its volume has no space left
+
 # process(source, destination, pipeline) -> media type; raises Rejected for a bad image
 Processor = Callable[[BinaryIO, BinaryIO, str], str]
 
@@ -38,6 +43,10 @@ _T = TypeVar("_T")
 
 class ImageGone(Exception):
     """The task's uploaded image no longer exists: retrying cannot help."""
+
+
+class StorageFull(Exception):
+    """The storage stayed full past the deadline: the task fails, saying so."""
 
 
 class TaskLoop:
@@ -52,8 +61,10 @@ class TaskLoop:
         http_timeout: float,
         stop: threading.Event,
         metrics: TaskMetrics | None = None,
+        disk_full_deadline: float = DISK_FULL_DEADLINE_SECONDS,
     ) -> None:
         self._master = master
+        self._disk_full_deadline = disk_full_deadline
         self._metrics = metrics or TaskMetrics()
         self._storage = storage
         self._process = process
@@ -163,7 +174,7 @@ class TaskLoop:
         except LeaseLost:
             self._metrics.outcome(Outcome.LEASE_LOST)
             log.warning("lease lost; another worker has the task", extra={"task": claim.task_id})
-        except (self._rejected, ImageGone) as exc:
+        except (self._rejected, ImageGone, StorageFull) as exc:
             self.failed += 1
             self._metrics.outcome(Outcome.FAILED)
             self._report_failure(claim, str(exc), retryable=False)
@@ -198,16 +209,47 @@ class TaskLoop:
         return images
 
     def _store_result(self, claim: Claim, images: _TaskImages) -> None:
-        result = images.result
-        size = result.tell()
-        result.seek(0)
         with self._metrics.stage("upload"):
-            self._storage.send(Folder.FINISHED, claim.task_id, iter_chunks(result), size)
+            self._send_result(claim, images.result)
         self._master.finish(claim)
         self.completed += 1
         self._outage.reset()
         self._metrics.outcome(Outcome.DONE)
         log.info("task finished", extra={"task": claim.task_id, "media_type": images.media_type})
+
+    def _send_result(self, claim: Claim, result: BinaryIO) -> None:
+        """Store the result; a full storage is waited out, holding the lease (the heartbeat
+        goes on), until the deadline: a temporary full disk is an outage, not the task's fault.
+        """
+        size = result.tell()
+        version = result_version(claim.lease)  # the finish after it decides if it is the one
+        deadline = time.monotonic() + self._disk_full_deadline
+        backoff = Backoff(first=0.5, cap=10.0)
+        while True:
+            result.seek(0)
+            try:
+                self._storage.send(
+                    Folder.FINISHED, claim.task_id, iter_chunks(result), size, version
+                )
+                return
+            except ServiceError as exc:
+                if exc.status != DISK_FULL:
+                    raise
+                if self._stop.is_set():  # stopping: give the task back unspent
+                    raise ServiceUnavailable(
+                        exc.service, exc.status, exc.title, exc.description
+                    ) from exc
+                delay = min(backoff.next(), deadline - time.monotonic())
+                if delay <= 0:
+                    raise StorageFull(
+                        f"the storage stayed full for {self._disk_full_deadline:g} s:"
+                        f" {exc.description}"
+                    ) from exc
+                log.warning(
+                    "storage full; result kept, storing again",
+                    extra={"task": claim.task_id, "retry_in": round(delay, 2)},
+                )
+                self._stop.wait(delay)
 
     def _report_failure(self, claim: Claim, error: str, retryable: bool) -> None:
         log.warning(
