@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
@@ -11,7 +12,7 @@ from darkroom.core.config import Config
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
-from darkroom.master.app import LongPolls, create_app
+from darkroom.master.app import FinishedTasks, LongPolls, create_app
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import FileImageStore
@@ -200,3 +201,85 @@ def test_long_polls_beyond_the_slots_are_answered_at_once():
         assert (first, second) == (5, 0.0)
     with polls.wait(5) as again:
         assert again == 5, "the slot is given back"
+
+
+class CountingApp:
+    """A WSGI app that records the path of every request before passing it on."""
+
+    def __init__(self, app) -> None:
+        self.app, self.paths = app, []
+
+    def __call__(self, environ, start_response):
+        self.paths.append(environ["PATH_INFO"])
+        return self.app(environ, start_response)
+
+
+def counted_master(config, tasks) -> tuple[testing.TestClient, CountingApp]:
+    database_app = CountingApp(create_database_app(config, tasks))
+    database = service_client(database_app, "databaseAddress", "db:1")
+    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
+    storage = service_client(storage_app, "storageAddress", "storage:2")
+    app = create_app(config, DatabaseClient(database), StorageClient(storage), check_pipeline)
+    return testing.TestClient(app), database_app
+
+
+def test_upload_stores_the_image_then_makes_its_task_queued_in_one_database_call(
+    config, tasks, png
+):
+    client, database = counted_master(config, tasks)
+    task_id = upload(client, png)
+    assert database.paths == ["/newTask"]
+    assert tasks.get(task_id).state.value == "queued"
+    assert (config.data_dir / "working" / task_id).read_bytes() == png
+
+
+class NoRoomForTasks:
+    """A store whose disk is full: creating a task fails."""
+
+    def create_queued(self, task_id, pipeline):
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_an_image_whose_task_cannot_be_created_is_deleted(config, png):
+    client, _ = counted_master(config, NoRoomForTasks())
+    result = client.simulate_post("/new", body=png)
+    assert result.status_code == 507
+    assert list((config.data_dir / "working").iterdir()) == [], "no image without a task"
+
+
+def test_a_job_finished_through_this_master_is_answered_without_the_database(config, tasks, png):
+    client, database = counted_master(config, tasks)
+    task_id = upload(client, png)
+    claim = client.simulate_post("/getNewTask").json
+    (config.data_dir / "finished" / task_id).write_bytes(png)
+    params = {"id": task_id, "lease": claim["lease"]}
+    assert client.simulate_post("/registerTaskFinished", params=params).text == "success"
+    database.paths.clear()
+    assert client.simulate_get("/isReady", params={"id": task_id}).text == "1"
+    assert client.simulate_get("/get", params={"id": task_id}).content == png
+    assert database.paths == []
+    assert client.simulate_get("/status", params={"id": task_id}).json["stateName"] == "finished"
+    assert database.paths == ["/getById"], "the full record still comes from the database"
+
+
+def test_a_job_seen_finished_once_is_not_asked_about_again(config, tasks, png):
+    client, database = counted_master(config, tasks)
+    task_id = upload(client, png)
+    claim = tasks.claim()
+    tasks.finish(task_id, claim.lease_token)  # finished by another master
+    (config.data_dir / "finished" / task_id).write_bytes(png)
+    database.paths.clear()
+    assert client.simulate_get("/isReady", params={"id": task_id}).text == "1"
+    assert client.simulate_get("/get", params={"id": task_id}).status_code == 200
+    assert database.paths == ["/getById"]
+
+
+def test_finished_tasks_are_forgotten_after_their_age_or_beyond_capacity():
+    now = [0.0]
+    finished = FinishedTasks(max_age=10, capacity=2, clock=lambda: now[0])
+    finished.add("a")
+    finished.add("b")
+    finished.add("c")
+    assert "a" not in finished and "b" in finished and "c" in finished
+    now[0] = 11
+    assert "b" not in finished and "c" not in finished

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
@@ -16,7 +18,7 @@ from darkroom.contract.tasks import TaskState
 from darkroom.core.app import create_base_app
 from darkroom.core.auth import CLIENT
 from darkroom.core.config import Config
-from darkroom.core.ids import require_task_id
+from darkroom.core.ids import new_task_id, require_task_id
 from darkroom.core.imagetypes import EXTENSIONS, SNIFF_BYTES, sniff_media_type
 from darkroom.core.params import single_param, state_param, wait_param
 from darkroom.core.relay import relay, relay_stream
@@ -62,6 +64,41 @@ class LongPolls:
             self._slots.release()
 
 
+class FinishedTasks:
+    """Ids of tasks this master knows are finished, remembered for ``max_age`` seconds.
+
+    A finished task never changes again, so ``/isReady`` and ``/get`` need not ask the
+    database about it: this saves one or two database calls per job (docs/benchmarks.md).
+    Only finished is remembered: a failed task may be retried, any other state moves on.
+    The age bound keeps the memory small and never outlives the database's retention much.
+    """
+
+    def __init__(
+        self,
+        max_age: float = 60.0,
+        capacity: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_age, self._capacity, self._clock = max_age, capacity, clock
+        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, task_id: str) -> None:
+        with self._lock:
+            self._seen[task_id] = self._clock()
+            self._seen.move_to_end(task_id)
+            while len(self._seen) > self._capacity:
+                self._seen.popitem(last=False)
+
+    def __contains__(self, task_id: str) -> bool:
+        with self._lock:
+            seen = self._seen.get(task_id)
+            if seen is not None and self._clock() - seen > self._max_age:
+                del self._seen[task_id]
+                return False
+        return seen is not None
+
+
 class Jobs:
     """The client API: upload, ask, download."""
 
@@ -73,8 +110,10 @@ class Jobs:
         storage: StorageClient,
         check_pipeline: PipelineCheck,
         config: Config,
+        finished: FinishedTasks,
     ) -> None:
         self._database = database
+        self._finished = finished
         self._storage = storage
         self._check_pipeline = check_pipeline
         self._max_upload_bytes = config.max_upload_bytes
@@ -102,35 +141,43 @@ class Jobs:
                 title="Not a supported image",
                 description=f"The body is not an image in a supported format ({SUPPORTED}).",
             )
-        task_id = self._database.create(pipeline)
+        # The image first, under a new id, then its task queued in one database call: a task
+        # never exists without its image, and an image without a task is deleted here (or, if
+        # the master dies first, by the storage's retention, like any old file).
+        task_id = new_task_id()
+        body = itertools.chain([head], iter_chunks(stream))
+        self._storage.send(Folder.WORKING, task_id, body, size=req.content_length)
         try:
-            body = itertools.chain([head], iter_chunks(stream))
-            self._storage.send(Folder.WORKING, task_id, body, size=req.content_length)
-        except Exception as exc:
-            # Leave no half-made task behind; the client gets the storage's error.
-            self._abandon(task_id, exc)
+            self._database.create_queued(task_id, pipeline)
+        except Exception:
+            with contextlib.suppress(Exception):
+                self._storage.delete(Folder.WORKING, task_id)
             raise
-        self._database.enqueue(task_id)
         # The worker logs under the task id: this line links the upload's request id to it.
         log.info("job queued", extra={"task": task_id, "pipeline": pipeline})
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = task_id
 
-    def _abandon(self, task_id: str, cause: Exception) -> None:
-        reason = getattr(cause, "description", None) or type(cause).__name__
-        # The upload error is the one to report; the database also fails stale uploads itself.
-        with contextlib.suppress(Exception):
-            self._database.abandon_upload(task_id, f"upload failed: {reason}")
-
     def _task(self, req: falcon.Request, state: str | None = None) -> dict[str, Any]:
         task_id = require_task_id(req)
         with self._long_polls.wait(wait_param(req, self._max_wait)) as wait:
-            return self._database.get(task_id, wait, state)
+            task = self._database.get(task_id, wait, state)
+        if task["stateName"] == TaskState.FINISHED:
+            self._finished.add(task_id)
+        return task
+
+    def _is_finished(self, req: falcon.Request) -> str | None:
+        """The task's id when it is known finished here (no database call), else None."""
+        task_id = require_task_id(req)
+        return task_id if task_id in self._finished else None
 
     def on_get_is_ready(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_TEXT
+        if self._is_finished(req):
+            resp.text = "1"
+            return
         task = self._task(req)
         _raise_if_failed(task)
-        resp.content_type = falcon.MEDIA_TEXT
         resp.text = "1" if task["stateName"] == TaskState.FINISHED else "0"
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -138,6 +185,13 @@ class Jobs:
         resp.media = self._task(req, None if state is None else state.value)
 
     def on_get_result(self, req: falcon.Request, resp: falcon.Response) -> None:
+        task_id = self._is_finished(req) or self._finished_task(req)
+        upstream = self._storage.open(Folder.FINISHED, task_id)
+        relay_stream(upstream, resp)
+        extension = EXTENSIONS.get(resp.content_type or "", "bin")
+        resp.downloadable_as = f"darkroom-{task_id}.{extension}"
+
+    def _finished_task(self, req: falcon.Request) -> str:
         task = self._task(req)
         _raise_if_failed(task)
         if task["stateName"] != TaskState.FINISHED:
@@ -146,10 +200,7 @@ class Jobs:
                 description=f"The job is {task['stateName']}; ask /isReady until it answers 1.",
                 headers={"Retry-After": "1"},
             )
-        upstream = self._storage.open(Folder.FINISHED, task["id"])
-        relay_stream(upstream, resp)
-        extension = EXTENSIONS.get(resp.content_type or "", "bin")
-        resp.downloadable_as = f"darkroom-{task['id']}.{extension}"
+        return task["id"]
 
 
 def _raise_if_failed(task: dict[str, Any]) -> None:
@@ -162,8 +213,9 @@ def _raise_if_failed(task: dict[str, Any]) -> None:
 class WorkerApi:
     """The routes workers use; each relays the database's answer with its real status."""
 
-    def __init__(self, database: DatabaseClient, config: Config) -> None:
+    def __init__(self, database: DatabaseClient, config: Config, finished: FinishedTasks) -> None:
         self._database = database
+        self._finished = finished
         self._claim_timeout = config.http_timeout_seconds
         self._max_wait = config.max_wait_seconds
 
@@ -175,8 +227,9 @@ class WorkerApi:
         self._relay(req, resp, "/getNewTask", timeout=wait + self._claim_timeout)
 
     def on_post_finish(self, req: falcon.Request, resp: falcon.Response) -> None:
-        require_task_id(req)
+        task_id = require_task_id(req)
         self._relay(req, resp, "/finishTask")
+        self._finished.add(task_id)  # the relay raised unless the database finished it
 
     def on_post_heartbeat(self, req: falcon.Request, resp: falcon.Response) -> None:
         require_task_id(req)
@@ -200,13 +253,14 @@ def create_app(
     readiness: list[Callable[[], str | None]] | None = None,
 ) -> falcon.App:
     app = create_base_app(config, readiness=readiness or [])
-    jobs = Jobs(database, storage, check_pipeline, config)
+    finished = FinishedTasks()
+    jobs = Jobs(database, storage, check_pipeline, config, finished)
     app.add_route("/openapi.json", OpenApiDocument())
     app.add_route("/new", jobs, suffix="new")
     app.add_route("/isReady", jobs, suffix="is_ready")
     app.add_route("/status", jobs, suffix="status")
     app.add_route("/get", jobs, suffix="result")
-    workers = WorkerApi(database, config)
+    workers = WorkerApi(database, config, finished)
     app.add_route("/getNewTask", workers, suffix="claim")
     app.add_route("/registerTaskFinished", workers, suffix="finish")
     app.add_route("/heartbeat", workers, suffix="heartbeat")
