@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from darkroom.core.ids import is_task_id
+from darkroom.core.ids import is_task_id, new_task_id
 from darkroom.database.store import LeasePolicy, SqliteTaskStore, State, TaskConflict, TaskNotFound
 
 
@@ -326,3 +326,73 @@ def test_a_change_to_a_lapsed_task_starts_from_what_get_showed(store, clock):
     assert store.get(upload.id).state == State.FAILED
     with pytest.raises(TaskConflict, match="failed"):
         store.enqueue(upload.id)
+
+
+def test_a_task_created_under_its_stored_image_id_is_queued_at_once(store):
+    task_id = new_task_id()
+    task = store.create_queued(task_id, "swap")
+    assert task.id == task_id and task.state == State.QUEUED
+    claimed = store.claim()
+    assert claimed is not None and claimed.id == task_id
+
+
+def test_creating_a_task_under_an_existing_id_is_a_conflict(store):
+    task_id = new_task_id()
+    store.create_queued(task_id, "swap")
+    with pytest.raises(TaskConflict, match="exists"):
+        store.create_queued(task_id, "grayscale")
+    assert store.get(task_id).pipeline == "swap"
+
+
+class StallingClock(Clock):
+    """A clock that, once armed, stalls the first caller until released: a write transaction
+    (which reads the clock for ``updated_at``) then stays open as long as the test wants."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed, self.stalled, self.release = False, threading.Event(), threading.Event()
+
+    def __call__(self) -> float:
+        if self.armed:
+            self.armed = False
+            self.stalled.set()
+            self.release.wait(10)
+        return self.now
+
+
+def test_reads_do_not_wait_for_a_write_transaction(tmp_path):
+    clock = StallingClock()
+    store = SqliteTaskStore(tmp_path / "tasks.sqlite3", LeasePolicy(), clock=clock)
+    task_id = queued(store)
+    claim = store.claim()
+    finishing = threading.Thread(target=store.finish, args=(task_id, claim.lease_token))
+    clock.armed = True
+    finishing.start()
+    try:
+        assert clock.stalled.wait(10), "the finish is inside its transaction"
+        started = time.monotonic()
+        assert store.get(task_id).state == State.IN_PROGRESS, "the last commit is what is read"
+        assert store.counts()[State.IN_PROGRESS] == 1
+        assert time.monotonic() - started < 1, "the read did not wait for the transaction"
+    finally:
+        clock.release.set()
+        finishing.join(10)
+    assert store.get(task_id).state == State.FINISHED
+
+
+def test_a_watcher_is_woken_once_the_change_is_committed(store):
+    """Woken before the commit, its read (on the read connection) would see the old state and
+    it would sleep until its next half-second tick."""
+    task_id = queued(store)
+    claim = store.claim()
+    seen: list = []
+    watcher = threading.Thread(
+        target=lambda: seen.append(store.watch(task_id, {State.IN_PROGRESS}, 10))
+    )
+    watcher.start()
+    time.sleep(0.1)  # let the watcher block on its event (a read tick, not a deadline)
+    started = time.monotonic()
+    store.finish(task_id, claim.lease_token)
+    watcher.join(10)
+    assert seen[0].state == State.FINISHED
+    assert time.monotonic() - started < 0.4, "woken by the change, not by its next tick"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime
+import sqlite3
 import threading
 import time
 
@@ -13,6 +15,7 @@ from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
 from darkroom.master.app import create_app
+from darkroom.master.finished import RETENTION_MARGIN_SECONDS, FinishedTasks
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import FileImageStore
@@ -195,9 +198,12 @@ def test_bad_long_poll_parameters_are_refused(client, png, params, problem):
     assert answer.status_code == 400 and problem in answer.json["description"]
 
 
-def test_a_finished_job_whose_result_is_gone_is_gone(client, config, png):
+def test_a_finished_job_whose_result_is_gone_is_gone(config, tasks, png):
     """The storage's retention sweep may remove a result before the database's removes the job:
-    /isReady said 1 while /get said 404, for up to a sweep interval."""
+    /isReady said 1 while /get said 404, for up to a sweep interval. (With a retention this short
+    the master never remembers the job as finished: see FinishedTasks.)"""
+    config = config.replace(retention_seconds=1.0)
+    client, _ = counted_master(config, tasks)
     task_id = upload(client, png)
     claim = client.simulate_post("/getNewTask").json
     result = config.data_dir / "finished" / f"{task_id}.{result_version(claim['lease'])}"
@@ -210,3 +216,108 @@ def test_a_finished_job_whose_result_is_gone_is_gone(client, config, png):
         answer = client.simulate_get(route, params={"id": task_id})
         assert answer.status_code == 404, route
         assert answer.json["title"] == "Unknown task"
+
+
+class CountingApp:
+    """A WSGI app that records the path of every request before passing it on."""
+
+    def __init__(self, app) -> None:
+        self.app, self.paths = app, []
+
+    def __call__(self, environ, start_response):
+        self.paths.append(environ["PATH_INFO"])
+        return self.app(environ, start_response)
+
+
+def counted_master(config, tasks) -> tuple[testing.TestClient, CountingApp]:
+    database_app = CountingApp(create_database_app(config, tasks))
+    database = service_client(database_app, "databaseAddress", "db:1")
+    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
+    storage = service_client(storage_app, "storageAddress", "storage:2")
+    app = create_app(config, DatabaseClient(database), StorageClient(storage), check_pipeline)
+    return testing.TestClient(app), database_app
+
+
+def test_upload_stores_the_image_then_makes_its_task_queued_in_one_database_call(
+    config, tasks, png
+):
+    client, database = counted_master(config, tasks)
+    task_id = upload(client, png)
+    assert database.paths == ["/newTask"]
+    assert tasks.get(task_id).state.value == "queued"
+    assert (config.data_dir / "working" / task_id).read_bytes() == png
+
+
+class NoRoomForTasks:
+    """A store whose disk is full: creating a task fails."""
+
+    def create_queued(self, task_id, pipeline):
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_an_image_whose_task_cannot_be_created_is_deleted(config, png):
+    client, _ = counted_master(config, NoRoomForTasks())
+    result = client.simulate_post("/new", body=png)
+    assert result.status_code == 507
+    assert list((config.data_dir / "working").iterdir()) == [], "no image without a task"
+
+
+def test_a_job_finished_through_this_master_is_answered_without_the_database(config, tasks, png):
+    client, database = counted_master(config, tasks)
+    task_id = upload(client, png)
+    claim = client.simulate_post("/getNewTask").json
+    result = f"{task_id}.{result_version(claim['lease'])}"
+    (config.data_dir / "finished" / result).write_bytes(png)
+    params = {"id": task_id, "lease": claim["lease"]}
+    assert client.simulate_post("/registerTaskFinished", params=params).text == "success"
+    database.paths.clear()
+    assert client.simulate_get("/isReady", params={"id": task_id}).text == "1"
+    assert client.simulate_get("/get", params={"id": task_id}).content == png
+    assert database.paths == []
+    assert client.simulate_get("/status", params={"id": task_id}).json["stateName"] == "finished"
+    assert database.paths == ["/getById"], "the full record still comes from the database"
+
+
+def test_a_job_seen_finished_once_is_not_asked_about_again(config, tasks, png):
+    client, database = counted_master(config, tasks)
+    task_id = upload(client, png)
+    claim = tasks.claim()
+    tasks.finish(task_id, claim.lease_token)  # finished by another master
+    result = f"{task_id}.{result_version(claim.lease_token)}"
+    (config.data_dir / "finished" / result).write_bytes(png)
+    database.paths.clear()
+    assert client.simulate_get("/isReady", params={"id": task_id}).text == "1"
+    assert client.simulate_get("/get", params={"id": task_id}).content == png
+    assert database.paths == ["/getById"]
+
+
+def test_finished_tasks_are_forgotten_after_their_age_or_beyond_capacity():
+    now = [0.0]
+    finished = FinishedTasks(86400, max_age=10, capacity=2, clock=lambda: now[0])
+    for task_id in "abc":
+        finished.just_finished(task_id, f"v-{task_id}")
+    assert finished.version("a") == (False, None)
+    assert finished.version("b") == (True, "v-b") and finished.version("c") == (True, "v-c")
+    now[0] = 11
+    assert finished.version("b") == (False, None) and finished.version("c") == (False, None)
+
+
+def test_a_finished_task_is_never_remembered_near_the_end_of_its_retention():
+    """The retention removes the job and its file; nothing here may outlive them."""
+    wall = [1_000_000.0]
+    finished = FinishedTasks(3600, max_age=60, clock=lambda: 0.0, wall_clock=lambda: wall[0])
+
+    def document(task_id: str, age: float) -> dict:
+        at = datetime.datetime.fromtimestamp(wall[0] - age, datetime.UTC).isoformat()
+        return {"id": task_id, "stateName": "finished", "finishedAt": at, "result": "v"}
+
+    finished.seen(document("young", 10))
+    finished.seen(document("old", 3600 - RETENTION_MARGIN_SECONDS + 1))
+    finished.seen({"id": "queued", "stateName": "queued", "finishedAt": None})
+    assert finished.version("young") == (True, "v")
+    assert finished.version("old") == (False, None)
+    assert finished.version("queued") == (False, None)
+    assert FinishedTasks(60).version("x") == (False, None)
+    short = FinishedTasks(RETENTION_MARGIN_SECONDS)
+    short.just_finished("x", "v")
+    assert short.version("x") == (False, None), "a retention within the margin remembers nothing"

@@ -127,3 +127,13 @@ def test_full_disk_is_507(config, png):
     assert result.status_code == 507
     assert "no space" in result.json["description"]
     assert "/" not in result.json["description"]
+
+
+def test_a_result_from_before_versions_is_still_found(store, png):
+    """An upgraded data directory keeps results stored as finished/ID, without a version."""
+    task_id = new_task_id()
+    store.write(Folder.FINISHED, task_id, iter([png]), limit=len(png))
+    version = "0" * 32
+    assert store.open(Folder.FINISHED, task_id, version).stream.read() == png
+    store.write(Folder.FINISHED, task_id, iter([b"\x89PNG newer"]), limit=100, version=version)
+    assert store.open(Folder.FINISHED, task_id, version).stream.read() == b"\x89PNG newer"

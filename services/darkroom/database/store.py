@@ -7,11 +7,12 @@ task fails, keeping the last error. A finished task never changes again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -52,6 +53,7 @@ class TaskStore(Protocol):
     lease_expiries: int
 
     def create(self, pipeline: str) -> Task: ...
+    def create_queued(self, task_id: str, pipeline: str) -> Task: ...
     def enqueue(self, task_id: str) -> Task: ...
     def get(self, task_id: str) -> Task: ...
     def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task: ...
@@ -115,6 +117,11 @@ class SqliteTaskStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a reply means the change is on disk
         self._db.executescript(_SCHEMA)
+        # Reads on a connection of their own: in WAL mode they see the last commit and never
+        # wait for a write transaction (its COMMIT is an fsync) to end.
+        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._reader.execute("PRAGMA query_only=ON")
+        self._read_lock = threading.Lock()
         self._policy = policy
         self._clock = clock
         self._new_id = new_id
@@ -127,22 +134,42 @@ class SqliteTaskStore:
         # changes (all of them for bulk changes), so a change wakes only its own watchers.
         self._watchers: dict[str, set[threading.Event]] = {}
         self._watchers_lock = threading.Lock()
+        # Tasks changed by the transaction in progress: their watchers wake after its commit,
+        # so a woken watcher's read (on the other connection) sees the change.
+        self._changed: list[str] = []
         self.lease_expiries = 0
 
     # -- transactions -------------------------------------------------------------------
-    def _transaction(self):
-        return _Transaction(self._db, self._lock)
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the store's lock; rolls back on any error.
 
-    def _row(self, task_id: str) -> Task:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        The watchers of the tasks it changed are woken once it is committed.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._changed.clear()
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            changed, self._changed = self._changed, []
+        for task_id in changed:
+            self._notify_watchers(task_id)
+
+    def _row(self, task_id: str, db: sqlite3.Connection | None = None) -> Task:
+        query = f"SELECT {_COLUMNS} FROM tasks WHERE id = ?"
+        row = (db or self._db).execute(query, (task_id,)).fetchone()
         if row is None:
             raise TaskNotFound(task_id)
         return _task(row)
 
     def _update(self, task_id: str, **fields: object) -> Task:
         if "state" in fields:
-            # Inside the transaction: a woken watcher reads the row only after the commit.
-            self._notify_watchers(task_id)
+            self._changed.append(task_id)
         fields["updated_at"] = self._clock()
         assignments = ", ".join(f"{name} = ?" for name in fields)
         self._db.execute(
@@ -171,14 +198,26 @@ class SqliteTaskStore:
 
     # -- life cycle ---------------------------------------------------------------------
     def create(self, pipeline: str) -> Task:
+        """A new task, uploading until ``enqueue``."""
+        return self._insert(self._new_id(), pipeline, State.UPLOADING)
+
+    def create_queued(self, task_id: str, pipeline: str) -> Task:
+        """The task of an image stored under ``task_id`` already: queued in one transaction."""
+        task = self._insert(task_id, pipeline, State.QUEUED)
+        self._notify_claimers()
+        return task
+
+    def _insert(self, task_id: str, pipeline: str, state: State) -> Task:
         now = self._clock()
-        task_id = self._new_id()
         with self._transaction():
-            self._db.execute(
-                "INSERT INTO tasks (id, state, pipeline, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (task_id, State.UPLOADING, pipeline, now, now),
-            )
+            try:
+                self._db.execute(
+                    "INSERT INTO tasks (id, state, pipeline, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (task_id, state, pipeline, now, now),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise TaskConflict("a task with this id exists already") from exc
             return self._row(task_id)
 
     def enqueue(self, task_id: str) -> Task:
@@ -199,8 +238,8 @@ class SqliteTaskStore:
         A lease or upload that ran out shows as what its expiry will write (``_lapsed``); claims
         and the periodic sweep (``expire``) write it, and so does any change to the task.
         """
-        with self._lock:  # the one connection: never read inside another thread's transaction
-            task = self._row(task_id)
+        with self._read_lock:
+            task = self._row(task_id, self._reader)
         return _lapsed(task, self._clock(), self._policy)
 
     def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task:
@@ -360,22 +399,25 @@ class SqliteTaskStore:
             ).rowcount
 
     def counts(self) -> dict[State, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT state, COUNT(*) FROM tasks GROUP BY state"
+            ).fetchall()
         counts = dict.fromkeys(State, 0)
         counts.update({State.from_code(state): n for state, n in rows})
         return counts
 
     def recent(self, limit: int) -> list[Task]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 f"SELECT {_COLUMNS} FROM tasks ORDER BY created_at DESC, rowid DESC LIMIT ?",
                 (limit,),
             ).fetchall()
         return [_task(row) for row in rows]
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            self._reader.close()
             self._db.close()
 
     # -- rules --------------------------------------------------------------------------
@@ -394,8 +436,8 @@ class SqliteTaskStore:
         calls find nothing, and then they write nothing: the look is a read.
         """
         now = self._clock()
-        with self._lock:
-            if not self._lapsed_rows(now):
+        with self._read_lock:
+            if not self._lapsed_rows(now, self._reader):
                 return 0
         with self._transaction():
             return self._expire(now)
@@ -408,12 +450,21 @@ class SqliteTaskStore:
             self._write_lapse(task, _lapsed(task, now, self._policy))
         return len(lapsed)
 
-    def _lapsed_rows(self, now: float) -> list[Task]:
-        rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM tasks"
-            " WHERE (state = ? AND lease_expires_at < ?) OR (state = ? AND created_at < ?)",
-            (State.IN_PROGRESS, now, State.UPLOADING, now - self._policy.upload_timeout_seconds),
-        ).fetchall()
+    def _lapsed_rows(self, now: float, db: sqlite3.Connection | None = None) -> list[Task]:
+        rows = (
+            (db or self._db)
+            .execute(
+                f"SELECT {_COLUMNS} FROM tasks"
+                " WHERE (state = ? AND lease_expires_at < ?) OR (state = ? AND created_at < ?)",
+                (
+                    State.IN_PROGRESS,
+                    now,
+                    State.UPLOADING,
+                    now - self._policy.upload_timeout_seconds,
+                ),
+            )
+            .fetchall()
+        )
         return [_task(row) for row in rows]
 
     def _current(self, task_id: str) -> Task:
@@ -437,7 +488,7 @@ class SqliteTaskStore:
         )
         if task.state == State.IN_PROGRESS:
             self.lease_expiries += 1
-        self._notify_watchers(task.id)
+        self._changed.append(task.id)
         return lapsed
 
 
@@ -473,27 +524,6 @@ def _lapsed(task: Task, now: float, policy: LeasePolicy) -> Task:
 
 def _before(moment: float | None, now: float) -> bool:
     return moment is not None and moment < now
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the store's lock; rolls back on any error."""
-
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
-        self._db, self._lock = db, lock
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._lock.release()
-            raise
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        try:
-            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
-        finally:
-            self._lock.release()
 
 
 def _task(row: tuple) -> Task:

@@ -10,18 +10,19 @@ from typing import Any, BinaryIO
 
 import falcon
 
-from darkroom.contract.folders import Folder
+from darkroom.contract.folders import Folder, result_version
 from darkroom.contract.tasks import TaskState
 from darkroom.core.app import create_base_app
 from darkroom.core.auth import CLIENT
 from darkroom.core.config import Config
-from darkroom.core.ids import require_task_id
+from darkroom.core.ids import new_task_id, require_task_id
 from darkroom.core.imagetypes import EXTENSIONS, SNIFF_BYTES, sniff_media_type
 from darkroom.core.longpoll import LongPolls
 from darkroom.core.params import single_param, state_param, wait_param
 from darkroom.core.relay import relay, relay_stream
 from darkroom.core.streams import iter_chunks
 from darkroom.database.client import DatabaseClient
+from darkroom.master.finished import FinishedTasks
 from darkroom.master.openapi import OpenApiDocument
 from darkroom.storage.client import StorageClient
 
@@ -52,8 +53,10 @@ class Jobs:
         storage: StorageClient,
         check_pipeline: PipelineCheck,
         config: Config,
+        finished: FinishedTasks,
     ) -> None:
         self._database = database
+        self._finished = finished
         self._storage = storage
         self._check_pipeline = check_pipeline
         self._max_upload_bytes = config.max_upload_bytes
@@ -81,42 +84,43 @@ class Jobs:
                 title="Not a supported image",
                 description=f"The body is not an image in a supported format ({SUPPORTED}).",
             )
-        task_id = self._database.create(pipeline)
+        # The image first, under a new id, then its task queued in one database call: a task
+        # never exists without its image, and an image without a task is deleted here (or, if
+        # the master dies first, by the storage's retention, like any old file).
+        task_id = new_task_id()
+        body = itertools.chain([head], iter_chunks(stream))
+        self._storage.send(Folder.WORKING, task_id, body, size=req.content_length)
         try:
-            body = itertools.chain([head], iter_chunks(stream))
-            self._storage.send(Folder.WORKING, task_id, body, size=req.content_length)
-        except Exception as exc:
-            # Leave no half-made task behind; the client gets the storage's error.
-            self._abandon(task_id, exc)
+            self._database.create_queued(task_id, pipeline)
+        except Exception:
+            with contextlib.suppress(Exception):
+                self._storage.delete(Folder.WORKING, task_id)
             raise
-        self._database.enqueue(task_id)
         # The worker logs under the task id: this line links the upload's request id to it.
         log.info("job queued", extra={"task": task_id, "pipeline": pipeline})
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = task_id
 
-    def _abandon(self, task_id: str, cause: Exception) -> None:
-        reason = getattr(cause, "description", None) or type(cause).__name__
-        # The upload error is the one to report; the database also fails stale uploads itself.
-        with contextlib.suppress(Exception):
-            self._database.abandon_upload(task_id, f"upload failed: {reason}")
-
     def _task(self, req: falcon.Request, state: str | None = None) -> dict[str, Any]:
         task_id = require_task_id(req)
         with self._long_polls.wait(wait_param(req, self._max_wait)) as wait:
             task = self._database.get(task_id, wait, state)
-        # The database and the storage remove old jobs each on its own timer: a finished job
-        # whose result is gone is gone, for every route alike.
-        if task["stateName"] == TaskState.FINISHED and not self._storage.exists(
-            Folder.FINISHED, task_id, task.get("result")
-        ):
-            raise falcon.HTTPNotFound(title="Unknown task", description="No task has this id.")
+        if task["stateName"] == TaskState.FINISHED:
+            # The database and the storage remove old jobs each on its own timer: a finished
+            # job whose result is gone is gone, for every route alike.
+            if not self._storage.exists(Folder.FINISHED, task_id, task.get("result")):
+                raise falcon.HTTPNotFound(title="Unknown task", description="No task has this id.")
+            self._finished.seen(task)
         return task
 
     def on_get_is_ready(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_TEXT
+        known, _ = self._finished.version(require_task_id(req))
+        if known:
+            resp.text = "1"
+            return
         task = self._task(req)
         _raise_if_failed(task)
-        resp.content_type = falcon.MEDIA_TEXT
         resp.text = "1" if task["stateName"] == TaskState.FINISHED else "0"
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -126,6 +130,16 @@ class Jobs:
         resp.media = task
 
     def on_get_result(self, req: falcon.Request, resp: falcon.Response) -> None:
+        task_id = require_task_id(req)
+        known, version = self._finished.version(task_id)
+        if not known:
+            version = self._finished_task(req).get("result")
+        upstream = self._storage.open(Folder.FINISHED, task_id, version)
+        relay_stream(upstream, resp)
+        extension = EXTENSIONS.get(resp.content_type or "", "bin")
+        resp.downloadable_as = f"darkroom-{task_id}.{extension}"
+
+    def _finished_task(self, req: falcon.Request) -> dict[str, Any]:
         task = self._task(req)
         _raise_if_failed(task)
         if task["stateName"] != TaskState.FINISHED:
@@ -134,10 +148,7 @@ class Jobs:
                 description=f"The job is {task['stateName']}; ask /isReady until it answers 1.",
                 headers={"Retry-After": "1"},
             )
-        upstream = self._storage.open(Folder.FINISHED, task["id"], task["result"])
-        relay_stream(upstream, resp)
-        extension = EXTENSIONS.get(resp.content_type or "", "bin")
-        resp.downloadable_as = f"darkroom-{task['id']}.{extension}"
+        return task
 
 
 def _raise_if_failed(task: dict[str, Any]) -> None:
@@ -150,8 +161,9 @@ def _raise_if_failed(task: dict[str, Any]) -> None:
 class WorkerApi:
     """The routes workers use; each relays the database's answer with its real status."""
 
-    def __init__(self, database: DatabaseClient, config: Config) -> None:
+    def __init__(self, database: DatabaseClient, config: Config, finished: FinishedTasks) -> None:
         self._database = database
+        self._finished = finished
         self._claim_timeout = config.http_timeout_seconds
         self._max_wait = config.max_wait_seconds
 
@@ -163,8 +175,10 @@ class WorkerApi:
         self._relay(req, resp, "/getNewTask", timeout=wait + self._claim_timeout)
 
     def on_post_finish(self, req: falcon.Request, resp: falcon.Response) -> None:
-        require_task_id(req)
+        task_id = require_task_id(req)
         self._relay(req, resp, "/finishTask")
+        # The relay raised unless the database finished it under this lease.
+        self._finished.just_finished(task_id, result_version(req.get_param("lease", required=True)))
 
     def on_post_heartbeat(self, req: falcon.Request, resp: falcon.Response) -> None:
         require_task_id(req)
@@ -188,13 +202,14 @@ def create_app(
     readiness: list[Callable[[], str | None]] | None = None,
 ) -> falcon.App:
     app = create_base_app(config, readiness=readiness or [])
-    jobs = Jobs(database, storage, check_pipeline, config)
+    finished = FinishedTasks(config.retention_seconds)
+    jobs = Jobs(database, storage, check_pipeline, config, finished)
     app.add_route("/openapi.json", OpenApiDocument())
     app.add_route("/new", jobs, suffix="new")
     app.add_route("/isReady", jobs, suffix="is_ready")
     app.add_route("/status", jobs, suffix="status")
     app.add_route("/get", jobs, suffix="result")
-    workers = WorkerApi(database, config)
+    workers = WorkerApi(database, config, finished)
     app.add_route("/getNewTask", workers, suffix="claim")
     app.add_route("/registerTaskFinished", workers, suffix="finish")
     app.add_route("/heartbeat", workers, suffix="heartbeat")

@@ -90,7 +90,10 @@ class FileImageStore:
         try:
             stream = self._path(folder, task_id, version).open("rb")
         except FileNotFoundError as exc:
-            raise ImageNotFound(task_id) from exc
+            if version is None:
+                raise ImageNotFound(task_id) from exc
+            # A result stored before results had versions (an upgraded data directory).
+            return self.open(folder, task_id)
         size = os.fstat(stream.fileno()).st_size
         media_type = sniff_media_type(stream.read(SNIFF_BYTES)) or "application/octet-stream"
         stream.seek(0)
