@@ -3,7 +3,7 @@
 Colour handling: the EXIF orientation is applied, the ICC profile is kept while it still
 describes the output's colour space. Images are worked on in one of L, LA, RGB, RGBA or I
 (16-bit grey); 16-bit grey stays 16-bit in PNG output and is scaled (not clipped) to 8 bits where
-a step or format needs 8 bits (``blur``, JPEG, WebP).
+a step or format needs 8 bits (``blur``, JPEG, WebP, AVIF).
 
 Metadata (EXIF, XMP, comments, text chunks) is dropped unless the pipeline has ``keep-metadata``.
 Then EXIF and XMP are written to PNG (``eXIf`` chunk, XMP in an ``iTXt`` chunk), JPEG (APP1
