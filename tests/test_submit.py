@@ -101,3 +101,20 @@ def test_an_output_named_for_another_format_is_warned_about(photo, tmp_path, cap
     assert out.read_bytes() == b"result bytes"
     assert submit(photo, tmp_path / "out.png", master[1], None, 5, progress=False) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_an_avif_result_is_saved_with_its_extension(photo, capsys, master):
+    fake, address = master
+    fake.result_type = "image/avif"
+    assert submit(photo, None, address, "avif", 5, progress=False) == 0
+    assert (photo.parent / "photo-darkroom.avif").read_bytes() == b"result bytes"
+
+
+def test_the_warning_advises_only_output_steps_that_exist(photo, tmp_path, capsys, master):
+    assert submit(photo, tmp_path / "out.avif", master[1], None, 5, progress=False) == 0
+    assert "out.avif names image/avif; saved as image/png (add avif to --op" in (
+        capsys.readouterr().err
+    )
+    assert submit(photo, tmp_path / "out.heic", master[1], None, 5, progress=False) == 0
+    err = capsys.readouterr().err
+    assert "out.heic names image/heic; saved as image/png\n" in err and "add heic" not in err

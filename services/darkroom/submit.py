@@ -17,6 +17,8 @@ import requests
 from tqdm import tqdm
 from tqdm.utils import CallbackIOWrapper
 
+from darkroom.contract.pipeline import MEDIA_TYPES
+
 POLL_SECONDS = 0.2
 LONG_POLL_SECONDS = 25.0
 # On a terminal the master is asked every second, so the elapsed time shown moves.
@@ -152,11 +154,17 @@ def _download(
     return target
 
 
+# The output step that makes each media type, for the warning's advice.
+_OUTPUT_STEPS = {media_type: name for name, media_type in MEDIA_TYPES.items()}
+
+
 def _warn_if_other_format(target: Path, media_type: str) -> None:
     named, _ = mimetypes.guess_type(target.name)
     if named and named.startswith("image/") and named != media_type:
+        step = _OUTPUT_STEPS.get(named)
+        advice = f" (add {step} to --op to convert)" if step else ""
         print(
             f"darkroom: warning: the result is {media_type} but {target.name} names {named};"
-            f" saved as {media_type} (add {named.split('/')[-1]} to --op to convert)",
+            f" saved as {media_type}{advice}",
             file=sys.stderr,
         )

@@ -36,6 +36,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
         ("jpeg,flip", "flip,jpeg"),
         ("jpeg:090", "jpeg:90"),
         ("webp", "webp"),
+        ("AVIF:60", "avif:60"),
         ("png", "png"),
         ("crop:10x20", "crop:10x20+0+0"),
         ("crop:10x20+3+4", "crop:10x20+3+4"),
@@ -92,6 +93,7 @@ def test_parse_pipeline_separates_operations_from_output() -> None:
         ("blur:50.01", "radius must be 0.1..50"),
         ("jpeg:0", "step 1 'jpeg:0': quality must be 1..100"),
         ("webp:101", "quality must be 1..100"),
+        ("avif:0", "quality must be 1..100"),
         ("jpeg:", "quality must be 1..100"),
         ("png,flip,jpeg", "step 3 'jpeg': only one output format (already step 1)"),
         (
@@ -102,7 +104,7 @@ def test_parse_pipeline_separates_operations_from_output() -> None:
         (
             "keep_metadata",
             "unknown operation (known: swap, grayscale, resize, thumbnail, crop, "
-            "rotate, flip, flop, blur, sharpen, png, jpeg, webp, keep-metadata)",
+            "rotate, flip, flop, blur, sharpen, png, jpeg, webp, avif, keep-metadata)",
         ),
         ("flip," * 10 + "flop", "too many steps: 11 (at most 10)"),
         ("x" * 1001, "pipeline is longer than 1000 characters"),
@@ -126,7 +128,18 @@ def test_limits_come_from_the_settings() -> None:
 
 STEP_TEXTS = st.one_of(
     st.sampled_from(
-        ["swap", "GRAYSCALE", "flip", "flop", "sharpen", " png ", "jpeg", "webp", " Keep-Metadata"]
+        [
+            "swap",
+            "GRAYSCALE",
+            "flip",
+            "flop",
+            "sharpen",
+            " png ",
+            "jpeg",
+            "webp",
+            "avif",
+            " Keep-Metadata",
+        ]
     ),
     st.builds(
         "resize:{}x{}{}".format,

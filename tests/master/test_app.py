@@ -72,6 +72,18 @@ def test_full_worker_cycle_through_master(client, config, png):
     assert f"darkroom-{task_id}.png" in result.headers["content-disposition"]
 
 
+def test_an_avif_result_is_served_as_avif(client, config, png):
+    task_id = upload(client, png)
+    claim = client.simulate_post("/getNewTask").json
+    avif = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(100)
+    (config.data_dir / "finished" / task_id).write_bytes(avif)
+    params = {"id": task_id, "lease": claim["lease"]}
+    assert client.simulate_post("/registerTaskFinished", params=params).text == "success"
+    result = client.simulate_get("/get", params={"id": task_id})
+    assert result.headers["content-type"] == "image/avif"
+    assert f"darkroom-{task_id}.avif" in result.headers["content-disposition"]
+
+
 def test_worker_routes_pass_real_status_through(client, png):
     task_id = upload(client, png)
     client.simulate_post("/getNewTask")
@@ -98,6 +110,9 @@ def test_failed_job_reports_its_error(client, png):
         (b"GIF89a but not really", 200, None),
         (b"%PDF-1.4 not an image", 415, "supported format"),
         (b"<svg xmlns=...>", 415, "supported format"),
+        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf", 200, None),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", 200, None),
+        (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", 415, "avif, bmp, gif, heic"),
     ],
 )
 def test_upload_checks_magic_bytes(client, body, status, message):

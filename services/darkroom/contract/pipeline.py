@@ -28,6 +28,7 @@ MAX_DIMENSION = 10_000  # the largest width, height or thumbnail size a step may
 QUALITY_RANGE = (1, 100)
 DEFAULT_JPEG_QUALITY = 85  # what ``jpeg`` without a quality means
 DEFAULT_WEBP_QUALITY = 80
+DEFAULT_AVIF_QUALITY = 75  # libavif's own default through Pillow; about JPEG 85's look
 BLUR_RADIUS_HUNDREDTHS = (10, 5_000)  # 0.1..50
 ROTATE_HUNDREDTHS = (-36_000, 36_000)  # -360..360
 
@@ -133,11 +134,12 @@ class Sharpen:
 
 Operation = Swap | Grayscale | Resize | Thumbnail | Crop | Rotate | Flip | Flop | Blur | Sharpen
 
-FormatName = Literal["png", "jpeg", "webp"]
+FormatName = Literal["png", "jpeg", "webp", "avif"]
 MEDIA_TYPES: dict[FormatName, str] = {
     "png": "image/png",
     "jpeg": "image/jpeg",
     "webp": "image/webp",
+    "avif": "image/avif",
 }
 
 
@@ -412,6 +414,12 @@ STEPS: tuple[StepRule, ...] = (
         "webp[:Q]",
         f"WebP output, {_QUALITIES} ({DEFAULT_WEBP_QUALITY} if not given)",
         _quality_format("webp"),
+    ),
+    StepRule(
+        "avif",
+        "avif[:Q]",
+        f"AVIF output, {_QUALITIES} ({DEFAULT_AVIF_QUALITY} if not given); still images only",
+        _quality_format("avif"),
     ),
     StepRule(
         "keep-metadata",

@@ -57,6 +57,9 @@ class Config:
     concurrency: int = 0  # worker task loops; 0: one per CPU
     worker_mode: str = "process"  # "process" or "thread"
     max_image_pixels: int = 50_000_000
+    # frames of an animated GIF, WebP or APNG kept in the result; a longer animation, or one
+    # whose frames x pixels exceed max_image_pixels, gives its first frame
+    max_frames: int = 1000
     # zlib level of PNG results: 1 encodes about 2x faster than 6 for files ~10% larger
     # (docs/benchmarks.md); 6 is Pillow's default, 9 the smallest
     png_compress_level: int = 1
@@ -85,6 +88,7 @@ class Config:
             "max_attempts",
             "threads",
             "max_image_pixels",
+            "max_frames",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")

@@ -3,15 +3,16 @@
 Colour handling: the EXIF orientation is applied, the ICC profile is kept while it still
 describes the output's colour space. Images are worked on in one of L, LA, RGB, RGBA or I
 (16-bit grey); 16-bit grey stays 16-bit in PNG output and is scaled (not clipped) to 8 bits where
-a step or format needs 8 bits (``blur``, JPEG, WebP).
+a step or format needs 8 bits (``blur``, JPEG, WebP, AVIF).
 
 Metadata (EXIF, XMP, comments, text chunks) is dropped unless the pipeline has ``keep-metadata``.
 Then EXIF and XMP are written to PNG (``eXIf`` chunk, XMP in an ``iTXt`` chunk), JPEG (APP1
-segments) and WebP (``EXIF`` and ``XMP`` chunks). The kept EXIF says orientation 1, gives the
-output's size where it gave one, and loses what described the source's encoding (strips, tiles,
-compression; the embedded thumbnail, which would show the unprocessed image). Comments, PNG text
-chunks, IPTC and Photoshop blocks are never kept. A JPEG segment holds at most 65533 bytes: an
-image whose EXIF or XMP is larger fails with the reason when the output is JPEG.
+segments), WebP (``EXIF`` and ``XMP`` chunks) and AVIF (``Exif`` and ``mime`` items). The kept
+EXIF says orientation 1, gives the output's size where it gave one, and loses what described
+the source's encoding (strips, tiles, compression; the embedded thumbnail, which would show the
+unprocessed image). Comments, PNG text chunks, IPTC and Photoshop blocks are never kept. A JPEG
+segment holds at most 65533 bytes: an image whose EXIF or XMP is larger fails with the reason
+when the output is JPEG.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import BinaryIO
 
+import pillow_heif
 from PIL import (
     ExifTags,
     Image,
@@ -35,6 +37,7 @@ from PIL import (
 )
 
 from darkroom.contract.pipeline import (
+    DEFAULT_AVIF_QUALITY,
     DEFAULT_JPEG_QUALITY,
     DEFAULT_WEBP_QUALITY,
     MAX_STEPS,
@@ -44,7 +47,10 @@ from darkroom.contract.pipeline import (
 from darkroom.core.config import Config
 
 # Decoders we trust with untrusted bytes; Image.open would otherwise try every plugin (EPS, PSD…).
-INPUT_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+# AVIF is Pillow's own (from 11.2); HEIF (HEIC) is pillow-heif's, registered here without the
+# thumbnails, depth and auxiliary images a phone's file carries: only the main image is used.
+INPUT_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "HEIF")
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 # catch_warnings() swaps the process-wide filter list and is not thread-safe before Python 3.14,
 # so the bomb warning is made an error once, at import (imports are serialised).
@@ -59,7 +65,9 @@ class ProcessingSettings:
     png_compress_level: int = Config.png_compress_level
     jpeg_quality: int = DEFAULT_JPEG_QUALITY  # when the pipeline does not say
     webp_quality: int = DEFAULT_WEBP_QUALITY
+    avif_quality: int = DEFAULT_AVIF_QUALITY
     max_steps: int = MAX_STEPS
+    max_frames: int = 1000  # frames of an animation kept; a longer one gives its first frame
 
 
 class ImageRejected(Exception):
@@ -73,6 +81,14 @@ class Metadata:
     icc: bytes | None = None
     exif: Image.Exif | None = None  # orientation already applied (and removed)
     xmp: bytes | None = None
+
+
+@dataclass(frozen=True)
+class FrameTiming:
+    """When an animation's frames show."""
+
+    durations: tuple[int, ...]  # milliseconds each frame shows
+    loop: int  # times played; 0: forever
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +130,62 @@ class SourceImage:
             xmp_bytes = xmp.encode() if isinstance(xmp, str) else xmp
             return working, Metadata(icc, exif or None, xmp_bytes or None)
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """The size of the file's pixels, before the EXIF orientation turns them."""
+        return self._file.size
+
+    def frame_count(self) -> int:
+        """How many frames an animated GIF, WebP or PNG (APNG) holds: 1 for other images,
+        whose further images (a HEIC's burst, a TIFF's pages) are not an animation."""
+        if self._file.format not in ANIMATED_INPUTS:
+            return 1
+        with _decoding_errors(self._settings):
+            count = getattr(self._file, "n_frames", 1)  # a GIF's is counted through its blocks
+            return count - 1 if self._file.info.get("default_image") else count
+
+    def decode_frames(self) -> tuple[list[Image.Image], FrameTiming, Metadata]:
+        """Every frame of an animation, whole (the format's blending done), upright, each in
+        a working mode; and the first frame's metadata (the file's).
+
+        An APNG's default image, shown by viewers that do not animate, is not a frame.
+        """
+        file = self._file
+        with _decoding_errors(self._settings):
+            first = 1 if file.info.get("default_image") else 0
+            file.seek(first)
+            exif = file.getexif()
+            turns = _ORIENTATION_TRANSPOSES.get(exif.pop(ExifTags.Base.Orientation, 1), ())
+            xmp = file.info.get("xmp") or file.info.get("XML:com.adobe.xmp")
+            source_icc = file.info.get("icc_profile")
+            frames, durations, icc = [], [], source_icc
+            for index in range(first, first + self.frame_count()):
+                file.seek(index)
+                file.load()
+                frame = file.copy()
+                for turn in turns:
+                    frame = frame.transpose(turn)
+                working, icc = _to_working_mode(frame, source_icc)
+                frames.append(working)
+                durations.append(int(file.info.get("duration", 0)))
+            timing = FrameTiming(tuple(durations), int(file.info.get("loop", 1)))
+            xmp_bytes = xmp.encode() if isinstance(xmp, str) else xmp
+            return frames, timing, Metadata(icc, exif or None, xmp_bytes or None)
+
+
+# The formats whose extra frames make an animation, as Pillow names them.
+ANIMATED_INPUTS = ("GIF", "WEBP", "PNG")
+# What each EXIF orientation asks to make the picture upright (as ImageOps.exif_transpose does).
+_ORIENTATION_TRANSPOSES = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
+
 
 def open_image(source: BinaryIO, settings: ProcessingSettings) -> SourceImage:
     """Read the header of ``source`` and check its declared size against the pixel limit."""
@@ -147,7 +219,9 @@ def _decoding_errors(settings: ProcessingSettings) -> Iterator[None]:
             ) from exc
         raise ImageRejected(f"image is too large: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageRejected("not a supported image (PNG, JPEG, GIF, WebP, BMP or TIFF)") from exc
+        raise ImageRejected(
+            "not a supported image (PNG, JPEG, GIF, WebP, BMP, TIFF, AVIF or HEIC)"
+        ) from exc
     except Exception as exc:  # any decoder failure is the image's fault
         raise ImageRejected(f"cannot decode the image: {exc}") from exc
 
@@ -240,6 +314,49 @@ def encode(
 ) -> None:
     """Write ``image``; ``metadata`` holds only what is to be kept (EXIF and XMP when asked)."""
     image = _for_format(image, output.name)
+    image.save(
+        destination,
+        format=output.name.upper(),
+        **_save_options(image, metadata, output, settings),
+    )
+
+
+def encode_frames(
+    frames: list[Image.Image],
+    timing: FrameTiming,
+    metadata: Metadata,
+    output: OutputFormat,
+    destination: BinaryIO,
+    settings: ProcessingSettings,
+) -> None:
+    """Write ``frames`` as one animation: an APNG or an animated WebP (``ANIMATED_FORMATS``)."""
+    assert output.name in ANIMATED_FORMATS
+    frames = _in_one_mode([_for_format(frame, output.name) for frame in frames])
+    first, *rest = frames
+    options = _save_options(first, metadata, output, settings)
+    first.save(
+        destination,
+        format=output.name.upper(),
+        save_all=True,
+        append_images=rest,
+        duration=list(timing.durations),
+        loop=timing.loop,
+        **options,
+    )
+
+
+# Output formats that hold an animation (an APNG is a PNG that older viewers show still).
+ANIMATED_FORMATS: tuple[FormatName, ...] = ("png", "webp")
+# libavif's speed 0..10 (Pillow's default 6). At quality 75 on 1024x768 photo-like images
+# (bench/images.py): speed 6 takes 233 ms of CPU for 53 KB at 42.6 dB PSNR, 8 takes 71 ms for
+# 66 KB at 41.9 dB, 10 takes 36 ms for 62 KB at 42.3 dB; on a sharp-edged synthetic picture 10
+# made files a third larger than 8. 8: a third of 6's time, sizes steady. docs/benchmarks.md.
+AVIF_SPEED = 8
+
+
+def _save_options(
+    image: Image.Image, metadata: Metadata, output: OutputFormat, settings: ProcessingSettings
+) -> dict[str, object]:
     image.info = {}  # savers copy some metadata (comments, text) from info by default
     options: dict[str, object] = {}
     icc = metadata.icc
@@ -250,9 +367,23 @@ def encode(
         options["compress_level"] = settings.png_compress_level
     elif output.name == "jpeg":
         options["quality"] = output.quality or settings.jpeg_quality
+    elif output.name == "avif":
+        options["quality"] = output.quality or settings.avif_quality
+        options["speed"] = AVIF_SPEED
     else:
         options["quality"] = output.quality or settings.webp_quality
-    image.save(destination, format=output.name.upper(), **options)
+    return options
+
+
+def _in_one_mode(frames: list[Image.Image]) -> list[Image.Image]:
+    """The frames in one mode: a GIF's frames may differ (the first with a palette, RGB, then
+    RGBA once a frame has transparency); an animation's frames share one mode."""
+    modes = {frame.mode for frame in frames}
+    if len(modes) == 1:
+        return frames
+    alpha = "A" if modes & {"LA", "RGBA"} else ""
+    mode = ("RGB" if modes & {"RGB", "RGBA"} else "L") + alpha
+    return [frame.convert(mode) for frame in frames]
 
 
 # TIFF tags that describe how the source's pixels were stored, not the photo: a TIFF source's
@@ -342,6 +473,8 @@ def _for_format(image: Image.Image, name: FormatName) -> Image.Image:
         return _on_white(image)
     if name == "webp" and image.mode in ("L", "LA"):
         return image.convert("RGB" if image.mode == "L" else "RGBA")
+    if name == "avif" and image.mode == "LA":
+        return image.convert("RGBA")  # AVIF keeps grey, but not grey with alpha
     return image
 
 

@@ -28,6 +28,7 @@ from darkroom.contract.pipeline import (
     Grayscale,
     InvalidPipeline,
     Operation,
+    Pipeline,
     Resize,
     Rotate,
     Sharpen,
@@ -35,10 +36,13 @@ from darkroom.contract.pipeline import (
     Thumbnail,
     parse_pipeline,
 )
+from darkroom.worker.animation import judge_animation
 from darkroom.worker.codec import (
     ImageRejected,
     ProcessingSettings,
+    SourceImage,
     encode,
+    encode_frames,
     open_image,
     sixteen_to_eight,
 )
@@ -50,12 +54,14 @@ def process_image(
     pipeline_text: str | None,
     settings: ProcessingSettings,
     timings: dict[str, float] | None = None,
+    notes: list[str] | None = None,
 ) -> str:
     """Decode ``source``, apply the pipeline, encode to ``destination``; return the media type.
 
     Raises ImageRejected for anything wrong with the image or, since no retry can fix it either,
     with the pipeline. Errors writing to ``destination`` propagate unchanged. When ``timings``
-    is given, the seconds spent in ``decode``, ``operation`` and ``encode`` are stored in it.
+    is given, the seconds spent in ``decode``, ``operation`` and ``encode`` are stored in it;
+    ``notes`` receives what the job's status should tell (whether an animation was kept).
     """
     timings = {} if timings is None else timings
     try:
@@ -64,6 +70,11 @@ def process_image(
         raise ImageRejected(f"invalid pipeline: {exc}") from exc
     started = time.perf_counter()
     opened = open_image(source, settings)
+    animation = judge_animation(opened, pipeline, settings)
+    if animation.note and notes is not None:
+        notes.append(animation.note)
+    if animation.keep:
+        return _process_frames(opened, pipeline, destination, settings, timings, started)
     operations, at_least = plan_shrink_on_load(pipeline.operations, opened.shrinkable_size)
     image, metadata = opened.decode(at_least)
     decoded = time.perf_counter()
@@ -78,6 +89,46 @@ def process_image(
     encode(image, kept, output, destination, settings)
     timings["encode"] = time.perf_counter() - operated
     return output.media_type
+
+
+def _process_frames(
+    opened: SourceImage,
+    pipeline: Pipeline,
+    destination: BinaryIO,
+    settings: ProcessingSettings,
+    timings: dict[str, float],
+    started: float,
+) -> str:
+    """``process_image`` for an animation kept: every frame through every step."""
+    frames, timing, metadata = opened.decode_frames()
+    decoded = time.perf_counter()
+    timings["decode"] = decoded - started
+    results = []
+    for frame in frames:
+        for operation in pipeline.operations:
+            frame = apply(operation, frame)
+            _check_result_pixels(frame, operation, settings)
+        results.append(frame)
+        _check_animation_pixels(results[0], len(frames), pipeline, settings)
+    operated = time.perf_counter()
+    timings["operation"] = operated - decoded
+    output = pipeline.output_format
+    kept = metadata if pipeline.keep_metadata else replace(metadata, exif=None, xmp=None)
+    encode_frames(results, timing, kept, output, destination, settings)
+    timings["encode"] = time.perf_counter() - operated
+    return output.media_type
+
+
+def _check_animation_pixels(
+    first: Image.Image, count: int, pipeline: Pipeline, settings: ProcessingSettings
+) -> None:
+    """All the result's frames are held at once: together they must keep to the pixel budget."""
+    if count * first.width * first.height > settings.max_image_pixels:
+        raise ImageRejected(
+            f"{pipeline.text} makes {count} frames of {first.width}x{first.height}, "
+            f"{count * first.width * first.height} pixels, more than the limit of "
+            f"{settings.max_image_pixels}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""Whether an animated GIF, WebP or PNG (APNG) stays animated through a pipeline.
+
+It does when every step means the same on each frame, the output format holds an animation
+(``ANIMATED_FORMATS``: PNG as an APNG, WebP) and the frames fit the limits: at most
+``max_frames`` frames, and frames x pixels within the pixel budget (``max_image_pixels``), as
+all of them are decoded at once. Otherwise the result is the first frame, as for any still
+image, and the verdict's note says why, for the job's status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from darkroom.contract.pipeline import (
+    Blur,
+    Crop,
+    Flip,
+    Flop,
+    Grayscale,
+    Pipeline,
+    Resize,
+    Rotate,
+    Sharpen,
+    Swap,
+    Thumbnail,
+)
+from darkroom.worker.codec import ANIMATED_FORMATS, ProcessingSettings, SourceImage
+
+# Steps that do the same to every frame, so a frame's result does not depend on the others.
+# A step that looks at the content to decide (a smart crop) would choose differently per frame.
+PER_FRAME_STEPS = (Swap, Grayscale, Resize, Thumbnail, Crop, Rotate, Flip, Flop, Blur, Sharpen)
+
+
+@dataclass(frozen=True)
+class AnimationVerdict:
+    keep: bool  # decode every frame and write an animation
+    note: str | None = None  # what the job's status says; None for a still image
+
+
+STILL = AnimationVerdict(keep=False)
+
+
+def judge_animation(
+    source: SourceImage, pipeline: Pipeline, settings: ProcessingSettings
+) -> AnimationVerdict:
+    """Whether ``source`` stays animated through ``pipeline``, and the note saying so."""
+    count = source.frame_count()
+    if count == 1:
+        return STILL
+    reason = _why_first_frame_only(source, count, pipeline, settings)
+    if reason:
+        return AnimationVerdict(keep=False, note=f"first frame only of {count}: {reason}")
+    return AnimationVerdict(keep=True, note=f"animation kept: {count} frames")
+
+
+def _why_first_frame_only(
+    source: SourceImage, count: int, pipeline: Pipeline, settings: ProcessingSettings
+) -> str | None:
+    output = pipeline.output_format
+    if output.name not in ANIMATED_FORMATS:
+        held = " or ".join(ANIMATED_FORMATS)
+        return f"{output.name} does not hold an animation ({held} does)"
+    for step in pipeline.operations:
+        if not isinstance(step, PER_FRAME_STEPS):
+            return f"{step.text} is not applied frame by frame"
+    if count > settings.max_frames:
+        return f"more than the limit of {settings.max_frames} frames"
+    width, height = source.size
+    if count * width * height > settings.max_image_pixels:
+        return (
+            f"{count} frames of {width}x{height} are {count * width * height} pixels, "
+            f"more than the limit of {settings.max_image_pixels}"
+        )
+    return None

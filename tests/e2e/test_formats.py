@@ -1,0 +1,49 @@
+"""HEIC in, AVIF out, and an animated GIF resized staying animated, through the real services."""
+
+from __future__ import annotations
+
+import io
+
+import pillow_heif
+import pytest
+import requests
+from PIL import Image
+
+from support.processes import Services, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def _process(services: Services, body: bytes, op: str) -> requests.Response:
+    """Upload ``body`` with ``op``, wait until it is finished, and download the result."""
+    new = requests.post(services.url("master", "/new"), data=body, params={"op": op}, timeout=10)
+    assert new.status_code == 200, new.text
+    status_url, task_id = services.url("master", "/status"), new.text
+
+    def finished() -> bool:
+        state = requests.get(status_url, params={"id": task_id}, timeout=10).json()
+        assert state["stateName"] != "failed", state["error"]
+        return state["stateName"] == "finished"
+
+    wait_until(finished, 30, f"task {task_id} to finish")
+    result = requests.get(services.url("master", "/get"), params={"id": task_id}, timeout=10)
+    assert result.status_code == 200, result.text
+    return result
+
+
+def test_heic_in_avif_out_and_an_animated_gif_stays_animated(services):
+    services.start_all()
+    heic = pillow_heif.from_pillow(Image.new("RGB", (64, 48), (200, 30, 30)))
+    body = io.BytesIO()
+    heic.save(body, quality=90)
+    result = _process(services, body.getvalue(), "resize:32x32,avif")
+    assert result.headers["content-type"] == "image/avif"
+    image = Image.open(io.BytesIO(result.content))
+    assert (image.format, image.size) == ("AVIF", (32, 24))
+
+    frames = [Image.new("RGB", (40, 30), colour) for colour in ("red", "lime", "blue")]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    result = _process(services, gif.getvalue(), "resize:20x20")
+    animation = Image.open(io.BytesIO(result.content))
+    assert (animation.format, animation.size, animation.n_frames) == ("PNG", (20, 15), 3)

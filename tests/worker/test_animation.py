@@ -1,0 +1,229 @@
+"""Animated GIF, WebP and APNG: kept through per-frame steps into PNG (APNG) and WebP results,
+the first frame otherwise, with the frame limit and the frames x pixels budget."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import ExifTags, Image, ImageSequence
+
+from darkroom.contract.pipeline import OutputFormat, parse_pipeline
+from darkroom.core.config import Config
+from darkroom.worker.animation import PER_FRAME_STEPS, judge_animation
+from darkroom.worker.codec import (
+    FrameTiming,
+    ImageRejected,
+    Metadata,
+    ProcessingSettings,
+    encode_frames,
+    open_image,
+)
+from darkroom.worker.operations import PIXEL_STEPS, process_image
+from support.processing import SETTINGS
+
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+DURATIONS = [100, 200, 300]
+
+
+def _frames(size: tuple[int, int] = (40, 30)) -> list[Image.Image]:
+    """Three flat frames, each with a white 5x5 top-left corner to follow the geometry."""
+    frames = []
+    for colour in COLOURS:
+        frame = Image.new("RGB", size, colour)
+        frame.paste((255, 255, 255), (0, 0, 5, 5))
+        frames.append(frame)
+    return frames
+
+
+def _animation(fmt: str, frames: list[Image.Image] | None = None, **options: object) -> bytes:
+    first, *rest = frames or _frames()
+    buffer = io.BytesIO()
+    extra = {"lossless": True} if fmt == "WEBP" else {}
+    first.save(
+        buffer,
+        fmt,
+        save_all=True,
+        append_images=rest,
+        duration=DURATIONS[: 1 + len(rest)],
+        loop=0,
+        **extra,
+        **options,
+    )
+    return buffer.getvalue()
+
+
+def _process(
+    data: bytes, pipeline: str, settings: ProcessingSettings = SETTINGS
+) -> tuple[Image.Image, str, list[str]]:
+    destination, notes = io.BytesIO(), []
+    media_type = process_image(io.BytesIO(data), destination, pipeline, settings, notes=notes)
+    destination.seek(0)
+    return Image.open(destination), media_type, notes
+
+
+def _colours(result: Image.Image, at: tuple[int, int]) -> list[tuple[int, ...]]:
+    return [frame.convert("RGB").getpixel(at) for frame in ImageSequence.Iterator(result)]
+
+
+def _durations(result: Image.Image) -> list[int]:
+    found = []
+    for index in range(result.n_frames):
+        result.seek(index)
+        result.load()  # WebP sets the duration while loading
+        found.append(result.info["duration"])
+    return found
+
+
+def _close(found: list[tuple[int, ...]], expected: list[tuple[int, ...]], tolerance: int) -> bool:
+    return all(
+        abs(a - b) <= tolerance
+        for pixel, wanted in zip(found, expected, strict=True)
+        for a, b in zip(pixel, wanted, strict=True)
+    )
+
+
+@pytest.mark.parametrize("source_format", ["GIF", "WEBP", "PNG"])
+@pytest.mark.parametrize(("output", "result_format"), [("png", "PNG"), ("webp", "WEBP")])
+def test_an_animation_resized_stays_animated(
+    source_format: str, output: str, result_format: str
+) -> None:
+    result, media_type, notes = _process(
+        _animation(source_format), f"resize:20x15,flop,{output}" + (":100" * (output == "webp"))
+    )
+    assert media_type == f"image/{output}"
+    assert (result.format, result.size, result.n_frames) == (result_format, (20, 15), 3)
+    assert getattr(result, "is_animated", False)
+    assert _durations(result) == DURATIONS
+    assert result.info["loop"] == 0
+    # Mirrored: the white corner is now top right; each frame keeps its own colour.
+    assert _close(_colours(result, (10, 10)), COLOURS, tolerance=12)
+    assert _close(_colours(result, (19, 0)), [(255, 255, 255)] * 3, tolerance=12)
+    assert notes == ["animation kept: 3 frames"]
+
+
+def test_every_per_frame_step_keeps_the_animation() -> None:
+    steps = "swap,grayscale,resize:30x30,thumbnail:20,crop:10x10+2+2,rotate:90,flip,flop,blur:1"
+    result, _, notes = _process(_animation("GIF"), steps + ",sharpen")
+    assert (result.n_frames, result.size) == (3, (10, 10))
+    assert notes == ["animation kept: 3 frames"]
+
+
+def test_the_per_frame_steps_are_named_among_the_grammars() -> None:
+    assert set(PER_FRAME_STEPS) <= set(PIXEL_STEPS)
+
+
+@pytest.mark.parametrize("output", ["jpeg", "avif"])
+def test_a_still_format_gets_the_first_frame(output: str) -> None:
+    result, media_type, notes = _process(_animation("GIF"), f"resize:20x15,{output}:95")
+    assert media_type == f"image/{output}"
+    assert getattr(result, "n_frames", 1) == 1
+    assert _close(_colours(result, (10, 10)), COLOURS[:1], tolerance=30)
+    assert notes == [
+        f"first frame only of 3: {output} does not hold an animation (png or webp does)"
+    ]
+
+
+def test_more_frames_than_the_limit_gives_the_first_frame() -> None:
+    result, _, notes = _process(_animation("GIF"), "png", ProcessingSettings(max_frames=2))
+    assert getattr(result, "n_frames", 1) == 1
+    assert notes == ["first frame only of 3: more than the limit of 2 frames"]
+
+
+def test_frames_times_pixels_count_against_the_pixel_budget() -> None:
+    fits = ProcessingSettings(max_image_pixels=3 * 40 * 30)
+    assert _process(_animation("GIF"), "png", fits)[0].n_frames == 3
+    over = ProcessingSettings(max_image_pixels=3 * 40 * 30 - 1)
+    result, _, notes = _process(_animation("GIF"), "png", over)
+    assert getattr(result, "n_frames", 1) == 1
+    assert notes == [
+        "first frame only of 3: 3 frames of 40x30 are 3600 pixels, more than the limit of 3599"
+    ]
+
+
+def test_an_animation_grown_past_the_budget_is_refused() -> None:
+    settings = ProcessingSettings(max_image_pixels=10_000)
+    with pytest.raises(ImageRejected, match=r"makes 3 frames of 80x60, 14400 pixels, more than"):
+        _process(_animation("GIF"), "resize:80x60", settings)
+
+
+def test_a_still_image_has_no_note() -> None:
+    _, _, notes = _process(_animation("GIF", _frames()[:1]), "png")
+    assert notes == []
+
+
+def test_gif_transparency_and_mixed_frame_modes() -> None:
+    # A palette GIF with a transparent colour: Pillow gives its first frame with a palette, the
+    # next in RGB or RGBA; the second frame is half transparent.
+    first = Image.new("RGBA", (20, 20), (255, 0, 0, 255))
+    first.putpixel((19, 19), (0, 0, 0, 0))
+    second = Image.new("RGBA", (20, 20), (0, 0, 255, 255))
+    second.paste((0, 0, 0, 0), (0, 0, 10, 20))
+    buffer = io.BytesIO()
+    first.save(buffer, "GIF", save_all=True, append_images=[second], duration=50, disposal=2)
+    result, _, _ = _process(buffer.getvalue(), "png")
+    assert result.n_frames == 2
+    result.seek(1)
+    assert result.convert("RGBA").getpixel((15, 5)) == (0, 0, 255, 255)
+    assert result.convert("RGBA").getpixel((5, 5))[3] == 0
+
+
+def test_a_gif_that_does_not_loop_plays_once() -> None:
+    frames = _frames()
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    result, _, _ = _process(buffer.getvalue(), "webp")
+    assert result.n_frames == 3 and result.info["loop"] == 1
+
+
+def test_the_orientation_of_an_animated_webp_turns_every_frame() -> None:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    result, _, _ = _process(_animation("WEBP", exif=exif.tobytes()), "png")
+    assert (result.n_frames, result.size) == (3, (30, 40))
+    # The white top-left corner turned a quarter clockwise: top right.
+    assert _close(_colours(result, (29, 0)), [(255, 255, 255)] * 3, tolerance=2)
+
+
+def test_an_apngs_default_image_is_not_a_frame() -> None:
+    frames = _frames()
+    buffer = io.BytesIO()
+    still = Image.new("RGB", (40, 30), (9, 9, 9))
+    still.save(buffer, "PNG", save_all=True, append_images=frames, default_image=True, loop=0)
+    source = open_image(io.BytesIO(buffer.getvalue()), SETTINGS)
+    assert source.frame_count() == 3
+    result, _, _ = _process(buffer.getvalue(), "png")
+    assert _colours(result, (20, 20)) == COLOURS
+
+
+def test_judged_without_decoding() -> None:
+    source = open_image(io.BytesIO(_animation("PNG")), SETTINGS)
+    verdict = judge_animation(source, parse_pipeline("flip", SETTINGS), SETTINGS)
+    assert verdict.keep and verdict.note == "animation kept: 3 frames"
+
+
+def test_the_frame_limit_is_configured() -> None:
+    config = Config.from_env({"DARKROOM_MAX_FRAMES": "7"})
+    assert config.settings_for(ProcessingSettings).max_frames == 7
+    assert Config().max_frames == ProcessingSettings().max_frames
+    with pytest.raises(ValueError, match="max_frames must be positive"):
+        Config(max_frames=0)
+
+
+@pytest.mark.parametrize("output", ["png", "webp"])
+def test_frames_of_different_modes_are_written_in_one(output: str) -> None:
+    frames = [
+        Image.new("L", (4, 4), 200),
+        Image.new("RGB", (4, 4), (0, 0, 255)),
+        Image.new("RGBA", (4, 4), (0, 0, 0, 0)),
+    ]
+    destination = io.BytesIO()
+    quality = OutputFormat(output, 100 if output == "webp" else None)  # type: ignore[arg-type]
+    encode_frames(frames, FrameTiming((10, 20, 30), 0), Metadata(), quality, destination, SETTINGS)
+    destination.seek(0)
+    result = Image.open(destination)
+    assert result.n_frames == 3
+    colours = [frame.convert("RGBA").getpixel((1, 1)) for frame in ImageSequence.Iterator(result)]
+    assert colours[0][:3] == pytest.approx((200, 200, 200), abs=3)
+    assert colours[1] == pytest.approx((0, 0, 255, 255), abs=3)
+    assert colours[2][3] == 0
