@@ -35,6 +35,15 @@ PORTS = {
     "frontend": 8080,
     "worker": 9100,
 }
+# the probes' own listener (DARKROOM_HEALTH_PORT)
+HEALTH_PORTS = {
+    "registry": 3100,
+    "database": 3101,
+    "storage": 3102,
+    "master": 3103,
+    "frontend": 8180,
+    "worker": 9101,
+}
 # Every API version the chart may use: GA in Kubernetes 1.23 (plus the one optional CRD).
 ALLOWED_API_VERSIONS = {
     "v1",
@@ -362,14 +371,29 @@ def test_every_service_container_has_probes_and_resources(objects: list[dict[str
             if metadata in [d["spec"]["template"]["metadata"] for d in deployments]:
                 role = component(metadata)
                 assert container["ports"] == [
-                    {"name": "http", "containerPort": PORTS[role], "protocol": "TCP"}
+                    {"name": "http", "containerPort": PORTS[role], "protocol": "TCP"},
+                    {"name": "health", "containerPort": HEALTH_PORTS[role], "protocol": "TCP"},
                 ]
+                env = {var["name"]: var.get("value") for var in container["env"]}
+                assert env["DARKROOM_HEALTH_PORT"] == str(HEALTH_PORTS[role]), name
+                # probes on the health listener: they answer while the role's port is flooded
                 for probe, path in (
                     ("livenessProbe", "/healthz"),
                     ("readinessProbe", "/readyz"),
                     ("startupProbe", "/healthz"),
                 ):
-                    assert container[probe]["httpGet"] == {"path": path, "port": "http"}, name
+                    assert container[probe]["httpGet"] == {"path": path, "port": "health"}, name
+
+
+def test_no_service_or_network_policy_opens_the_health_port(objects: list[dict[str, Any]]) -> None:
+    # the kubelet's probes are not subject to NetworkPolicy; nobody else needs the port
+    health_ports = set(HEALTH_PORTS.values())
+    for service in of_kind(objects, "Service"):
+        for port in service["spec"]["ports"]:
+            assert {port["port"], port["targetPort"]} & (health_ports | {"health"}) == set()
+    for policy in of_kind(objects, "NetworkPolicy"):
+        for rule in policy["spec"].get("ingress", []):
+            assert {p["port"] for p in rule.get("ports", [])} & health_ports == set()
 
 
 def test_auth_secret_wired_into_every_pod() -> None:
