@@ -167,11 +167,13 @@ def apply(operation: Operation | _ResizeTo, image: Image.Image) -> Image.Image:
 # The most bytes one pixel of a working image takes (RGBA, 32-bit grey).
 WORKING_BYTES_PER_PIXEL = 4
 # The most working images alive at once while a step runs: its input, a converted copy of the
-# input (rotate adds alpha, blur premultiplies, JPEG output paints on white) and its output.
-# With every image within max_image_pixels, a task loop's pixels stay under
-# PEAK_BYTES_PER_PIXEL * max_image_pixels (50 M pixels: 600 MB); the chart's worker memory
-# limit is sized from it (helm/darkroom/values.yaml, worker.resources).
-PEAK_IMAGES_PER_STEP = 3
+# input (rotate adds alpha, blur premultiplies, JPEG output paints on white), its output, and
+# one more for Pillow's own buffers. With every image within max_image_pixels, a task loop's
+# pixels stay under PEAK_BYTES_PER_PIXEL * max_image_pixels (50 M pixels: 800 MB; measured:
+# rotate:1 of a 6000x6000 RGB image peaked 430 MB over the process's size, 11.5 bytes per
+# output pixel); the chart's worker memory limit is sized from it (helm/darkroom/values.yaml,
+# worker.resources; tests/deploy/test_chart.py checks it).
+PEAK_IMAGES_PER_STEP = 4
 PEAK_BYTES_PER_PIXEL = WORKING_BYTES_PER_PIXEL * PEAK_IMAGES_PER_STEP
 
 
