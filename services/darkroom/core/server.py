@@ -311,11 +311,10 @@ def serve(
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if on_listening is not None:
         on_listening()
-    health = f"{config.host}:{config.health_port}" if config.health_port else ""
-    log.info(
-        "serving",
-        extra={"role": role, "address": f"{config.host}:{port}", "health_address": health},
-    )
+    fields = {"role": role, "address": f"{config.host}:{port}"}
+    if config.health_port:
+        fields["health_address"] = f"{config.host}:{config.health_port}"
+    log.info("serving", extra=fields)
     try:
         server.run()
     finally:
