@@ -7,6 +7,7 @@ import json
 import resource
 
 import pytest
+import requests
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.utilities import (
@@ -18,6 +19,8 @@ from waitress.utilities import (
 )
 
 from darkroom.core import server
+from darkroom.core.app import create_base_app
+from darkroom.core.config import Config
 from darkroom.core.server import (
     SMALL_BODY_BYTES,
     BodyTooLarge,
@@ -26,6 +29,7 @@ from darkroom.core.server import (
     connection_limit,
     raise_open_file_limit,
 )
+from support.processes import HOST, free_port
 
 
 def test_connection_limit_leaves_room_for_threads_and_files():
@@ -204,3 +208,23 @@ def test_a_response_waits_only_past_the_watermark_and_the_spool_budget(
     pending, others, budget, waits
 ):
     assert Pending(pending, others, budget).must_wait() is waits
+
+
+def test_the_health_listener_serves_the_probes_only() -> None:
+    port = free_port()
+    server.start_health_listener(create_base_app(Config()), HOST, port)
+    assert requests.get(f"http://{HOST}:{port}/healthz", timeout=5).json() == {"status": "ok"}
+    assert requests.get(f"http://{HOST}:{port}/readyz/", timeout=5).status_code == 200
+    refused = requests.get(f"http://{HOST}:{port}/metrics", timeout=5)
+    assert refused.status_code == 404
+    assert refused.json()["description"] == "This port serves /healthz and /readyz only."
+    assert refused.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_channel_whose_headers_are_overdue_stops_reading() -> None:
+    channel = server.channel_class({}, spool_budget=0, header_seconds=0.0)
+    request = channel.parser_class(Adjustments())
+    request.received(b"GET /healthz HTTP/1.1\r\nHo")  # headers not finished
+    stub = channel.__new__(channel)
+    stub.request, stub.will_close = request, False
+    assert stub.readable() is False and stub.will_close

@@ -23,6 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
+from darkroom.core.config import Config
+from darkroom.worker.operations import PEAK_BYTES_PER_PIXEL
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "darkroom"
 RELEASE = NAMESPACE = "darkroom"
@@ -34,6 +37,15 @@ PORTS = {
     "master": 3003,
     "frontend": 8080,
     "worker": 9100,
+}
+# the probes' own listener (DARKROOM_HEALTH_PORT)
+HEALTH_PORTS = {
+    "registry": 3100,
+    "database": 3101,
+    "storage": 3102,
+    "master": 3103,
+    "frontend": 8180,
+    "worker": 9101,
 }
 # Every API version the chart may use: GA in Kubernetes 1.23 (plus the one optional CRD).
 ALLOWED_API_VERSIONS = {
@@ -251,6 +263,18 @@ def test_values_schema_rejects_unknown_keys_and_bad_values(setting: str) -> None
     assert "values don't meet the specifications of the schema" in render_fails("--set", setting)
 
 
+def test_the_worker_memory_limit_holds_its_task_loops_largest_images() -> None:
+    # issue 13: every step's size is checked against the pixel limit, so a task loop's images
+    # take at most PEAK_BYTES_PER_PIXEL per pixel of it; the pod must not be OOM-killed first
+    worker = yaml.safe_load((CHART / "values.yaml").read_text())["worker"]
+    units = {"Mi": 2**20, "Gi": 2**30}
+    limit = worker["resources"]["limits"]["memory"]
+    limit_bytes = int(limit[:-2]) * units[limit[-2:]]
+    processes_bytes = 150 * 2**20
+    needed = worker["concurrency"] * PEAK_BYTES_PER_PIXEL * Config.max_image_pixels
+    assert limit_bytes >= needed + processes_bytes
+
+
 def test_values_yaml_documents_every_knob() -> None:
     """Every line that sets a value has a comment line above it (or is a map's parent)."""
     lines = (CHART / "values.yaml").read_text().splitlines()
@@ -362,14 +386,29 @@ def test_every_service_container_has_probes_and_resources(objects: list[dict[str
             if metadata in [d["spec"]["template"]["metadata"] for d in deployments]:
                 role = component(metadata)
                 assert container["ports"] == [
-                    {"name": "http", "containerPort": PORTS[role], "protocol": "TCP"}
+                    {"name": "http", "containerPort": PORTS[role], "protocol": "TCP"},
+                    {"name": "health", "containerPort": HEALTH_PORTS[role], "protocol": "TCP"},
                 ]
+                env = {var["name"]: var.get("value") for var in container["env"]}
+                assert env["DARKROOM_HEALTH_PORT"] == str(HEALTH_PORTS[role]), name
+                # probes on the health listener: they answer while the role's port is flooded
                 for probe, path in (
                     ("livenessProbe", "/healthz"),
                     ("readinessProbe", "/readyz"),
                     ("startupProbe", "/healthz"),
                 ):
-                    assert container[probe]["httpGet"] == {"path": path, "port": "http"}, name
+                    assert container[probe]["httpGet"] == {"path": path, "port": "health"}, name
+
+
+def test_no_service_or_network_policy_opens_the_health_port(objects: list[dict[str, Any]]) -> None:
+    # the kubelet's probes are not subject to NetworkPolicy; nobody else needs the port
+    health_ports = set(HEALTH_PORTS.values())
+    for service in of_kind(objects, "Service"):
+        for port in service["spec"]["ports"]:
+            assert {port["port"], port["targetPort"]} & (health_ports | {"health"}) == set()
+    for policy in of_kind(objects, "NetworkPolicy"):
+        for rule in policy["spec"].get("ingress", []):
+            assert {p["port"] for p in rule.get("ports", [])} & health_ports == set()
 
 
 def test_auth_secret_wired_into_every_pod() -> None:
@@ -737,3 +776,28 @@ def test_smoke_script_checks_the_channel_swap() -> None:
     swapped.convert("RGB").save(opaque, "PNG")
     with pytest.raises(AssertionError):
         smoke.check_pixels(source, opaque.getvalue())
+
+
+# --- the ingress example of docs/kubernetes.md ------------------------------------------------
+
+
+def test_the_documented_ingress_is_valid_and_reaches_the_public_services() -> None:
+    import kubernetes_validate
+
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    head = "apiVersion: networking.k8s.io/v1\nkind: Ingress\n"
+    ingress = yaml.safe_load(head + text.split(f"```yaml\n{head}", 1)[1].split("```")[0])
+    kubernetes_validate.validate(ingress, "1.23.0", strict=True)
+    annotations = ingress["metadata"]["annotations"]
+    for limit in ("limit-connections", "limit-rps", "proxy-body-size"):
+        assert f"nginx.ingress.kubernetes.io/{limit}" in annotations
+    services = {
+        s["metadata"]["name"]: {p["port"] for p in s["spec"]["ports"]}
+        for s in of_kind(render(), "Service")
+    }
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["port"]["number"] in services[backend["name"]], backend
+    upload_limit = int(annotations["nginx.ingress.kubernetes.io/proxy-body-size"][:-1]) * 2**20
+    assert upload_limit > Config.max_upload_bytes

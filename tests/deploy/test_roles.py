@@ -27,10 +27,12 @@ def _chart_table() -> list[dict[str, Any]]:
 
 def test_the_charts_role_table_is_the_codes() -> None:
     chart = [
-        (r["name"], r["port"], r["kind"], r["registryKey"], tuple(r["calls"]))
+        (r["name"], r["port"], r["healthPort"], r["kind"], r["registryKey"], tuple(r["calls"]))
         for r in _chart_table()
     ]
-    code = [(r.name, r.port, str(r.kind), r.registry_key, r.calls) for r in ROLE_TABLE]
+    code = [
+        (r.name, r.port, r.health_port, str(r.kind), r.registry_key, r.calls) for r in ROLE_TABLE
+    ]
     assert chart == code
 
 

@@ -23,7 +23,7 @@ from urllib3.filepost import encode_multipart_formdata
 from support.images import png_bytes
 from support.processes import HOST, Services, free_port, wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.hostile]
 
 # More idle connections than select() takes descriptors (1024), yet few enough to stay quick.
 FLOOD_CONNECTIONS = 1100

@@ -23,7 +23,8 @@ from darkroom.contract.tasks import TaskState
 from support.images import png_bytes
 from support.processes import Services, free_port, wait_until
 
-pytestmark = pytest.mark.e2e
+# The empty-token and file-mode checks belong to the standing hostile run too (-m hostile).
+pytestmark = [pytest.mark.e2e, pytest.mark.hostile]
 
 START_REFUSAL_TIMEOUT = 30.0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import zlib
 
 from PIL import Image
 
@@ -47,3 +48,18 @@ def swapped(data: bytes) -> Image.Image:
 
 def same_pixels(a: Image.Image, b: Image.Image) -> bool:
     return a.mode == b.mode and a.size == b.size and a.tobytes() == b.tobytes()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A grey PNG of zeros: tiny on disk, width * height bytes once decoded."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    packer, row = zlib.compressobj(9), bytes(width + 1)  # row by row: no image-sized buffer
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )

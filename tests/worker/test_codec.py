@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import time
-import zlib
 
 import pytest
 from PIL import ExifTags, Image, ImageCms, ImageFile, PngImagePlugin
 
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
+from support.images import png_bomb
 from support.processing import SETTINGS, encode, rgb_marked, run
 
 SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -395,21 +395,6 @@ def test_truncated_image_is_rejected_even_if_someone_allowed_truncation(
 def test_image_over_the_pixel_limit_is_rejected() -> None:
     with pytest.raises(ImageRejected, match=r"image is 20x10 \(200 pixels\).*limit of 199"):
         run(Image.new("RGB", (20, 10)), "swap", ProcessingSettings(max_image_pixels=199))
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A grey PNG of zeros: tiny on disk, width * height bytes once decoded."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body).to_bytes(4, "big")
-        return len(body).to_bytes(4, "big") + kind + body + crc
-
-    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
-    packer, row = zlib.compressobj(9), bytes(width + 1)  # row by row: no image-sized buffer
-    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-    )
 
 
 def test_decompression_bomb_is_rejected_before_decoding() -> None:

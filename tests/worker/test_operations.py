@@ -17,8 +17,13 @@ from darkroom.worker.operations import (
     PIXEL_STEPS,
     ImageRejected,
     ProcessingSettings,
+    apply,
+    output_size,
+    plan_sizes,
     process_image,
+    use_pixel_limit,
 )
+from support.images import png_bomb
 from support.processing import SETTINGS, encode, red_at, rgb_marked, run
 
 # --- swap, grayscale -------------------------------------------------------------------------
@@ -163,8 +168,103 @@ def test_the_settings_are_the_pipelines_limits() -> None:
 
 def test_a_result_over_the_pixel_limit_is_rejected() -> None:
     config = ProcessingSettings(max_image_pixels=1_000)
-    with pytest.raises(ImageRejected, match="rotate:45 makes a"):
+    with pytest.raises(ImageRejected, match="rotate:45 would make a 44x44 image"):
         run(Image.new("RGB", (30, 30)), "rotate:45", config)
+
+
+def test_the_rotate_bomb_is_refused_before_it_allocates() -> None:
+    # issue 13: a 2 KB 20000x100 PNG turned 45 degrees took a worker to 1.6 GB before failing
+    source = encode(Image.new("L", (20_000, 100)))
+    before = _peak_rss_bytes()
+    with pytest.raises(ImageRejected, match=r"rotate:45 would make a 14214x14214 image"):
+        process_image(source, io.BytesIO(), "rotate:45", ProcessingSettings())
+    assert _peak_rss_bytes() - before < 50 * 1024 * 1024  # the canvas alone is 800 MB
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as status:  # VmHWM: this process's own peak, not a fork's
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+ROTATIONS = [1, 4500, 3333, 9000, 12345, 18000, 27000, 35999]
+
+
+@pytest.mark.parametrize("hundredths", ROTATIONS)
+@pytest.mark.parametrize("size", [(1, 1), (7, 3), (30, 17), (101, 64)])
+def test_planned_sizes_are_the_sizes_each_step_makes(
+    hundredths: int, size: tuple[int, int]
+) -> None:
+    text = (
+        f"rotate:{hundredths / 100},crop:1x1+0+0,blur:1,resize:9x5,rotate:{hundredths / 100},"
+        "resize:4x9:fill,thumbnail:3,grayscale,sharpen,flip,swap"
+    )
+    operations = grammar.parse_pipeline(text, ProcessingSettings(max_steps=20)).operations
+    image = Image.new("RGB", size)
+    planned = plan_sizes(operations, size, SETTINGS, grammar.OutputFormat("png"))
+    made = []
+    for operation in operations:
+        image = apply(operation, image)
+        made.append(image.size)
+    assert planned == made
+    assert [output_size(operations[0], size)] == planned[:1]
+
+
+def test_a_crop_outside_the_image_is_refused_when_planned() -> None:
+    with pytest.raises(ImageRejected, match="crop:5x5\\+8\\+0 lies outside the 10x10 image"):
+        plan_sizes(
+            grammar.parse_pipeline("crop:5x5+8+0", SETTINGS).operations,
+            (10, 10),
+            SETTINGS,
+            grammar.OutputFormat("png"),
+        )
+
+
+@pytest.mark.parametrize(
+    ("size", "output", "longest"), [((16_384, 2), "webp", 16_383), ((65_501, 2), "jpeg", 65_500)]
+)
+def test_encoder_limits_are_rejections_found_before_any_step_runs(
+    size: tuple[int, int], output: str, longest: int
+) -> None:
+    # issue 13: Pillow's OSError from the encoder was retried three times, three tracebacks
+    source = encode(Image.new("L", size))
+    with pytest.raises(ImageRejected, match=f"cannot be written as {output}.*at most {longest}"):
+        process_image(source, io.BytesIO(), f"flip,{output}", SETTINGS)
+    fits = encode(Image.new("L", (longest, 2)))
+    assert process_image(fits, io.BytesIO(), output, SETTINGS) == f"image/{output}"
+
+
+def test_an_encoder_limit_reached_through_a_step_is_found_when_planned() -> None:
+    operations = grammar.parse_pipeline("rotate:90", SETTINGS).operations
+    with pytest.raises(ImageRejected, match="a 2x20000 image cannot be written as webp"):
+        plan_sizes(operations, (20_000, 2), SETTINGS, grammar.OutputFormat("webp"))
+
+
+# pytest restores the warning filters after collection, dropping the one codec.py installs.
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
+def test_a_configured_pixel_limit_above_pillows_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 13: above Pillow's 89,478,485 a configured limit had no effect
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after
+    under_ours = png_bomb(9_600, 9_600)  # 92 M pixels: over Pillow's default
+    with pytest.raises(Image.DecompressionBombWarning):
+        Image.open(io.BytesIO(under_ours))
+    limits = ProcessingSettings(max_image_pixels=100_000_000)
+    use_pixel_limit(limits)
+    with Image.open(io.BytesIO(under_ours)) as opened:  # Pillow checks while opening
+        assert opened.size == (9_600, 9_600)
+    with pytest.raises(ImageRejected, match="more than the limit of 100000000 pixels"):
+        process_image(io.BytesIO(png_bomb(10_000, 10_001)), io.BytesIO(), "swap", limits)
+
+
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
+def test_a_configured_pixel_limit_below_pillows_is_pillows_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    use_pixel_limit(ProcessingSettings(max_image_pixels=1_000))
+    assert Image.MAX_IMAGE_PIXELS == 1_000
+    with pytest.raises(Image.DecompressionBombWarning):
+        Image.open(io.BytesIO(png_bomb(40, 40)))
 
 
 def test_invalid_pipeline_at_processing_time_is_rejected() -> None:

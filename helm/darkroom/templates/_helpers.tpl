@@ -36,19 +36,21 @@ the other role suffixes still fit in 63.
 
 {{/*
 The role table, the same as the code's (services/darkroom/contract/roles.py; tests/deploy/
-test_roles.py checks they agree). Per role: its fixed port; its kind (public: reached from
+test_roles.py checks they agree). Per role: its fixed port; its health port (/healthz and
+/readyz alone, with threads of their own, for the probes: no Service or NetworkPolicy names it,
+kubelet probes are not subject to NetworkPolicy); its kind (public: reached from
 outside the release; internal: called by other roles only; stateful: internal, one pod on its
 own volume; background: calls others, called by none, serves health and metrics only); the
 registry key it advertises its address under; the roles it calls besides the registry, which
 every other role calls. Templates range over it: include "darkroom.roles" . | fromYamlArray
 */}}
 {{- define "darkroom.roles" -}}
-- {name: registry, port: 3000, kind: internal, registryKey: "", calls: []}
-- {name: database, port: 3001, kind: stateful, registryKey: databaseAddress, calls: []}
-- {name: storage, port: 3002, kind: stateful, registryKey: storageAddress, calls: []}
-- {name: master, port: 3003, kind: public, registryKey: masterAddress, calls: [database, storage]}
-- {name: worker, port: 9100, kind: background, registryKey: "", calls: [master, storage]}
-- {name: frontend, port: 8080, kind: public, registryKey: frontendAddress, calls: [master]}
+- {name: registry, port: 3000, healthPort: 3100, kind: internal, registryKey: "", calls: []}
+- {name: database, port: 3001, healthPort: 3101, kind: stateful, registryKey: databaseAddress, calls: []}
+- {name: storage, port: 3002, healthPort: 3102, kind: stateful, registryKey: storageAddress, calls: []}
+- {name: master, port: 3003, healthPort: 3103, kind: public, registryKey: masterAddress, calls: [database, storage]}
+- {name: worker, port: 9100, healthPort: 9101, kind: background, registryKey: "", calls: [master, storage]}
+- {name: frontend, port: 8080, healthPort: 8180, kind: public, registryKey: frontendAddress, calls: [master]}
 {{- end }}
 
 {{/* One role's entry of the table, as YAML. Call with the role name; use with fromYaml. */}}
@@ -186,6 +188,7 @@ background role advertises no address; a stateful one has the data volume and Re
 {{- $entry := include "darkroom.role" $role | fromYaml }}
 {{- $values := index $root.Values $role }}
 {{- $port := $entry.port | int }}
+{{- $healthPort := $entry.healthPort | int }}
 {{- $stateful := eq $entry.kind "stateful" }}
 {{- $isRegistry := eq $role "registry" }}
 apiVersion: apps/v1
@@ -259,11 +262,18 @@ spec:
             - name: http
               containerPort: {{ $port }}
               protocol: TCP
+            # /healthz and /readyz with threads of their own: probes answer while http is
+            # flooded. The kubelet alone calls it; no Service or NetworkPolicy names it.
+            - name: health
+              containerPort: {{ $healthPort }}
+              protocol: TCP
           env:
             - name: DARKROOM_HOST
               value: "0.0.0.0"
             - name: DARKROOM_PORT
               value: {{ $port | quote }}
+            - name: DARKROOM_HEALTH_PORT
+              value: {{ $healthPort | quote }}
             {{- if ne $entry.kind "background" }}
             - name: DARKROOM_ADVERTISE_ADDRESS
               value: {{ include "darkroom.address" . | quote }}
@@ -295,21 +305,21 @@ spec:
           startupProbe:
             httpGet:
               path: /healthz
-              port: http
+              port: health
             periodSeconds: 2
             timeoutSeconds: 3
             failureThreshold: 30
           livenessProbe:
             httpGet:
               path: /healthz
-              port: http
+              port: health
             periodSeconds: 10
             timeoutSeconds: 3
             failureThreshold: 3
           readinessProbe:
             httpGet:
               path: /readyz
-              port: http
+              port: health
             periodSeconds: 5
             timeoutSeconds: 3
             failureThreshold: 3

@@ -21,6 +21,8 @@ class RoleKind(enum.StrEnum):
 class Role:
     name: str
     port: int
+    # /healthz and /readyz alone, for the kubelet's probes (DARKROOM_HEALTH_PORT in the chart)
+    health_port: int
     kind: RoleKind
     # The registry key it advertises its address under ("" if it advertises none)
     registry_key: str
@@ -29,14 +31,15 @@ class Role:
 
 
 ROLE_TABLE = (
-    Role("registry", 3000, RoleKind.INTERNAL, ""),
-    Role("database", 3001, RoleKind.STATEFUL, "databaseAddress"),
-    Role("storage", 3002, RoleKind.STATEFUL, "storageAddress"),
-    Role("master", 3003, RoleKind.PUBLIC, "masterAddress", calls=("database", "storage")),
-    Role("worker", 9100, RoleKind.BACKGROUND, "", calls=("master", "storage")),
-    Role("frontend", 8080, RoleKind.PUBLIC, "frontendAddress", calls=("master",)),
+    Role("registry", 3000, 3100, RoleKind.INTERNAL, ""),
+    Role("database", 3001, 3101, RoleKind.STATEFUL, "databaseAddress"),
+    Role("storage", 3002, 3102, RoleKind.STATEFUL, "storageAddress"),
+    Role("master", 3003, 3103, RoleKind.PUBLIC, "masterAddress", calls=("database", "storage")),
+    Role("worker", 9100, 9101, RoleKind.BACKGROUND, "", calls=("master", "storage")),
+    Role("frontend", 8080, 8180, RoleKind.PUBLIC, "frontendAddress", calls=("master",)),
 )
 ROLES = tuple(role.name for role in ROLE_TABLE)
 BY_NAME = {role.name: role for role in ROLE_TABLE}
 DEFAULT_PORTS = {role.name: role.port for role in ROLE_TABLE}
+HEALTH_PORTS = {role.name: role.health_port for role in ROLE_TABLE}
 ADDRESS_KEYS = {role.name: role.registry_key for role in ROLE_TABLE if role.registry_key}

@@ -25,6 +25,10 @@ class Config:
 
     host: str = "127.0.0.1"
     port: int = 0  # 0: the role's default port
+    # /healthz and /readyz also on this port, with threads of their own, for probes that must
+    # answer while the role's port is flooded (the chart uses the role table's health port);
+    # 0: on the role's port only
+    health_port: int = 0
     # host:port other services use to reach this one; default host:port
     advertise_address: str = ""
     registry_address: str = f"127.0.0.1:{DEFAULT_PORTS['registry']}"
@@ -53,6 +57,8 @@ class Config:
     retention_seconds: float = 3 * 24 * 3600.0
     sweep_interval_seconds: float = 600.0
     http_timeout_seconds: float = 30.0
+    # a request line and headers must arrive within this long, however steadily they trickle
+    request_header_seconds: float = 10.0
     threads: int = 32
     concurrency: int = 0  # worker task loops; 0: one per CPU
     worker_mode: str = "process"  # "process" or "thread"
@@ -89,6 +95,7 @@ class Config:
             "threads",
             "max_image_pixels",
             "max_frames",
+            "request_header_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")

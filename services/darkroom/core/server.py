@@ -8,9 +8,11 @@ import math
 import resource
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import FrameType
+from typing import Any
 
 import falcon
 import waitress
@@ -116,6 +118,10 @@ class RouteBodyLimits(HTTPRequestParser):
 
     upload_limits: Mapping[str, int] = {}
 
+    def __init__(self, adj: Adjustments) -> None:
+        super().__init__(adj)
+        self.began = time.monotonic()  # made when the request's first byte arrives
+
     def received(self, data: bytes) -> int:
         consumed = super().received(data)
         if not self.headers_finished or not (
@@ -146,6 +152,21 @@ class DarkroomChannel(HTTPChannel):
 
     error_task_class = JsonErrorTask
     spool_budget = 0
+    header_seconds = math.inf
+
+    def readable(self) -> bool:
+        # Called by the event loop at least once a second. A request line and headers that
+        # take longer than header_seconds are cut: waitress's idle cut-off never fires on a
+        # client sending a byte every 20 s, and 1,000 such connections held the role's port.
+        request = self.request
+        if (
+            request is not None
+            and not request.headers_finished
+            and time.monotonic() - request.began > self.header_seconds
+        ):
+            self.will_close = True  # writable() now; the event loop closes the socket
+            return False
+        return super().readable()
 
     def _flush_outbufs_below_high_watermark(self) -> None:
         # waitress 3.0.2's method of this name, with the budget and the wait bounded
@@ -171,13 +192,69 @@ class DarkroomChannel(HTTPChannel):
         return held >= self.spool_budget
 
 
-def channel_class(upload_limits: Mapping[str, int], spool_budget: int) -> type[HTTPChannel]:
+def channel_class(
+    upload_limits: Mapping[str, int], spool_budget: int, header_seconds: float = math.inf
+) -> type[HTTPChannel]:
     """Connections whose bodies may reach ``upload_limits[path]``, elsewhere SMALL_BODY_BYTES,
-    and whose responses may hold ``spool_budget`` bytes in all past the output watermark."""
+    whose responses may hold ``spool_budget`` bytes in all past the output watermark, and whose
+    request line and headers must arrive within ``header_seconds``."""
     parser = type("Parser", (RouteBodyLimits,), {"upload_limits": dict(upload_limits)})
     return type(
-        "Channel", (DarkroomChannel,), {"parser_class": parser, "spool_budget": spool_budget}
+        "Channel",
+        (DarkroomChannel,),
+        {"parser_class": parser, "spool_budget": spool_budget, "header_seconds": header_seconds},
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The health listener: /healthz and /readyz on a port of their own, with their own event loop
+# and threads, so that probes answer while the role's port is flooded (Kubernetes would
+# otherwise restart pods under attack). Only the kubelet reaches it: no Service or
+# NetworkPolicy names the port.
+
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+HEALTH_THREADS = 2
+# Probes open a connection each, every few seconds; more than this is not a kubelet.
+HEALTH_CONNECTIONS = 64
+HEALTH_IDLE_SECONDS = 5
+
+
+def health_only(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app that passes /healthz and /readyz to ``app`` and answers 404 to the rest."""
+
+    def serve_health(environ: dict[str, Any], start_response: Callable[..., Any]):
+        if environ.get("PATH_INFO", "").rstrip("/") in HEALTH_PATHS:
+            return app(environ, start_response)
+        body = json.dumps(
+            {"title": "Not found", "description": "This port serves /healthz and /readyz only."}
+        ).encode()
+        headers = [("Content-Type", falcon.MEDIA_JSON), ("Content-Length", str(len(body)))]
+        start_response("404 Not Found", [*headers, *SECURITY_HEADERS])
+        return [body]
+
+    return serve_health
+
+
+def start_health_listener(app: falcon.App, host: str, port: int) -> threading.Thread:
+    """Serve ``app``'s probes on ``host:port`` from a thread, with an event loop of its own."""
+    server = waitress.create_server(
+        health_only(app),
+        map={},  # its own socket map: its own event loop, not the role's
+        host=host,
+        port=port,
+        threads=HEALTH_THREADS,
+        connection_limit=HEALTH_CONNECTIONS,
+        channel_timeout=HEALTH_IDLE_SECONDS,
+        cleanup_interval=1,
+        asyncore_use_poll=True,
+        max_request_body_size=MAX_HEADER_BYTES,
+        max_request_header_size=MAX_HEADER_BYTES,
+        ident="darkroom",
+    )
+    server.channel_class = channel_class({}, spool_budget=0, header_seconds=HEALTH_IDLE_SECONDS)
+    thread = threading.Thread(target=server.run, name="health-listener", daemon=True)
+    thread.start()
+    return thread
 
 
 def serve(
@@ -224,11 +301,20 @@ def serve(
     )
     # create_server builds one TCP server; this is the class of the connections it accepts
     # one largest result may be spooled past the watermark, however slowly its client reads
-    server.channel_class = channel_class(upload_limits, spool_budget=config.max_result_bytes)
+    server.channel_class = channel_class(
+        upload_limits,
+        spool_budget=config.max_result_bytes,
+        header_seconds=config.request_header_seconds,
+    )
+    if config.health_port:
+        start_health_listener(app, config.host, config.health_port)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if on_listening is not None:
         on_listening()
-    log.info("serving", extra={"role": role, "address": f"{config.host}:{port}"})
+    fields = {"role": role, "address": f"{config.host}:{port}"}
+    if config.health_port:
+        fields["health_address"] = f"{config.host}:{config.health_port}"
+    log.info("serving", extra=fields)
     try:
         server.run()
     finally:

@@ -299,6 +299,30 @@ def sixteen_to_eight(image: Image.Image) -> Image.Image:
 
 
 # ---------------------------------------------------------------------------------------------
+# Encoder limits: checked when the pipeline is planned, before anything is decoded further.
+
+# The longest side each encoder writes: libjpeg's JPEG_MAX_DIMENSION, libwebp's 14-bit sizes,
+# PNG's 31-bit ones. Pillow fails only once the pixels are in hand, with an OSError a task
+# loop would retry.
+ENCODER_MAX_SIDE: dict[FormatName, int] = {
+    "png": 2**31 - 1,
+    "jpeg": 65_500,
+    "webp": 16_383,
+    "avif": 65_536,  # AV1 frames: libavif refuses 65537 (measured)
+}
+
+
+def check_encodable(size: tuple[int, int], output: OutputFormat) -> None:
+    """Raise ImageRejected when ``output``'s encoder cannot write an image of ``size``."""
+    longest = ENCODER_MAX_SIDE[output.name]
+    if max(size) > longest:
+        raise ImageRejected(
+            f"a {size[0]}x{size[1]} image cannot be written as {output.name}: its sides are "
+            f"at most {longest} pixels; resize it or choose another format"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # Encoding
 
 # The colour space an ICC profile describes, from its header, per output mode.
@@ -313,6 +337,7 @@ def encode(
     settings: ProcessingSettings,
 ) -> None:
     """Write ``image``; ``metadata`` holds only what is to be kept (EXIF and XMP when asked)."""
+    check_encodable(image.size, output)
     image = _for_format(image, output.name)
     image.save(
         destination,

@@ -28,6 +28,7 @@ from darkroom.contract.pipeline import (
     Grayscale,
     InvalidPipeline,
     Operation,
+    OutputFormat,
     Pipeline,
     Resize,
     Rotate,
@@ -41,6 +42,7 @@ from darkroom.worker.codec import (
     ImageRejected,
     ProcessingSettings,
     SourceImage,
+    check_encodable,
     encode,
     encode_frames,
     open_image,
@@ -77,14 +79,16 @@ def process_image(
         return _process_frames(opened, pipeline, destination, settings, timings, started)
     operations, at_least = plan_shrink_on_load(pipeline.operations, opened.shrinkable_size)
     image, metadata = opened.decode(at_least)
+    del opened  # the decoded file, when a working-mode copy replaced it
     decoded = time.perf_counter()
     timings["decode"] = decoded - started
+    output = pipeline.output_format
+    # every size known before any step allocates: a bomb fails here, once, with the reason
+    plan_sizes(operations, image.size, settings, output)
     for operation in operations:
         image = apply(operation, image)
-        _check_result_pixels(image, operation, settings)
     operated = time.perf_counter()
     timings["operation"] = operated - decoded
-    output = pipeline.output_format
     kept = metadata if pipeline.keep_metadata else replace(metadata, exif=None, xmp=None)
     encode(image, kept, output, destination, settings)
     timings["encode"] = time.perf_counter() - operated
@@ -103,16 +107,17 @@ def _process_frames(
     frames, timing, metadata = opened.decode_frames()
     decoded = time.perf_counter()
     timings["decode"] = decoded - started
+    output = pipeline.output_format
+    # every size known before any step allocates, and all the result's frames held at once
+    sizes = plan_sizes(pipeline.operations, frames[0].size, settings, output)
+    _check_animation_pixels(sizes[-1] if sizes else frames[0].size, len(frames), pipeline, settings)
     results = []
     for frame in frames:
         for operation in pipeline.operations:
             frame = apply(operation, frame)
-            _check_result_pixels(frame, operation, settings)
         results.append(frame)
-        _check_animation_pixels(results[0], len(frames), pipeline, settings)
     operated = time.perf_counter()
     timings["operation"] = operated - decoded
-    output = pipeline.output_format
     kept = metadata if pipeline.keep_metadata else replace(metadata, exif=None, xmp=None)
     encode_frames(results, timing, kept, output, destination, settings)
     timings["encode"] = time.perf_counter() - operated
@@ -120,13 +125,14 @@ def _process_frames(
 
 
 def _check_animation_pixels(
-    first: Image.Image, count: int, pipeline: Pipeline, settings: ProcessingSettings
+    size: tuple[int, int], count: int, pipeline: Pipeline, settings: ProcessingSettings
 ) -> None:
     """All the result's frames are held at once: together they must keep to the pixel budget."""
-    if count * first.width * first.height > settings.max_image_pixels:
+    width, height = size
+    if count * width * height > settings.max_image_pixels:
         raise ImageRejected(
-            f"{pipeline.text} makes {count} frames of {first.width}x{first.height}, "
-            f"{count * first.width * first.height} pixels, more than the limit of "
+            f"{pipeline.text} makes {count} frames of {width}x{height}, "
+            f"{count * width * height} pixels, more than the limit of "
             f"{settings.max_image_pixels}"
         )
 
@@ -208,14 +214,105 @@ def apply(operation: Operation | _ResizeTo, image: Image.Image) -> Image.Image:
     return PIXEL_STEPS[type(operation)](operation, image)
 
 
-def _check_result_pixels(
-    image: Image.Image, operation: Operation | _ResizeTo, settings: ProcessingSettings
-) -> None:
-    if image.width * image.height > settings.max_image_pixels:
-        raise ImageRejected(
-            f"{operation.text} makes a {image.width}x{image.height} image, "
-            f"more than the limit of {settings.max_image_pixels} pixels"
-        )
+# ---------------------------------------------------------------------------------------------
+# Planning sizes: each step's output size from its input size, before any pixel is allocated.
+
+# The most bytes one pixel of a working image takes (RGBA, 32-bit grey).
+WORKING_BYTES_PER_PIXEL = 4
+# The most working images alive at once while a step runs: its input, a converted copy of the
+# input (rotate adds alpha, blur premultiplies, JPEG output paints on white), its output, and
+# one more for Pillow's own buffers. With every image within max_image_pixels, a task loop's
+# pixels stay under PEAK_BYTES_PER_PIXEL * max_image_pixels (50 M pixels: 800 MB; measured:
+# rotate:1 of a 6000x6000 RGB image peaked 430 MB over the process's size, 11.5 bytes per
+# output pixel); the chart's worker memory limit is sized from it (helm/darkroom/values.yaml,
+# worker.resources; tests/deploy/test_chart.py checks it).
+PEAK_IMAGES_PER_STEP = 4
+PEAK_BYTES_PER_PIXEL = WORKING_BYTES_PER_PIXEL * PEAK_IMAGES_PER_STEP
+
+
+def plan_sizes(
+    operations: tuple[Operation | _ResizeTo, ...],
+    size: tuple[int, int],
+    settings: ProcessingSettings,
+    output: OutputFormat,
+) -> list[tuple[int, int]]:
+    """The size after each of ``operations`` run on an image of ``size``, checked: no image
+    over the pixel limit, no crop outside its input, a result the output's encoder can write.
+
+    Raises ImageRejected naming the step; nothing is allocated.
+    """
+    sizes = []
+    for operation in operations:
+        size = output_size(operation, size)
+        width, height = size
+        if width * height > settings.max_image_pixels:
+            raise ImageRejected(
+                f"{operation.text} would make a {width}x{height} image ({width * height} "
+                f"pixels), more than the limit of {settings.max_image_pixels} pixels"
+            )
+        sizes.append(size)
+    check_encodable(size, output)
+    return sizes
+
+
+def output_size(operation: Operation | _ResizeTo, size: tuple[int, int]) -> tuple[int, int]:
+    """The size of what ``operation`` makes of an image of ``size`` (``apply`` agrees)."""
+    width, height = size
+    match operation:
+        case _ResizeTo():
+            return operation.size
+        case Resize(fill=True):
+            return operation.width, operation.height
+        case Resize():
+            return _fit_size(size, operation.width, operation.height)
+        case Thumbnail():
+            if width <= operation.size and height <= operation.size:
+                return size
+            return _fit_size(size, operation.size, operation.size)
+        case Crop():
+            _check_crop_inside(operation, size)
+            return operation.width, operation.height
+        case Rotate():
+            return _rotated_size(size, operation.hundredths)
+        case _:  # swap, grayscale, flip, flop, blur (same size, no padding), sharpen
+            return size
+
+
+def _check_crop_inside(step: Crop, size: tuple[int, int]) -> None:
+    if step.x + step.width > size[0] or step.y + step.height > size[1]:
+        raise ImageRejected(f"{step.text} lies outside the {size[0]}x{size[1]} image")
+
+
+def _rotated_size(size: tuple[int, int], hundredths: int) -> tuple[int, int]:
+    """The canvas ``_rotate`` makes: quarter turns swap the sides, other angles expand to hold
+    the turned corners (Pillow's ``rotate(expand=True)`` arithmetic, to the pixel)."""
+    width, height = size
+    if hundredths % 18000 == 0:
+        return size
+    if hundredths % 9000 == 0:
+        return height, width
+    angle = math.radians(hundredths / 100)  # Pillow's reverse matrix turns by -(-angle)
+    cos, sin = round(math.cos(angle), 15), round(math.sin(angle), 15)
+    centre_x, centre_y = width / 2, height / 2
+    shift_x = cos * -centre_x + sin * -centre_y + centre_x
+    shift_y = -sin * -centre_x + cos * -centre_y + centre_y
+    corners = [(0, 0), (width, 0), (width, height), (0, height)]
+    xs = [cos * x + sin * y + shift_x for x, y in corners]
+    ys = [-sin * x + cos * y + shift_y for x, y in corners]
+    return (
+        math.ceil(max(xs)) - math.floor(min(xs)),
+        math.ceil(max(ys)) - math.floor(min(ys)),
+    )
+
+
+def use_pixel_limit(settings: ProcessingSettings) -> None:
+    """Make Pillow's own decompression-bomb limit the configured one, in this process.
+
+    Pillow refuses images over its MAX_IMAGE_PIXELS (89,478,485 by default) while opening,
+    before ours is checked: a configured limit above it had no effect. Set once per process
+    (it is a global), by each task loop before its first task.
+    """
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,10 +344,8 @@ def _thumbnail(step: Thumbnail, image: Image.Image) -> Image.Image:
 
 
 def _crop(step: Crop, image: Image.Image) -> Image.Image:
-    right, bottom = step.x + step.width, step.y + step.height
-    if right > image.width or bottom > image.height:
-        raise ImageRejected(f"{step.text} lies outside the {image.width}x{image.height} image")
-    return image.crop((step.x, step.y, right, bottom))
+    _check_crop_inside(step, image.size)
+    return image.crop((step.x, step.y, step.x + step.width, step.y + step.height))
 
 
 # Clockwise quarter turns; Pillow's ROTATE_90 is anticlockwise.

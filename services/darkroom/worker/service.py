@@ -35,7 +35,12 @@ from darkroom.worker.metrics import (
     multiprocess_dir,
     remove_multiprocess_dir,
 )
-from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
+from darkroom.worker.operations import (
+    ImageRejected,
+    ProcessingSettings,
+    process_image,
+    use_pixel_limit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,7 @@ def timed_processor(settings: ProcessingSettings, metrics: TaskMetrics) -> Proce
 
 def build_loop(config: Config, runtime: Runtime, metrics: TaskMetrics | None = None) -> TaskLoop:
     settings = config.settings_for(ProcessingSettings)
+    use_pixel_limit(settings)
     metrics = metrics or TaskMetrics()
     return TaskLoop(
         master=MasterClient(runtime.client("master")),
