@@ -27,8 +27,10 @@ from typing import BinaryIO
 from PIL import (
     ExifTags,
     Image,
+    ImageChops,
     ImageCms,
     ImageFile,
+    ImageMath,
     ImageOps,
     PngImagePlugin,
     UnidentifiedImageError,
@@ -41,6 +43,8 @@ from darkroom.contract.pipeline import (
     FormatName,
     OutputFormat,
 )
+from darkroom.core.imagetypes import SNIFF_BYTES, sniff_media_type
+from darkroom.worker import pngchunks
 
 # Decoders we trust with untrusted bytes; Image.open would otherwise try every plugin (EPS, PSD…).
 INPUT_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
@@ -48,6 +52,10 @@ INPUT_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 # catch_warnings() swaps the process-wide filter list and is not thread-safe before Python 3.14,
 # so the bomb warning is made an error once, at import (imports are serialised).
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+# An unreadable optional PNG chunk is skipped (and reported), not a reason to refuse the image.
+pngchunks.use_tolerant_png_reader()
+# How a reason names a format.
+_FORMAT_LABELS = {"WEBP": "WebP"}
 
 
 @dataclass(frozen=True)
@@ -79,8 +87,18 @@ class Metadata:
 class SourceImage:
     """An opened image file: its header read and its size checked, no pixel decoded yet."""
 
-    def __init__(self, file: Image.Image, settings: ProcessingSettings) -> None:
+    def __init__(
+        self,
+        file: Image.Image,
+        settings: ProcessingSettings,
+        source: BinaryIO | None = None,
+        start: int = 0,
+    ) -> None:
         self._file, self._settings = file, settings
+        self._source, self._start = source, start  # to say what is wrong if decoding fails
+        # How the PNG stores its samples ("L;2", "I;16B", "RGB;16B"…), known only until loaded.
+        self._png_rawmode = file.tile[0].args if file.format == "PNG" and file.tile else None
+        self._png_stream = getattr(file, "png", None)
         # Only JPEG decoders shrink on load, and only there is the orientation known before the
         # pixels are read (a PNG's eXIf chunk may follow them).
         self._turned = False
@@ -99,7 +117,7 @@ class SourceImage:
         both sides at least that large.
         """
         image = self._file
-        with _decoding_errors(self._settings):
+        with _decoding_errors(self._settings, self._source, self._start):
             if at_least is not None:
                 width, height = at_least
                 image.draft(None, (height, width) if self._turned else (width, height))
@@ -107,20 +125,28 @@ class SourceImage:
             ImageOps.exif_transpose(image, in_place=True)  # also drops the orientation from XMP
             exif = image.getexif()  # parsed (and cached) by exif_transpose already
             xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
-            working, icc = _to_working_mode(image, image.info.get("icc_profile"))
+            working, icc = _to_working_mode(
+                image, image.info.get("icc_profile"), _sample_bits(self._png_rawmode)
+            )
             xmp_bytes = xmp.encode() if isinstance(xmp, str) else xmp
             return working, Metadata(icc, exif or None, xmp_bytes or None)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What of the file was skipped as unreadable (optional PNG chunks), for the user."""
+        return tuple(getattr(self._png_stream, "skipped", ()))
 
 
 def open_image(source: BinaryIO, settings: ProcessingSettings) -> SourceImage:
     """Read the header of ``source`` and check its declared size against the pixel limit."""
     # A truncated image must fail, not come out half grey; only a global switch controls this.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with _decoding_errors(settings):
+    start = source.tell()
+    with _decoding_errors(settings, source, start):
         # No `with`: closing the image would discard the pixels; the caller owns `source`.
         file = Image.open(source, formats=INPUT_FORMATS)
         _check_source_pixels(file.size, settings)  # nothing is decoded yet
-        return SourceImage(file, settings)
+        return SourceImage(file, settings, source, start)
 
 
 def decode(source: BinaryIO, settings: ProcessingSettings) -> tuple[Image.Image, Metadata]:
@@ -129,8 +155,11 @@ def decode(source: BinaryIO, settings: ProcessingSettings) -> tuple[Image.Image,
 
 
 @contextmanager
-def _decoding_errors(settings: ProcessingSettings) -> Iterator[None]:
-    """Any failure of Pillow's readers becomes ImageRejected with a reason for the user."""
+def _decoding_errors(
+    settings: ProcessingSettings, source: BinaryIO | None = None, start: int = 0
+) -> Iterator[None]:
+    """Any failure of Pillow's readers becomes ImageRejected with a reason for the user: which
+    format the file claims to be and what is wrong with it, when ``source`` can be read again."""
     try:
         yield
     except (ImageRejected, MemoryError):
@@ -144,9 +173,55 @@ def _decoding_errors(settings: ProcessingSettings) -> Iterator[None]:
             ) from exc
         raise ImageRejected(f"image is too large: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageRejected("not a supported image (PNG, JPEG, GIF, WebP, BMP or TIFF)") from exc
+        claimed = _claimed_format(source, start)
+        if claimed is None:
+            raise ImageRejected(
+                "not a supported image (PNG, JPEG, GIF, WebP, BMP or TIFF)"
+            ) from exc
+        fault = _fault(claimed, source, start, None)
+        raise ImageRejected(f"not a supported image: a broken {fault}") from exc
     except Exception as exc:  # any decoder failure is the image's fault
-        raise ImageRejected(f"cannot decode the image: {exc}") from exc
+        claimed = _claimed_format(source, start)
+        reason = str(exc) if claimed is None else _fault(claimed, source, start, exc)
+        raise ImageRejected(f"cannot decode the image: {reason}") from exc
+
+
+def _claimed_format(source: BinaryIO | None, start: int) -> str | None:
+    """The Pillow format the file's signature names, among the inputs accepted; None if none."""
+    if source is None:
+        return None
+    try:
+        source.seek(start)
+        media_type = sniff_media_type(source.read(SNIFF_BYTES))
+    except (OSError, ValueError):  # an unseekable or closed source
+        return None
+    return next((name for name in INPUT_FORMATS if Image.MIME.get(name) == media_type), None)
+
+
+def _fault(claimed: str, source: BinaryIO | None, start: int, error: Exception | None) -> str:
+    """ "<format> file (what is wrong)": truncated, bad CRC, bad header, or the decoder's words.
+
+    ``error`` is the decoder's failure; None when the file was not even recognised, then the
+    format's own opener is asked why (Image.open only says it could not identify the file).
+    """
+    label = _FORMAT_LABELS.get(claimed, claimed)
+    assert source is not None  # a format is claimed only by a source read again
+    try:
+        source.seek(start)
+        if claimed == "PNG" and (found := pngchunks.find_png_fault(source)):
+            return f"{label} file ({found})"
+        if error is None:
+            source.seek(start)
+            Image.OPEN[claimed][0](source, "")
+            return f"{label} file (bad header)"
+    except (ImageRejected, MemoryError):
+        raise
+    except Exception as exc:  # the opener's reason for refusing the header
+        return f"{label} file (bad header: {exc})"
+    text = str(error)
+    if isinstance(error, EOFError) or "truncated" in text.lower():
+        return f"{label} file (truncated: {text})"
+    return f"{label} file ({text})"
 
 
 def _check_source_pixels(size: tuple[int, int], settings: ProcessingSettings) -> None:
@@ -173,8 +248,14 @@ _SIMPLE_CONVERSIONS = {
 }
 
 
-def _to_working_mode(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:
+def _to_working_mode(
+    image: Image.Image, icc: bytes | None, bits: int | None = None
+) -> tuple[Image.Image, bytes | None]:
+    """``image`` in a working mode; ``bits`` is a PNG's bit depth, which a key colour is in."""
     mode = image.mode
+    key = image.info.get("transparency")
+    if key is not None and mode in ("1", "L", "I", "I;16", "I;16B", "RGB"):
+        return _key_colour_transparent(image, key, bits), icc
     if mode in _WORKING_MODES:
         return image, icc
     if mode in _SIMPLE_CONVERSIONS:
@@ -186,6 +267,52 @@ def _to_working_mode(image: Image.Image, icc: bytes | None) -> tuple[Image.Image
     if mode in ("CMYK", "LAB"):
         return _to_srgb(image, icc), None
     raise ImageRejected(f"unsupported colour mode {mode}")
+
+
+# PNG sample rawmodes (Pillow's names) by bit depth.
+_RAWMODE_BITS = {"1": 1, "L;2": 2, "L;4": 4, "L": 8, "RGB": 8, "I;16B": 16, "RGB;16B": 16}
+
+
+def _sample_bits(rawmode: object) -> int | None:
+    return _RAWMODE_BITS.get(rawmode) if isinstance(rawmode, str) else None
+
+
+def _key_colour_transparent(image: Image.Image, key: object, bits: int | None) -> Image.Image:
+    """A grey or RGB PNG with a tRNS key colour: the pixels of exactly that colour transparent.
+
+    Pillow decodes 1-, 2- and 4-bit grey scaled to 0..255 but gives the key as stored: it is
+    scaled the same way. 16-bit grey keeps its depth in the colour, the alpha is 8-bit.
+    """
+    if image.mode == "RGB":
+        if not (isinstance(key, tuple) and len(key) == 3):
+            return image
+        # Pillow's RGB from a 16-bit PNG holds the high bytes: compare those (exact at 8 bits).
+        key = tuple(value >> 8 for value in key) if bits == 16 else key
+        return _rgb_keyed(image, key)
+    if not isinstance(key, int):
+        return image
+    if bits is not None and bits < 8 and key <= (top := (1 << bits) - 1):
+        key = key * 255 // top
+    grey = image.convert("L") if image.mode == "1" else image
+    if grey.mode == "L":
+        alpha = grey.point(lambda value: 0 if value == key else 255)
+        return Image.merge("LA", (grey, alpha))
+    grey = grey.convert("I")
+    opaque = ImageMath.lambda_eval(lambda ops: ops["notequal"](ops["grey"], key), grey=grey)
+    alpha = opaque.convert("L").point(lambda value: 255 if value else 0)
+    return Image.merge("LA", (sixteen_to_eight(grey), alpha))
+
+
+def _rgb_keyed(image: Image.Image, key: tuple[int, ...]) -> Image.Image:
+    masks = [
+        band.point(lambda value, wanted=wanted: 255 if value == wanted else 0)
+        for band, wanted in zip(image.split(), key, strict=True)
+    ]
+    # Transparent where all three bands match: the darkest of the three "matches" masks.
+    matches = ImageChops.darker(ImageChops.darker(masks[0], masks[1]), masks[2])
+    rgba = image.convert("RGBA")
+    rgba.putalpha(matches.point(lambda value: 0 if value else 255))
+    return rgba
 
 
 def _stretch_float(image: Image.Image) -> Image.Image:
