@@ -8,15 +8,16 @@ samples written, not from the decoder under test.
 from __future__ import annotations
 
 import io
+import struct
 import zlib
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from darkroom.core.imagetypes import sniff_media_type
 from darkroom.worker.codec import open_image
-from darkroom.worker.operations import ImageRejected
-from support.pngfiles import GREY, RGB, chunk, png, trns
+from darkroom.worker.operations import ImageRejected, process_image
+from support.pngfiles import CHANNELS, GREY, RGB, RGBA, chunk, png, trns
 from support.processing import SETTINGS, encode, run
 
 # --- tRNS key colour on grey and RGB ---------------------------------------------------------
@@ -35,9 +36,7 @@ def test_a_grey_key_colour_is_transparent(bits: int) -> None:
     assert grey == [[round(sample * 255 / top) for sample in row] for row in samples]
 
 
-@pytest.mark.parametrize(
-    "bits", [8, pytest.param(16, marks=pytest.mark.xfail(strict=True, reason="16-bit RGB"))]
-)
+@pytest.mark.parametrize("bits", [8, 16])
 def test_an_rgb_key_colour_is_transparent_only_where_every_sample_matches(bits: int) -> None:
     top = (1 << bits) - 1
     key = (top, 0, top // 5)
@@ -159,3 +158,116 @@ def test_an_unreadable_critical_chunk_is_still_an_error() -> None:
     bad_header = bad_header[:8] + chunk(b"IHDR", b"\x00" * 13) + bad_header[33:]
     with pytest.raises(ImageRejected):
         run(bad_header, "png")
+
+
+# --- 16-bit colour ---------------------------------------------------------------------------
+
+
+def read_png_samples(data: bytes) -> tuple[int, int, list[list[tuple[int, ...]]]]:
+    """(bit depth, colour type, rows of pixels) of a non-interlaced PNG whose rows all use
+    filter 0, read here with struct and zlib: a decoder independent of Pillow."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    position, compressed = 8, b""
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        body = data[position + 8 : position + 8 + length]
+        if kind == b"IHDR":
+            width, height, bits, colour_type = struct.unpack(">IIBB", body[:10])
+        elif kind == b"IDAT":
+            compressed += body
+        position += 12 + length
+    assert bits == 16
+    channels = CHANNELS[colour_type]
+    raw, row_bytes = zlib.decompress(compressed), width * channels * 2
+    rows = []
+    for y in range(height):
+        row = raw[y * (row_bytes + 1) : (y + 1) * (row_bytes + 1)]
+        assert row[0] == 0
+        samples = struct.unpack(f">{width * channels}H", row[1:])
+        rows.append([samples[x * channels : (x + 1) * channels] for x in range(width)])
+    return bits, colour_type, rows
+
+
+# 3x2 pixels whose low bytes matter: no two differ in their high bytes only.
+DEEP_PIXELS = [
+    [(1000, 2000, 3000), (65535, 1, 300), (4660, 22136, 39612)],
+    [(258, 515, 772), (0, 65280, 255), (40000, 30000, 20000)],
+]
+
+
+def deep_png(pixels: list[list[tuple[int, ...]]] = DEEP_PIXELS) -> bytes:
+    colour_type = RGBA if len(pixels[0][0]) == 4 else RGB
+    return png([[s for pixel in row for s in pixel] for row in pixels], 16, colour_type)
+
+
+def process(data: bytes, pipeline: str) -> bytes:
+    destination = io.BytesIO()
+    process_image(io.BytesIO(data), destination, pipeline, SETTINGS)
+    return destination.getvalue()
+
+
+def test_16_bit_rgb_keeps_its_depth_in_png() -> None:
+    bits, colour_type, rows = read_png_samples(process(deep_png(), "png"))
+    assert (bits, colour_type, rows) == (16, RGB, DEEP_PIXELS)
+
+
+def test_16_bit_rgba_keeps_its_depth_and_alpha() -> None:
+    pixels = [[(*pixel, 1 + 999 * x) for x, pixel in enumerate(row)] for row in DEEP_PIXELS]
+    assert read_png_samples(process(deep_png(pixels), "png")) == (16, RGBA, pixels)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "expected"),
+    [
+        ("swap", [[(g, r, b) for r, g, b in row] for row in DEEP_PIXELS]),
+        ("flip", DEEP_PIXELS[::-1]),
+        ("flop", [row[::-1] for row in DEEP_PIXELS]),
+        ("crop:2x1+1+1", [DEEP_PIXELS[1][1:]]),
+        ("rotate:90", [[DEEP_PIXELS[1][x], DEEP_PIXELS[0][x]] for x in range(3)]),
+    ],
+)
+def test_16_bit_rgb_steps_move_every_sample_exactly(
+    pipeline: str, expected: list[list[tuple[int, ...]]]
+) -> None:
+    assert read_png_samples(process(deep_png(), pipeline))[2] == expected
+
+
+def test_16_bit_grayscale_weighs_the_channels_at_16_bits() -> None:
+    result = Image.open(io.BytesIO(process(deep_png(), "grayscale")))  # Pillow reads 16-bit grey
+    assert result.mode == "I;16"
+    for y, row in enumerate(DEEP_PIXELS):
+        for x, (red, green, blue) in enumerate(row):
+            expected = 0.299 * red + 0.587 * green + 0.114 * blue
+            assert result.getpixel((x, y)) == pytest.approx(expected, abs=1)
+
+
+def test_16_bit_resize_keeps_a_flat_colour_exact() -> None:
+    flat = [[(4660, 22136, 39612)] * 8] * 6
+    rows = read_png_samples(process(deep_png(flat), "resize:4x3"))[2]
+    assert rows == [[(4660, 22136, 39612)] * 4] * 3
+
+
+def test_16_bit_arbitrary_rotation_adds_a_16_bit_alpha() -> None:
+    flat = [[(4660, 22136, 39612)] * 8] * 8
+    _, colour_type, rows = read_png_samples(process(deep_png(flat), "rotate:45"))
+    assert colour_type == RGBA
+    assert rows[0][0][3] == 0
+    centre = rows[len(rows) // 2][len(rows[0]) // 2]
+    assert centre == pytest.approx((4660, 22136, 39612, 65535), abs=2)
+
+
+@pytest.mark.parametrize("pipeline", ["jpeg", "webp", "blur:1"])
+def test_16_bit_rgb_is_scaled_to_8_bits_where_a_step_or_format_needs_it(pipeline: str) -> None:
+    flat = [[(4660, 22136, 39612)] * 8] * 8
+    result = Image.open(io.BytesIO(process(deep_png(flat), pipeline)))
+    assert result.mode == "RGB"
+    assert result.getpixel((4, 4)) == pytest.approx((18, 86, 154), abs=2)  # value / 257
+
+
+def test_16_bit_rgb_keeps_its_colour_profile() -> None:
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    iccp = (b"iCCP", b"sRGB\x00\x00" + zlib.compress(srgb))
+    source = png([[s for pixel in row for s in pixel] for row in DEEP_PIXELS], 16, RGB, [iccp])
+    result = process(source, "png")
+    assert Image.open(io.BytesIO(result)).info.get("icc_profile") == srgb
+    assert read_png_samples(result)[2] == DEEP_PIXELS

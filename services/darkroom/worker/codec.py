@@ -44,7 +44,8 @@ from darkroom.contract.pipeline import (
     OutputFormat,
 )
 from darkroom.core.imagetypes import SNIFF_BYTES, sniff_media_type
-from darkroom.worker import pngchunks
+from darkroom.worker import deep, pngchunks
+from darkroom.worker.deep import DeepImage, sixteen_to_eight
 
 # Decoders we trust with untrusted bytes; Image.open would otherwise try every plugin (EPS, PSD…).
 INPUT_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
@@ -109,7 +110,9 @@ class SourceImage:
             self._turned = file.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
             self.shrinkable_size = (height, width) if self._turned else (width, height)
 
-    def decode(self, at_least: tuple[int, int] | None = None) -> tuple[Image.Image, Metadata]:
+    def decode(
+        self, at_least: tuple[int, int] | None = None
+    ) -> tuple[Image.Image | DeepImage, Metadata]:
         """The first frame, upright, in a working mode, with its metadata.
 
         With ``at_least`` (an upright size; only when ``shrinkable_size`` is known), a JPEG is
@@ -122,14 +125,32 @@ class SourceImage:
                 width, height = at_least
                 image.draft(None, (height, width) if self._turned else (width, height))
             image.load()
+            low_bytes = self._low_bytes()
+            turn = _ORIENTATION_TURNS.get(image.getexif().get(ExifTags.Base.Orientation))
             ImageOps.exif_transpose(image, in_place=True)  # also drops the orientation from XMP
             exif = image.getexif()  # parsed (and cached) by exif_transpose already
             xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
-            working, icc = _to_working_mode(
-                image, image.info.get("icc_profile"), _sample_bits(self._png_rawmode)
-            )
+            icc = image.info.get("icc_profile")
+            working: Image.Image | DeepImage
+            if low_bytes is not None:
+                low_bytes = low_bytes.transpose(turn) if turn is not None else low_bytes
+                working = deep.from_bytes(image, low_bytes, image.info.get("transparency"))
+            else:
+                working, icc = _to_working_mode(image, icc, _sample_bits(self._png_rawmode))
             xmp_bytes = xmp.encode() if isinstance(xmp, str) else xmp
             return working, Metadata(icc, exif or None, xmp_bytes or None)
+
+    def _low_bytes(self) -> Image.Image | None:
+        """For 16-bit colour, which Pillow decodes to its samples' high bytes, the low bytes:
+        the file decoded again with the rawmode of the other byte order."""
+        low_rawmode = deep.LOW_BYTES_RAWMODES.get(self._png_rawmode)  # type: ignore[arg-type]
+        if low_rawmode is None or self._source is None:
+            return None
+        self._source.seek(self._start)
+        again = Image.open(self._source, formats=("PNG",))
+        again.tile = [again.tile[0]._replace(args=low_rawmode)]
+        again.load()
+        return again
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -149,7 +170,9 @@ def open_image(source: BinaryIO, settings: ProcessingSettings) -> SourceImage:
         return SourceImage(file, settings, source, start)
 
 
-def decode(source: BinaryIO, settings: ProcessingSettings) -> tuple[Image.Image, Metadata]:
+def decode(
+    source: BinaryIO, settings: ProcessingSettings
+) -> tuple[Image.Image | DeepImage, Metadata]:
     """The first frame at full size, upright, in a working mode, with its metadata."""
     return open_image(source, settings).decode()
 
@@ -234,6 +257,16 @@ def _check_source_pixels(size: tuple[int, int], settings: ProcessingSettings) ->
 
 
 _WORKING_MODES = {"L", "LA", "RGB", "RGBA", "I"}
+# The transposition that makes each EXIF orientation upright, as ImageOps.exif_transpose does.
+_ORIENTATION_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _SIMPLE_CONVERSIONS = {
     "1": "L",
     "La": "LA",
@@ -342,12 +375,6 @@ def _srgb_profile() -> ImageCms.ImageCmsProfile:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
-def sixteen_to_eight(image: Image.Image) -> Image.Image:
-    """16-bit grey (mode I) as 8-bit grey, scaled rather than clipped."""
-    # convert("L") clips everything above 255 to white: scale 0..65535 onto 0..255 first.
-    return image.point(lambda value: value / 257).convert("L")
-
-
 # ---------------------------------------------------------------------------------------------
 # Encoding
 
@@ -356,13 +383,18 @@ _ICC_SPACES = {"L": b"GRAY", "LA": b"GRAY", "I;16": b"GRAY", "RGB": b"RGB ", "RG
 
 
 def encode(
-    image: Image.Image,
+    image: Image.Image | DeepImage,
     metadata: Metadata,
     output: OutputFormat,
     destination: BinaryIO,
     settings: ProcessingSettings,
 ) -> None:
     """Write ``image``; ``metadata`` holds only what is to be kept (EXIF and XMP when asked)."""
+    if isinstance(image, DeepImage):
+        if output.name == "png":
+            _write_deep_png(image, metadata, destination, settings)
+            return
+        image = image.to_eight()
     image = _for_format(image, output.name)
     image.info = {}  # savers copy some metadata (comments, text) from info by default
     options: dict[str, object] = {}
@@ -377,6 +409,15 @@ def encode(
     else:
         options["quality"] = output.quality or settings.webp_quality
     image.save(destination, format=output.name.upper(), **options)
+
+
+def _write_deep_png(
+    image: DeepImage, metadata: Metadata, destination: BinaryIO, settings: ProcessingSettings
+) -> None:
+    icc = metadata.icc if metadata.icc and metadata.icc[16:20] == b"RGB " else None
+    exif = _exif_bytes(metadata.exif, image.size) if metadata.exif is not None else None
+    chunks = deep.png_metadata_chunks(icc, exif, metadata.xmp)
+    deep.write_png(image, destination, settings.png_compress_level, chunks)
 
 
 # TIFF tags that describe how the source's pixels were stored, not the photo: a TIFF source's

@@ -35,6 +35,7 @@ from darkroom.contract.pipeline import (
     Thumbnail,
     parse_pipeline,
 )
+from darkroom.worker import deep
 from darkroom.worker.codec import (
     ImageRejected,
     ProcessingSettings,
@@ -150,8 +151,11 @@ def _first_downscale(operations: tuple[Operation, ...]) -> tuple[int, bool] | No
     return None
 
 
-def apply(operation: Operation | _ResizeTo, image: Image.Image) -> Image.Image:
-    """What ``operation`` makes of ``image`` (a working-mode image: L, LA, RGB, RGBA or I)."""
+def apply(operation: Operation | _ResizeTo, image: Any) -> Any:
+    """What ``operation`` makes of ``image`` (a working-mode image: L, LA, RGB, RGBA or I, or
+    16-bit colour, a ``deep.DeepImage``)."""
+    if isinstance(image, deep.DeepImage):
+        return deep.apply(operation, image, apply)
     if isinstance(operation, _ResizeTo):  # planned by plan_shrink_on_load, not in the grammar
         return _resized(image, operation.size)
     return PIXEL_STEPS[type(operation)](operation, image)
