@@ -271,3 +271,41 @@ def test_16_bit_rgb_keeps_its_colour_profile() -> None:
     result = process(source, "png")
     assert Image.open(io.BytesIO(result)).info.get("icc_profile") == srgb
     assert read_png_samples(result)[2] == DEEP_PIXELS
+
+
+def tiff_16_bit(pixels: list[list[tuple[int, ...]]], byte_order: str) -> bytes:
+    """An uncompressed one-strip 16-bit RGB(A) TIFF, written with struct."""
+    height, width, channels = len(pixels), len(pixels[0]), len(pixels[0][0])
+    samples = [sample for row in pixels for pixel in row for sample in pixel]
+    data = struct.pack(f"{byte_order}{len(samples)}H", *samples)
+    entries = [  # (tag, type 3 = SHORT or 4 = LONG, value); 258 and 273 point past the IFD
+        (256, 3, width), (257, 3, height), (258, 3, 0), (259, 3, 1), (262, 3, 2), (273, 4, 0),
+        (277, 3, channels), (278, 3, height), (279, 4, len(data)),
+    ]  # fmt: skip
+    if channels == 4:
+        entries.append((338, 3, 2))  # an unassociated alpha
+    bits_at = 8 + 2 + 12 * len(entries) + 4
+    data_at = bits_at + 2 * channels
+    ifd = struct.pack(f"{byte_order}H", len(entries))
+    for tag, kind, value in entries:
+        value = {258: bits_at, 273: data_at}.get(tag, value)
+        count = channels if tag == 258 else 1
+        inline_short = kind == 3 and count == 1  # else the field holds a LONG or an offset
+        packed = struct.pack(
+            f"{byte_order}{'HH' if inline_short else 'I'}", value, *[0] * inline_short
+        )
+        ifd += struct.pack(f"{byte_order}HHI", tag, kind, count) + packed
+    head = (b"II*\x00" if byte_order == "<" else b"MM\x00*") + struct.pack(f"{byte_order}I", 8)
+    bits = struct.pack(f"{byte_order}{channels}H", *([16] * channels))
+    return head + ifd + struct.pack(f"{byte_order}I", 0) + bits + data
+
+
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+@pytest.mark.parametrize("alpha", [False, True])
+def test_16_bit_tiff_keeps_its_depth_in_png(byte_order: str, alpha: bool) -> None:
+    pixels = [
+        [(*pixel, 7 + 5000 * x)[: 4 if alpha else 3] for x, pixel in enumerate(row)]
+        for row in DEEP_PIXELS
+    ]
+    bits, colour_type, rows = read_png_samples(process(tiff_16_bit(pixels, byte_order), "png"))
+    assert (bits, colour_type, rows) == (16, RGBA if alpha else RGB, pixels)

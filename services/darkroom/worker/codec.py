@@ -100,6 +100,8 @@ class SourceImage:
         # How the PNG stores its samples ("L;2", "I;16B", "RGB;16B"…), known only until loaded.
         self._png_rawmode = file.tile[0].args if file.format == "PNG" and file.tile else None
         self._png_stream = getattr(file, "png", None)
+        # 16-bit colour (PNG, TIFF), which Pillow decodes to the samples' high bytes only.
+        self._low_rawmode = deep.low_bytes_rawmode(file)
         # Only JPEG decoders shrink on load, and only there is the orientation known before the
         # pixels are read (a PNG's eXIf chunk may follow them).
         self._turned = False
@@ -143,12 +145,11 @@ class SourceImage:
     def _low_bytes(self) -> Image.Image | None:
         """For 16-bit colour, which Pillow decodes to its samples' high bytes, the low bytes:
         the file decoded again with the rawmode of the other byte order."""
-        low_rawmode = deep.LOW_BYTES_RAWMODES.get(self._png_rawmode)  # type: ignore[arg-type]
-        if low_rawmode is None or self._source is None:
+        if self._low_rawmode is None or self._source is None:
             return None
         self._source.seek(self._start)
-        again = Image.open(self._source, formats=("PNG",))
-        again.tile = [again.tile[0]._replace(args=low_rawmode)]
+        again = Image.open(self._source, formats=(self._file.format,))
+        again.tile = deep.with_rawmode(again.tile, self._low_rawmode)
         again.load()
         return again
 

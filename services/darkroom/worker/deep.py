@@ -1,11 +1,13 @@
 """16-bit colour: what Pillow has no image mode for, kept as one 16-bit band per channel.
 
-Pillow decodes a 16-bit RGB or RGBA PNG to 8 bits per channel and has no 16-bit colour mode to
-work in. ``DeepImage`` holds each channel as a mode-``I`` band (0..65535). Geometric steps
-(resize, thumbnail, crop, rotate, flip, flop) run on each band with Pillow's 32-bit integer
-resampling; ``swap`` reorders bands; ``grayscale`` weighs them (ITU-R 601-2, as Pillow's "L").
-``blur`` and ``sharpen``, which Pillow cannot do on 32-bit bands, and every output format but
-PNG take the image reduced to 8 bits. PNG output keeps 16 bits (written here: Pillow cannot).
+Pillow decodes a 16-bit RGB or RGBA PNG or TIFF to 8 bits per channel (the samples' high bytes)
+and has no 16-bit colour mode to work in. Decoding the file a second time with the rawmode of
+the other byte order gives the low bytes. ``DeepImage`` holds each channel as a mode-``I`` band
+(0..65535). Geometric steps (resize, thumbnail, crop, rotate, flip, flop) run on each band with
+Pillow's 32-bit integer resampling; ``swap`` reorders bands; ``grayscale`` weighs them (ITU-R
+601-2, as Pillow's "L"). ``blur`` and ``sharpen``, which Pillow cannot do on 32-bit bands, and
+every output format but PNG take the image reduced to 8 bits, as does grayscale with alpha. PNG
+output keeps 16 bits (written here: Pillow cannot). Working memory: 12 to 16 bytes a pixel.
 """
 
 from __future__ import annotations
@@ -20,8 +22,14 @@ from PIL import Image, ImageMath
 
 from darkroom.contract.pipeline import Blur, Grayscale, Rotate, Sharpen, Swap
 
-# The rawmodes of Pillow's PNG reader for 16-bit colour, and the ones that read the low bytes.
-LOW_BYTES_RAWMODES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+# Pillow's rawmodes for 16-bit colour, and the ones that read the same samples' low bytes.
+_LOW_BYTES_RAWMODES = {
+    "RGB;16B": "RGB;16L",
+    "RGB;16L": "RGB;16B",
+    "RGBA;16B": "RGBA;16L",
+    "RGBA;16L": "RGBA;16B",
+}
+_DEEP_FORMATS = ("PNG", "TIFF")
 _TOP = 65535
 
 
@@ -56,6 +64,30 @@ def sixteen_to_eight(image: Image.Image) -> Image.Image:
     """16-bit grey (mode I) as 8-bit grey, scaled rather than clipped."""
     # convert("L") clips everything above 255 to white: scale 0..65535 onto 0..255 first.
     return image.point(lambda value: value / 257).convert("L")
+
+
+def low_bytes_rawmode(file: Image.Image) -> str | None:
+    """The rawmode that decodes the low bytes of ``file`` (opened, not loaded) when it holds
+    16-bit colour; None otherwise."""
+    if file.format not in _DEEP_FORMATS or len(file.tile) == 0:
+        return None
+    rawmodes = {_rawmode(tile.args) for tile in file.tile}
+    if len(rawmodes) != 1:
+        return None
+    return _LOW_BYTES_RAWMODES.get(rawmodes.pop())  # type: ignore[arg-type]
+
+
+def _rawmode(args: object) -> object:
+    # PNG tiles give the rawmode alone; TIFF tiles a tuple that starts with it.
+    return args[0] if isinstance(args, tuple) and args else args
+
+
+def with_rawmode(tiles: list[Any], rawmode: str) -> list[Any]:
+    """``tiles`` (of a reopened file) decoding their samples with ``rawmode`` instead."""
+    return [
+        tile._replace(args=(rawmode, *tile.args[1:]) if isinstance(tile.args, tuple) else rawmode)
+        for tile in tiles
+    ]
 
 
 def from_bytes(high: Image.Image, low: Image.Image, key: object = None) -> DeepImage:
