@@ -51,12 +51,14 @@ def process_image(
     pipeline_text: str | None,
     settings: ProcessingSettings,
     timings: dict[str, float] | None = None,
+    warnings: list[str] | None = None,
 ) -> str:
     """Decode ``source``, apply the pipeline, encode to ``destination``; return the media type.
 
     Raises ImageRejected for anything wrong with the image or, since no retry can fix it either,
     with the pipeline. Errors writing to ``destination`` propagate unchanged. When ``timings``
     is given, the seconds spent in ``decode``, ``operation`` and ``encode`` are stored in it.
+    When ``warnings`` is given, what of the file was skipped as unreadable is added to it.
     """
     timings = {} if timings is None else timings
     try:
@@ -67,6 +69,8 @@ def process_image(
     opened = open_image(source, settings)
     operations, at_least = plan_shrink_on_load(pipeline.operations, opened.shrinkable_size)
     image, metadata = opened.decode(at_least)
+    if warnings is not None:
+        warnings.extend(opened.warnings)
     decoded = time.perf_counter()
     timings["decode"] = decoded - started
     for operation in operations:
