@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import zlib
 
 import pytest
+from falcon import testing
 from PIL import Image, ImageCms
 
+from darkroom.core.config import Config
 from darkroom.core.imagetypes import sniff_media_type
 from darkroom.worker.codec import open_image
+from darkroom.worker.loop import TaskLoop
+from darkroom.worker.metrics import TaskMetrics
 from darkroom.worker.operations import ImageRejected, process_image
+from darkroom.worker.service import timed_processor
+from support.inprocess import master_side
 from support.pngfiles import CHANNELS, GREY, RGB, RGBA, chunk, png, trns
 from support.processing import SETTINGS, encode, run
 
@@ -312,3 +319,21 @@ def test_16_bit_tiff_keeps_its_depth_in_png(byte_order: str, alpha: bool) -> Non
     ]
     bits, colour_type, rows = read_png_samples(process(tiff_16_bit(pixels, byte_order), "png"))
     assert (bits, colour_type, rows) == (16, RGBA if alpha else RGB, pixels)
+
+
+def test_a_skipped_chunk_is_said_in_the_task_status(config: Config) -> None:
+    """Worker, master and database in-process: the warning reaches /status (its error field)."""
+    system = master_side(config)
+    master_api = testing.TestClient(system.master_app)
+    data = png([[0, 50, 100, 250]], 8, GREY, [_UNKNOWN_COMPRESSION_ICCP])
+    task_id = master_api.simulate_post("/new", body=data).text
+    process = timed_processor(SETTINGS, TaskMetrics())
+    loop = TaskLoop(
+        system.master, system.storage, process, ImageRejected, 0, 5, 5, threading.Event()
+    )
+    loop.handle(system.master.claim(0, 5))
+    status = master_api.simulate_get("/status", params={"id": task_id}).json
+    assert status["stateName"] == "finished"
+    assert status["error"] == (
+        "skipped the unreadable optional iCCP chunk: Unknown compression method 5 in iCCP chunk"
+    )

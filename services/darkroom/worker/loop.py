@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
 import requests
@@ -30,8 +31,17 @@ log = logging.getLogger(__name__)
 # Images up to this size are processed in memory; larger ones spill to temporary files.
 SPOOL_BYTES = 8 * 1024 * 1024
 
-# process(source, destination, pipeline) -> media type; raises Rejected for a bad image
-Processor = Callable[[BinaryIO, BinaryIO, str], str]
+# process(source, destination, pipeline) -> media type, or a Processed when there are warnings;
+# raises Rejected for a bad image
+Processor = Callable[[BinaryIO, BinaryIO, str], "str | Processed"]
+
+
+@dataclass(frozen=True)
+class Processed:
+    """A processor's result with warnings: what of the image was skipped (shown in /status)."""
+
+    media_type: str
+    warnings: tuple[str, ...] = ()
 
 
 _T = TypeVar("_T")
@@ -201,7 +211,11 @@ class TaskLoop:
                 _copy_body(download, images.source)
             self._metrics.observe("download", time.perf_counter() - download_started)
             images.source.seek(0)
-            images.media_type = self._process(images.source, images.result, claim.pipeline)
+            processed = self._process(images.source, images.result, claim.pipeline)
+            if isinstance(processed, Processed):
+                images.media_type, images.warnings = processed.media_type, processed.warnings
+            else:
+                images.media_type = processed
         except BaseException:
             images.close()
             raise
@@ -213,7 +227,7 @@ class TaskLoop:
         result.seek(0)
         with self._metrics.stage("upload"):
             self._storage.send(Folder.FINISHED, claim.task_id, iter_chunks(result), size)
-        self._master.finish(claim)
+        self._master.finish(claim, "; ".join(images.warnings) or None)
         self.completed += 1
         self._outage.reset()
         self._metrics.outcome(Outcome.DONE)
@@ -301,6 +315,7 @@ class _TaskImages:
         self.source = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115
         self.result = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115
         self.media_type = ""
+        self.warnings: tuple[str, ...] = ()
 
     def close(self) -> None:
         self.source.close()
