@@ -14,7 +14,7 @@ import zlib
 
 import pytest
 from falcon import testing
-from PIL import Image, ImageCms
+from PIL import Image, ImageChops, ImageCms
 
 from darkroom.core.config import Config
 from darkroom.core.imagetypes import sniff_media_type
@@ -23,6 +23,7 @@ from darkroom.worker.loop import TaskLoop
 from darkroom.worker.metrics import TaskMetrics
 from darkroom.worker.operations import ImageRejected, process_image
 from darkroom.worker.service import timed_processor
+from support.iccprofiles import toy_cmyk_profile
 from support.inprocess import master_side
 from support.pngfiles import CHANNELS, GREY, RGB, RGBA, chunk, png, trns
 from support.processing import SETTINGS, encode, run
@@ -337,3 +338,33 @@ def test_a_skipped_chunk_is_said_in_the_task_status(config: Config) -> None:
     assert status["error"] == (
         "skipped the unreadable optional iCCP chunk: Unknown compression method 5 in iCCP chunk"
     )
+
+
+# --- CMYK through its colour profile ---------------------------------------------------------
+
+
+def _mean_difference(one: Image.Image, other: Image.Image) -> float:
+    histogram = ImageChops.difference(one, other).convert("L").histogram()
+    return sum(level * count for level, count in enumerate(histogram)) / sum(histogram)
+
+
+def test_a_cmyk_jpeg_is_converted_through_its_embedded_profile() -> None:
+    profile = toy_cmyk_profile()
+    inks = Image.merge(
+        "CMYK",
+        [Image.linear_gradient("L").resize((32, 32)).rotate(angle) for angle in (0, 90, 180, 270)],
+    )
+    # Pillow writes CMYK JPEGs Adobe-style (inverted) and reads them back the same way.
+    data = encode(inks, "JPEG", quality=100, icc_profile=profile).getvalue()
+    assert b"Adobe" in data
+    decoded = Image.open(io.BytesIO(data)).convert("CMYK")
+    expected = ImageCms.profileToProfile(
+        decoded,
+        ImageCms.ImageCmsProfile(io.BytesIO(profile)),
+        ImageCms.createProfile("sRGB"),
+        outputMode="RGB",
+    )
+    assert _mean_difference(decoded.convert("RGB"), expected) > 10  # the plain formula is far off
+    result, _ = run(data, "png")
+    assert _mean_difference(result.convert("RGB"), expected) < 1
+    assert "icc_profile" not in result.info  # the CMYK profile does not describe RGB pixels
