@@ -304,7 +304,7 @@ def _to_working_mode(
 
 
 # PNG sample rawmodes (Pillow's names) by bit depth.
-_RAWMODE_BITS = {"1": 1, "L;2": 2, "L;4": 4, "L": 8, "RGB": 8, "I;16B": 16, "RGB;16B": 16}
+_RAWMODE_BITS = {"1": 1, "L;2": 2, "L;4": 4, "L": 8, "RGB": 8, "I;16B": 16}
 
 
 def _sample_bits(rawmode: object) -> int | None:
@@ -315,14 +315,12 @@ def _key_colour_transparent(image: Image.Image, key: object, bits: int | None) -
     """A grey or RGB PNG with a tRNS key colour: the pixels of exactly that colour transparent.
 
     Pillow decodes 1-, 2- and 4-bit grey scaled to 0..255 but gives the key as stored: it is
-    scaled the same way. 16-bit grey keeps its depth in the colour, the alpha is 8-bit.
+    scaled the same way. 16-bit grey with a key becomes 8-bit grey with alpha (LA).
     """
     if image.mode == "RGB":
         if not (isinstance(key, tuple) and len(key) == 3):
             return image
-        # Pillow's RGB from a 16-bit PNG holds the high bytes: compare those (exact at 8 bits).
-        key = tuple(value >> 8 for value in key) if bits == 16 else key
-        return _rgb_keyed(image, key)
+        return _rgb_keyed(image, key)  # 8-bit: 16-bit RGB is a DeepImage, keyed there
     if not isinstance(key, int):
         return image
     if bits is not None and bits < 8 and key <= (top := (1 << bits) - 1):
