@@ -14,6 +14,8 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"BM", "image/bmp"),
     (b"II*\x00", "image/tiff"),
     (b"MM\x00*", "image/tiff"),
+    (b"II+\x00", "image/tiff"),  # BigTIFF: 64-bit offsets, same media type
+    (b"MM\x00+", "image/tiff"),
 )
 
 

@@ -123,7 +123,9 @@ class Tasks:
         resp.media = task_document(task, with_lease=True)
 
     def on_post_finish(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self._store.finish(require_task_id(req), _lease(req))
+        # A warning (what of the image was skipped) is kept in the finished task's error field.
+        warning = (req.get_param("warning") or "").strip()[:MAX_ERROR_LENGTH] or None
+        self._store.finish(require_task_id(req), _lease(req), warning)
         _success(resp)
 
     def on_post_fail(self, req: falcon.Request, resp: falcon.Response) -> None:

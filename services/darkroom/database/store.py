@@ -59,7 +59,7 @@ class TaskStore(Protocol):
     def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task: ...
     def claim(self, wait_seconds: float = 0.0) -> Task | None: ...
     def heartbeat(self, task_id: str, lease_token: str) -> Task: ...
-    def finish(self, task_id: str, lease_token: str) -> Task: ...
+    def finish(self, task_id: str, lease_token: str, warning: str | None = None) -> Task: ...
     def fail(self, task_id: str, lease_token: str | None, error: str, retryable: bool) -> Task: ...
     def release(self, task_id: str, lease_token: str) -> Task: ...
     def retry(self, task_id: str) -> Task: ...
@@ -305,7 +305,8 @@ class SqliteTaskStore:
                 task.id, lease_expires_at=self._clock() + self._policy.lease_seconds
             )
 
-    def finish(self, task_id: str, lease_token: str) -> Task:
+    def finish(self, task_id: str, lease_token: str, warning: str | None = None) -> Task:
+        """Mark the task finished; ``warning`` is kept in its error field (None: no error)."""
         with self._transaction():
             task = self._current(task_id)
             if task.state == State.FINISHED and task.lease_token == lease_token:
@@ -317,7 +318,7 @@ class SqliteTaskStore:
                 state=State.FINISHED,
                 finished_at=self._clock(),
                 lease_expires_at=None,
-                error=None,
+                error=warning,
             )
 
     def fail(self, task_id: str, lease_token: str | None, error: str, retryable: bool) -> Task:

@@ -43,8 +43,12 @@ class MasterClient:
     def heartbeat(self, claim: Claim) -> None:
         self._post("/heartbeat", {"id": claim.task_id, "lease": claim.lease}).close()
 
-    def finish(self, claim: Claim) -> None:
-        self._post("/registerTaskFinished", {"id": claim.task_id, "lease": claim.lease}).close()
+    def finish(self, claim: Claim, warning: str | None = None) -> None:
+        """The task is done; ``warning`` (what of the image was skipped) goes to its status."""
+        params = {"id": claim.task_id, "lease": claim.lease}
+        if warning:
+            params["warning"] = warning
+        self._post("/registerTaskFinished", params).close()
 
     def fail(self, claim: Claim, error: str, retryable: bool) -> None:
         params = {"id": claim.task_id, "lease": claim.lease, "error": error, "retry": retryable}

@@ -278,7 +278,12 @@ _DOCUMENT: dict[str, Any] = {
                     },
                     "pipeline": {"type": "string"},
                     "attempts": {"type": "integer", "minimum": 0},
-                    "error": {"type": "string", "nullable": True},
+                    "error": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "why a task failed; on a finished task, what of the "
+                        "image was skipped as unreadable (an optional PNG chunk), else null",
+                    },
                     "createdAt": {"type": "string", "format": "date-time"},
                     "updatedAt": {"type": "string", "format": "date-time"},
                     "finishedAt": {"type": "string", "format": "date-time", "nullable": True},

@@ -29,8 +29,10 @@ import pillow_heif
 from PIL import (
     ExifTags,
     Image,
+    ImageChops,
     ImageCms,
     ImageFile,
+    ImageMath,
     ImageOps,
     PngImagePlugin,
     UnidentifiedImageError,
@@ -45,6 +47,9 @@ from darkroom.contract.pipeline import (
     OutputFormat,
 )
 from darkroom.core.config import Config
+from darkroom.core.imagetypes import SNIFF_BYTES, sniff_media_type
+from darkroom.worker import deep, pngchunks
+from darkroom.worker.deep import DeepImage, sixteen_to_eight
 
 # Decoders we trust with untrusted bytes; Image.open would otherwise try every plugin (EPS, PSD…).
 # AVIF is Pillow's own (from 11.2); HEIF (HEIC) is pillow-heif's, registered here without the
@@ -55,6 +60,10 @@ pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_image
 # catch_warnings() swaps the process-wide filter list and is not thread-safe before Python 3.14,
 # so the bomb warning is made an error once, at import (imports are serialised).
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+# An unreadable optional PNG chunk is skipped (and reported), not a reason to refuse the image.
+pngchunks.use_tolerant_png_reader()
+# How a reason names a format.
+_FORMAT_LABELS = {"WEBP": "WebP"}
 
 
 @dataclass(frozen=True)
@@ -98,8 +107,20 @@ class FrameTiming:
 class SourceImage:
     """An opened image file: its header read and its size checked, no pixel decoded yet."""
 
-    def __init__(self, file: Image.Image, settings: ProcessingSettings) -> None:
+    def __init__(
+        self,
+        file: Image.Image,
+        settings: ProcessingSettings,
+        source: BinaryIO | None = None,
+        start: int = 0,
+    ) -> None:
         self._file, self._settings = file, settings
+        self._source, self._start = source, start  # to say what is wrong if decoding fails
+        # How the PNG stores its samples ("L;2", "I;16B", "RGB;16B"…), known only until loaded.
+        self._png_rawmode = file.tile[0].args if file.format == "PNG" and file.tile else None
+        self._png_stream = getattr(file, "png", None)
+        # 16-bit colour (PNG, TIFF), which Pillow decodes to the samples' high bytes only.
+        self._low_rawmode = deep.low_bytes_rawmode(file)
         # Only JPEG decoders shrink on load, and only there is the orientation known before the
         # pixels are read (a PNG's eXIf chunk may follow them).
         self._turned = False
@@ -110,7 +131,9 @@ class SourceImage:
             self._turned = file.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
             self.shrinkable_size = (height, width) if self._turned else (width, height)
 
-    def decode(self, at_least: tuple[int, int] | None = None) -> tuple[Image.Image, Metadata]:
+    def decode(
+        self, at_least: tuple[int, int] | None = None
+    ) -> tuple[Image.Image | DeepImage, Metadata]:
         """The first frame, upright, in a working mode, with its metadata.
 
         With ``at_least`` (an upright size; only when ``shrinkable_size`` is known), a JPEG is
@@ -118,17 +141,41 @@ class SourceImage:
         both sides at least that large.
         """
         image = self._file
-        with _decoding_errors(self._settings):
+        with _decoding_errors(self._settings, self._source, self._start):
             if at_least is not None:
                 width, height = at_least
                 image.draft(None, (height, width) if self._turned else (width, height))
             image.load()
+            low_bytes = self._low_bytes()
+            turn = _ORIENTATION_TURNS.get(image.getexif().get(ExifTags.Base.Orientation))
             ImageOps.exif_transpose(image, in_place=True)  # also drops the orientation from XMP
             exif = image.getexif()  # parsed (and cached) by exif_transpose already
             xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
-            working, icc = _to_working_mode(image, image.info.get("icc_profile"))
+            icc = image.info.get("icc_profile")
+            working: Image.Image | DeepImage
+            if low_bytes is not None:
+                low_bytes = low_bytes.transpose(turn) if turn is not None else low_bytes
+                working = deep.from_bytes(image, low_bytes, image.info.get("transparency"))
+            else:
+                working, icc = _to_working_mode(image, icc, _sample_bits(self._png_rawmode))
             xmp_bytes = xmp.encode() if isinstance(xmp, str) else xmp
             return working, Metadata(icc, exif or None, xmp_bytes or None)
+
+    def _low_bytes(self) -> Image.Image | None:
+        """For 16-bit colour, which Pillow decodes to its samples' high bytes, the low bytes:
+        the file decoded again with the rawmode of the other byte order."""
+        if self._low_rawmode is None or self._source is None:
+            return None
+        self._source.seek(self._start)
+        again = Image.open(self._source, formats=(self._file.format,))
+        again.tile = deep.with_rawmode(again.tile, self._low_rawmode)
+        again.load()
+        return again
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What of the file was skipped as unreadable (optional PNG chunks), for the user."""
+        return tuple(getattr(self._png_stream, "skipped", ()))
 
     @property
     def size(self) -> tuple[int, int]:
@@ -191,21 +238,27 @@ def open_image(source: BinaryIO, settings: ProcessingSettings) -> SourceImage:
     """Read the header of ``source`` and check its declared size against the pixel limit."""
     # A truncated image must fail, not come out half grey; only a global switch controls this.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with _decoding_errors(settings):
+    start = source.tell()
+    with _decoding_errors(settings, source, start):
         # No `with`: closing the image would discard the pixels; the caller owns `source`.
         file = Image.open(source, formats=INPUT_FORMATS)
         _check_source_pixels(file.size, settings)  # nothing is decoded yet
-        return SourceImage(file, settings)
+        return SourceImage(file, settings, source, start)
 
 
-def decode(source: BinaryIO, settings: ProcessingSettings) -> tuple[Image.Image, Metadata]:
+def decode(
+    source: BinaryIO, settings: ProcessingSettings
+) -> tuple[Image.Image | DeepImage, Metadata]:
     """The first frame at full size, upright, in a working mode, with its metadata."""
     return open_image(source, settings).decode()
 
 
 @contextmanager
-def _decoding_errors(settings: ProcessingSettings) -> Iterator[None]:
-    """Any failure of Pillow's readers becomes ImageRejected with a reason for the user."""
+def _decoding_errors(
+    settings: ProcessingSettings, source: BinaryIO | None = None, start: int = 0
+) -> Iterator[None]:
+    """Any failure of Pillow's readers becomes ImageRejected with a reason for the user: which
+    format the file claims to be and what is wrong with it, when ``source`` can be read again."""
     try:
         yield
     except (ImageRejected, MemoryError):
@@ -219,11 +272,55 @@ def _decoding_errors(settings: ProcessingSettings) -> Iterator[None]:
             ) from exc
         raise ImageRejected(f"image is too large: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageRejected(
-            "not a supported image (PNG, JPEG, GIF, WebP, BMP, TIFF, AVIF or HEIC)"
-        ) from exc
+        claimed = _claimed_format(source, start)
+        if claimed is None:
+            raise ImageRejected(
+                "not a supported image (PNG, JPEG, GIF, WebP, BMP, TIFF, AVIF or HEIC)"
+            ) from exc
+        fault = _fault(claimed, source, start, None)
+        raise ImageRejected(f"not a supported image: a broken {fault}") from exc
     except Exception as exc:  # any decoder failure is the image's fault
-        raise ImageRejected(f"cannot decode the image: {exc}") from exc
+        claimed = _claimed_format(source, start)
+        reason = str(exc) if claimed is None else _fault(claimed, source, start, exc)
+        raise ImageRejected(f"cannot decode the image: {reason}") from exc
+
+
+def _claimed_format(source: BinaryIO | None, start: int) -> str | None:
+    """The Pillow format the file's signature names, among the inputs accepted; None if none."""
+    if source is None:
+        return None
+    try:
+        source.seek(start)
+        media_type = sniff_media_type(source.read(SNIFF_BYTES))
+    except (OSError, ValueError):  # an unseekable or closed source
+        return None
+    return next((name for name in INPUT_FORMATS if Image.MIME.get(name) == media_type), None)
+
+
+def _fault(claimed: str, source: BinaryIO | None, start: int, error: Exception | None) -> str:
+    """ "<format> file (what is wrong)": truncated, bad CRC, bad header, or the decoder's words.
+
+    ``error`` is the decoder's failure; None when the file was not even recognised, then the
+    format's own opener is asked why (Image.open only says it could not identify the file).
+    """
+    label = _FORMAT_LABELS.get(claimed, claimed)
+    assert source is not None  # a format is claimed only by a source read again
+    try:
+        source.seek(start)
+        if claimed == "PNG" and (found := pngchunks.find_png_fault(source)):
+            return f"{label} file ({found})"
+        if error is None:
+            source.seek(start)
+            Image.OPEN[claimed][0](source, "")
+            return f"{label} file (bad header)"
+    except (ImageRejected, MemoryError):
+        raise
+    except Exception as exc:  # the opener's reason for refusing the header
+        return f"{label} file (bad header: {exc})"
+    text = str(error)
+    if isinstance(error, EOFError) or "truncated" in text.lower():
+        return f"{label} file (truncated: {text})"
+    return f"{label} file ({text})"
 
 
 def _check_source_pixels(size: tuple[int, int], settings: ProcessingSettings) -> None:
@@ -236,6 +333,16 @@ def _check_source_pixels(size: tuple[int, int], settings: ProcessingSettings) ->
 
 
 _WORKING_MODES = {"L", "LA", "RGB", "RGBA", "I"}
+# The transposition that makes each EXIF orientation upright, as ImageOps.exif_transpose does.
+_ORIENTATION_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _SIMPLE_CONVERSIONS = {
     "1": "L",
     "La": "LA",
@@ -250,8 +357,14 @@ _SIMPLE_CONVERSIONS = {
 }
 
 
-def _to_working_mode(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:
+def _to_working_mode(
+    image: Image.Image, icc: bytes | None, bits: int | None = None
+) -> tuple[Image.Image, bytes | None]:
+    """``image`` in a working mode; ``bits`` is a PNG's bit depth, which a key colour is in."""
     mode = image.mode
+    key = image.info.get("transparency")
+    if key is not None and mode in ("1", "L", "I", "I;16", "I;16B", "RGB"):
+        return _key_colour_transparent(image, key, bits), icc
     if mode in _WORKING_MODES:
         return image, icc
     if mode in _SIMPLE_CONVERSIONS:
@@ -263,6 +376,50 @@ def _to_working_mode(image: Image.Image, icc: bytes | None) -> tuple[Image.Image
     if mode in ("CMYK", "LAB"):
         return _to_srgb(image, icc), None
     raise ImageRejected(f"unsupported colour mode {mode}")
+
+
+# PNG sample rawmodes (Pillow's names) by bit depth.
+_RAWMODE_BITS = {"1": 1, "L;2": 2, "L;4": 4, "L": 8, "RGB": 8, "I;16B": 16}
+
+
+def _sample_bits(rawmode: object) -> int | None:
+    return _RAWMODE_BITS.get(rawmode) if isinstance(rawmode, str) else None
+
+
+def _key_colour_transparent(image: Image.Image, key: object, bits: int | None) -> Image.Image:
+    """A grey or RGB PNG with a tRNS key colour: the pixels of exactly that colour transparent.
+
+    Pillow decodes 1-, 2- and 4-bit grey scaled to 0..255 but gives the key as stored: it is
+    scaled the same way. 16-bit grey with a key becomes 8-bit grey with alpha (LA).
+    """
+    if image.mode == "RGB":
+        if not (isinstance(key, tuple) and len(key) == 3):
+            return image
+        return _rgb_keyed(image, key)  # 8-bit: 16-bit RGB is a DeepImage, keyed there
+    if not isinstance(key, int):
+        return image
+    if bits is not None and bits < 8 and key <= (top := (1 << bits) - 1):
+        key = key * 255 // top
+    grey = image.convert("L") if image.mode == "1" else image
+    if grey.mode == "L":
+        alpha = grey.point(lambda value: 0 if value == key else 255)
+        return Image.merge("LA", (grey, alpha))
+    grey = grey.convert("I")
+    opaque = ImageMath.lambda_eval(lambda ops: ops["notequal"](ops["grey"], key), grey=grey)
+    alpha = opaque.convert("L").point(lambda value: 255 if value else 0)
+    return Image.merge("LA", (sixteen_to_eight(grey), alpha))
+
+
+def _rgb_keyed(image: Image.Image, key: tuple[int, ...]) -> Image.Image:
+    masks = [
+        band.point(lambda value, wanted=wanted: 255 if value == wanted else 0)
+        for band, wanted in zip(image.split(), key, strict=True)
+    ]
+    # Transparent where all three bands match: the darkest of the three "matches" masks.
+    matches = ImageChops.darker(ImageChops.darker(masks[0], masks[1]), masks[2])
+    rgba = image.convert("RGBA")
+    rgba.putalpha(matches.point(lambda value: 0 if value else 255))
+    return rgba
 
 
 def _stretch_float(image: Image.Image) -> Image.Image:
@@ -290,12 +447,6 @@ def _to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
 @lru_cache(maxsize=1)
 def _srgb_profile() -> ImageCms.ImageCmsProfile:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-
-
-def sixteen_to_eight(image: Image.Image) -> Image.Image:
-    """16-bit grey (mode I) as 8-bit grey, scaled rather than clipped."""
-    # convert("L") clips everything above 255 to white: scale 0..65535 onto 0..255 first.
-    return image.point(lambda value: value / 257).convert("L")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +481,7 @@ _ICC_SPACES = {"L": b"GRAY", "LA": b"GRAY", "I;16": b"GRAY", "RGB": b"RGB ", "RG
 
 
 def encode(
-    image: Image.Image,
+    image: Image.Image | DeepImage,
     metadata: Metadata,
     output: OutputFormat,
     destination: BinaryIO,
@@ -338,6 +489,11 @@ def encode(
 ) -> None:
     """Write ``image``; ``metadata`` holds only what is to be kept (EXIF and XMP when asked)."""
     check_encodable(image.size, output)
+    if isinstance(image, DeepImage):
+        if output.name == "png":
+            _write_deep_png(image, metadata, destination, settings)
+            return
+        image = image.to_eight()
     image = _for_format(image, output.name)
     image.save(
         destination,
@@ -409,6 +565,15 @@ def _in_one_mode(frames: list[Image.Image]) -> list[Image.Image]:
     alpha = "A" if modes & {"LA", "RGBA"} else ""
     mode = ("RGB" if modes & {"RGB", "RGBA"} else "L") + alpha
     return [frame.convert(mode) for frame in frames]
+
+
+def _write_deep_png(
+    image: DeepImage, metadata: Metadata, destination: BinaryIO, settings: ProcessingSettings
+) -> None:
+    icc = metadata.icc if metadata.icc and metadata.icc[16:20] == b"RGB " else None
+    exif = _exif_bytes(metadata.exif, image.size) if metadata.exif is not None else None
+    chunks = deep.png_metadata_chunks(icc, exif, metadata.xmp)
+    deep.write_png(image, destination, settings.png_compress_level, chunks)
 
 
 # TIFF tags that describe how the source's pixels were stored, not the photo: a TIFF source's

@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
 import requests
@@ -34,8 +35,18 @@ SPOOL_BYTES = 8 * 1024 * 1024
 DISK_FULL_DEADLINE_SECONDS = 300.0
 DISK_FULL = 507  # the storage's answer when its volume has no space left
 
-# process(source, destination, pipeline) -> media type; raises Rejected for a bad image
-Processor = Callable[[BinaryIO, BinaryIO, str], str]
+
+# process(source, destination, pipeline) -> media type, or a Processed when there are warnings;
+# raises Rejected for a bad image
+Processor = Callable[[BinaryIO, BinaryIO, str], "str | Processed"]
+
+
+@dataclass(frozen=True)
+class Processed:
+    """A processor's result with warnings: what of the image was skipped (shown in /status)."""
+
+    media_type: str
+    warnings: tuple[str, ...] = ()
 
 
 _T = TypeVar("_T")
@@ -202,7 +213,11 @@ class TaskLoop:
                 _copy_body(download, images.source)
             self._metrics.observe("download", time.perf_counter() - download_started)
             images.source.seek(0)
-            images.media_type = self._process(images.source, images.result, claim.pipeline)
+            processed = self._process(images.source, images.result, claim.pipeline)
+            if isinstance(processed, Processed):
+                images.media_type, images.warnings = processed.media_type, processed.warnings
+            else:
+                images.media_type = processed
         except BaseException:
             images.close()
             raise
@@ -211,7 +226,7 @@ class TaskLoop:
     def _store_result(self, claim: Claim, images: _TaskImages) -> None:
         with self._metrics.stage("upload"):
             self._send_result(claim, images.result)
-        self._master.finish(claim)
+        self._master.finish(claim, "; ".join(images.warnings) or None)
         self.completed += 1
         self._outage.reset()
         self._metrics.outcome(Outcome.DONE)
@@ -333,6 +348,7 @@ class _TaskImages:
         self.source = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115
         self.result = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115
         self.media_type = ""
+        self.warnings: tuple[str, ...] = ()
 
     def close(self) -> None:
         self.source.close()

@@ -37,6 +37,7 @@ from darkroom.contract.pipeline import (
     Thumbnail,
     parse_pipeline,
 )
+from darkroom.worker import deep
 from darkroom.worker.animation import judge_animation
 from darkroom.worker.codec import (
     ImageRejected,
@@ -63,7 +64,8 @@ def process_image(
     Raises ImageRejected for anything wrong with the image or, since no retry can fix it either,
     with the pipeline. Errors writing to ``destination`` propagate unchanged. When ``timings``
     is given, the seconds spent in ``decode``, ``operation`` and ``encode`` are stored in it;
-    ``notes`` receives what the job's status should tell (whether an animation was kept).
+    ``notes`` receives what the job's status should tell (whether an animation was kept,
+    what of the file was skipped as unreadable).
     """
     timings = {} if timings is None else timings
     try:
@@ -76,9 +78,14 @@ def process_image(
     if animation.note and notes is not None:
         notes.append(animation.note)
     if animation.keep:
-        return _process_frames(opened, pipeline, destination, settings, timings, started)
+        media_type = _process_frames(opened, pipeline, destination, settings, timings, started)
+        if notes is not None:
+            notes.extend(opened.warnings)
+        return media_type
     operations, at_least = plan_shrink_on_load(pipeline.operations, opened.shrinkable_size)
     image, metadata = opened.decode(at_least)
+    if notes is not None:
+        notes.extend(opened.warnings)
     del opened  # the decoded file, when a working-mode copy replaced it
     decoded = time.perf_counter()
     timings["decode"] = decoded - started
@@ -207,8 +214,11 @@ def _first_downscale(operations: tuple[Operation, ...]) -> tuple[int, bool] | No
     return None
 
 
-def apply(operation: Operation | _ResizeTo, image: Image.Image) -> Image.Image:
-    """What ``operation`` makes of ``image`` (a working-mode image: L, LA, RGB, RGBA or I)."""
+def apply(operation: Operation | _ResizeTo, image: Any) -> Any:
+    """What ``operation`` makes of ``image`` (a working-mode image: L, LA, RGB, RGBA or I, or
+    16-bit colour, a ``deep.DeepImage``)."""
+    if isinstance(image, deep.DeepImage):
+        return deep.apply(operation, image, apply)
     if isinstance(operation, _ResizeTo):  # planned by plan_shrink_on_load, not in the grammar
         return _resized(image, operation.size)
     return PIXEL_STEPS[type(operation)](operation, image)

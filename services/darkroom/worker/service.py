@@ -28,7 +28,7 @@ from darkroom.core.runtime import Runtime, configure_logging
 from darkroom.core.server import serve
 from darkroom.master.client import MasterClient
 from darkroom.storage.client import StorageClient
-from darkroom.worker.loop import Processor, TaskLoop
+from darkroom.worker.loop import Processed, Processor, TaskLoop
 from darkroom.worker.metrics import (
     BusyFraction,
     TaskMetrics,
@@ -52,10 +52,12 @@ def loop_count(config: Config) -> int:
 def timed_processor(settings: ProcessingSettings, metrics: TaskMetrics) -> Processor:
     """``process_image`` with ``settings``, its decode, operation and encode times recorded."""
 
-    def process(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str:
+    def process(source: BinaryIO, destination: BinaryIO, pipeline: str) -> Processed:
         timings: dict[str, float] = {}
+        notes: list[str] = []  # what the job's status should tell
         try:
-            return process_image(source, destination, pipeline, settings, timings)
+            media_type = process_image(source, destination, pipeline, settings, timings, notes)
+            return Processed(media_type, tuple(notes))
         finally:
             metrics.observe_all(timings)
 

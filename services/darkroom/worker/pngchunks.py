@@ -1,0 +1,84 @@
+"""PNG chunks: optional ones that cannot be read are skipped; a broken file says what is wrong.
+
+Pillow refuses a whole PNG when an optional (ancillary) chunk is malformed, for example an
+``iCCP`` chunk with an unknown compression method, although the PNG specification lets a decoder
+ignore such a chunk. ``TolerantPngStream`` skips it and notes why; ``find_png_fault`` walks a PNG
+that failed to decode chunk by chunk and names the first fault (bad signature, truncated, bad
+CRC), which Pillow's own messages often do not.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import BinaryIO
+
+from PIL import PngImagePlugin
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Failures of Pillow's chunk readers on malformed content. Not EOFError (the end of the chunks)
+# nor OSError (a short read: a truncated file is an error, not an optional chunk to skip).
+_UNREADABLE = (SyntaxError, ValueError, TypeError, IndexError, struct.error, zlib.error)
+_READ_STEP = 1 << 20  # CRCs are checked a megabyte at a time, whatever a chunk's length
+
+
+class TolerantPngStream(PngImagePlugin.PngStream):
+    """Pillow's PNG chunk reader, skipping ancillary chunks it cannot read; see ``skipped``."""
+
+    def __init__(self, fp: BinaryIO) -> None:
+        super().__init__(fp)
+        self.skipped: list[str] = []  # one line per chunk skipped, fit to show a user
+
+    def call(self, cid: bytes, pos: int, length: int) -> bytes:
+        if not _is_ancillary(cid):
+            return super().call(cid, pos, length)
+        try:
+            return super().call(cid, pos, length)
+        except _UNREADABLE as exc:
+            name = cid.decode("ascii", "replace")
+            self.skipped.append(f"skipped the unreadable optional {name} chunk: {exc}")
+            assert self.fp is not None
+            self.fp.seek(pos)  # the caller checks the chunk's CRC over its data
+            return PngImagePlugin.ImageFile._safe_read(self.fp, length)
+
+
+def _is_ancillary(cid: bytes) -> bool:
+    # Bit 5 of the first letter (lower case) marks a chunk a decoder may ignore.
+    return len(cid) == 4 and bool(cid[0] & 0x20)
+
+
+def use_tolerant_png_reader() -> None:
+    """Make Pillow's PNG reader use ``TolerantPngStream`` (PngImageFile looks the name up)."""
+    PngImagePlugin.PngStream = TolerantPngStream  # type: ignore[misc]
+
+
+def find_png_fault(source: BinaryIO) -> str | None:
+    """What is wrong with the PNG in ``source`` (read from where it is), or None if its chunks
+    are sound: "bad signature", "bad header …", "truncated …", "bad CRC in the … chunk"."""
+    if source.read(8) != PNG_SIGNATURE:
+        return "bad signature"
+    first = True
+    while True:
+        head = source.read(8)
+        if len(head) < 8:
+            return "truncated: it ends before its IEND chunk"
+        length, cid = struct.unpack(">I4s", head)
+        name = cid.decode("ascii", "replace")
+        if first and (cid != b"IHDR" or length != 13):
+            return "bad header: the first chunk is not a 13-byte IHDR"
+        first = False
+        crc = zlib.crc32(cid)
+        remaining = length
+        while remaining:
+            data = source.read(min(remaining, _READ_STEP))
+            if not data:
+                return f"truncated in the {name} chunk"
+            crc = zlib.crc32(data, crc)
+            remaining -= len(data)
+        stored = source.read(4)
+        if len(stored) < 4:
+            return f"truncated in the {name} chunk"
+        if struct.unpack(">I", stored)[0] != crc:
+            return f"bad CRC in the {name} chunk"
+        if cid == b"IEND":
+            return None

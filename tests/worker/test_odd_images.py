@@ -1,0 +1,370 @@
+"""Image classes an independent decoder showed coming back wrong (issue 14): key-colour
+transparency, BigTIFF, 16-bit colour, broken files' reasons, unreadable optional PNG chunks.
+
+Every file is made here, most byte by byte (support.pngfiles), so the expectation comes from the
+samples written, not from the decoder under test.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import zlib
+
+import pytest
+from falcon import testing
+from PIL import Image, ImageChops, ImageCms
+
+from darkroom.core.config import Config
+from darkroom.core.imagetypes import sniff_media_type
+from darkroom.worker.codec import open_image
+from darkroom.worker.loop import TaskLoop
+from darkroom.worker.metrics import TaskMetrics
+from darkroom.worker.operations import ImageRejected, process_image
+from darkroom.worker.service import timed_processor
+from support.iccprofiles import toy_cmyk_profile
+from support.inprocess import master_side
+from support.pngfiles import CHANNELS, GREY, RGB, RGBA, chunk, png, trns
+from support.processing import SETTINGS, encode, run
+
+# --- tRNS key colour on grey and RGB ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
+def test_a_grey_key_colour_is_transparent(bits: int) -> None:
+    top = (1 << bits) - 1
+    key = top if bits == 1 else top // 3
+    samples = [[0, key, top, key], [top, 0, key, 0]]
+    result, _ = run(png(samples, bits, GREY, [trns(key)]), "png")
+    assert result.mode == "LA"
+    alpha = [[result.getpixel((x, y))[1] for x in range(4)] for y in range(2)]
+    assert alpha == [[0 if sample == key else 255 for sample in row] for row in samples]
+    grey = [[result.getpixel((x, y))[0] for x in range(4)] for y in range(2)]
+    assert grey == [[round(sample * 255 / top) for sample in row] for row in samples]
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_an_rgb_key_colour_is_transparent_only_where_every_sample_matches(bits: int) -> None:
+    top = (1 << bits) - 1
+    key = (top, 0, top // 5)
+    near = (top - 1, 0, top // 5)  # one level off in red: opaque (at 16 bits, same high byte)
+    pixels = [key, near, (0, 0, top // 5), key]
+    result, _ = run(
+        png([[sample for pixel in pixels for sample in pixel]], bits, RGB, [trns(*key)]), "png"
+    )
+    assert result.mode == "RGBA"
+    assert [result.getpixel((x, 0))[3] for x in range(4)] == [0, 255, 255, 0]
+
+
+def test_a_key_colour_outside_the_image_changes_nothing_visible() -> None:
+    result, _ = run(png([[1, 2, 3, 4]], 8, GREY, [trns(200)]), "png")
+    assert [result.convert("LA").getpixel((x, 0)) for x in range(4)] == [
+        (1, 255),
+        (2, 255),
+        (3, 255),
+        (4, 255),
+    ]
+
+
+# --- BigTIFF ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+def test_bigtiff_is_recognised_and_decoded(byte_order: str) -> None:
+    image = Image.new("RGB", (6, 4), (10, 200, 30))
+    image.putpixel((5, 3), (250, 1, 2))
+    data = encode(image, "TIFF", big_tiff=True, tiffinfo={}, byteorder=byte_order).getvalue()
+    assert data[:4] in (b"II+\x00", b"MM\x00+")
+    assert sniff_media_type(data[:16]) == "image/tiff"
+    result, media_type = run(data, "png")
+    assert media_type == "image/png"
+    assert (result.getpixel((0, 0)), result.getpixel((5, 3))) == ((10, 200, 30), (250, 1, 2))
+
+
+# --- broken files say which format and what is wrong -----------------------------------------
+
+
+def _good_png() -> bytes:
+    return encode(Image.effect_noise((64, 64), 80)).getvalue()
+
+
+def _flipped(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+def _jpeg() -> bytes:
+    return encode(Image.effect_noise((64, 64), 80).convert("RGB"), "JPEG").getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (
+            _flipped(_good_png(), 20),
+            r"not a supported image: a broken PNG file \(bad CRC in the IHDR",
+        ),
+        (_flipped(_good_png(), 300), r"cannot decode the image: PNG file \(bad CRC in the IDAT"),
+        (_good_png()[:600], r"cannot decode the image: PNG file \(truncated in the IDAT chunk"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, r"broken PNG file \(bad header"),
+        (_jpeg()[:400], r"cannot decode the image: JPEG file \(truncated"),
+        (
+            b"\xff\xd8\xff\xe0" + b"\x00" * 40,
+            r"not a supported image: a broken JPEG file \(bad header",
+        ),
+        (b"II*\x00" + b"\xff" * 40, r"not a supported image: a broken TIFF file \(bad header"),
+        (b"GIF89a\x00\x00", r"not a supported image: a broken GIF file \(bad header"),
+    ],
+    ids=[
+        "png-ihdr-crc",
+        "png-idat-crc",
+        "png-truncated",
+        "png-no-header",
+        "jpeg-truncated",
+        "jpeg-header",
+        "tiff-header",
+        "gif-header",
+    ],
+)
+def test_a_broken_file_says_its_format_and_what_is_wrong(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageRejected, match=reason):
+        run(data, "png")
+
+
+def test_a_file_of_no_supported_format_is_still_just_not_supported() -> None:
+    with pytest.raises(ImageRejected, match=r"^not a supported image \(PNG"):
+        run(b"P6 4 4 255\n" + b"\x00" * 48, "png")
+
+
+# --- an unreadable optional chunk is skipped -------------------------------------------------
+
+_UNKNOWN_COMPRESSION_ICCP = (b"iCCP", b"profile\x00\x05" + zlib.compress(b"not a profile"))
+
+
+def test_an_unreadable_iccp_chunk_is_skipped_and_reported() -> None:
+    samples = [[0, 50, 100, 250]]
+    data = png(samples, 8, GREY, [_UNKNOWN_COMPRESSION_ICCP])
+    opened = open_image(io.BytesIO(data), SETTINGS)
+    image, metadata = opened.decode()
+    assert [image.getpixel((x, 0)) for x in range(4)] == samples[0]
+    assert metadata.icc is None
+    assert opened.warnings == (
+        "skipped the unreadable optional iCCP chunk: Unknown compression method 5 in iCCP chunk",
+    )
+    destination, warnings = io.BytesIO(), ["already there"]
+    process_image(io.BytesIO(data), destination, "png", SETTINGS, notes=warnings)
+    assert warnings == ["already there", *opened.warnings]
+    result = Image.open(destination)
+    assert [result.getpixel((x, 0)) for x in range(4)] == samples[0]
+
+
+def test_a_sound_png_has_no_warnings() -> None:
+    opened = open_image(io.BytesIO(png([[1, 2]], 8, GREY)), SETTINGS)
+    opened.decode()
+    assert opened.warnings == ()
+
+
+def test_an_unreadable_critical_chunk_is_still_an_error() -> None:
+    bad_header = png([[1, 2]], 8, GREY).replace(chunk(b"IHDR", b"")[:0], b"")
+    bad_header = bad_header[:8] + chunk(b"IHDR", b"\x00" * 13) + bad_header[33:]
+    with pytest.raises(ImageRejected):
+        run(bad_header, "png")
+
+
+# --- 16-bit colour ---------------------------------------------------------------------------
+
+
+def read_png_samples(data: bytes) -> tuple[int, int, list[list[tuple[int, ...]]]]:
+    """(bit depth, colour type, rows of pixels) of a non-interlaced PNG whose rows all use
+    filter 0, read here with struct and zlib: a decoder independent of Pillow."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    position, compressed = 8, b""
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        body = data[position + 8 : position + 8 + length]
+        if kind == b"IHDR":
+            width, height, bits, colour_type = struct.unpack(">IIBB", body[:10])
+        elif kind == b"IDAT":
+            compressed += body
+        position += 12 + length
+    assert bits == 16
+    channels = CHANNELS[colour_type]
+    raw, row_bytes = zlib.decompress(compressed), width * channels * 2
+    rows = []
+    for y in range(height):
+        row = raw[y * (row_bytes + 1) : (y + 1) * (row_bytes + 1)]
+        assert row[0] == 0
+        samples = struct.unpack(f">{width * channels}H", row[1:])
+        rows.append([samples[x * channels : (x + 1) * channels] for x in range(width)])
+    return bits, colour_type, rows
+
+
+# 3x2 pixels whose low bytes matter: no two differ in their high bytes only.
+DEEP_PIXELS = [
+    [(1000, 2000, 3000), (65535, 1, 300), (4660, 22136, 39612)],
+    [(258, 515, 772), (0, 65280, 255), (40000, 30000, 20000)],
+]
+
+
+def deep_png(pixels: list[list[tuple[int, ...]]] = DEEP_PIXELS) -> bytes:
+    colour_type = RGBA if len(pixels[0][0]) == 4 else RGB
+    return png([[s for pixel in row for s in pixel] for row in pixels], 16, colour_type)
+
+
+def process(data: bytes, pipeline: str) -> bytes:
+    destination = io.BytesIO()
+    process_image(io.BytesIO(data), destination, pipeline, SETTINGS)
+    return destination.getvalue()
+
+
+def test_16_bit_rgb_keeps_its_depth_in_png() -> None:
+    bits, colour_type, rows = read_png_samples(process(deep_png(), "png"))
+    assert (bits, colour_type, rows) == (16, RGB, DEEP_PIXELS)
+
+
+def test_16_bit_rgba_keeps_its_depth_and_alpha() -> None:
+    pixels = [[(*pixel, 1 + 999 * x) for x, pixel in enumerate(row)] for row in DEEP_PIXELS]
+    assert read_png_samples(process(deep_png(pixels), "png")) == (16, RGBA, pixels)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "expected"),
+    [
+        ("swap", [[(g, r, b) for r, g, b in row] for row in DEEP_PIXELS]),
+        ("flip", DEEP_PIXELS[::-1]),
+        ("flop", [row[::-1] for row in DEEP_PIXELS]),
+        ("crop:2x1+1+1", [DEEP_PIXELS[1][1:]]),
+        ("rotate:90", [[DEEP_PIXELS[1][x], DEEP_PIXELS[0][x]] for x in range(3)]),
+    ],
+)
+def test_16_bit_rgb_steps_move_every_sample_exactly(
+    pipeline: str, expected: list[list[tuple[int, ...]]]
+) -> None:
+    assert read_png_samples(process(deep_png(), pipeline))[2] == expected
+
+
+def test_16_bit_grayscale_weighs_the_channels_at_16_bits() -> None:
+    result = Image.open(io.BytesIO(process(deep_png(), "grayscale")))  # Pillow reads 16-bit grey
+    assert result.mode == "I;16"
+    for y, row in enumerate(DEEP_PIXELS):
+        for x, (red, green, blue) in enumerate(row):
+            expected = 0.299 * red + 0.587 * green + 0.114 * blue
+            assert result.getpixel((x, y)) == pytest.approx(expected, abs=1)
+
+
+def test_16_bit_resize_keeps_a_flat_colour_exact() -> None:
+    flat = [[(4660, 22136, 39612)] * 8] * 6
+    rows = read_png_samples(process(deep_png(flat), "resize:4x3"))[2]
+    assert rows == [[(4660, 22136, 39612)] * 4] * 3
+
+
+def test_16_bit_arbitrary_rotation_adds_a_16_bit_alpha() -> None:
+    flat = [[(4660, 22136, 39612)] * 8] * 8
+    _, colour_type, rows = read_png_samples(process(deep_png(flat), "rotate:45"))
+    assert colour_type == RGBA
+    assert rows[0][0][3] == 0
+    centre = rows[len(rows) // 2][len(rows[0]) // 2]
+    assert centre == pytest.approx((4660, 22136, 39612, 65535), abs=2)
+
+
+@pytest.mark.parametrize("pipeline", ["jpeg", "webp", "blur:1"])
+def test_16_bit_rgb_is_scaled_to_8_bits_where_a_step_or_format_needs_it(pipeline: str) -> None:
+    flat = [[(4660, 22136, 39612)] * 8] * 8
+    result = Image.open(io.BytesIO(process(deep_png(flat), pipeline)))
+    assert result.mode == "RGB"
+    assert result.getpixel((4, 4)) == pytest.approx((18, 86, 154), abs=2)  # value / 257
+
+
+def test_16_bit_rgb_keeps_its_colour_profile() -> None:
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    iccp = (b"iCCP", b"sRGB\x00\x00" + zlib.compress(srgb))
+    source = png([[s for pixel in row for s in pixel] for row in DEEP_PIXELS], 16, RGB, [iccp])
+    result = process(source, "png")
+    assert Image.open(io.BytesIO(result)).info.get("icc_profile") == srgb
+    assert read_png_samples(result)[2] == DEEP_PIXELS
+
+
+def tiff_16_bit(pixels: list[list[tuple[int, ...]]], byte_order: str) -> bytes:
+    """An uncompressed one-strip 16-bit RGB(A) TIFF, written with struct."""
+    height, width, channels = len(pixels), len(pixels[0]), len(pixels[0][0])
+    samples = [sample for row in pixels for pixel in row for sample in pixel]
+    data = struct.pack(f"{byte_order}{len(samples)}H", *samples)
+    entries = [  # (tag, type 3 = SHORT or 4 = LONG, value); 258 and 273 point past the IFD
+        (256, 3, width), (257, 3, height), (258, 3, 0), (259, 3, 1), (262, 3, 2), (273, 4, 0),
+        (277, 3, channels), (278, 3, height), (279, 4, len(data)),
+    ]  # fmt: skip
+    if channels == 4:
+        entries.append((338, 3, 2))  # an unassociated alpha
+    bits_at = 8 + 2 + 12 * len(entries) + 4
+    data_at = bits_at + 2 * channels
+    ifd = struct.pack(f"{byte_order}H", len(entries))
+    for tag, kind, value in entries:
+        value = {258: bits_at, 273: data_at}.get(tag, value)
+        count = channels if tag == 258 else 1
+        inline_short = kind == 3 and count == 1  # else the field holds a LONG or an offset
+        packed = struct.pack(
+            f"{byte_order}{'HH' if inline_short else 'I'}", value, *[0] * inline_short
+        )
+        ifd += struct.pack(f"{byte_order}HHI", tag, kind, count) + packed
+    head = (b"II*\x00" if byte_order == "<" else b"MM\x00*") + struct.pack(f"{byte_order}I", 8)
+    bits = struct.pack(f"{byte_order}{channels}H", *([16] * channels))
+    return head + ifd + struct.pack(f"{byte_order}I", 0) + bits + data
+
+
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+@pytest.mark.parametrize("alpha", [False, True])
+def test_16_bit_tiff_keeps_its_depth_in_png(byte_order: str, alpha: bool) -> None:
+    pixels = [
+        [(*pixel, 7 + 5000 * x)[: 4 if alpha else 3] for x, pixel in enumerate(row)]
+        for row in DEEP_PIXELS
+    ]
+    bits, colour_type, rows = read_png_samples(process(tiff_16_bit(pixels, byte_order), "png"))
+    assert (bits, colour_type, rows) == (16, RGBA if alpha else RGB, pixels)
+
+
+def test_a_skipped_chunk_is_said_in_the_task_status(config: Config) -> None:
+    """Worker, master and database in-process: the warning reaches /status (its error field)."""
+    system = master_side(config)
+    master_api = testing.TestClient(system.master_app)
+    data = png([[0, 50, 100, 250]], 8, GREY, [_UNKNOWN_COMPRESSION_ICCP])
+    task_id = master_api.simulate_post("/new", body=data).text
+    process = timed_processor(SETTINGS, TaskMetrics())
+    loop = TaskLoop(
+        system.master, system.storage, process, ImageRejected, 0, 5, 5, threading.Event()
+    )
+    loop.handle(system.master.claim(0, 5))
+    status = master_api.simulate_get("/status", params={"id": task_id}).json
+    assert status["stateName"] == "finished"
+    assert status["error"] == (
+        "skipped the unreadable optional iCCP chunk: Unknown compression method 5 in iCCP chunk"
+    )
+
+
+# --- CMYK through its colour profile ---------------------------------------------------------
+
+
+def _mean_difference(one: Image.Image, other: Image.Image) -> float:
+    histogram = ImageChops.difference(one, other).convert("L").histogram()
+    return sum(level * count for level, count in enumerate(histogram)) / sum(histogram)
+
+
+def test_a_cmyk_jpeg_is_converted_through_its_embedded_profile() -> None:
+    profile = toy_cmyk_profile()
+    inks = Image.merge(
+        "CMYK",
+        [Image.linear_gradient("L").resize((32, 32)).rotate(angle) for angle in (0, 90, 180, 270)],
+    )
+    # Pillow writes CMYK JPEGs Adobe-style (inverted) and reads them back the same way.
+    data = encode(inks, "JPEG", quality=100, icc_profile=profile).getvalue()
+    assert b"Adobe" in data
+    decoded = Image.open(io.BytesIO(data)).convert("CMYK")
+    expected = ImageCms.profileToProfile(
+        decoded,
+        ImageCms.ImageCmsProfile(io.BytesIO(profile)),
+        ImageCms.createProfile("sRGB"),
+        outputMode="RGB",
+    )
+    assert _mean_difference(decoded.convert("RGB"), expected) > 10  # the plain formula is far off
+    result, _ = run(data, "png")
+    assert _mean_difference(result.convert("RGB"), expected) < 1
+    assert "icc_profile" not in result.info  # the CMYK profile does not describe RGB pixels
