@@ -49,6 +49,8 @@ class TaskConflict(Exception):
 class TaskStore(Protocol):
     # Leases that expired since the store opened (a requeue or a final failure each).
     lease_expiries: int
+    # Finishes refused since the store opened: the work of a lost lease, done twice.
+    finishes_refused: int
 
     def create(self, pipeline: str) -> Task: ...
     def enqueue(self, task_id: str) -> Task: ...
@@ -126,6 +128,7 @@ class SqliteTaskStore:
         self._watchers: dict[str, set[threading.Event]] = {}
         self._watchers_lock = threading.Lock()
         self.lease_expiries = 0
+        self.finishes_refused = 0
 
     # -- transactions -------------------------------------------------------------------
     def _transaction(self):
@@ -270,7 +273,11 @@ class SqliteTaskStore:
             if task.state == State.FINISHED and task.lease_token == lease_token:
                 return task  # the holder repeating itself
             # A holder whose lease just expired may still finish while nobody else holds it.
-            self._held(task_id, lease_token, State.IN_PROGRESS, State.QUEUED)
+            try:
+                self._held(task_id, lease_token, State.IN_PROGRESS, State.QUEUED)
+            except TaskConflict:
+                self.finishes_refused += 1  # finished already, or the lease went to another
+                raise
             return self._update(
                 task_id,
                 state=State.FINISHED,
