@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
+import psutil  # the processes seen, for telling a reused pid apart
 import requests
 
 from harness.environment import ROLES
@@ -42,7 +42,7 @@ from harness.images import decode, png_bytes, same_pixels, swapped
 from harness.launch import answers as url_answers
 from harness.launch import kill
 from harness.metrics import CounterTotal, samples
-from harness.proc import identity
+from harness.proc import alive, identity
 from harness.up import DarkroomUp
 
 # What the chaos kills, and how often relative to each other.
@@ -194,24 +194,17 @@ class Darkroom(DarkroomUp):
             found = samples(answer.text)
             self.refused_finishes.add(found[(REFUSED_FINISHES, frozenset())], source=pid)
 
-    def stop(self) -> list[int]:
-        """Stop gracefully; returns the pids of processes that outlived ``darkroom up``."""
+    def stop_and_reap(self) -> list[int]:
+        """Stop gracefully; kill and return the pids of processes that outlived it."""
         if self.launched is None:
             return []
         self.loop_pids()
-        self.launched.stop(60)
+        self.stop(60)
         time.sleep(0.5)
-        survivors = [pid for pid, process in self.seen.items() if _alive(process)]
+        survivors = [pid for pid, process in self.seen.items() if alive(process)]
         for pid in survivors:
             kill(pid)
         return survivors
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 # -- the chaos ----------------------------------------------------------------------------
@@ -506,8 +499,10 @@ def run_chaos(settings: ChaosSettings, workdir: Path, log: Log = print) -> Repor
         _verify(client, system, jobs, states, watcher, report, max(end, time.monotonic() + 30))
         system.count_refused_finishes()
         report.finishes_refused = round(system.refused_finishes.increase)
+        if not system.refused_finishes.read:
+            report.errors.append(f"the database's {REFUSED_FINISHES} could not be read")
     finally:
-        survivors = system.stop()
+        survivors = system.stop_and_reap()
         if survivors:
             report.errors.append(f"processes outlived darkroom up: {sorted(survivors)}")
     report.leftovers += _temporary_files(system.data_dir)

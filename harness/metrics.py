@@ -43,6 +43,11 @@ class CounterTotal:
         self._last: float | None = None
         self._source: object = None
 
+    @property
+    def read(self) -> bool:
+        """Whether any scrape was added: an increase of 0 may be a counter never seen."""
+        return self._last is not None
+
     def add(self, current: float, source: object = None) -> None:
         restarted = self._last is None or current < self._last or source != self._source
         self.increase += current if restarted else current - self._last

@@ -67,3 +67,11 @@ def identity(pid: int) -> psutil.Process | None:
         return None if process.status() == psutil.STATUS_ZOMBIE else process
     except GONE:
         return None
+
+
+def alive(process: psutil.Process) -> bool:
+    """Whether that very process (not another with its pid) is still running."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

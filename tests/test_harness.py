@@ -87,11 +87,12 @@ def test_metrics_parse_prometheus_text_by_name_and_labels():
 
 def test_counter_total_survives_restarts_seen_by_value_or_by_source():
     counted = CounterTotal()
+    assert not counted.read
     counted.add(2, source=10)
     counted.add(5, source=10)  # +3
     counted.add(1, source=10)  # lower: restarted, +1
     counted.add(4, source=11)  # another process, though higher: +4
-    assert counted.increase == 10
+    assert counted.increase == 10 and counted.read
 
 
 def test_proc_reads_this_process_and_answers_for_a_gone_one():
