@@ -1,6 +1,6 @@
 """A long chaos run against ``darkroom up``: ``python bench/chaos.py --jobs 1000 --seconds 600``.
 
-The same chaos as ``tests/chaos/test_chaos.py`` (shared code in ``tests/support/chaos.py``),
+The same chaos as ``tests/chaos/test_chaos.py`` (shared code in ``harness/chaos.py``),
 bounded in jobs and time. Prints the counts; exits 1 when a promise was broken.
 """
 
@@ -12,11 +12,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The repository's own code and test support, not whatever darkroom is installed.
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "services"), str(ROOT / "tests")]
+# The harness; it runs the repository's own code, not whatever darkroom is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from support.chaos import ChaosSettings, run_chaos  # noqa: E402
+from harness.chaos import ChaosSettings, run_chaos
 
 
 def main(argv: list[str] | None = None) -> int:

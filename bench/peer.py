@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
-from launch import HOST, Launched, Timeout, free_port, wait_until
-from system import children, running, tree_cpu_seconds
+from harness.launch import HOST, Launched, Timeout, free_port, wait_until
+from harness.proc import children, running, tree_cpu_seconds
 
 THUMBOR = "thumbor==7.8.0"
 INSTALL_TIMEOUT = 900.0

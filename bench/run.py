@@ -47,13 +47,14 @@ from typing import Any
 SERVICES = Path(__file__).resolve().parent.parent / "services"
 if "--services" in sys.argv:  # another copy of the code, e.g. before a change
     SERVICES = Path(sys.argv[sys.argv.index("--services") + 1]).resolve()
-sys.path.insert(0, str(SERVICES))  # benchmark this checkout, not an installed copy
+# Benchmark this checkout (or --services), not an installed copy; the harness is this checkout's.
+sys.path[:0] = [str(SERVICES), str(Path(__file__).resolve().parent.parent)]
 
 import images  # noqa: E402
 import peer  # noqa: E402
 import workloads  # noqa: E402
 from report import ISSUE_WORKERS, report_jobs, report_overhead, say, summary  # noqa: E402
-from system import DarkroomUp, StandaloneDatabase  # noqa: E402
+from system import BenchedUp, StandaloneDatabase  # noqa: E402
 
 WORKLOADS = ("thumbnails", "small", "photos", "large", "longpoll", "idle", "upload", "database")
 ISSUE_WORKLOADS = {"thumbnails", "small", "photos", "large"}
@@ -211,7 +212,7 @@ def run(args: argparse.Namespace, work: Path, results: dict[str, Any]) -> None:
     env = {"DARKROOM_MAX_UPLOAD_BYTES": str((args.upload_mb + 16) * 1024 * 1024)}
     for workers in sorted(counts):
         say(f"\ndarkroom up --workers {workers}")
-        with DarkroomUp(SERVICES, work, workers, env) as system:
+        with BenchedUp(SERVICES, work, workers, env) as system:
             system.wait_workers_idle()
             if workers == ISSUE_WORKERS:
                 issue_workloads(system, args, sets, results)
@@ -246,7 +247,7 @@ def make_sets(args: argparse.Namespace, work: Path) -> ImageSets:
 
 
 def issue_workloads(
-    system: DarkroomUp,
+    system: BenchedUp,
     args: argparse.Namespace,
     sets: ImageSets,
     results: dict[str, Any],
@@ -266,7 +267,7 @@ def issue_workloads(
 
 
 def polling(
-    system: DarkroomUp, args: argparse.Namespace, kind: str, paths: list[Path], digests: list[str]
+    system: BenchedUp, args: argparse.Namespace, kind: str, paths: list[Path], digests: list[str]
 ) -> dict[str, Any]:
     def check(n: int, data: bytes) -> str | None:
         return None if images.result_digest(data) == digests[n % len(digests)] else "wrong pixels"
@@ -278,9 +279,7 @@ def polling(
     return figure
 
 
-def long_polls(
-    system: DarkroomUp, sets: ImageSets, results: dict[str, Any], timeout: float
-) -> None:
+def long_polls(system: BenchedUp, sets: ImageSets, results: dict[str, Any], timeout: float) -> None:
     """The long-poll client (upload everything at once, follow the oldest job) per image set."""
     for kind in ("small", "photo"):
         if kind in sets:
@@ -292,7 +291,7 @@ def long_polls(
 
 
 def long_poll(
-    system: DarkroomUp, kind: str, paths: list[Path], digests: list[str], timeout: float
+    system: BenchedUp, kind: str, paths: list[Path], digests: list[str], timeout: float
 ) -> dict[str, Any]:
     figure = workloads.end_to_end(system, [p.read_bytes() for p in paths], digests, timeout)
     report_jobs(f"{kind} x{len(paths)}, long polls", figure)
@@ -300,7 +299,7 @@ def long_poll(
 
 
 def against_bound(
-    kind: str, paths: list[Path], system: DarkroomUp, run_once: Callable[[], dict[str, Any]]
+    kind: str, paths: list[Path], system: BenchedUp, run_once: Callable[[], dict[str, Any]]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A run between two measures of the bound, so that both see the same machine (its speed
     drifts by 10 % within minutes here); the system waits idle meanwhile."""
@@ -365,7 +364,7 @@ def thumbnail_check(_: int, data: bytes) -> str | None:
 
 
 def measure_thumbnails(
-    system: DarkroomUp, args: argparse.Namespace, paths: list[Path]
+    system: BenchedUp, args: argparse.Namespace, paths: list[Path]
 ) -> dict[str, Any]:
     data = [path.read_bytes() for path in paths]
     threads, op = THUMBNAIL["threads"], THUMBNAIL["op"]
@@ -386,7 +385,7 @@ def measure_thumbnails(
     return figure
 
 
-def measure_large(system: DarkroomUp, args: argparse.Namespace) -> dict[str, Any]:
+def measure_large(system: BenchedUp, args: argparse.Namespace) -> dict[str, Any]:
     width, height = args.large_size
     say(f"  making a {width}x{height} JPEG ({width * height / 1e6:.0f} megapixels) ...")
     data = make_large(args.large_size)
@@ -427,7 +426,7 @@ def measure_bound(kind: str, paths: list[Path], workers: int, when: str) -> dict
     return figure
 
 
-def measure_memory(system: DarkroomUp, args: argparse.Namespace) -> dict[str, Any]:
+def measure_memory(system: BenchedUp, args: argparse.Namespace) -> dict[str, Any]:
     size = args.upload_mb * 1_000_000
     say(f"  memory: uploading {size / 1e6:.0f} MB (PNG header + filler) ...")
     figure = workloads.memory(system, size, timeout=args.timeout)
@@ -441,7 +440,7 @@ def measure_memory(system: DarkroomUp, args: argparse.Namespace) -> dict[str, An
     return figure
 
 
-def measure_idle(system: DarkroomUp, args: argparse.Namespace, first: Path) -> dict[str, Any]:
+def measure_idle(system: BenchedUp, args: argparse.Namespace, first: Path) -> dict[str, Any]:
     figure = workloads.idle_latency(system, first.read_bytes(), args.idle_repeats)
     say(
         f"  idle latency (upload to ready, x{figure['repeats']}): p50 {figure['p50_ms']:.0f} ms,"

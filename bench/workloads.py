@@ -22,8 +22,10 @@ import requests
 
 from darkroom.core.discovery import Backoff
 from darkroom.worker.operations import ProcessingSettings, process_image
+from harness.metrics import Samples, samples, total, value
+from harness.proc import memory_kib
 from images import result_digest, thumbnail_problem
-from system import DarkroomUp, memory_kib
+from system import BenchedUp
 
 STAGES = ("download", "decode", "operation", "encode", "upload")
 
@@ -103,18 +105,12 @@ class _Sessions(threading.local):
             self.session.headers["Authorization"] = f"Bearer {token}"
 
 
-def _metric_samples(system: DarkroomUp) -> dict[str, float]:
-    text = system.session.get(system.url("worker", "/metrics"), timeout=10).text
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("darkroom_worker_") and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+def _metric_samples(system: BenchedUp) -> Samples:
+    return samples(system.session.get(system.url("worker", "/metrics"), timeout=10).text)
 
 
 def end_to_end(
-    system: DarkroomUp,
+    system: BenchedUp,
     images: list[bytes],
     digests: list[str],
     timeout: float,
@@ -228,7 +224,7 @@ def rates(spans: list[tuple[float, float]], unit: str) -> dict[str, Any]:
 class _Usage:
     """CPU and worker metrics from now until ``figures``: what a run cost, per job."""
 
-    def __init__(self, system: DarkroomUp) -> None:
+    def __init__(self, system: BenchedUp) -> None:
         self.system = system
         self.metrics = _metric_samples(system)
         self.cpu, self.client = system.cpu_seconds(), time.process_time()
@@ -251,17 +247,19 @@ class _Usage:
 
 
 def _worker_figures(
-    before: dict[str, float], after: dict[str, float], loops: int, jobs: int, wall: float
+    before: Samples, after: Samples, loops: int, jobs: int, wall: float
 ) -> dict[str, Any]:
-    def delta(name: str) -> float:
-        return after.get(name, 0.0) - before.get(name, 0.0)
+    busy = total(after, "darkroom_worker_busy_seconds_total") - total(
+        before, "darkroom_worker_busy_seconds_total"
+    )
+
+    def stage_seconds(stage: str) -> float:
+        name = "darkroom_worker_stage_seconds_sum"
+        return value(after, name, stage=stage) - value(before, name, stage=stage)
 
     return {
-        "worker_busy_fraction": delta("darkroom_worker_busy_seconds_total") / (wall * loops),
-        "worker_stage_ms": {
-            stage: 1000 * delta(f'darkroom_worker_stage_seconds_sum{{stage="{stage}"}}') / jobs
-            for stage in STAGES
-        },
+        "worker_busy_fraction": busy / (wall * loops),
+        "worker_stage_ms": {stage: 1000 * stage_seconds(stage) / jobs for stage in STAGES},
     }
 
 
@@ -288,7 +286,7 @@ class Poll:
 
 
 def client_jobs(
-    system: DarkroomUp,
+    system: BenchedUp,
     images: list[bytes],
     check: Check,
     jobs: int,
@@ -411,7 +409,7 @@ def overhead(cpu_ms_per_job: dict[str, float], processing_ms: float) -> dict[str
 
 
 def large_image(
-    system: DarkroomUp, data: bytes, op: str, longest_side: int, timeout: float
+    system: BenchedUp, data: bytes, op: str, longest_side: int, timeout: float
 ) -> dict[str, Any]:
     """One large image through the system; the peak RSS (VmHWM) of the worker's loops."""
     loops = system.worker_loop_pids()
@@ -437,7 +435,7 @@ def large_image(
 # Idle latency
 
 
-def idle_latency(system: DarkroomUp, image: bytes, repeats: int) -> dict[str, Any]:
+def idle_latency(system: BenchedUp, image: bytes, repeats: int) -> dict[str, Any]:
     """One image at a time on an idle system: from the upload to ``/isReady`` answering 1.
 
     The client long-polls (``wait``), so the figure holds no polling interval of its own.
@@ -481,9 +479,9 @@ def _large_body(size: int) -> Iterator[bytes]:
         yield piece
 
 
-def memory(system: DarkroomUp, size: int, timeout: float = 300.0) -> dict[str, Any]:
+def memory(system: BenchedUp, size: int, timeout: float = 300.0) -> dict[str, Any]:
     """Peak RSS growth of the master and the storage while ``size`` bytes are uploaded."""
-    pids = system.child_pids()
+    pids = system.role_pids()
     watched = {role: pids[role] for role in ("master", "storage")}
     before = {role: memory_kib(pid) for role, pid in watched.items()}
     peak = {role: values["VmRSS"] for role, values in before.items()}
@@ -521,7 +519,7 @@ def memory(system: DarkroomUp, size: int, timeout: float = 300.0) -> dict[str, A
     return figures
 
 
-def _wait_finished(system: DarkroomUp, task_id: str, timeout: float) -> str:
+def _wait_finished(system: BenchedUp, task_id: str, timeout: float) -> str:
     """Until the worker is done with the task (it fails it: not an image), so it is idle."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

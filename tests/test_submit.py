@@ -10,7 +10,7 @@ import falcon
 import pytest
 
 from darkroom.submit import submit
-from launch import free_port
+from harness.launch import free_port
 
 
 class FakeMaster:

@@ -4,7 +4,7 @@ import socket
 from darkroom import supervisor
 from darkroom.contract.roles import ROLES
 from darkroom.ports import taken_ports
-from launch import HOST, free_port
+from harness.launch import HOST, free_port
 
 
 class _Exited:

@@ -15,7 +15,6 @@ import pytest
 
 from support.processes import Services
 
-SERVICES = Path(__file__).resolve().parents[2] / "services"
 CHROMIUM = Path(os.environ.get("DARKROOM_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -55,9 +54,6 @@ def services(browser, tmp_path_factory) -> Iterator[Services]:
     # Asks for the browser first, so a missing browser skips before any service starts.
     folder = tmp_path_factory.mktemp("browser")
     running = Services(folder / "data", folder, concurrency="2")
-    # Serve this checkout's page, whichever copy of darkroom pip installed.
-    paths = [str(SERVICES), *filter(None, [os.environ.get("PYTHONPATH")])]
-    running.env["PYTHONPATH"] = os.pathsep.join(paths)
     try:
         running.start_all()
         yield running

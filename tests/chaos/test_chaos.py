@@ -23,7 +23,7 @@ from darkroom.storage.client import StorageClient
 from darkroom.storage.store import Folder
 from darkroom.worker.loop import TaskLoop
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
-from support.chaos import ChaosSettings, run_chaos
+from harness.chaos import ChaosSettings, run_chaos
 from support.images import decode, png_bytes, same_pixels, swapped
 from support.inprocess import StaticRegistry, master_side
 from support.processes import free_port

@@ -12,12 +12,11 @@ import pytest
 from falcon import testing
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
 from darkroom.database.app import create_app as create_database_app
-from darkroom.database.store import LeasePolicy, SqliteTaskStore, State
+from darkroom.database.store import LeasePolicy, SqliteTaskStore, State, TaskConflict
 from darkroom.storage.store import Folder
 from darkroom.worker.loop import TaskLoop
 from darkroom.worker.metrics import (
@@ -30,19 +29,11 @@ from darkroom.worker.metrics import (
 )
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
 from darkroom.worker.service import timed_processor
+from harness.metrics import labels, samples
 from support.images import png_bytes
 from support.inprocess import master_side
 
 TOKEN = "metrics-test-token"
-
-
-def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    """Every sample of a scrape, by name and label set."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def scrape(client: testing.TestClient) -> dict[tuple[str, frozenset], float]:
@@ -55,10 +46,6 @@ def scrape(client: testing.TestClient) -> dict[tuple[str, frozenset], float]:
 class Item:
     def on_get(self, req: falcon.Request, resp: falcon.Response, item_id: int) -> None:
         resp.media = {"id": item_id}
-
-
-def labels(**values: str) -> frozenset:
-    return frozenset(values.items())
 
 
 def test_requests_are_counted_by_route_template_and_status(tmp_path):
@@ -151,6 +138,27 @@ def test_database_exports_queue_depth_and_lease_expiries(config):
     found = scrape(client)
     assert found[("darkroom_lease_expiries_total", frozenset())] == 1
     assert found[("darkroom_tasks", labels(state="queued"))] == 3
+
+
+def test_database_counts_the_finishes_it_refuses(config):
+    """What chaos counts as work done twice: a lost lease finishing, a finished task again."""
+    clock = Clock()
+    store = SqliteTaskStore(
+        config.data_dir / "tasks.sqlite3", LeasePolicy(lease_seconds=10), clock=clock
+    )
+    client = testing.TestClient(create_database_app(config, store))
+    store.enqueue(store.create("swap").id)
+    lost = store.claim()
+    clock.now += 11  # the lease runs out and another worker claims the task
+    held = store.claim()
+    assert lost is not None and held is not None and held.id == lost.id
+    with pytest.raises(TaskConflict):
+        store.finish(lost.id, lost.lease_token)
+    store.finish(held.id, held.lease_token)
+    store.finish(held.id, held.lease_token)  # the holder repeating itself is no refusal
+    with pytest.raises(TaskConflict):
+        store.finish(lost.id, lost.lease_token)
+    assert scrape(client)[("darkroom_finishes_refused_total", frozenset())] == 2
 
 
 @pytest.fixture

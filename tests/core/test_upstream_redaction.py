@@ -12,7 +12,7 @@ from falcon import testing
 from darkroom.core.app import create_base_app
 from darkroom.core.discovery import ServiceClient, ServiceLocator
 from darkroom.core.errors import UpstreamUnavailable, redact_secrets
-from launch import HOST, free_port
+from harness.launch import HOST, free_port
 from support.inprocess import StaticRegistry
 
 LEASE = "the-lease-token-of-a-worker"

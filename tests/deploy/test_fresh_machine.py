@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from launch import wait_until
+from harness.launch import wait_until
 from support.pins import normal_name, pinned_versions
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from darkroom.contract.roles import ROLES
-from launch import HOST, Launched, free_port, wait_until
+from harness.environment import service_env, up_command
+from harness.launch import HOST, Launched, free_port, wait_until
 from support.images import png_bytes
 
 pytestmark = pytest.mark.e2e
@@ -35,17 +36,11 @@ class Up:
         self.data_dir = tmp_path / "data"
         self.log_dir = tmp_path
         self.ports = {role: free_port() for role in ROLES}
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "services"),
-            **{f"DARKROOM_{name.upper()}": value for name, value in settings.items()},
-        }
+        self.env = service_env(**settings)
         self.runs: list[Launched] = []
 
     def start(self, *args: str, wait: bool = True) -> Launched:
-        ports = [arg for role in ROLES for arg in (f"--{role}-port", str(self.ports[role]))]
-        command = [sys.executable, "-m", "darkroom", "up", "--data-dir", str(self.data_dir)]
-        command += ["--workers", "2", *ports, *args]
+        command = up_command(self.data_dir, self.ports, 2, args)
         log_path = self.log_dir / f"up-{len(self.runs)}.log"
         run = Launched("darkroom up", command, self.env, log_path)
         self.runs.append(run)

@@ -22,7 +22,6 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from darkroom.master.openapi import document
-from support.chaos import code_path
 from support.images import png_bytes
 from support.processes import Services, wait_until
 
@@ -45,7 +44,6 @@ def services(tmp_path_factory) -> Iterator[Services]:
     running = Services(
         root / "data", root, lease_seconds="5", concurrency="1", max_wait_seconds="0.2"
     )
-    running.env["PYTHONPATH"] = code_path()  # the code under test, not an installed copy
     try:
         for role in ("registry", "database", "storage", "master", "worker"):
             running.start(role)
@@ -84,7 +82,6 @@ def test_served_document_is_the_module_document(services):
 
 def test_served_document_needs_no_credentials_even_with_api_keys(tmp_path):
     running = Services(tmp_path / "data", tmp_path, api_keys="k1")
-    running.env["PYTHONPATH"] = code_path()
     try:
         running.start("registry")
         running.start("master", wait=False)

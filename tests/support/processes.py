@@ -1,19 +1,21 @@
-"""The real services as processes on 127.0.0.1, started and stopped by tests and benchmarks."""
+"""The real services as processes on 127.0.0.1, one ``darkroom serve`` each, for tests.
+
+``HOST``, ``Timeout``, ``free_port`` and ``wait_until`` are the harness's, named here too.
+"""
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
-import sys
 from pathlib import Path
 
 from darkroom.contract.roles import ROLES
-from launch import HOST as HOST
-from launch import Launched
-from launch import Timeout as Timeout
-from launch import free_port as free_port
-from launch import wait_until as wait_until
+from harness.environment import serve_command, service_env, settings_env
+from harness.launch import HOST as HOST
+from harness.launch import Launched
+from harness.launch import Timeout as Timeout
+from harness.launch import free_port as free_port
+from harness.launch import wait_until as wait_until
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
@@ -27,26 +29,23 @@ class Services:
         self.log_dir = log_dir
         self.ports = {role: free_port() for role in ROLES}
         self.processes: dict[str, Launched] = {}
-        self.env = {
-            **os.environ,
-            # the children run this checkout's code, whatever copy pip installed
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "services"),
-            "DARKROOM_HOST": HOST,
-            "DARKROOM_DATA_DIR": str(data_dir),
-            "DARKROOM_REGISTRY_ADDRESS": f"{HOST}:{self.ports['registry']}",
-            "DARKROOM_DISCOVERY_TTL_SECONDS": "1",
-            "DARKROOM_CLAIM_WAIT_SECONDS": "2",
-            "DARKROOM_LOG_LEVEL": "INFO",
-            "DARKROOM_INTERNAL_TOKEN": secrets.token_urlsafe(24),
-            **{f"DARKROOM_{name.upper()}": value for name, value in settings.items()},
+        # the children run this checkout's code, whatever copy pip installed
+        defaults = {
+            "host": HOST,
+            "data_dir": str(data_dir),
+            "registry_address": f"{HOST}:{self.ports['registry']}",
+            "discovery_ttl_seconds": "1",
+            "claim_wait_seconds": "2",
+            "log_level": "INFO",
         }
+        self.env = service_env(token=secrets.token_urlsafe(24), **{**defaults, **settings})
 
     def url(self, role: str, path: str = "") -> str:
         return f"http://{HOST}:{self.ports[role]}{path}"
 
     def start(self, role: str, wait: bool = True, **settings: str) -> None:
-        env = {**self.env, **{f"DARKROOM_{k.upper()}": v for k, v in settings.items()}}
-        command = [sys.executable, "-m", "darkroom", "serve", role, "--port", str(self.ports[role])]
+        env = {**self.env, **settings_env(settings)}
+        command = serve_command(role, self.ports[role])
         self.processes[role] = Launched(role, command, env, self.log_dir / f"{role}.log")
         if wait:
             self.wait_ready(role)

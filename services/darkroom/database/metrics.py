@@ -1,6 +1,7 @@
-"""The database's own figures: ``darkroom_tasks{state}`` and ``darkroom_lease_expiries_total``.
+"""The database's own figures: ``darkroom_tasks{state}``, ``darkroom_lease_expiries_total`` and
+``darkroom_finishes_refused_total``.
 
-Both are read from the store at each scrape, after it writes any lease that ran out
+All are read from the store at each scrape, after it writes any lease that ran out
 (``TaskStore.expire``), so a scrape never counts a lapsed lease as in progress.
 """
 
@@ -29,4 +30,9 @@ class QueueCollector:
             "darkroom_lease_expiries",
             "Leases that expired: the task went back to the queue or failed.",
             value=self._store.lease_expiries,
+        )
+        yield CounterMetricFamily(
+            "darkroom_finishes_refused",
+            "Finishes refused: the task was finished already or its lease was lost (work redone).",
+            value=self._store.finishes_refused,
         )

@@ -51,6 +51,8 @@ class TaskConflict(Exception):
 class TaskStore(Protocol):
     # Leases that expired since the store opened (a requeue or a final failure each).
     lease_expiries: int
+    # Finishes refused since the store opened: the work of a lost lease, done twice.
+    finishes_refused: int
 
     def create(self, pipeline: str) -> Task: ...
     def create_queued(self, task_id: str, pipeline: str) -> Task: ...
@@ -138,6 +140,7 @@ class SqliteTaskStore:
         # so a woken watcher's read (on the other connection) sees the change.
         self._changed: list[str] = []
         self.lease_expiries = 0
+        self.finishes_refused = 0
 
     # -- transactions -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -312,7 +315,11 @@ class SqliteTaskStore:
             if task.state == State.FINISHED and task.lease_token == lease_token:
                 return task  # the holder repeating itself
             # A holder whose lease just expired may still finish while nobody else holds it.
-            self._held(task_id, lease_token, State.IN_PROGRESS, State.QUEUED)
+            try:
+                self._held(task_id, lease_token, State.IN_PROGRESS, State.QUEUED)
+            except TaskConflict:
+                self.finishes_refused += 1  # finished already, or the lease went to another
+                raise
             return self._update(
                 task_id,
                 state=State.FINISHED,

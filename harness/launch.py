@@ -1,9 +1,4 @@
-"""Start a command, wait until it is ready, stop it: the processes benchmarks and tests run.
-
-``bench/system.py`` starts ``darkroom up`` and a lone database with it; ``tests/support`` starts
-the services with it (pytest has ``bench`` on its path, see ``pyproject.toml``). It imports no
-darkroom code on purpose: ``bench/run.py --services`` may be benchmarking another copy of it.
-"""
+"""Start a command, wait until it is ready, stop it: the processes benchmarks and tests run."""
 
 from __future__ import annotations
 

@@ -14,6 +14,10 @@ every promise:
   finished job never goes back;
 * no temporary file and no file that belongs to no task is left in the data directory;
 * every killed process came back.
+
+Work done twice (a finish the database refused: the task was finished already, or its lease
+was lost to a kill) is counted from the database's ``darkroom_finishes_refused_total``, scraped
+through the run: expected after kills, reported, not a broken promise.
 """
 
 from __future__ import annotations
@@ -22,26 +26,25 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
-import json
-import os
 import random
 import re
-import secrets
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil  # the processes seen, for telling a reused pid apart
 import requests
 
-import darkroom
-from launch import HOST, Launched, free_port, kill
-from launch import answers as url_answers
-from support.images import decode, png_bytes, same_pixels, swapped
+from harness.environment import ROLES
+from harness.images import decode, png_bytes, same_pixels, swapped
+from harness.launch import answers as url_answers
+from harness.launch import kill
+from harness.metrics import CounterTotal, samples
+from harness.proc import alive, identity
+from harness.up import DarkroomUp
 
-SERVICE_ROLES = ("registry", "database", "storage", "master", "worker", "frontend")
 # What the chaos kills, and how often relative to each other.
 TARGETS = {"loop": 4, "worker": 1, "database": 2, "storage": 2, "master": 2, "registry": 1}
 TEMP_PREFIXES = (".upload-", ".registry-")
@@ -50,6 +53,7 @@ EXPECTED_ROOT_FILES = re.compile(
     r"registry\.json|tasks\.sqlite3(-wal|-shm|-journal)?|internal-token"
 )
 FINAL = {"finished", "failed"}
+REFUSED_FINISHES = "darkroom_finishes_refused_total"
 VERIFY_SECONDS = 10.0  # kept at the end of a run for checking the results
 MAX_PROBLEMS_SHOWN = 30
 
@@ -89,7 +93,7 @@ class Report:
     duplicates: int = 0
     wrong: int = 0
     reprocessed: int = 0  # claimed more than once (redone after a kill): expected, not an error
-    processed_twice: int = 0  # tasks the logs say were finished more than once
+    finishes_refused: int = 0  # finishes the database refused: work done twice, after kills
     unknown_tasks: int = 0  # tasks whose upload answer the client never got
     upload_retries: int = 0
     upload_outcomes: collections.Counter = dataclasses.field(default_factory=collections.Counter)
@@ -125,8 +129,8 @@ class Report:
             f" finished {self.finished}, failed {self.failed}, lost {self.lost},"
             f" duplicates {self.duplicates}, wrong {self.wrong}",
             f"  restarts survived {sum(self.restarts.values())} (kills: {kills})",
-            f"  redone after a kill {self.reprocessed}, results written twice"
-            f" {self.processed_twice}, unknown tasks {self.unknown_tasks},"
+            f"  redone after a kill {self.reprocessed}, finishes refused"
+            f" {self.finishes_refused}, unknown tasks {self.unknown_tasks},"
             f" upload retries {self.upload_retries}, 500s {self.server_errors}",
             f"  upload answers: {dict(self.upload_outcomes)}",
         ]
@@ -142,80 +146,17 @@ class Report:
 # -- processes ----------------------------------------------------------------------------
 
 
-def code_path() -> str:
-    """PYTHONPATH under which ``python -m darkroom`` runs the code this process imported.
-
-    Without it the children would run whatever copy of the package is installed.
-    """
-    services = str(Path(darkroom.__file__).resolve().parents[1])
-    return os.pathsep.join([services, *filter(None, [os.environ.get("PYTHONPATH")])])
-
-
-def _start_time(pid: int) -> str | None:
-    """When the process started (clock ticks since boot): with the pid, names one process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return None if fields[0] == "Z" else fields[19]
-
-
-def _process_table() -> dict[int, tuple[int, list[str]]]:
-    """Every process: pid -> (parent pid, command line)."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] == "Z":
-            continue  # a zombie is dead already
-        table[int(entry)] = (int(fields[1]), cmdline.decode(errors="replace").split("\0"))
-    return table
-
-
-def _children(table: dict[int, tuple[int, list[str]]], parent: int) -> dict[int, list[str]]:
-    return {pid: cmd for pid, (ppid, cmd) in table.items() if ppid == parent}
-
-
-class Darkroom:
+class Darkroom(DarkroomUp):
     """``darkroom up`` as a child process, with ways to find and kill what it runs."""
 
     def __init__(self, data_dir: Path, log_path: Path, workers: int, **settings: str) -> None:
-        self.data_dir = data_dir
-        self.log_path = log_path
-        self.workers = workers
-        self.ports = {role: free_port() for role in SERVICE_ROLES}
-        self.token = secrets.token_urlsafe(24)
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": code_path(),
-            "DARKROOM_INTERNAL_TOKEN": self.token,
-            **{f"DARKROOM_{name.upper()}": value for name, value in settings.items()},
-        }
-        self.launched: Launched | None = None
-        # every process of the tree (pid -> start time), to be sure none outlives us
-        self.seen: dict[int, str] = {}
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def url(self, role: str, path: str = "") -> str:
-        return f"http://{HOST}:{self.ports[role]}{path}"
+        super().__init__(data_dir, log_path, workers, **settings)
+        # every process of the tree, to be sure none outlives us
+        self.seen: dict[int, psutil.Process] = {}
+        self.refused_finishes = CounterTotal()
 
     def start(self, timeout: float) -> None:
-        ports = [arg for role in SERVICE_ROLES for arg in (f"--{role}-port", str(self.ports[role]))]
-        command = [sys.executable, "-m", "darkroom", "up", "--data-dir", str(self.data_dir)]
-        command += ["--workers", str(self.workers), *ports]
-        self.launched = Launched("darkroom up", command, self.env, self.log_path)
-        self.launched.wait_ready(
+        self.launch().wait_ready(
             lambda: self.all_ready() and len(self.loop_pids()) == self.workers, timeout, 0.2
         )
 
@@ -223,41 +164,44 @@ class Darkroom:
         return url_answers(self.url(role, path), timeout=2)
 
     def all_ready(self) -> bool:
-        return all(self.answers(role, "/readyz") for role in SERVICE_ROLES)
+        return all(self.answers(role, "/readyz") for role in ROLES)
 
     def role_pid(self, role: str) -> int | None:
-        assert self.launched is not None
-        for pid, cmd in _children(_process_table(), self.launched.pid).items():
-            if any(cmd[i : i + 2] == ["serve", role] for i in range(len(cmd) - 1)):
-                self._remember(pid)
-                return pid
-        return None
+        pid = self.role_pids().get(role)
+        if pid is not None:
+            self._remember(pid)
+        return pid
 
     def loop_pids(self) -> list[int]:
-        worker = self.role_pid("worker")
-        if worker is None:
-            return []
-        loops = [
-            pid
-            for pid, cmd in _children(_process_table(), worker).items()
-            if any("spawn_main" in part for part in cmd)
-        ]
+        loops = super().loop_pids()
         for pid in loops:
             self._remember(pid)
         return loops
 
     def _remember(self, pid: int) -> None:
-        if pid not in self.seen and (started := _start_time(pid)) is not None:
-            self.seen[pid] = started
+        if pid not in self.seen and (process := identity(pid)) is not None:
+            self.seen[pid] = process
 
-    def stop(self) -> list[int]:
-        """Stop gracefully; returns the pids of processes that outlived ``darkroom up``."""
+    def count_refused_finishes(self) -> None:
+        """Add what the database refused since the last look: before each kill of it, and at
+        the end (its counter starts from zero with each process)."""
+        pid = self.role_pid("database")
+        try:
+            answer = requests.get(self.url("database", "/metrics"), headers=self.auth, timeout=2)
+        except requests.RequestException:
+            return
+        if answer.status_code == 200:
+            found = samples(answer.text)
+            self.refused_finishes.add(found[(REFUSED_FINISHES, frozenset())], source=pid)
+
+    def stop_and_reap(self) -> list[int]:
+        """Stop gracefully; kill and return the pids of processes that outlived it."""
         if self.launched is None:
             return []
         self.loop_pids()
-        self.launched.stop(60)
+        self.stop(60)
         time.sleep(0.5)
-        survivors = [pid for pid, started in self.seen.items() if _start_time(pid) == started]
+        survivors = [pid for pid, process in self.seen.items() if alive(process)]
         for pid in survivors:
             kill(pid)
         return survivors
@@ -324,6 +268,8 @@ class ChaosMonkey(threading.Thread):
             if pid is None:
                 self._first_round.append(target)
                 return
+            if target == "database":
+                self._system.count_refused_finishes()  # its count dies with it
             # A whole worker dies as a container would: with its loops.
             victims = {pid, *(self._system.loop_pids() if target == "worker" else [])}
         old = set(victims)
@@ -551,12 +497,15 @@ def run_chaos(settings: ChaosSettings, workdir: Path, log: Log = print) -> Repor
         watcher.stop()
         # Checking gets its time even when a slow machine used up the rest.
         _verify(client, system, jobs, states, watcher, report, max(end, time.monotonic() + 30))
+        system.count_refused_finishes()
+        report.finishes_refused = round(system.refused_finishes.increase)
+        if not system.refused_finishes.read:
+            report.errors.append(f"the database's {REFUSED_FINISHES} could not be read")
     finally:
-        survivors = system.stop()
+        survivors = system.stop_and_reap()
         if survivors:
             report.errors.append(f"processes outlived darkroom up: {sorted(survivors)}")
     report.leftovers += _temporary_files(system.data_dir)
-    report.processed_twice = _results_written_twice(system.log_path)
     report.elapsed = time.monotonic() - started
     return report
 
@@ -697,22 +646,3 @@ def _orphan_files(data_dir: Path, task_ids: set[str]) -> list[str]:
         elif len(relative.parts) != 1 or not EXPECTED_ROOT_FILES.fullmatch(path.name):
             orphans.append(f"{relative} (unexpected)")
     return orphans
-
-
-def _results_written_twice(log_path: Path) -> int:
-    """Tasks the logs say were finished more than once (JSON lines with a ``task`` field)."""
-    finished: collections.Counter = collections.Counter()
-    try:
-        lines = log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return 0
-    for line in lines:
-        if '"task finished"' not in line:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("message") == "task finished" and record.get("task"):
-            finished[record["task"]] += 1
-    return sum(1 for count in finished.values() if count > 1)
