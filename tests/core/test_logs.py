@@ -144,9 +144,7 @@ def test_a_task_can_be_followed_through_every_service_by_its_id(lines, config):
     upload_routes = {
         line.get("route") for line in found if line.get("request_id") == "client-upload-1"
     }
-    # The image is stored first, then its task created queued: one database call, no enqueue.
-    assert {"/new", "/newTask", "/sendImage"} <= upload_routes
-    assert "/enqueueTask" not in upload_routes
+    assert {"/new", "/newTask", "/sendImage", "/enqueueTask"} <= upload_routes
     task_lines = [line for line in found if line.get("request_id") == task_id]
     assert {"task claimed", "task finished"} <= {line["message"] for line in task_lines}
     assert {"/getImage", "/sendImage", "/registerTaskFinished", "/finishTask"} <= {

@@ -253,12 +253,11 @@ def counted_master(config, tasks) -> tuple[testing.TestClient, CountingApp]:
     return testing.TestClient(app), database_app
 
 
-def test_upload_stores_the_image_then_makes_its_task_queued_in_one_database_call(
-    config, tasks, png
-):
+def test_an_upload_makes_its_task_before_its_image_and_queues_it_after(config, tasks, png):
+    """No image is ever stored without a task tying it to the retention (no orphans)."""
     client, database = counted_master(config, tasks)
     task_id = upload(client, png)
-    assert database.paths == ["/newTask"]
+    assert database.paths == ["/newTask", "/enqueueTask"]
     assert tasks.get(task_id).state.value == "queued"
     assert (config.data_dir / "working" / task_id).read_bytes() == png
 
@@ -266,11 +265,11 @@ def test_upload_stores_the_image_then_makes_its_task_queued_in_one_database_call
 class NoRoomForTasks:
     """A store whose disk is full: creating a task fails."""
 
-    def create_queued(self, task_id, pipeline):
+    def create(self, pipeline):
         raise sqlite3.OperationalError("database or disk is full")
 
 
-def test_an_image_whose_task_cannot_be_created_is_deleted(config, png):
+def test_an_upload_whose_task_cannot_be_made_stores_nothing(config, png):
     client, _ = counted_master(config, NoRoomForTasks())
     result = client.simulate_post("/new", body=png)
     assert result.status_code == 507

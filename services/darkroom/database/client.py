@@ -30,11 +30,6 @@ class DatabaseClient:
         with self._checked("POST", "/newTask", params={"pipeline": pipeline}) as response:
             return response.text
 
-    def create_queued(self, task_id: str, pipeline: str) -> None:
-        """The task for an image already stored under ``task_id``, queued in one call."""
-        params = {"pipeline": pipeline, "id": task_id}
-        self._checked("POST", "/newTask", params=params).close()
-
     def enqueue(self, task_id: str) -> None:
         self._checked("POST", "/enqueueTask", params={"id": task_id}).close()
 
