@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import select
 import socket
 import time
@@ -21,6 +20,7 @@ import requests
 from urllib3.filepost import encode_multipart_formdata
 
 from support.images import png_bytes
+from support.openfiles import open_files_for
 from support.processes import HOST, Services, free_port, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.hostile]
@@ -28,7 +28,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.hostile]
 # More idle connections than select() takes descriptors (1024), yet few enough to stay quick.
 FLOOD_CONNECTIONS = 1100
 # The test's own descriptors: the flood plus its files, within the hard limit.
-TEST_OPEN_FILES = 4096
 # Long enough that waitress does not cut the flood as idle (twice this) while the test runs.
 HTTP_TIMEOUT_SECONDS = 30
 SMALL_BODY_BYTES = 1024 * 1024  # what core/server.py lets routes that take no image take
@@ -54,15 +53,8 @@ def stack(tmp_path_factory) -> Iterator[Services]:
 @pytest.fixture
 def open_files() -> Iterator[None]:
     """Raise this process's soft descriptor limit for the flood (bounded by the hard limit)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = TEST_OPEN_FILES if hard == resource.RLIM_INFINITY else min(TEST_OPEN_FILES, hard)
-    if wanted < FLOOD_CONNECTIONS + 100:
-        pytest.skip(f"the hard limit on open files ({hard}) is too low for the flood")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
-    try:
+    with open_files_for(FLOOD_CONNECTIONS + 100):
         yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def descriptors_of(pid: int) -> int:

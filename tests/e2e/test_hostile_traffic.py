@@ -13,7 +13,6 @@ import contextlib
 import io
 import os
 import random
-import resource
 import signal
 import socket
 import string
@@ -26,6 +25,7 @@ import requests
 from PIL import Image
 
 from support.images import png_bytes
+from support.openfiles import open_files_for
 from support.processes import HOST, Services, free_port, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.hostile]
@@ -36,7 +36,6 @@ TRICKLING_CONNECTIONS = 1000
 IDLE_CONNECTIONS = 1100  # past select()'s 1024 descriptors
 RANDOM_METHODS = 2000
 # The test's own descriptors: a flood plus its files, within the hard limit.
-TEST_OPEN_FILES = 4096
 # Short, so the trickling connections are cut while the test watches.
 REQUEST_HEADER_SECONDS = 3
 # Every role's peak RSS stays under this (the worker's task loops each too): a rotate bomb
@@ -105,15 +104,8 @@ def accepted() -> list[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def open_files() -> Iterator[None]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = TEST_OPEN_FILES if hard == resource.RLIM_INFINITY else min(TEST_OPEN_FILES, hard)
-    if wanted < IDLE_CONNECTIONS + 200:
-        pytest.skip(f"the hard limit on open files ({hard}) is too low for the floods")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
-    try:
+    with open_files_for(IDLE_CONNECTIONS + 200):
         yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def task_loops(stack: Services) -> list[int]:
