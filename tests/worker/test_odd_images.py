@@ -1,5 +1,6 @@
 """Image classes an independent decoder showed coming back wrong (issue 14): key-colour
-transparency, BigTIFF, 16-bit colour, broken files' reasons, unreadable optional PNG chunks.
+transparency, BigTIFF, 16-bit colour, broken files' reasons, unreadable optional PNG chunks,
+CMYK colour (through the embedded profile, or FOGRA39 press colour when there is none).
 
 Every file is made here, most byte by byte (support.pngfiles), so the expectation comes from the
 samples written, not from the decoder under test.
@@ -23,6 +24,7 @@ from darkroom.worker.loop import TaskLoop
 from darkroom.worker.metrics import TaskMetrics
 from darkroom.worker.operations import ImageRejected, process_image
 from darkroom.worker.service import timed_processor
+from support.cielab import press_lab_to_srgb
 from support.iccprofiles import toy_cmyk_profile
 from support.inprocess import master_side
 from support.pngfiles import CHANNELS, GREY, RGB, RGBA, chunk, png, trns
@@ -368,3 +370,87 @@ def test_a_cmyk_jpeg_is_converted_through_its_embedded_profile() -> None:
     result, _ = run(data, "png")
     assert _mean_difference(result.convert("RGB"), expected) < 1
     assert "icc_profile" not in result.info  # the CMYK profile does not describe RGB pixels
+
+
+# FOGRA39's own measurements (FOGRA39L.ti3: ink percentages, Lab D50) of the patches checked,
+# independent of the profile made from them and of LittleCMS.
+FOGRA39_PAPER = (95.0, 0.0, -2.0)  # 0/0/0/0
+FOGRA39_DARKEST = (7.88, 0.0, 0.0)  # 100/100/0/100, the darkest patch, made neutral as LCMS does
+FOGRA39_PATCHES = {
+    "cyan": ((100, 0, 0, 0), (55.0, -37.0, -50.0)),
+    "magenta": ((0, 100, 0, 0), (48.0, 74.0, -3.0)),
+    "yellow": ((0, 0, 100, 0), (89.0, -5.0, 93.0)),
+    "black": ((0, 0, 0, 100), (16.0, 0.0, 0.0)),
+    "paper": ((0, 0, 0, 0), FOGRA39_PAPER),
+    "half black": ((0, 0, 0, 50), (61.82, 0.0, -1.16)),
+    "grey of inks": ((40, 40, 40, 0), (61.53, 5.42, 3.75)),
+}
+# Levels per channel (2 seen): the shipped low-resolution profile fits the measurements within
+# dE76 1.6, about 3 sRGB levels at most; LittleCMS finds the black point from the profile rather
+# than from the darkest patch; the JPEG rounds. Pillow's plain formula misses by up to 129.
+PRESS_TOLERANCE = 3
+PATCH = 16  # pixels: two JPEG blocks, so each patch's centre is flat
+
+
+def _patches_jpeg(**options: object) -> bytes:
+    """The patches side by side in one CMYK JPEG (Pillow writes it Adobe-style, inverted)."""
+    sheet = Image.new("CMYK", (PATCH * len(FOGRA39_PATCHES), PATCH))
+    for index, (inks, _) in enumerate(FOGRA39_PATCHES.values()):
+        ink_levels = tuple(round(percent * 255 / 100) for percent in inks)
+        sheet.paste(ink_levels, (index * PATCH, 0, (index + 1) * PATCH, PATCH))
+    return encode(sheet, "JPEG", quality=100, subsampling=0, **options).getvalue()
+
+
+def _patch_colours(image: Image.Image) -> dict[str, tuple[int, ...]]:
+    rgb = image.convert("RGB")
+    return {
+        name: rgb.getpixel((index * PATCH + PATCH // 2, PATCH // 2))
+        for index, name in enumerate(FOGRA39_PATCHES)
+    }
+
+
+def _farthest(colour: tuple[int, ...], expected: tuple[int, ...]) -> int:
+    return max(abs(one - other) for one, other in zip(colour, expected, strict=True))
+
+
+def test_a_cmyk_jpeg_without_a_profile_shows_fogra39_press_colour() -> None:
+    data = _patches_jpeg()
+    assert b"Adobe" in data and b"ICC_PROFILE" not in data
+    expected = {
+        name: press_lab_to_srgb(lab, FOGRA39_PAPER, FOGRA39_DARKEST)
+        for name, (_, lab) in FOGRA39_PATCHES.items()
+    }
+    result, _ = run(data, "png")
+    colours = _patch_colours(result)
+    misses = {
+        name: (colours[name], expected[name])
+        for name in FOGRA39_PATCHES
+        if _farthest(colours[name], expected[name]) > PRESS_TOLERANCE
+    }
+    assert not misses
+    # Pillow's plain formula makes printed cyan (0, 159, 227) the screen's (0, 255, 255).
+    plain = _patch_colours(Image.open(io.BytesIO(data)))
+    assert _farthest(plain["cyan"], expected["cyan"]) > 60
+    assert "icc_profile" not in result.info
+
+
+def test_an_embedded_cmyk_profile_wins_over_the_standard_one() -> None:
+    profile = toy_cmyk_profile()
+    data = _patches_jpeg(icc_profile=profile)
+    toy = ImageCms.profileToProfile(
+        Image.open(io.BytesIO(data)).convert("CMYK"),
+        ImageCms.ImageCmsProfile(io.BytesIO(profile)),
+        ImageCms.createProfile("sRGB"),
+        outputMode="RGB",
+    )
+    without_profile, _ = run(_patches_jpeg(), "png")
+    assert _mean_difference(without_profile.convert("RGB"), toy) > 10  # the two differ plainly
+    result, _ = run(data, "png")
+    assert _mean_difference(result.convert("RGB"), toy) < 1
+
+
+def test_a_cmyk_jpeg_whose_profile_is_broken_shows_press_colour_too() -> None:
+    broken = toy_cmyk_profile()[:200]  # the header and part of the tag table
+    with_broken, _ = run(_patches_jpeg(icc_profile=broken), "png")
+    without_profile, _ = run(_patches_jpeg(), "png")
+    assert _mean_difference(with_broken.convert("RGB"), without_profile.convert("RGB")) < 1

@@ -17,7 +17,7 @@ import pytest
 from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageOps, ImageStat
 
 from darkroom.contract.pipeline import PipelineLimits, parse_pipeline
-from darkroom.worker.codec import open_image
+from darkroom.worker.codec import decode, open_image
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, plan_shrink_on_load
 from support.processing import encode, run
 
@@ -131,7 +131,9 @@ def test_grey_cmyk_and_progressive_jpegs_shrink_to_the_same_colours(
     source = full_decode(photo_jpeg()).convert(mode)
     buffer = io.BytesIO()
     source.save(buffer, "JPEG", quality=90, **options)
-    expected = full_decode(buffer.getvalue()).resize((512, 384), Image.Resampling.LANCZOS)
+    # The worker's own full-size decode: CMYK becomes RGB through its press profile.
+    full, _ = decode(io.BytesIO(buffer.getvalue()), ProcessingSettings())
+    expected = full.convert("RGB").resize((512, 384), Image.Resampling.LANCZOS)
     result, _ = run(buffer.getvalue(), "resize:512x512,png")
     assert mean_difference(result, expected) < MAX_MEAN_DIFFERENCE
 

@@ -1,7 +1,9 @@
 """Reading and writing image files: decode, colour modes, encode, and the metadata kept.
 
 Colour handling: the EXIF orientation is applied, the ICC profile is kept while it still
-describes the output's colour space. Images are worked on in one of L, LA, RGB, RGBA or I
+describes the output's colour space. CMYK and Lab become sRGB through their embedded profile; a
+CMYK (or YCCK) JPEG without one through a standard FOGRA39 press profile shipped in
+``profiles/``. Images are worked on in one of L, LA, RGB, RGBA or I
 (16-bit grey); 16-bit grey stays 16-bit in PNG output and is scaled (not clipped) to 8 bits where
 a step or format needs 8 bits (``blur``, JPEG, WebP, AVIF).
 
@@ -23,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from typing import BinaryIO
 
 import pillow_heif
@@ -430,7 +433,8 @@ def _stretch_float(image: Image.Image) -> Image.Image:
 
 
 def _to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
-    """CMYK or Lab to RGB, through the embedded profile when there is a usable one."""
+    """CMYK or Lab to RGB, through the embedded profile when there is a usable one; a CMYK
+    (or YCCK) JPEG without one through the standard press profile it was most likely made for."""
     if icc:
         try:
             source_profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
@@ -440,13 +444,30 @@ def _to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
             if converted is not None:
                 return converted
         except ImageCms.PyCMSError:
-            pass  # a broken profile: fall back to the plain conversion
+            pass  # a broken profile: as if there were none
+    if image.mode == "CMYK" and image.format == "JPEG":
+        # Pillow has already undone an Adobe JPEG's inverted inks: these are ink amounts.
+        return ImageCms.applyTransform(image, _standard_cmyk_to_srgb())
     return image.convert("RGB")
 
 
 @lru_cache(maxsize=1)
 def _srgb_profile() -> ImageCms.ImageCmsProfile:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+# FOGRA39 (offset on coated paper), made from freely licensed data: profiles/README.md.
+STANDARD_CMYK_PROFILE = resources.files("darkroom.worker") / "profiles" / "fogra39-low.icc"
+
+
+@lru_cache(maxsize=1)
+def _standard_cmyk_to_srgb() -> ImageCms.ImageCmsTransform:
+    """Built once (a CMYK table takes milliseconds to prepare) and shared by the task threads:
+    without LittleCMS's one-pixel cache, applying it keeps no state."""
+    cmyk = ImageCms.ImageCmsProfile(io.BytesIO(STANDARD_CMYK_PROFILE.read_bytes()))
+    return ImageCms.buildTransform(
+        cmyk, _srgb_profile(), "CMYK", "RGB", flags=ImageCms.Flags.NOCACHE
+    )
 
 
 # ---------------------------------------------------------------------------------------------
