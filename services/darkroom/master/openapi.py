@@ -281,8 +281,11 @@ _DOCUMENT: dict[str, Any] = {
                     "error": {
                         "type": "string",
                         "nullable": True,
-                        "description": "why a task failed; on a finished task, what of the "
-                        "image was skipped as unreadable (an optional PNG chunk), else null",
+                        "description": "why a task failed; on a finished task, notes "
+                        "separated by '; ': what of the image was skipped as unreadable (an "
+                        "optional PNG chunk), whether an animation was kept, and what of its "
+                        "metadata the result dropped (e.g. 'metadata removed: EXIF (GPS "
+                        "position, camera serial number), XMP'); else null",
                     },
                     "createdAt": {"type": "string", "format": "date-time"},
                     "updatedAt": {"type": "string", "format": "date-time"},
