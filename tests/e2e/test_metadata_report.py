@@ -48,9 +48,11 @@ def test_status_names_the_metadata_removed_and_none_with_keep_metadata(services)
     services.start_all()
     photo = private_photo()
     task, result = finished(services, photo, "jpeg")
-    assert task["error"] == "metadata removed: EXIF (GPS position, camera serial number), XMP"
+    report = "metadata removed: EXIF (GPS position, camera serial number), XMP"
+    assert task["notes"] == [report]
+    assert task["error"] == report  # the notes joined, as before the notes field
     assert b"SN-12345" not in result and b"where I live" not in result
 
     task, result = finished(services, photo, "jpeg,keep-metadata")
-    assert not task["error"], task  # nothing removed
+    assert task["notes"] == [] and not task["error"], task  # nothing removed
     assert b"SN-12345" in result and b"where I live" in result
