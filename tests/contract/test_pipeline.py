@@ -104,8 +104,10 @@ def test_parse_pipeline_separates_operations_from_output() -> None:
         (
             "keep_metadata",
             "unknown operation (known: swap, grayscale, resize, thumbnail, crop, "
-            "rotate, flip, flop, blur, sharpen, png, jpeg, webp, avif, keep-metadata)",
+            "rotate, flip, flop, blur, sharpen, png, jpeg, webp, avif, keep-metadata, preset)",
         ),
+        ("preset:web,png", "step 1 'preset:web': a preset is the whole op (op=preset:NAME)"),
+        ("flip,preset:web", "step 2 'preset:web': a preset is the whole op"),
         ("flip," * 10 + "flop", "too many steps: 11 (at most 10)"),
         ("x" * 1001, "pipeline is longer than 1000 characters"),
     ],

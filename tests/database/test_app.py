@@ -126,3 +126,12 @@ def test_new_task_under_a_given_id_is_queued_and_claimable(client):
     assert again.status_code == 409
     bad = client.simulate_post("/newTask", params={"pipeline": "swap", "id": "../x"})
     assert bad.status_code == 400
+
+
+def test_finish_notes_are_listed_in_the_task(client):
+    task_id = new_queued(client)
+    claim = client.simulate_post("/getNewTask").json
+    params = {"id": task_id, "lease": claim["lease"], "warning": "a; b", "note": ["a", " ", "b"]}
+    assert client.simulate_post("/finishTask", params=params).text == "success"
+    task = client.simulate_get("/getById", params={"id": task_id}).json
+    assert task["notes"] == ["a", "b"] and task["error"] == "a; b"

@@ -396,3 +396,32 @@ def test_a_watcher_is_woken_once_the_change_is_committed(store):
     watcher.join(10)
     assert seen[0].state == State.FINISHED
     assert time.monotonic() - started < 0.4, "woken by the change, not by its next tick"
+
+
+def test_a_finished_tasks_notes_are_kept(store):
+    task_id = queued(store)
+    claim = store.claim()
+    notes = ["animation kept", "metadata removed: EXIF (GPS position), XMP"]
+    finished = store.finish(task_id, claim.lease_token, "; ".join(notes), notes)
+    assert store.get(task_id).notes == finished.notes == tuple(notes)
+    other = queued(store)
+    assert store.finish(other, store.claim().lease_token).notes == ()
+
+
+def test_a_file_made_before_notes_gets_the_column(tmp_path, clock):
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE tasks (id TEXT PRIMARY KEY, state INTEGER NOT NULL, pipeline TEXT NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, error TEXT, lease_token TEXT,"
+        " lease_expires_at REAL, created_at REAL NOT NULL, updated_at REAL NOT NULL,"
+        " finished_at REAL);"
+        "INSERT INTO tasks (id, state, pipeline, created_at, updated_at)"
+        f" VALUES ('{'A' * 22}', 0, 'swap', 1, 1);"
+    )
+    old.commit()
+    old.close()
+    store = SqliteTaskStore(path, LeasePolicy(), clock=clock)
+    assert store.get("A" * 22).notes == ()
+    claim = store.claim()
+    assert store.finish(claim.id, claim.lease_token, "kept", ["kept"]).notes == ("kept",)

@@ -81,7 +81,7 @@ ALL_ON: dict[str, Any] = {
     "registry": {"recreateConfigMap": True, "replicas": 2, "image": "example.com/registry:9"},
     "database": {"persistence": {"existingClaim": "old-database", "storageClass": "fast"}},
     "storage": {"persistence": {"storageClass": "fast", "size": "50Gi"}},
-    "master": {"service": {"type": "LoadBalancer"}},
+    "master": {"service": {"type": "LoadBalancer"}, "presetsOnly": True},
     "worker": {
         "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 8},
         "extraEnv": [{"name": "DARKROOM_PNG_COMPRESS_LEVEL", "value": "3"}],
@@ -256,6 +256,8 @@ def test_only_api_versions_ga_in_1_23(objects: list[dict[str, Any]]) -> None:
         "master.resources.requests.gpu=1",
         "auth.apiKeys.bogus=1",
         "image.pullPolicy=Sometimes",
+        "presets.Web=flip",
+        "master.presetsOnly=maybe",
         "securityContext.runAsUser=0",
     ],
 )
@@ -436,6 +438,21 @@ def test_auth_secret_wired_into_every_pod() -> None:
             assert made["metadata"]["name"] == "darkroom-auth"
             assert len(made["data"]["internal-token"]) >= 48
             assert ("api-keys" in made["data"]) is with_keys
+
+
+def test_presets_are_registry_keys_and_presets_only_reaches_the_master_only() -> None:
+    with_presets = {**ALL_ON, "presets": {"web": "thumbnail:800,webp:80", "a-1": "flip"}}
+    for values, presets_only in (({}, False), (with_presets, True)):
+        objects = render(values)
+        (configmap,) = of_kind(objects, "ConfigMap")
+        seeded = {k: v for k, v in configmap["data"].items() if k.startswith("preset.")}
+        assert seeded == {f"preset.{k}": v for k, v in values.get("presets", {}).items()}
+        for name, metadata, spec in pod_specs(objects):
+            env = env_of(spec["containers"][0])
+            wanted = presets_only and component(metadata) == "master"
+            assert ("DARKROOM_PRESETS_ONLY" in env) is wanted, name
+            if wanted:
+                assert env["DARKROOM_PRESETS_ONLY"]["value"] == "1"
 
 
 def test_api_keys_need_keys_or_an_existing_secret() -> None:

@@ -424,3 +424,58 @@ def test_pillow_bomb_warning_becomes_rejected(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
     with pytest.raises(ImageRejected, match="too large"):
         run(Image.new("RGB", (5, 5)), "swap", ProcessingSettings(max_image_pixels=10**9))
+
+
+# --- the metadata report ---------------------------------------------------------------------
+
+
+def notes_of(source: io.BytesIO, pipeline: str) -> list[str]:
+    notes: list[str] = []
+    process_image(source, io.BytesIO(), pipeline, SETTINGS, notes=notes)
+    return notes
+
+
+def photo_with_serial_numbers() -> io.BytesIO:
+    """A JPEG whose EXIF has a GPS position and camera and lens serial numbers, and XMP."""
+    exif = Image.Exif()
+    exif[ExifTags.IFD.GPSInfo] = GPS
+    exif[ExifTags.IFD.Exif] = {
+        ExifTags.Base.BodySerialNumber: "SN-12345",
+        ExifTags.Base.LensSerialNumber: "LN-678",
+    }
+    xmp = XMP.replace(b"{orientation}", b"1")
+    return encode(Image.new("RGB", (8, 8)), "JPEG", exif=exif, xmp=xmp)
+
+
+@pytest.mark.parametrize("pipeline", ["png", "jpeg", "webp", "grayscale,png"])
+def test_the_report_names_what_the_result_dropped(pipeline: str) -> None:
+    assert notes_of(photo_with_metadata(orientation=6), pipeline) == [
+        "metadata removed: EXIF (GPS position, camera make and model, date and time), XMP, comment"
+    ]
+    assert notes_of(photo_with_serial_numbers(), pipeline) == [
+        "metadata removed: EXIF (GPS position, camera serial number, lens serial number), XMP"
+    ]
+
+
+def test_the_report_names_a_pngs_text_chunks() -> None:
+    assert notes_of(png_with_text_chunks(), "png") == [
+        "metadata removed: EXIF (camera make and model), XMP, text chunks"
+    ]
+
+
+def test_with_keep_metadata_only_what_is_never_kept_is_reported() -> None:
+    assert notes_of(photo_with_serial_numbers(), "keep-metadata") == []
+    assert notes_of(photo_with_metadata(orientation=1), "keep-metadata") == [
+        "metadata removed: comment"  # comments are never kept (see the module's docstring)
+    ]
+    assert notes_of(png_with_text_chunks(), "keep-metadata") == ["metadata removed: text chunks"]
+
+
+def test_an_image_without_metadata_reports_nothing() -> None:
+    icc_only = encode(Image.new("RGB", (4, 4)), "JPEG", icc_profile=SRGB_PROFILE)
+    assert notes_of(icc_only, "png") == []
+    assert notes_of(photo_with_metadata(orientation=6), "png")  # the orientation alone is not
+    only_orientation = Image.Exif()
+    only_orientation[ExifTags.Base.Orientation] = 6
+    turned = encode(Image.new("RGB", (4, 4)), "JPEG", exif=only_orientation)
+    assert notes_of(turned, "png") == []  # applied to the pixels, not dropped

@@ -294,6 +294,10 @@ spec:
                 fieldRef:
                   fieldPath: metadata.namespace
             {{- end }}
+            {{- if $values.presetsOnly }}
+            - name: DARKROOM_PRESETS_ONLY
+              value: "1"
+            {{- end }}
             {{- if hasKey $values "concurrency" }}
             - name: DARKROOM_CONCURRENCY
               value: {{ $values.concurrency | quote }}

@@ -13,3 +13,6 @@ TASK_ID_DESCRIPTION = f"{TASK_ID_LENGTH} characters of A-Z a-z 0-9 _ -"
 MAX_PIPELINE_CHARS = 1_000
 # The longest error a task keeps; longer ones are cut.
 MAX_ERROR_LENGTH = 2000
+# A finished task's notes (what was skipped, kept or removed): at most this many, each cut.
+MAX_NOTES = 20
+MAX_NOTE_LENGTH = 500

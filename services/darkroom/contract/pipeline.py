@@ -11,6 +11,11 @@ arguments are case-insensitive and blanks around a step are ignored. An empty pi
 canonical text (``normalize_pipeline``) lists the operations in order, then the output format
 step if one was given, then ``keep-metadata`` if it was given. ``crop`` also takes its offsets
 separated by spaces: an unencoded ``+`` in a query string arrives as one.
+
+``preset:NAME`` is a rule of its own: it stands for the whole op, and the master replaces it by
+the pipeline text kept in the registry under ``preset.NAME`` before parsing (``preset_name``,
+``preset_key``). The parser refuses it as a step, so a preset cannot sit among other steps nor
+name another preset.
 """
 
 from __future__ import annotations
@@ -228,6 +233,30 @@ def normalize_pipeline(text: str | None, limits: Limits) -> str:
     return parse_pipeline(text, limits).text
 
 
+PRESET_STEP = "preset"
+PRESET_NAME = re.compile(r"[a-z0-9][-_a-z0-9]{0,63}")
+
+
+def preset_name(text: str | None) -> str | None:
+    """The preset's name when the op is ``preset:NAME`` (alone), else None.
+
+    Raises InvalidPipeline when the op is a preset step with a name no preset can have.
+    """
+    step, colon, name = (text or "").strip().lower().partition(":")
+    if step != PRESET_STEP or "," in name:
+        return None
+    if not colon or not PRESET_NAME.fullmatch(name):
+        raise InvalidPipeline(
+            f"preset name {name!r}: expected letters, digits, '-' and '_', at most 64"
+        )
+    return name
+
+
+def preset_key(name: str) -> str:
+    """The registry key holding the preset's pipeline text."""
+    return f"{PRESET_STEP}.{name}"
+
+
 def _parse_step(number: int, raw: str, limits: Limits) -> Step:
     name, colon, args = raw.strip().lower().partition(":")
     if not name:
@@ -257,6 +286,10 @@ def _no_args(make: Callable[[], Step]) -> _StepParser:
         return make()
 
     return parse
+
+
+def _parse_preset(args: str | None, limits: Limits) -> Step:
+    raise _ArgError("a preset is the whole op (op=preset:NAME), not a step among others")
 
 
 _RESIZE = re.compile(r"([^x:]*)x([^x:]*)(?::(fit|fill))?")
@@ -427,6 +460,13 @@ STEPS: tuple[StepRule, ...] = (
         "keeps the EXIF and XMP metadata, otherwise removed (the colour profile is kept "
         "either way); the EXIF orientation becomes 1, as the result is upright",
         _no_args(KeepMetadata),
+    ),
+    StepRule(
+        PRESET_STEP,
+        "preset:NAME",
+        "the pipeline kept in the registry under the key preset.NAME, as the whole op; "
+        "resolved by the master at upload, so /status shows the pipeline that ran",
+        _parse_preset,
     ),
 )
 _RULES = {rule.name: rule for rule in STEPS}

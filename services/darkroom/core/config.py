@@ -41,6 +41,8 @@ class Config:
     data_dir: Path = Path("data")
     # how long a resolved address is trusted before asking the registry again
     discovery_ttl_seconds: float = 5.0
+    # the master accepts only op=preset:NAME, presets kept in the registry (public deployments)
+    presets_only: bool = False
     max_upload_bytes: int = 50 * 1024 * 1024
     # results may be larger than uploads (a JPEG becomes a PNG)
     max_result_bytes: int = 512 * 1024 * 1024

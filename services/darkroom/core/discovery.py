@@ -93,7 +93,7 @@ def keep_registered(
 
 
 class ServiceLocator:
-    """Addresses of other services by registry key, cached for ``ttl`` seconds."""
+    """Registry values by key (service addresses, presets), cached for ``ttl`` seconds."""
 
     def __init__(
         self, registry: RegistryClient, ttl: float, clock: Callable[[], float] = time.monotonic
@@ -101,25 +101,31 @@ class ServiceLocator:
         self._registry = registry
         self._ttl = ttl
         self._clock = clock
-        self._cache: dict[str, tuple[str, float]] = {}
+        self._cache: dict[str, tuple[str | None, float]] = {}
         self._lock = threading.Lock()
 
-    def address(self, key: str) -> str:
+    def value(self, key: str) -> str | None:
+        """The key's value, None when it is not set; a change is seen within ``ttl``."""
         now = self._clock()
         with self._lock:
             cached = self._cache.get(key)
         if cached and cached[1] > now:
             return cached[0]
         try:
-            address = self._registry.get(key)
+            value = self._registry.get(key) or None
         except requests.RequestException as exc:
-            if cached:  # a stale address beats none while the registry restarts
+            if cached:  # a stale value beats none while the registry restarts
                 return cached[0]
             raise UpstreamUnavailable("registry", str(exc)) from exc
-        if not address:
-            raise UpstreamUnavailable(key.removesuffix("Address"), f"{key} is not registered")
         with self._lock:
-            self._cache[key] = (address, now + self._ttl)
+            self._cache[key] = (value, now + self._ttl)
+        return value
+
+    def address(self, key: str) -> str:
+        address = self.value(key)
+        if not address:
+            self.forget(key)  # an unregistered service is asked for again at the next call
+            raise UpstreamUnavailable(key.removesuffix("Address"), f"{key} is not registered")
         return address
 
     def forget(self, key: str) -> None:

@@ -10,7 +10,12 @@ import falcon
 from prometheus_client import CollectorRegistry
 
 from darkroom.contract.folders import result_version
-from darkroom.contract.limits import MAX_ERROR_LENGTH, MAX_PIPELINE_CHARS
+from darkroom.contract.limits import (
+    MAX_ERROR_LENGTH,
+    MAX_NOTE_LENGTH,
+    MAX_NOTES,
+    MAX_PIPELINE_CHARS,
+)
 from darkroom.contract.tasks import UNFINISHED_STATES, TaskState
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
@@ -36,6 +41,7 @@ def task_document(task: Task, with_lease: bool = False) -> dict[str, Any]:
         "pipeline": task.pipeline,
         "attempts": task.attempts,
         "error": task.error,
+        "notes": list(task.notes),
         "createdAt": _timestamp(task.created_at),
         "updatedAt": _timestamp(task.updated_at),
         "finishedAt": _timestamp(task.finished_at),
@@ -125,7 +131,10 @@ class Tasks:
     def on_post_finish(self, req: falcon.Request, resp: falcon.Response) -> None:
         # A warning (what of the image was skipped) is kept in the finished task's error field.
         warning = (req.get_param("warning") or "").strip()[:MAX_ERROR_LENGTH] or None
-        self._store.finish(require_task_id(req), _lease(req), warning)
+        # The same notes one by one, a ``note`` parameter each: /status lists them.
+        notes = [n.strip()[:MAX_NOTE_LENGTH] for n in req.get_param_as_list("note") or []]
+        notes = [note for note in notes if note][:MAX_NOTES]
+        self._store.finish(require_task_id(req), _lease(req), warning, notes)
         _success(resp)
 
     def on_post_fail(self, req: falcon.Request, resp: falcon.Response) -> None:

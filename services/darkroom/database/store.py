@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -38,6 +39,8 @@ class Task:
     finished_at: float | None
     lease_token: str | None = None
     lease_expires_at: float | None = None
+    # a finished task's notes for the user: what was skipped, kept, or removed (metadata)
+    notes: tuple[str, ...] = ()
 
 
 class TaskNotFound(LookupError):
@@ -61,7 +64,13 @@ class TaskStore(Protocol):
     def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task: ...
     def claim(self, wait_seconds: float = 0.0) -> Task | None: ...
     def heartbeat(self, task_id: str, lease_token: str) -> Task: ...
-    def finish(self, task_id: str, lease_token: str, warning: str | None = None) -> Task: ...
+    def finish(
+        self,
+        task_id: str,
+        lease_token: str,
+        warning: str | None = None,
+        notes: Sequence[str] = (),
+    ) -> Task: ...
     def fail(self, task_id: str, lease_token: str | None, error: str, retryable: bool) -> Task: ...
     def release(self, task_id: str, lease_token: str) -> Task: ...
     def retry(self, task_id: str) -> Task: ...
@@ -83,14 +92,17 @@ CREATE TABLE IF NOT EXISTS tasks (
     lease_expires_at REAL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    notes TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, created_at);
 """
 _COLUMNS = (
     "id, state, pipeline, attempts, error, created_at, updated_at, finished_at,"
-    " lease_token, lease_expires_at"
+    " lease_token, lease_expires_at, notes"
 )
+# Columns added since the first schema: a file made before them gets them when opened.
+_ADDED_COLUMNS = {"notes": "TEXT"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +131,7 @@ class SqliteTaskStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a reply means the change is on disk
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
         # Reads on a connection of their own: in WAL mode they see the last commit and never
         # wait for a write transaction (its COMMIT is an fsync) to end.
         self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -169,6 +182,12 @@ class SqliteTaskStore:
         if row is None:
             raise TaskNotFound(task_id)
         return _task(row)
+
+    def _add_missing_columns(self) -> None:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in present:
+                self._db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
 
     def _update(self, task_id: str, **fields: object) -> Task:
         if "state" in fields:
@@ -308,8 +327,15 @@ class SqliteTaskStore:
                 task.id, lease_expires_at=self._clock() + self._policy.lease_seconds
             )
 
-    def finish(self, task_id: str, lease_token: str, warning: str | None = None) -> Task:
-        """Mark the task finished; ``warning`` is kept in its error field (None: no error)."""
+    def finish(
+        self,
+        task_id: str,
+        lease_token: str,
+        warning: str | None = None,
+        notes: Sequence[str] = (),
+    ) -> Task:
+        """Mark the task finished; ``warning`` is kept in its error field (None: no error),
+        ``notes`` in its notes."""
         with self._transaction():
             task = self._current(task_id)
             if task.state == State.FINISHED and task.lease_token == lease_token:
@@ -326,6 +352,7 @@ class SqliteTaskStore:
                 finished_at=self._clock(),
                 lease_expires_at=None,
                 error=warning,
+                notes=json.dumps(list(notes)) if notes else None,
             )
 
     def fail(self, task_id: str, lease_token: str | None, error: str, retryable: bool) -> Task:
@@ -535,7 +562,8 @@ def _before(moment: float | None, now: float) -> bool:
 
 
 def _task(row: tuple) -> Task:
-    (task_id, state, pipeline, attempts, error, created, updated, finished, token, expires) = row
+    (task_id, state, pipeline, attempts, error, created, updated, finished) = row[:8]
+    token, expires, notes = row[8:]
     return Task(
         id=task_id,
         state=State.from_code(state),
@@ -547,4 +575,5 @@ def _task(row: tuple) -> Task:
         finished_at=finished,
         lease_token=token,
         lease_expires_at=expires,
+        notes=tuple(json.loads(notes)) if notes else (),
     )

@@ -5,6 +5,7 @@ Error answers are raised as ``darkroom.contract.errors`` types.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import requests
@@ -43,11 +44,13 @@ class MasterClient:
     def heartbeat(self, claim: Claim) -> None:
         self._post("/heartbeat", {"id": claim.task_id, "lease": claim.lease}).close()
 
-    def finish(self, claim: Claim, warning: str | None = None) -> None:
-        """The task is done; ``warning`` (what of the image was skipped) goes to its status."""
-        params = {"id": claim.task_id, "lease": claim.lease}
-        if warning:
-            params["warning"] = warning
+    def finish(self, claim: Claim, notes: Sequence[str] = ()) -> None:
+        """The task is done; ``notes`` (what of the image was skipped, kept or removed) go to
+        its status: its ``notes``, and joined in its ``error`` field as before."""
+        params: dict[str, Any] = {"id": claim.task_id, "lease": claim.lease}
+        if notes:
+            params["warning"] = "; ".join(notes)
+            params["note"] = list(notes)
         self._post("/registerTaskFinished", params).close()
 
     def fail(self, claim: Claim, error: str, retryable: bool) -> None:

@@ -281,8 +281,17 @@ _DOCUMENT: dict[str, Any] = {
                     "error": {
                         "type": "string",
                         "nullable": True,
-                        "description": "why a task failed; on a finished task, what of the "
-                        "image was skipped as unreadable (an optional PNG chunk), else null",
+                        "description": "why a task failed; on a finished task, its notes "
+                        "joined by '; ', else null",
+                    },
+                    "notes": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "on a finished task, what the user should know, one "
+                        "note each: what of the image was skipped as unreadable, whether an "
+                        "animation was kept, what of its metadata the result dropped (e.g. "
+                        "'metadata removed: EXIF (GPS position, camera serial number), XMP'); "
+                        "the same notes are joined by '; ' in error",
                     },
                     "createdAt": {"type": "string", "format": "date-time"},
                     "updatedAt": {"type": "string", "format": "date-time"},

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from darkroom.contract.pipeline import PipelineLimits, normalize_pipeline
+from darkroom.contract.pipeline import PipelineLimits
 from darkroom.core.config import Config
 from darkroom.core.runtime import Runtime
 from darkroom.core.server import serve
 from darkroom.database.client import DatabaseClient
 from darkroom.master.app import create_app
+from darkroom.master.presets import PipelineResolver
 from darkroom.storage.client import StorageClient
 
 
@@ -18,7 +19,9 @@ def run(config: Config) -> None:
         config,
         DatabaseClient(runtime.client("database")),
         StorageClient(runtime.client("storage")),
-        check_pipeline=lambda text: normalize_pipeline(text, limits),
+        check_pipeline=PipelineResolver(
+            runtime.locator.value, limits, presets_only=config.presets_only
+        ),
         readiness=runtime.readiness_checks(),
     )
     serve(

@@ -93,6 +93,14 @@ class Metadata:
     icc: bytes | None = None
     exif: Image.Exif | None = None  # orientation already applied (and removed)
     xmp: bytes | None = None
+    # What else the file held, named for a user's report: EXIF and XMP, dropped unless the
+    # pipeline keeps metadata, and what no result keeps (comments, text chunks, IPTC)
+    removable: tuple[str, ...] = ()
+    never_kept: tuple[str, ...] = ()
+
+    def removed(self, keep_metadata: bool) -> tuple[str, ...]:
+        """What of the file's metadata the result does not carry (the ICC profile is kept)."""
+        return self.never_kept if keep_metadata else self.removable + self.never_kept
 
 
 @dataclass(frozen=True)
@@ -161,8 +169,7 @@ class SourceImage:
                 working = deep.from_bytes(image, low_bytes, image.info.get("transparency"))
             else:
                 working, icc = _to_working_mode(image, icc, _sample_bits(self._png_rawmode))
-            xmp_bytes = xmp.encode() if isinstance(xmp, str) else xmp
-            return working, Metadata(icc, exif or None, xmp_bytes or None)
+            return working, _metadata(image, icc, exif, xmp)
 
     def _low_bytes(self) -> Image.Image | None:
         """For 16-bit colour, which Pillow decodes to its samples' high bytes, the low bytes:
@@ -219,8 +226,58 @@ class SourceImage:
                 frames.append(working)
                 durations.append(int(file.info.get("duration", 0)))
             timing = FrameTiming(tuple(durations), int(file.info.get("loop", 1)))
-            xmp_bytes = xmp.encode() if isinstance(xmp, str) else xmp
-            return frames, timing, Metadata(icc, exif or None, xmp_bytes or None)
+            return frames, timing, _metadata(file, icc, exif, xmp)
+
+
+def _metadata(
+    file: Image.Image, icc: bytes | None, exif: Image.Exif, xmp: str | bytes | None
+) -> Metadata:
+    """The file's metadata: what may be kept, and what it held, for the report."""
+    xmp_bytes = (xmp.encode() if isinstance(xmp, str) else xmp) or None
+    removable = []
+    if exif:
+        details = _exif_details(exif)
+        removable.append(f"EXIF ({', '.join(details)})" if details else "EXIF")
+    if xmp_bytes:
+        removable.append("XMP")
+    text_keys = getattr(file, "text", {}) if file.format == "PNG" else {}
+    never_kept = [
+        *(["comment"] if file.info.get("comment") else []),
+        *(["text chunks"] if any(key != _PNG_XMP_KEY for key in text_keys) else []),
+        *(["IPTC/Photoshop data"] if file.info.get("photoshop") else []),
+    ]
+    return Metadata(icc, exif or None, xmp_bytes, tuple(removable), tuple(never_kept))
+
+
+# EXIF a user may not want to publish: (IFD, tags, name in the report); None: the main IFD.
+_PRIVATE_EXIF = (
+    (ExifTags.IFD.GPSInfo, None, "GPS position"),
+    (
+        ExifTags.IFD.Exif,
+        (ExifTags.Base.BodySerialNumber, ExifTags.Base.CameraSerialNumber),
+        "camera serial number",
+    ),
+    (ExifTags.IFD.Exif, (ExifTags.Base.LensSerialNumber,), "lens serial number"),
+    (None, (ExifTags.Base.CameraSerialNumber,), "camera serial number"),
+    (ExifTags.IFD.Exif, (ExifTags.Base.CameraOwnerName,), "owner name"),
+    (None, (ExifTags.Base.Artist,), "owner name"),
+    (None, (ExifTags.Base.Make, ExifTags.Base.Model), "camera make and model"),
+    (ExifTags.IFD.Exif, (ExifTags.Base.DateTimeOriginal,), "date and time"),
+    (None, (ExifTags.Base.DateTime,), "date and time"),
+)
+
+
+def _exif_details(exif: Image.Exif) -> list[str]:
+    """The private EXIF entries present, once each, in ``_PRIVATE_EXIF``'s order."""
+    found: dict[str, None] = {}
+    for ifd, tags, name in _PRIVATE_EXIF:
+        try:
+            directory = exif if ifd is None else exif.get_ifd(ifd)
+        except Exception:  # a malformed directory: reported as EXIF, without details
+            continue
+        if directory and (tags is None or any(tag in directory for tag in tags)):
+            found[name] = None
+    return list(found)
 
 
 # The formats whose extra frames make an animation, as Pillow names them.

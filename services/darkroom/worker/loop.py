@@ -226,7 +226,7 @@ class TaskLoop:
     def _store_result(self, claim: Claim, images: _TaskImages) -> None:
         with self._metrics.stage("upload"):
             self._send_result(claim, images.result)
-        self._master.finish(claim, "; ".join(images.warnings) or None)
+        self._master.finish(claim, images.warnings)
         self.completed += 1
         self._outage.reset()
         self._metrics.outcome(Outcome.DONE)

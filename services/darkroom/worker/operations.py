@@ -41,6 +41,7 @@ from darkroom.worker import deep
 from darkroom.worker.animation import judge_animation
 from darkroom.worker.codec import (
     ImageRejected,
+    Metadata,
     ProcessingSettings,
     SourceImage,
     check_encodable,
@@ -65,7 +66,7 @@ def process_image(
     with the pipeline. Errors writing to ``destination`` propagate unchanged. When ``timings``
     is given, the seconds spent in ``decode``, ``operation`` and ``encode`` are stored in it;
     ``notes`` receives what the job's status should tell (whether an animation was kept,
-    what of the file was skipped as unreadable).
+    what of the file was skipped as unreadable, what of its metadata the result dropped).
     """
     timings = {} if timings is None else timings
     try:
@@ -78,7 +79,9 @@ def process_image(
     if animation.note and notes is not None:
         notes.append(animation.note)
     if animation.keep:
-        media_type = _process_frames(opened, pipeline, destination, settings, timings, started)
+        media_type = _process_frames(
+            opened, pipeline, destination, settings, timings, started, notes
+        )
         if notes is not None:
             notes.extend(opened.warnings)
         return media_type
@@ -96,7 +99,7 @@ def process_image(
         image = apply(operation, image)
     operated = time.perf_counter()
     timings["operation"] = operated - decoded
-    kept = metadata if pipeline.keep_metadata else replace(metadata, exif=None, xmp=None)
+    kept = _kept_metadata(metadata, pipeline, notes)
     encode(image, kept, output, destination, settings)
     timings["encode"] = time.perf_counter() - operated
     return output.media_type
@@ -109,6 +112,7 @@ def _process_frames(
     settings: ProcessingSettings,
     timings: dict[str, float],
     started: float,
+    notes: list[str] | None,
 ) -> str:
     """``process_image`` for an animation kept: every frame through every step."""
     frames, timing, metadata = opened.decode_frames()
@@ -125,10 +129,17 @@ def _process_frames(
         results.append(frame)
     operated = time.perf_counter()
     timings["operation"] = operated - decoded
-    kept = metadata if pipeline.keep_metadata else replace(metadata, exif=None, xmp=None)
+    kept = _kept_metadata(metadata, pipeline, notes)
     encode_frames(results, timing, kept, output, destination, settings)
     timings["encode"] = time.perf_counter() - operated
     return output.media_type
+
+
+def _kept_metadata(metadata: Metadata, pipeline: Pipeline, notes: list[str] | None) -> Metadata:
+    """What of the metadata the result carries; what it drops is said in ``notes``."""
+    if notes is not None and (removed := metadata.removed(pipeline.keep_metadata)):
+        notes.append(f"metadata removed: {', '.join(removed)}")
+    return metadata if pipeline.keep_metadata else replace(metadata, exif=None, xmp=None)
 
 
 def _check_animation_pixels(
