@@ -225,7 +225,8 @@ def parse_pipeline(text: str | None, limits: Limits) -> Pipeline:
     output: tuple[int, OutputFormat] | None = None
     keep_metadata: int | None = None  # the step number that asked
     for number, raw in enumerate(raw_steps, start=1):
-        step = _parse_step(number, raw, limits)
+        after_watermark = bool(operations) and isinstance(operations[-1], Watermark)
+        step = _parse_step(number, raw, limits, _COMMA_IN_WATERMARK if after_watermark else "")
         if isinstance(step, KeepMetadata):
             if keep_metadata is not None:
                 raise _step_error(
@@ -248,13 +249,18 @@ def normalize_pipeline(text: str | None, limits: Limits) -> str:
     return parse_pipeline(text, limits).text
 
 
-def _parse_step(number: int, raw: str, limits: Limits) -> Step:
+# Said when the step after a watermark is unknown: most likely its TEXT held a comma.
+_COMMA_IN_WATERMARK = "; a comma ends a step, so a watermark's TEXT cannot hold one"
+
+
+def _parse_step(number: int, raw: str, limits: Limits, unknown_hint: str = "") -> Step:
     name, colon, args = raw.strip().partition(":")
     if not name:
         raise _step_error(number, raw, "empty step")
     rule = _RULES.get(name.lower())
     if rule is None:
-        raise _step_error(number, raw, f"unknown operation (known: {', '.join(_RULES)})")
+        known = ", ".join(_RULES)
+        raise _step_error(number, raw, f"unknown operation (known: {known}){unknown_hint}")
     try:
         return rule.parse((args if rule.keeps_case else args.lower()) if colon else None, limits)
     except _ArgError as exc:
