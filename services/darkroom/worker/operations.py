@@ -261,23 +261,35 @@ def settle(operation: Any, image: Any) -> Any:
     becomes the ``_CoverBox`` of its window; every other step is returned as it is."""
     if not (isinstance(operation, Resize) and operation.smart):
         return operation
-    grey = image.to_eight() if isinstance(image, deep.DeepImage) else image
-    grey = sixteen_to_eight(grey) if grey.mode == "I" else grey.convert("L")
-    box = _smart_window(grey, operation.width, operation.height)
+    box = _smart_window(image.size, _grey_probe(image), operation.width, operation.height)
     return _CoverBox(box, (operation.width, operation.height), operation.text)
 
 
-def _smart_window(grey: Image.Image, width: int, height: int) -> tuple[float, float, float, float]:
-    """The window of ``grey`` with the aspect of ``width`` x ``height``, as wide or as tall as
-    the image (as ``ImageOps.fit`` crops), that holds the most edge energy."""
-    scale = max(width / grey.width, height / grey.height)  # the cover scale, as :fill
-    window = (min(grey.width, width / scale), min(grey.height, height / scale))
-    across = 0 if window[0] < grey.width else 1  # the axis the window slides along
-    slack = (grey.width - window[0], grey.height - window[1])[across]
+def _grey_probe(image: Any) -> Image.Image:
+    """A grey copy of ``image`` at most ``SMART_CROP_PROBE_SIDE`` long, shrunk before it is
+    converted, so a large image costs one box reduction."""
+    factor = max(1, math.ceil(max(image.size) / SMART_CROP_PROBE_SIDE))
+    if isinstance(image, deep.DeepImage):
+        small = image.with_bands(lambda band: band.reduce(factor)).to_eight()
+    else:
+        small = image.reduce(factor) if factor > 1 else image
+    return sixteen_to_eight(small) if small.mode == "I" else small.convert("L")
+
+
+def _smart_window(
+    size: tuple[int, int], probe: Image.Image, width: int, height: int
+) -> tuple[float, float, float, float]:
+    """The window of an image of ``size`` with the aspect of ``width`` x ``height``, as wide or
+    as tall as the image (as ``ImageOps.fit`` crops), that holds the most edge energy of
+    ``probe``, its small grey copy."""
+    scale = max(width / size[0], height / size[1])  # the cover scale, as :fill
+    window = (min(size[0], width / scale), min(size[1], height / scale))
+    across = 0 if window[0] < size[0] else 1  # the axis the window slides along
+    slack = (size[0] - window[0], size[1] - window[1])[across]
     if slack < 1:
-        return (0.0, 0.0, float(grey.width), float(grey.height))
-    profile = _edge_profile(grey, across)
-    shrink = len(profile) / grey.size[across]  # probe pixels per image pixel
+        return (0.0, 0.0, float(size[0]), float(size[1]))
+    profile = _edge_profile(probe, across)
+    shrink = len(profile) / size[across]  # probe pixels per image pixel
     span = max(1, round(window[across] * shrink))
     sums = [sum(profile[:span])]
     for start in range(1, len(profile) - span + 1):
@@ -287,15 +299,13 @@ def _smart_window(grey: Image.Image, width: int, height: int) -> tuple[float, fl
     )
     offset = min(slack, best / shrink)
     if across == 0:
-        return (offset, 0.0, offset + window[0], float(grey.height))
-    return (0.0, offset, float(grey.width), offset + window[1])
+        return (offset, 0.0, offset + window[0], float(size[1]))
+    return (0.0, offset, float(size[0]), offset + window[1])
 
 
-def _edge_profile(grey: Image.Image, across: int) -> list[int]:
-    """Edge energy (the differences to the right and lower neighbours) summed over each column
-    (``across`` 0) or row (1) of a copy of ``grey`` at most ``SMART_CROP_PROBE_SIDE`` long."""
-    factor = max(1, math.ceil(max(grey.size) / SMART_CROP_PROBE_SIDE))
-    probe = grey.reduce(factor) if factor > 1 else grey
+def _edge_profile(probe: Image.Image, across: int) -> list[int]:
+    """Edge energy (the differences to the right and lower neighbours) of ``probe``, summed
+    over each column (``across`` 0) or row (1)."""
     width = probe.width
     right, below = _neighbour_difference(probe, 1, 0), _neighbour_difference(probe, 0, 1)
     energy = [a + b for a, b in zip(right, below, strict=True)]
