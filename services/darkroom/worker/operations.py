@@ -241,8 +241,9 @@ def apply(operation: Operation | _ResizeTo | _CoverBox, image: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Smart crop: the window of the most edge energy, found on a small grey copy.
 
-# The grey copy's longer side: enough to see where the detail is, cheap to measure.
-SMART_CROP_PROBE_SIDE = 128
+# The grey copy's longer side: fine enough that small texture survives the shrinking (at 128 a
+# 400-pixel image's 2-pixel stripes averaged away), cheap to measure (5 ms).
+SMART_CROP_PROBE_SIDE = 512
 
 
 @dataclass(frozen=True)
@@ -303,26 +304,28 @@ def _smart_window(
     return (0.0, offset, float(size[0]), offset + window[1])
 
 
-def _edge_profile(probe: Image.Image, across: int) -> list[int]:
-    """Edge energy (the differences to the right and lower neighbours) of ``probe``, summed
-    over each column (``across`` 0) or row (1)."""
-    width = probe.width
-    right, below = _neighbour_difference(probe, 1, 0), _neighbour_difference(probe, 0, 1)
-    energy = [a + b for a, b in zip(right, below, strict=True)]
-    if across == 0:
-        return [sum(energy[x::width]) for x in range(width)]
-    return [sum(energy[y * width : (y + 1) * width]) for y in range(probe.height)]
+def _edge_profile(probe: Image.Image, across: int) -> list[float]:
+    """Edge energy of ``probe`` (the larger difference from the right and lower neighbours),
+    averaged over each column (``across`` 0) or row (1)."""
+    energy = ImageChops.lighter(
+        _neighbour_difference(probe, 1, 0), _neighbour_difference(probe, 0, 1)
+    )
+    width, height = probe.size
+    line = energy.convert("F").resize(
+        (width, 1) if across == 0 else (1, height), Image.Resampling.BOX
+    )
+    return [line.getpixel((i, 0) if across == 0 else (0, i)) for i in range(probe.size[across])]
 
 
-def _neighbour_difference(grey: Image.Image, dx: int, dy: int) -> bytes:
-    """Each pixel's absolute difference from its neighbour (dx, dy) further on, row by row;
-    0 where there is none."""
+def _neighbour_difference(grey: Image.Image, dx: int, dy: int) -> Image.Image:
+    """Each pixel's absolute difference from its neighbour (dx, dy) further on; 0 where there
+    is none."""
     width, height = grey.size
     canvas = Image.new("L", grey.size, 0)
     if width > dx and height > dy:
         ahead = grey.crop((dx, dy, width, height))
         canvas.paste(ImageChops.difference(ahead, grey.crop((0, 0, width - dx, height - dy))))
-    return canvas.tobytes()
+    return canvas
 
 
 # ---------------------------------------------------------------------------------------------
