@@ -279,6 +279,14 @@ def test_watermark_on_grey(mode: str) -> None:
     assert changed is not None and changed[2] <= 30 and changed[3] <= 20
 
 
+def test_watermark_on_16_bit_colour_is_drawn_at_8_bits() -> None:
+    band = Image.new("I", (60, 40), 0)
+    result = apply(grammar.Watermark("Hi", "bottom-left", 100), deep.DeepImage("RGB", (band,) * 3))
+    assert isinstance(result, Image.Image) and result.mode == "RGB"
+    changed = result.getbbox()
+    assert changed is not None and changed[2] <= 30 and changed[1] >= 20
+
+
 def test_a_long_watermark_on_a_tiny_image_fits_inside_it() -> None:
     image = Image.new("RGB", (12, 5), (0, 0, 255))
     result, _ = run(image, "watermark:" + "W" * 40)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -517,6 +518,10 @@ WATERMARK_MARGIN = 0.03
 _FONT_FILE = "DejaVuSans.ttf"  # Bitstream Vera licence: fonts/DejaVuSans-LICENSE
 
 
+# A FreeType face is not safe to use from two threads at once, and task loops may be threads.
+_FONT_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=32)
 def _font(size: int) -> ImageFont.FreeTypeFont:
     with resources.as_file(resources.files("darkroom.worker") / "fonts" / _FONT_FILE) as path:
@@ -542,22 +547,23 @@ def _watermark(step: Watermark, image: Image.Image) -> Image.Image:
 
 def _watermark_stamp(step: Watermark, size: tuple[int, int]) -> Image.Image:
     """The text drawn on a transparent RGBA image just its size, at the step's opacity."""
-    font_size = max(1, round(min(size) * WATERMARK_HEIGHT))
-    width = _font(font_size).getlength(step.label)
-    if width > size[0] * WATERMARK_MAX_WIDTH:
-        font_size = max(1, int(font_size * size[0] * WATERMARK_MAX_WIDTH / width))
-    font = _font(font_size)
-    outline = max(1, font_size // 16)
-    left, top, right, bottom = font.getbbox(step.label, stroke_width=outline)
-    stamp = Image.new("RGBA", (max(1, right - left), max(1, bottom - top)), (0, 0, 0, 0))
-    ImageDraw.Draw(stamp).text(
-        (-left, -top),
-        step.label,
-        font=font,
-        fill=(255, 255, 255, 255),
-        stroke_width=outline,
-        stroke_fill=(0, 0, 0, 255),
-    )
+    with _FONT_LOCK:
+        font_size = max(1, round(min(size) * WATERMARK_HEIGHT))
+        width = _font(font_size).getlength(step.label)
+        if width > size[0] * WATERMARK_MAX_WIDTH:
+            font_size = max(1, int(font_size * size[0] * WATERMARK_MAX_WIDTH / width))
+        font = _font(font_size)
+        outline = max(1, font_size // 16)
+        left, top, right, bottom = font.getbbox(step.label, stroke_width=outline)
+        stamp = Image.new("RGBA", (max(1, right - left), max(1, bottom - top)), (0, 0, 0, 0))
+        ImageDraw.Draw(stamp).text(
+            (-left, -top),
+            step.label,
+            font=font,
+            fill=(255, 255, 255, 255),
+            stroke_width=outline,
+            stroke_fill=(0, 0, 0, 255),
+        )
     opacity = step.opacity_hundredths / 100
     stamp.putalpha(stamp.getchannel("A").point(lambda alpha: round(alpha * opacity)))
     return stamp
