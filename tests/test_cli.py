@@ -29,3 +29,9 @@ def test_help_is_plain_text_and_every_argument_says_what_it_is_and_its_default(p
 def test_up_help_shows_the_ports():
     up = next(parser for parser in _parsers() if parser.prog.endswith(" up"))
     assert "the master's port (default: 3003)" in " ".join(up.format_help().split())
+
+
+def test_submit_help_shows_smart_crop_and_watermark():
+    submit = next(parser for parser in _parsers() if parser.prog.endswith(" submit"))
+    text = " ".join(submit.format_help().split())
+    assert "resize:400x400:smart" in text and "watermark:© Me:top-left:0.4" in text

@@ -149,7 +149,9 @@ def _submit_parser(commands: argparse._SubParsersAction) -> None:
     submit.add_argument("--master", default="127.0.0.1:3003", help="HOST:PORT of the master")
     submit.add_argument(
         "--op",
-        help="operation pipeline, e.g. resize:800x600,grayscale (default: the master's)",
+        help="operation pipeline, e.g. resize:800x600,grayscale or "
+        "'resize:400x400:smart,watermark:© Me:top-left:0.4', steps as in the README's "
+        "Operations table (default: the master's)",
     )
     submit.add_argument("--timeout", type=float, default=300.0, help="seconds to wait")
     submit.add_argument(

@@ -300,6 +300,27 @@ def test_keep_metadata_checkbox_keeps_the_exif(page, services):
     assert stripped.size == (48, 64) and not stripped.getexif()
 
 
+def test_builder_makes_a_smart_crop_with_a_watermark(page, services):
+    page.get_by_label("Choose an image").set_input_files(
+        file_payload("dusk.jpg", photo_jpeg(), "image/jpeg")
+    )
+    page.get_by_label("Swap red and green").uncheck()
+    page.get_by_label("Resize", exact=True).check()
+    page.get_by_label("Resize width in pixels").fill("200")
+    page.get_by_label("Resize height in pixels").fill("200")
+    page.get_by_label("Resize mode").select_option("smart")
+    page.get_by_label("Watermark", exact=True).check()
+    page.get_by_label("Watermark text").fill("© Ann")
+    page.get_by_label("Watermark position").select_option("top-left")
+    page.get_by_label("Watermark opacity from 0.01 to 1").fill("0.8")
+    pipeline = "resize:200x200:smart,watermark:© Ann:top-left:0.8"
+    expect(page.get_by_label("Pipeline")).to_have_value(pipeline)
+    page.get_by_role("button", name="Process image").click()
+    task_id = wait_finished(page)
+    expect(page.locator("#job-pipeline")).to_have_text(pipeline)
+    assert decode(master_result(services, task_id)).size == (200, 200)
+
+
 @pytest.mark.parametrize(
     ("typed", "pipeline", "size"),
     [

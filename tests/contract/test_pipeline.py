@@ -51,6 +51,12 @@ README = Path(__file__).resolve().parents[2] / "README.md"
         ("thumbnail:128,sharpen,flop", "thumbnail:128,sharpen,flop"),
         ("keep-metadata", "keep-metadata"),
         (" Keep-Metadata , JPEG:80, flip", "flip,jpeg:80,keep-metadata"),
+        ("RESIZE:300x200:Smart", "resize:300x200:smart"),
+        ("watermark:Darkroom", "watermark:Darkroom:bottom-right:0.5"),
+        # TEXT keeps its case and inner blanks; the position and the step name do not
+        (" WaterMark: Hé © 2026 :Top-Left:0.25", "watermark:Hé © 2026:top-left:0.25"),
+        ("watermark:x::1.0", "watermark:x:bottom-right:1"),
+        ("watermark:a b:center", "watermark:a b:center:0.5"),
     ],
 )
 def test_normalize(text: str | None, canonical: str) -> None:
@@ -104,8 +110,22 @@ def test_parse_pipeline_separates_operations_from_output() -> None:
         (
             "keep_metadata",
             "unknown operation (known: swap, grayscale, resize, thumbnail, crop, "
-            "rotate, flip, flop, blur, sharpen, png, jpeg, webp, avif, keep-metadata, preset)",
+            "rotate, flip, flop, blur, sharpen, watermark, png, jpeg, webp, avif, keep-metadata, "
+            "preset)",
         ),
+        ("resize:8x8:Smarter", "expected WxH or WxH:fill or WxH:smart"),
+        ("watermark", "TEXT must be 1..40 printable characters, without a comma or colon"),
+        ("watermark::top-left", "TEXT must be 1..40 printable characters"),
+        ("watermark:" + "x" * 41, "TEXT must be 1..40 printable characters"),
+        ("watermark:a\tb", "TEXT must be 1..40 printable characters"),
+        (
+            "watermark:hi:middle",
+            "step 1 'watermark:hi:middle': position must be one of bottom-right, bottom-left, "
+            "top-right, top-left, center",
+        ),
+        ("watermark:hi:center:0", "opacity must be 0.01..1 with at most two decimals"),
+        ("watermark:hi:center:50", "opacity must be 0.01..1 with at most two decimals"),
+        ("watermark:hi:center:0.5:x", "opacity must be 0.01..1"),
         ("preset:web,png", "step 1 'preset:web': a preset is the whole op (op=preset:NAME)"),
         ("flip,preset:web", "step 2 'preset:web': a preset is the whole op"),
         ("flip," * 10 + "flop", "too many steps: 11 (at most 10)"),
@@ -147,7 +167,7 @@ STEP_TEXTS = st.one_of(
         "resize:{}x{}{}".format,
         st.integers(1, 5000),
         st.integers(1, 5000),
-        st.sampled_from(["", ":fill", ":fit"]),
+        st.sampled_from(["", ":fill", ":fit", ":smart"]),
     ),
     st.builds("thumbnail:{}".format, st.integers(1, 5000)),
     st.builds(
@@ -156,6 +176,11 @@ STEP_TEXTS = st.one_of(
     st.builds("rotate:{:.2f}".format, st.decimals(-360, 360, places=2)),
     st.builds("blur:{}".format, st.decimals("0.1", "50", places=2)),
     st.builds("jpeg:{}".format, st.integers(1, 100)),
+    st.builds(
+        "watermark:{}{}".format,
+        st.text(st.characters(blacklist_characters=",:"), min_size=1, max_size=40),
+        st.sampled_from(["", ":top-left", ":CENTER:0.3", "::1", ":bottom-left:0.05"]),
+    ),
 )
 
 

@@ -47,3 +47,17 @@ def test_heic_in_avif_out_and_an_animated_gif_stays_animated(services):
     result = _process(services, gif.getvalue(), "resize:20x20")
     animation = Image.open(io.BytesIO(result.content))
     assert (animation.format, animation.size, animation.n_frames) == ("PNG", (20, 15), 3)
+
+
+def test_smart_crop_and_watermark_through_the_services(services):
+    services.start_all()
+    image = Image.new("RGB", (400, 100), (128, 128, 128))
+    for x in range(340, 400, 4):  # detail at the right end only
+        image.paste((255, 255, 255), (x, 0, x + 2, 100))
+    body = io.BytesIO()
+    image.save(body, "PNG")
+    result = _process(services, body.getvalue(), "resize:100x100:smart,watermark:© Ann:top-left:1")
+    cropped = Image.open(io.BytesIO(result.content)).convert("RGB")
+    assert cropped.size == (100, 100)
+    assert cropped.crop((50, 50, 100, 100)).getextrema()[0][1] == 255  # stripes, not the centre
+    assert cropped.crop((0, 0, 50, 30)).getextrema()[2][0] < 60  # the text's dark outline

@@ -18,10 +18,14 @@ from urllib3.filepost import encode_multipart_formdata
 from darkroom.contract.pipeline import (
     BLUR_RADIUS_HUNDREDTHS,
     DEFAULT_JPEG_QUALITY,
+    DEFAULT_WATERMARK_OPACITY,
     MAX_DIMENSION,
     MAX_PIPELINE_CHARS,
     QUALITY_RANGE,
     STEPS,
+    WATERMARK_OPACITY_HUNDREDTHS,
+    WATERMARK_POSITIONS,
+    WATERMARK_TEXT_CHARS,
     normalize_pipeline,
 )
 from darkroom.database.app import create_app as create_database_app
@@ -200,6 +204,24 @@ def test_builder_offers_keep_metadata_with_a_label(page, system):
     assert "op-keep-metadata" in parts.label_targets
     script = system.client.simulate_get("/static/app.js").text
     assert 'on("op-keep-metadata")' in script and '"keep-metadata"' in script
+
+
+def test_builder_offers_smart_crop_and_watermark(page, system):
+    text, parts = page[0].text, page[1]
+    assert '<option value="smart">' in text
+    inputs = {i["id"]: i for i in parts.inputs if i.get("id")}
+    assert inputs["op-watermark"]["type"] == "checkbox" and "op-watermark" in parts.label_targets
+    assert inputs["watermark-text"]["maxlength"] == str(WATERMARK_TEXT_CHARS)
+    opacity = inputs["watermark-opacity"]
+    assert (
+        tuple(round(float(opacity[bound]) * 100) for bound in ("min", "max"))
+        == WATERMARK_OPACITY_HUNDREDTHS
+    )
+    assert float(opacity["value"]) * 100 == DEFAULT_WATERMARK_OPACITY
+    for position in WATERMARK_POSITIONS:
+        assert f'<option value="{position}">' in text
+    script = system.client.simulate_get("/static/app.js").text
+    assert 'on("op-watermark")' in script
 
 
 def test_page_works_under_a_strict_content_security_policy(page, system):

@@ -143,6 +143,25 @@ def test_crop_offsets_may_arrive_as_spaces(client, tasks, png):
     assert tasks.get(result.text).pipeline == "crop:4x3+1+2"
 
 
+def test_a_url_encoded_watermark_keeps_its_text_and_case(client, tasks, png):
+    query = "op=RESIZE:8x8:Smart,watermark:%C2%A9%20Dark+Room:Top-Left:0.3"  # "+": a space
+    result = client.simulate_post("/new", query_string=query, body=png)
+    assert result.status_code == 200, result.text
+    pipeline = tasks.get(result.text).pipeline
+    assert pipeline == "resize:8x8:smart,watermark:© Dark Room:top-left:0.3"
+
+
+def test_a_watermark_text_with_a_comma_is_400_saying_why(client, tasks, png):
+    result = client.simulate_post("/new", params={"op": "watermark:Hello, world"}, body=png)
+    assert result.status_code == 400
+    description = result.json["description"]
+    assert description.startswith("step 2 'world': unknown operation")
+    assert description.endswith("a comma ends a step, so a watermark's TEXT cannot hold one")
+    result = client.simulate_post("/new", params={"op": "watermark:a:b:c:d"}, body=png)
+    assert "position must be one of" in result.json["description"]
+    assert sum(tasks.counts().values()) == 0
+
+
 def test_repeated_op_is_400_and_creates_no_task(client, tasks, png):
     result = client.simulate_post("/new", query_string="op=flip&op=flop", body=png)
     assert result.status_code == 400

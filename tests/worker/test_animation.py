@@ -109,6 +109,19 @@ def test_every_per_frame_step_keeps_the_animation() -> None:
     assert notes == ["animation kept: 3 frames"]
 
 
+def test_a_smart_crop_chooses_one_window_for_every_frame() -> None:
+    frames = [Image.new("RGB", (80, 20), colour) for colour in COLOURS]
+    for x in range(0, 12, 2):  # detail at the right of the first frame only...
+        frames[0].paste((255, 255, 255), (68 + x, 0, 69 + x, 20))
+        frames[1].paste((255, 255, 255), (x, 0, x + 1, 20))  # ...and the left of the second
+    result, _, notes = _process(_animation("PNG", frames), "resize:20x20:smart,watermark:Hi")
+    assert (result.n_frames, result.size) == (3, (20, 20))
+    assert notes == ["animation kept: 3 frames"]
+    result.seek(1)
+    # the second frame is cropped where the first one's detail was: its own is left out
+    assert result.convert("RGB").crop((0, 0, 20, 10)).getextrema()[0] == (0, 0)  # no white
+
+
 def test_the_per_frame_steps_are_named_among_the_grammars() -> None:
     assert set(PER_FRAME_STEPS) <= set(PIXEL_STEPS)
 

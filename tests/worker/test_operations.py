@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import threading
 import typing
+from importlib import resources
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 
 from darkroom.contract import pipeline as grammar
 from darkroom.contract.pipeline import DEFAULT_PIPELINE
+from darkroom.worker import deep
 from darkroom.worker.operations import (
     PIXEL_STEPS,
     ImageRejected,
@@ -71,6 +73,9 @@ def test_grey_with_alpha_stays_grey_with_alpha() -> None:
         ((1000, 1), "resize:10x10", (10, 1)),  # never rounds a side to 0
         ((400, 200), "resize:100x100:fill", (100, 100)),
         ((30, 90), "resize:64x32:fill", (64, 32)),
+        ((400, 200), "resize:100x100:smart", (100, 100)),
+        ((30, 90), "resize:64x32:smart", (64, 32)),
+        ((7, 5), "watermark:Darkroom:center", (7, 5)),
         ((400, 200), "thumbnail:50", (50, 25)),
         ((20, 10), "thumbnail:50", (20, 10)),  # never enlarges
         ((100, 50), "crop:20x10+5+5", (20, 10)),
@@ -153,6 +158,145 @@ def test_sharpen_keeps_alpha_untouched() -> None:
 
 
 # --- processing -----------------------------------------------------------------------------
+
+
+# --- smart crop ------------------------------------------------------------------------------
+
+
+def detailed_corner(size: tuple[int, int], corner: tuple[int, int]) -> Image.Image:
+    """A flat grey image with a 24x24 checkerboard whose top-left corner is ``corner``."""
+    image = Image.new("RGB", size, (128, 128, 128))
+    for y in range(0, 24, 4):
+        for x in range(0, 24, 4):
+            if (x + y) // 4 % 2:
+                left, top = corner[0] + x, corner[1] + y
+                image.paste((255, 40, 0), (left, top, left + 4, top + 4))
+    return image
+
+
+def spread(image: Image.Image) -> int:
+    """The widest range of any channel: 0 for a flat image."""
+    return max(high - low for low, high in image.convert("RGB").getextrema())
+
+
+@pytest.mark.parametrize(
+    ("size", "corner", "pipeline"),
+    [
+        ((400, 100), (370, 70), "resize:100x100"),  # wide: the window slides across
+        ((100, 400), (0, 0), "resize:100x100"),  # tall: it slides down
+        ((2000, 500), (10, 400), "resize:120x120"),  # large: measured on a small copy
+    ],
+)
+def test_smart_crop_keeps_the_detail_the_centre_crop_misses(
+    size: tuple[int, int], corner: tuple[int, int], pipeline: str
+) -> None:
+    image = detailed_corner(size, corner)
+    smart, _ = run(image, pipeline + ":smart")
+    centre, _ = run(image, pipeline + ":fill")
+    assert smart.size == centre.size
+    assert spread(centre) == 0
+    assert spread(smart) > 50  # the checkerboard, if blurred by the downscale
+
+
+def test_smart_crop_of_an_image_without_detail_is_the_centre_crop() -> None:
+    image = Image.new("RGB", (300, 100), (0, 0, 255))
+    image.paste((255, 0, 0), (100, 0, 200, 100))  # the middle third: flat, edges at its sides
+    smart, _ = run(image, "resize:10x10:smart")
+    assert smart.getpixel((5, 5)) == (255, 0, 0)
+
+
+def test_smart_crop_of_16_bit_colour_crops_every_band_at_one_window() -> None:
+    grey = detailed_corner((400, 100), (370, 70)).convert("L").point(lambda v: v * 257, "I")
+    flat = Image.new("I", (400, 100), 30_000)  # no detail: alone it would pick the centre
+    image = deep.DeepImage("RGB", (grey, flat, grey))
+    operation = grammar.parse_pipeline("resize:100x100:smart", SETTINGS).operations[0]
+    result = apply(operation, image)
+    assert isinstance(result, deep.DeepImage)
+    assert result.size == (100, 100)
+    red = result.bands[0]
+    low, high = red.getextrema()
+    assert high - low > 5_000  # the detail came through; the centre is flat
+
+
+# --- watermark -------------------------------------------------------------------------------
+
+# Which quarter of the image each position draws in: (left, top, right, bottom) of 200x100.
+QUARTERS = {
+    "top-left": (0, 0, 100, 50),
+    "top-right": (100, 0, 200, 50),
+    "bottom-left": (0, 50, 100, 100),
+    "bottom-right": (100, 50, 200, 100),
+    "center": (50, 25, 150, 75),
+}
+
+
+@pytest.mark.parametrize("position", list(QUARTERS))
+def test_watermark_changes_pixels_in_its_position_only(position: str) -> None:
+    image = Image.new("RGB", (200, 100), (0, 0, 255))
+    result, _ = run(image, f"watermark:Dark:{position}:1")
+    assert result.size == image.size
+    changed = ImageChops.difference(result, image).getbbox()
+    assert changed is not None
+    left, top, right, bottom = QUARTERS[position]
+    assert left <= changed[0] and top <= changed[1]
+    assert changed[2] <= right and changed[3] <= bottom
+
+
+def test_watermark_defaults_to_the_bottom_right() -> None:
+    image = Image.new("RGB", (200, 100), (0, 0, 255))
+    result, _ = run(image, "watermark:Dark")
+    changed = ImageChops.difference(result, image).getbbox()
+    assert changed is not None and changed[0] >= 100 and changed[1] >= 50
+
+
+def test_watermark_opacity_sets_the_blend() -> None:
+    image = Image.new("RGB", (200, 100), (0, 0, 255))
+    faint, _ = run(image, "watermark:Darkroom:center:0.2")
+    strong, _ = run(image, "watermark:Darkroom:center:0.9")
+    faint_change = ImageStat.Stat(ImageChops.difference(faint, image)).extrema
+    strong_change = ImageStat.Stat(ImageChops.difference(strong, image)).extrema
+    assert 0 < faint_change[0][1] < strong_change[0][1]  # the red channel: white text on blue
+    assert faint_change[0][1] <= round(255 * 0.2) + 1
+
+
+def test_watermark_on_alpha_keeps_alpha_and_shows_on_transparency() -> None:
+    image = Image.new("RGBA", (200, 100), (0, 0, 255, 0))
+    image.paste((0, 0, 255, 120), (0, 0, 100, 100))  # left half half-opaque
+    result, _ = run(image, "watermark:Darkroom:bottom-right:1")
+    assert result.mode == "RGBA"
+    alpha, before = result.getchannel("A"), image.getchannel("A")
+    assert alpha.crop((0, 0, 100, 100)).getextrema() == (120, 120)  # untouched
+    assert alpha.crop((100, 0, 200, 50)).getextrema() == (0, 0)
+    assert ImageChops.difference(alpha, before).getbbox() is not None  # the text is seen
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "I"])
+def test_watermark_on_grey(mode: str) -> None:
+    image = Image.new(mode, (60, 40))
+    result = apply(grammar.Watermark("Hi", "top-left", 100), image)
+    assert result.mode == {"I": "L"}.get(mode, mode)  # drawn at 8 bits
+    changed = result.getbbox()
+    assert changed is not None and changed[2] <= 30 and changed[3] <= 20
+
+
+def test_watermark_on_16_bit_colour_is_drawn_at_8_bits() -> None:
+    band = Image.new("I", (60, 40), 0)
+    result = apply(grammar.Watermark("Hi", "bottom-left", 100), deep.DeepImage("RGB", (band,) * 3))
+    assert isinstance(result, Image.Image) and result.mode == "RGB"
+    changed = result.getbbox()
+    assert changed is not None and changed[2] <= 30 and changed[1] >= 20
+
+
+def test_a_long_watermark_on_a_tiny_image_fits_inside_it() -> None:
+    image = Image.new("RGB", (12, 5), (0, 0, 255))
+    result, _ = run(image, "watermark:" + "W" * 40)
+    assert result.size == (12, 5)
+
+
+def test_the_watermark_font_ships_with_its_licence() -> None:
+    fonts = resources.files("darkroom.worker") / "fonts"
+    assert (fonts / "DejaVuSans.ttf").is_file()
+    assert "Bitstream Vera" in (fonts / "DejaVuSans-LICENSE").read_text()
 
 
 def test_every_operation_of_the_grammar_has_a_pixel_step() -> None:

@@ -10,7 +10,8 @@ arguments are case-insensitive and blanks around a step are ignored. An empty pi
 ``DEFAULT_PIPELINE``. At most one output format step and one ``keep-metadata`` are allowed. The
 canonical text (``normalize_pipeline``) lists the operations in order, then the output format
 step if one was given, then ``keep-metadata`` if it was given. ``crop`` also takes its offsets
-separated by spaces: an unencoded ``+`` in a query string arrives as one.
+separated by spaces: an unencoded ``+`` in a query string arrives as one. A ``watermark``'s
+TEXT keeps its case; it cannot hold the separators (see ``WATERMARK_TEXT_CHARS``).
 
 ``preset:NAME`` is a rule of its own: it stands for the whole op, and the master replaces it by
 the pipeline text kept in the registry under ``preset.NAME`` before parsing (``preset_name``,
@@ -36,6 +37,10 @@ DEFAULT_WEBP_QUALITY = 80
 DEFAULT_AVIF_QUALITY = 75  # libavif's own default through Pillow; about JPEG 85's look
 BLUR_RADIUS_HUNDREDTHS = (10, 5_000)  # 0.1..50
 ROTATE_HUNDREDTHS = (-36_000, 36_000)  # -360..360
+WATERMARK_TEXT_CHARS = 40  # the longest watermark text
+WATERMARK_OPACITY_HUNDREDTHS = (1, 100)  # 0.01..1
+DEFAULT_WATERMARK_OPACITY = 50  # hundredths: 0.5
+WATERMARK_POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
 
 
 class Limits(Protocol):
@@ -77,10 +82,12 @@ class Resize:
     width: int
     height: int
     fill: bool = False
+    smart: bool = False  # with fill: the crop window chosen by content, not the centre
 
     @property
     def text(self) -> str:
-        return f"resize:{self.width}x{self.height}" + (":fill" if self.fill else "")
+        mode = ":smart" if self.smart else ":fill" if self.fill else ""
+        return f"resize:{self.width}x{self.height}{mode}"
 
 
 @dataclass(frozen=True)
@@ -137,7 +144,20 @@ class Sharpen:
     text = "sharpen"
 
 
-Operation = Swap | Grayscale | Resize | Thumbnail | Crop | Rotate | Flip | Flop | Blur | Sharpen
+@dataclass(frozen=True)
+class Watermark:
+    label: str  # as written, case kept
+    position: str = WATERMARK_POSITIONS[0]
+    opacity_hundredths: int = DEFAULT_WATERMARK_OPACITY
+
+    @property
+    def text(self) -> str:
+        return f"watermark:{self.label}:{self.position}:{_decimal_text(self.opacity_hundredths)}"
+
+
+Operation = (
+    Swap | Grayscale | Resize | Thumbnail | Crop | Rotate | Flip | Flop | Blur | Sharpen | Watermark
+)
 
 FormatName = Literal["png", "jpeg", "webp", "avif"]
 MEDIA_TYPES: dict[FormatName, str] = {
@@ -210,7 +230,8 @@ def parse_pipeline(text: str | None, limits: Limits) -> Pipeline:
     output: tuple[int, OutputFormat] | None = None
     keep_metadata: int | None = None  # the step number that asked
     for number, raw in enumerate(raw_steps, start=1):
-        step = _parse_step(number, raw, limits)
+        after_watermark = bool(operations) and isinstance(operations[-1], Watermark)
+        step = _parse_step(number, raw, limits, _COMMA_IN_WATERMARK if after_watermark else "")
         if isinstance(step, KeepMetadata):
             if keep_metadata is not None:
                 raise _step_error(
@@ -257,15 +278,20 @@ def preset_key(name: str) -> str:
     return f"{PRESET_STEP}.{name}"
 
 
-def _parse_step(number: int, raw: str, limits: Limits) -> Step:
-    name, colon, args = raw.strip().lower().partition(":")
+# Said when the step after a watermark is unknown: most likely its TEXT held a comma.
+_COMMA_IN_WATERMARK = "; a comma ends a step, so a watermark's TEXT cannot hold one"
+
+
+def _parse_step(number: int, raw: str, limits: Limits, unknown_hint: str = "") -> Step:
+    name, colon, args = raw.strip().partition(":")
     if not name:
         raise _step_error(number, raw, "empty step")
-    rule = _RULES.get(name)
+    rule = _RULES.get(name.lower())
     if rule is None:
-        raise _step_error(number, raw, f"unknown operation (known: {', '.join(_RULES)})")
+        known = ", ".join(_RULES)
+        raise _step_error(number, raw, f"unknown operation (known: {known}){unknown_hint}")
     try:
-        return rule.parse(args if colon else None, limits)
+        return rule.parse((args if rule.keeps_case else args.lower()) if colon else None, limits)
     except _ArgError as exc:
         raise _step_error(number, raw, str(exc)) from None
 
@@ -292,7 +318,7 @@ def _parse_preset(args: str | None, limits: Limits) -> Step:
     raise _ArgError("a preset is the whole op (op=preset:NAME), not a step among others")
 
 
-_RESIZE = re.compile(r"([^x:]*)x([^x:]*)(?::(fit|fill))?")
+_RESIZE = re.compile(r"([^x:]*)x([^x:]*)(?::(fit|fill|smart))?")
 # The offsets' "+" may arrive as a space (a query string's "+" decoded); nothing else has one.
 _CROP = re.compile(r"([^x+]*)x([^x+ ]*)(?:[+ ]([^+ ]*)[+ ]([^+ ]*))?")
 
@@ -300,10 +326,11 @@ _CROP = re.compile(r"([^x+]*)x([^x+ ]*)(?:[+ ]([^+ ]*)[+ ]([^+ ]*))?")
 def _parse_resize(args: str | None, limits: Limits) -> Step:
     match = _RESIZE.fullmatch(args or "")
     if not match:
-        raise _ArgError("expected WxH or WxH:fill")
+        raise _ArgError("expected WxH or WxH:fill or WxH:smart")
     width, height = _dimension(match[1], "width"), _dimension(match[2], "height")
     _check_output_pixels(width, height, limits)
-    return Resize(width, height, fill=match[3] == "fill")
+    smart = match[3] == "smart"
+    return Resize(width, height, fill=smart or match[3] == "fill", smart=smart)
 
 
 def _parse_thumbnail(args: str | None, limits: Limits) -> Step:
@@ -331,6 +358,24 @@ def _parse_rotate(args: str | None, limits: Limits) -> Step:
 
 def _parse_blur(args: str | None, limits: Limits) -> Step:
     return Blur(_hundredths(args or "", "radius", *BLUR_RADIUS_HUNDREDTHS))
+
+
+def _parse_watermark(args: str | None, limits: Limits) -> Step:
+    label, _, rest = (args or "").partition(":")
+    label = label.strip()
+    if not label or len(label) > WATERMARK_TEXT_CHARS or not label.isprintable():
+        raise _ArgError(
+            f"TEXT must be 1..{WATERMARK_TEXT_CHARS} printable characters, "
+            "without a comma or colon (they separate steps and arguments)"
+        )
+    position_text, colon, opacity_text = rest.partition(":")
+    position = position_text.strip().lower() or WATERMARK_POSITIONS[0]
+    if position not in WATERMARK_POSITIONS:
+        raise _ArgError(f"position must be one of {', '.join(WATERMARK_POSITIONS)}")
+    opacity = DEFAULT_WATERMARK_OPACITY
+    if colon:
+        opacity = _hundredths(opacity_text.strip(), "opacity", *WATERMARK_OPACITY_HUNDREDTHS)
+    return Watermark(label, position, opacity)
 
 
 def _quality_format(name: FormatName) -> _StepParser:
@@ -391,6 +436,7 @@ class StepRule:
     syntax: str  # as the documentation writes it: placeholders in capitals, [optional]
     help: str  # one line, plain text
     parse: _StepParser
+    keeps_case: bool = False  # the arguments reach ``parse`` as written, not lowercased
 
 
 _QUALITIES = f"quality {QUALITY_RANGE[0]}..{QUALITY_RANGE[1]}"
@@ -402,9 +448,9 @@ STEPS: tuple[StepRule, ...] = (
     ),
     StepRule(
         "resize",
-        "resize:WxH[:fill]",
-        "fits inside W x H keeping the aspect ratio (may enlarge); "
-        "with :fill, covers W x H and crops the centre",
+        "resize:WxH[:MODE]",
+        "fits inside W x H keeping the aspect ratio (may enlarge); MODE fill covers W x H "
+        "and crops the centre, MODE smart covers W x H and crops where the detail (edges) is",
         _parse_resize,
     ),
     StepRule(
@@ -434,6 +480,17 @@ STEPS: tuple[StepRule, ...] = (
         _parse_blur,
     ),
     StepRule("sharpen", "sharpen", "sharpens the colour channels", _no_args(Sharpen)),
+    StepRule(
+        "watermark",
+        "watermark:TEXT[:POSITION[:OPACITY]]",
+        f"writes TEXT (1..{WATERMARK_TEXT_CHARS} characters, no comma or colon, case kept) "
+        "in DejaVu Sans, a tenth of the shorter side high (smaller if too wide); POSITION "
+        f"{', '.join(WATERMARK_POSITIONS)} (the first if not given); OPACITY "
+        f"{_decimal_range(*WATERMARK_OPACITY_HUNDREDTHS)} "
+        f"({_decimal_text(DEFAULT_WATERMARK_OPACITY)} if not given)",
+        _parse_watermark,
+        keeps_case=True,
+    ),
     StepRule("png", "png", "PNG output, the default format", _no_args(lambda: OutputFormat("png"))),
     StepRule(
         "jpeg",

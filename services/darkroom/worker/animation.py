@@ -23,12 +23,26 @@ from darkroom.contract.pipeline import (
     Sharpen,
     Swap,
     Thumbnail,
+    Watermark,
 )
 from darkroom.worker.codec import ANIMATED_FORMATS, ProcessingSettings, SourceImage
 
 # Steps that do the same to every frame, so a frame's result does not depend on the others.
-# A step that looks at the content to decide (a smart crop) would choose differently per frame.
-PER_FRAME_STEPS = (Swap, Grayscale, Resize, Thumbnail, Crop, Rotate, Flip, Flop, Blur, Sharpen)
+# A smart resize looks at the content to choose its window: it chooses once, on the first frame,
+# and crops every frame there (``operations.settle``), so the animation does not jump.
+PER_FRAME_STEPS = (
+    Swap,
+    Grayscale,
+    Resize,
+    Thumbnail,
+    Crop,
+    Rotate,
+    Flip,
+    Flop,
+    Blur,
+    Sharpen,
+    Watermark,
+)
 
 
 @dataclass(frozen=True)

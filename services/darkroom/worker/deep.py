@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 from PIL import Image, ImageMath
 
-from darkroom.contract.pipeline import Blur, Grayscale, Rotate, Sharpen, Swap
+from darkroom.contract.pipeline import Blur, Grayscale, Rotate, Sharpen, Swap, Watermark
 
 # Pillow's rawmodes for 16-bit colour, and the ones that read the same samples' low bytes.
 _LOW_BYTES_RAWMODES = {
@@ -134,7 +134,7 @@ def apply(
             return grey  # 16-bit grey is a working mode of its own
         # 16-bit grey with alpha is not: 8 bits.
         return Image.merge("LA", (sixteen_to_eight(grey), sixteen_to_eight(alpha[0])))
-    if isinstance(operation, Blur | Sharpen):
+    if isinstance(operation, Blur | Sharpen | Watermark):  # drawn at 8 bits
         return per_band(operation, image.to_eight())
     if isinstance(operation, Rotate) and operation.hundredths % 9000 and image.mode == "RGB":
         # The new corners are transparent: give the image an opaque alpha band first.

@@ -27,6 +27,7 @@ const ARGUMENTS = {
   "op-resize": ["resize-w", "resize-h", "resize-mode"],
   "op-thumbnail": ["thumbnail-size"],
   "op-blur": ["blur-radius"],
+  "op-watermark": ["watermark-text", "watermark-position", "watermark-opacity"],
 };
 
 function pipelineText() {
@@ -35,8 +36,8 @@ function pipelineText() {
   if (on("op-swap")) steps.push("swap");
   if (on("op-grayscale")) steps.push("grayscale");
   if (on("op-resize")) {
-    const fill = $("resize-mode").value === "fill" ? ":fill" : "";
-    steps.push(`resize:${$("resize-w").value}x${$("resize-h").value}${fill}`);
+    const mode = $("resize-mode").value === "fit" ? "" : `:${$("resize-mode").value}`;
+    steps.push(`resize:${$("resize-w").value}x${$("resize-h").value}${mode}`);
   }
   if (on("op-thumbnail")) steps.push(`thumbnail:${$("thumbnail-size").value}`);
   if ($("rotate").value !== "0") steps.push(`rotate:${$("rotate").value}`);
@@ -44,6 +45,11 @@ function pipelineText() {
   if (on("op-flop")) steps.push("flop");
   if (on("op-blur")) steps.push(`blur:${$("blur-radius").value}`);
   if (on("op-sharpen")) steps.push("sharpen");
+  if (on("op-watermark")) {
+    // Commas and colons separate steps and arguments: the master refuses them in the text.
+    const text = $("watermark-text").value.trim();
+    steps.push(`watermark:${text}:${$("watermark-position").value}:${$("watermark-opacity").value}`);
+  }
   const format = $("format").value;
   if (format !== "png") steps.push(`${format}:${$("quality").value}`);
   if (on("op-keep-metadata")) steps.push("keep-metadata");
