@@ -18,6 +18,7 @@ class FakeMaster:
 
     def __init__(self, result_type: str = "image/png") -> None:
         self.result_type = result_type
+        self.notes: list[str] = []
         self.uploads: list[tuple[int | None, int]] = []  # (Content-Length, bytes read)
 
     def on_post_new(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -26,7 +27,7 @@ class FakeMaster:
         resp.text = "job-1"
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"stateName": "finished", "attempts": 1, "error": None}
+        resp.media = {"stateName": "finished", "attempts": 1, "error": None, "notes": self.notes}
 
     def on_get_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = self.result_type
@@ -118,3 +119,10 @@ def test_the_warning_advises_only_output_steps_that_exist(photo, tmp_path, capsy
     assert submit(photo, tmp_path / "out.heic", master[1], None, 5, progress=False) == 0
     err = capsys.readouterr().err
     assert "out.heic names image/heic; saved as image/png\n" in err and "add heic" not in err
+
+
+def test_the_jobs_notes_are_shown_once_it_is_finished(photo, capsys, master):
+    fake, address = master
+    fake.notes = ["metadata removed: EXIF (GPS position), XMP"]
+    assert submit(photo, None, address, None, timeout=10, progress=False) == 0
+    assert "  metadata removed: EXIF (GPS position), XMP" in capsys.readouterr().err

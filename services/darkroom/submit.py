@@ -126,6 +126,8 @@ def _wait_finished(
             if last_state == "failed":
                 raise SubmitError(f"job failed: {task['error']}")
             if last_state == "finished":
+                for note in task.get("notes", []):  # metadata removed, an animation kept, ...
+                    tqdm.write(f"  {note}", file=sys.stderr)
                 return
             if time.monotonic() > deadline:
                 raise SubmitError(f"still {last_state} after {timeout:g} s")

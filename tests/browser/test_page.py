@@ -292,12 +292,16 @@ def test_keep_metadata_checkbox_keeps_the_exif(page, services):
     assert exif[ExifTags.Base.Make] == "Darkroom Camera"
     assert exif.get_ifd(ExifTags.IFD.GPSInfo) == {ExifTags.GPS.GPSLatitudeRef: "N"}
 
+    expect(page.locator("#job-notes")).to_have_text("")
+
     page.get_by_label("Keep metadata").uncheck()
     expect(page.get_by_label("Pipeline")).to_have_value("png")
     page.get_by_role("button", name="Process image").click()
     expect(page.locator("#job-pipeline")).to_have_text("png")
     stripped = decode(master_result(services, wait_finished(page)))
     assert stripped.size == (48, 64) and not stripped.getexif()
+    # The metadata report: the page says what the result dropped.
+    expect(page.locator("#job-notes")).to_contain_text("metadata removed: EXIF (GPS position")
 
 
 def test_builder_makes_a_smart_crop_with_a_watermark(page, services):

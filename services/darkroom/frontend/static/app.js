@@ -231,6 +231,8 @@ function showTask(task) {
   $("job-time").textContent = formatTime(created) + took + attempts;
   const failed = task.stateName === "failed";
   $("job-reason").textContent = failed ? `Failed: ${task.error || "no reason given"}` : "";
+  // What the job's status tells of the result: metadata removed, an animation kept, ...
+  $("job-notes").textContent = failed ? "" : (task.notes || []).join(" · ");
 }
 
 function showResult(id) {
