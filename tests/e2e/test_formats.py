@@ -14,8 +14,8 @@ from support.processes import Services, wait_until
 pytestmark = pytest.mark.e2e
 
 
-def _process(services: Services, body: bytes, op: str) -> requests.Response:
-    """Upload ``body`` with ``op``, wait until it is finished, and download the result."""
+def _process(services: Services, body: bytes, op: str) -> tuple[str, requests.Response]:
+    """Upload ``body`` with ``op``, wait until it is finished; its id and its result."""
     new = requests.post(services.url("master", "/new"), data=body, params={"op": op}, timeout=10)
     assert new.status_code == 200, new.text
     status_url, task_id = services.url("master", "/status"), new.text
@@ -28,7 +28,7 @@ def _process(services: Services, body: bytes, op: str) -> requests.Response:
     wait_until(finished, 30, f"task {task_id} to finish")
     result = requests.get(services.url("master", "/get"), params={"id": task_id}, timeout=10)
     assert result.status_code == 200, result.text
-    return result
+    return task_id, result
 
 
 def test_heic_in_avif_out_and_an_animated_gif_stays_animated(services):
@@ -36,7 +36,7 @@ def test_heic_in_avif_out_and_an_animated_gif_stays_animated(services):
     heic = pillow_heif.from_pillow(Image.new("RGB", (64, 48), (200, 30, 30)))
     body = io.BytesIO()
     heic.save(body, quality=90)
-    result = _process(services, body.getvalue(), "resize:32x32,avif")
+    _, result = _process(services, body.getvalue(), "resize:32x32,avif")
     assert result.headers["content-type"] == "image/avif"
     image = Image.open(io.BytesIO(result.content))
     assert (image.format, image.size) == ("AVIF", (32, 24))
@@ -44,9 +44,11 @@ def test_heic_in_avif_out_and_an_animated_gif_stays_animated(services):
     frames = [Image.new("RGB", (40, 30), colour) for colour in ("red", "lime", "blue")]
     gif = io.BytesIO()
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    result = _process(services, gif.getvalue(), "resize:20x20")
+    task_id, result = _process(services, gif.getvalue(), "resize:20x20")
     animation = Image.open(io.BytesIO(result.content))
     assert (animation.format, animation.size, animation.n_frames) == ("PNG", (20, 15), 3)
+    status = requests.get(services.url("master", "/status"), params={"id": task_id}).json()
+    assert "animation kept: 3 frames" in status["notes"], "the status says it was kept"
 
 
 def test_smart_crop_and_watermark_through_the_services(services):
@@ -56,7 +58,8 @@ def test_smart_crop_and_watermark_through_the_services(services):
         image.paste((255, 255, 255), (x, 0, x + 2, 100))
     body = io.BytesIO()
     image.save(body, "PNG")
-    result = _process(services, body.getvalue(), "resize:100x100:smart,watermark:© Ann:top-left:1")
+    op = "resize:100x100:smart,watermark:© Ann:top-left:1"
+    _, result = _process(services, body.getvalue(), op)
     cropped = Image.open(io.BytesIO(result.content)).convert("RGB")
     assert cropped.size == (100, 100)
     assert cropped.crop((50, 50, 100, 100)).getextrema()[0][1] == 255  # stripes, not the centre
