@@ -58,3 +58,17 @@ def test_git_ignores_the_data_directory_and_the_venv() -> None:
         check=False,
     )
     assert result.stdout.split() == paths, result.stderr
+
+
+def _names(specs: list[str]) -> set[str]:
+    return {normal_name(re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0]) for spec in specs}
+
+
+def test_what_the_images_install_bundles_no_gpl_encoder() -> None:
+    """The images install the runtime dependencies only; pillow-heif's wheels bundle the x265
+    encoder (GPL-2), so HEIF is decoded with pi-heif there and pillow-heif is a test tool."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = _names(project["dependencies"])
+    assert "pi-heif" in runtime
+    assert "pillow-heif" not in runtime
+    assert "pillow-heif" in _names(project["optional-dependencies"]["test"])

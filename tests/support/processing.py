@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pillow_heif
 from PIL import Image
 
 from darkroom.worker.operations import ProcessingSettings, process_image
@@ -13,7 +14,11 @@ SETTINGS = ProcessingSettings()
 
 def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> io.BytesIO:
     buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
+    if fmt == "HEIF":
+        # The worker only decodes HEIF (pi-heif); the tests write it with pillow-heif's encoder.
+        pillow_heif.from_pillow(image).save(buffer, **options)
+    else:
+        image.save(buffer, fmt, **options)
     buffer.seek(0)
     return buffer
 

@@ -1,6 +1,7 @@
 """AVIF and HEIC/HEIF in, AVIF out: sniffing, decoding, limits, orientation, metadata.
 
-The test files are made here: Pillow writes AVIF, pillow-heif (registered by the codec) HEIC.
+The test files are made here: Pillow writes AVIF, pillow-heif's encoder HEIC (the worker decodes
+it with pi-heif, which has no encoder).
 Both are lossy, so colours are compared with a tolerance against the flat colours written.
 """
 

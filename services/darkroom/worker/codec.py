@@ -28,7 +28,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import BinaryIO
 
-import pillow_heif
+import pi_heif
 from PIL import (
     ExifTags,
     Image,
@@ -55,10 +55,10 @@ from darkroom.worker import deep, pngchunks
 from darkroom.worker.deep import DeepImage, sixteen_to_eight
 
 # Decoders we trust with untrusted bytes; Image.open would otherwise try every plugin (EPS, PSD…).
-# AVIF is Pillow's own (from 11.2); HEIF (HEIC) is pillow-heif's, registered here without the
+# AVIF is Pillow's own (from 11.2); HEIF (HEIC) is pi-heif's, registered here without the
 # thumbnails, depth and auxiliary images a phone's file carries: only the main image is used.
 INPUT_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "HEIF")
-pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+pi_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 # catch_warnings() swaps the process-wide filter list and is not thread-safe before Python 3.14,
 # so the bomb warning is made an error once, at import (imports are serialised).
