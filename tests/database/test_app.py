@@ -131,7 +131,7 @@ def test_new_task_under_a_given_id_is_queued_and_claimable(client):
 def test_finish_notes_are_listed_in_the_task(client):
     task_id = new_queued(client)
     claim = client.simulate_post("/getNewTask").json
-    params = {"id": task_id, "lease": claim["lease"], "warning": "a; b", "note": ["a", " ", "b"]}
+    params = {"id": task_id, "lease": claim["lease"], "note": ["a", " ", "b"]}
     assert client.simulate_post("/finishTask", params=params).text == "success"
     task = client.simulate_get("/getById", params={"id": task_id}).json
     assert task["notes"] == ["a", "b"] and task["error"] == "a; b"

@@ -402,8 +402,9 @@ def test_a_finished_tasks_notes_are_kept(store):
     task_id = queued(store)
     claim = store.claim()
     notes = ["animation kept", "metadata removed: EXIF (GPS position), XMP"]
-    finished = store.finish(task_id, claim.lease_token, "; ".join(notes), notes)
+    finished = store.finish(task_id, claim.lease_token, notes)
     assert store.get(task_id).notes == finished.notes == tuple(notes)
+    assert finished.error == "; ".join(notes)
     other = queued(store)
     assert store.finish(other, store.claim().lease_token).notes == ()
 
@@ -424,4 +425,4 @@ def test_a_file_made_before_notes_gets_the_column(tmp_path, clock):
     store = SqliteTaskStore(path, LeasePolicy(), clock=clock)
     assert store.get("A" * 22).notes == ()
     claim = store.claim()
-    assert store.finish(claim.id, claim.lease_token, "kept", ["kept"]).notes == ("kept",)
+    assert store.finish(claim.id, claim.lease_token, ["kept"]).notes == ("kept",)

@@ -129,12 +129,11 @@ class Tasks:
         resp.media = task_document(task, with_lease=True)
 
     def on_post_finish(self, req: falcon.Request, resp: falcon.Response) -> None:
-        # A warning (what of the image was skipped) is kept in the finished task's error field.
-        warning = (req.get_param("warning") or "").strip()[:MAX_ERROR_LENGTH] or None
-        # The same notes one by one, a ``note`` parameter each: /status lists them.
+        # What the task's status should tell (what of the image was skipped, kept or removed),
+        # a ``note`` parameter each: /status lists them.
         notes = [n.strip()[:MAX_NOTE_LENGTH] for n in req.get_param_as_list("note") or []]
         notes = [note for note in notes if note][:MAX_NOTES]
-        self._store.finish(require_task_id(req), _lease(req), warning, notes)
+        self._store.finish(require_task_id(req), _lease(req), notes)
         _success(resp)
 
     def on_post_fail(self, req: falcon.Request, resp: falcon.Response) -> None:

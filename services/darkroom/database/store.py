@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from darkroom.contract.limits import MAX_ERROR_LENGTH
 from darkroom.contract.tasks import TaskState
 from darkroom.core.atomicfile import create_private_file, make_private_directory
 from darkroom.core.config import Config
@@ -64,13 +65,7 @@ class TaskStore(Protocol):
     def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task: ...
     def claim(self, wait_seconds: float = 0.0) -> Task | None: ...
     def heartbeat(self, task_id: str, lease_token: str) -> Task: ...
-    def finish(
-        self,
-        task_id: str,
-        lease_token: str,
-        warning: str | None = None,
-        notes: Sequence[str] = (),
-    ) -> Task: ...
+    def finish(self, task_id: str, lease_token: str, notes: Sequence[str] = ()) -> Task: ...
     def fail(self, task_id: str, lease_token: str | None, error: str, retryable: bool) -> Task: ...
     def release(self, task_id: str, lease_token: str) -> Task: ...
     def retry(self, task_id: str) -> Task: ...
@@ -327,15 +322,9 @@ class SqliteTaskStore:
                 task.id, lease_expires_at=self._clock() + self._policy.lease_seconds
             )
 
-    def finish(
-        self,
-        task_id: str,
-        lease_token: str,
-        warning: str | None = None,
-        notes: Sequence[str] = (),
-    ) -> Task:
-        """Mark the task finished; ``warning`` is kept in its error field (None: no error),
-        ``notes`` in its notes."""
+    def finish(self, task_id: str, lease_token: str, notes: Sequence[str] = ()) -> Task:
+        """Mark the task finished with its ``notes``, which its error field also holds, joined
+        (what the task's status said before it had a list of notes; None when there are none)."""
         with self._transaction():
             task = self._current(task_id)
             if task.state == State.FINISHED and task.lease_token == lease_token:
@@ -351,7 +340,7 @@ class SqliteTaskStore:
                 state=State.FINISHED,
                 finished_at=self._clock(),
                 lease_expires_at=None,
-                error=warning,
+                error="; ".join(notes)[:MAX_ERROR_LENGTH] or None,
                 notes=json.dumps(list(notes)) if notes else None,
             )
 

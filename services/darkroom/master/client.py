@@ -46,10 +46,9 @@ class MasterClient:
 
     def finish(self, claim: Claim, notes: Sequence[str] = ()) -> None:
         """The task is done; ``notes`` (what of the image was skipped, kept or removed) go to
-        its status: its ``notes``, and joined in its ``error`` field as before."""
+        its status (its ``notes``, and joined in its ``error`` field)."""
         params: dict[str, Any] = {"id": claim.task_id, "lease": claim.lease}
         if notes:
-            params["warning"] = "; ".join(notes)
             params["note"] = list(notes)
         self._post("/registerTaskFinished", params).close()
 

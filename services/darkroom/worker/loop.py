@@ -36,17 +36,18 @@ DISK_FULL_DEADLINE_SECONDS = 300.0
 DISK_FULL = 507  # the storage's answer when its volume has no space left
 
 
-# process(source, destination, pipeline) -> media type, or a Processed when there are warnings;
+# process(source, destination, pipeline) -> media type, or a Processed when there are notes;
 # raises Rejected for a bad image
 Processor = Callable[[BinaryIO, BinaryIO, str], "str | Processed"]
 
 
 @dataclass(frozen=True)
 class Processed:
-    """A processor's result with warnings: what of the image was skipped (shown in /status)."""
+    """A processor's result with notes for the job's status (what of the image was skipped,
+    kept or removed)."""
 
     media_type: str
-    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 _T = TypeVar("_T")
@@ -215,7 +216,7 @@ class TaskLoop:
             images.source.seek(0)
             processed = self._process(images.source, images.result, claim.pipeline)
             if isinstance(processed, Processed):
-                images.media_type, images.warnings = processed.media_type, processed.warnings
+                images.media_type, images.notes = processed.media_type, processed.notes
             else:
                 images.media_type = processed
         except BaseException:
@@ -226,7 +227,7 @@ class TaskLoop:
     def _store_result(self, claim: Claim, images: _TaskImages) -> None:
         with self._metrics.stage("upload"):
             self._send_result(claim, images.result)
-        self._master.finish(claim, images.warnings)
+        self._master.finish(claim, images.notes)
         self.completed += 1
         self._outage.reset()
         self._metrics.outcome(Outcome.DONE)
@@ -348,7 +349,7 @@ class _TaskImages:
         self.source = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115
         self.result = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115
         self.media_type = ""
-        self.warnings: tuple[str, ...] = ()
+        self.notes: tuple[str, ...] = ()
 
     def close(self) -> None:
         self.source.close()
