@@ -5,7 +5,6 @@ import sqlite3
 import pytest
 from falcon import testing
 
-from darkroom.core.ids import new_task_id
 from darkroom.database.app import create_app
 from darkroom.database.service import open_store
 
@@ -114,18 +113,6 @@ def test_get_by_id_long_poll_parameters(client):
     assert bad.status_code == 400 and "in progress" in bad.json["description"]
     nan = client.simulate_get("/getById", params={"id": task_id, "wait": "nan"})
     assert nan.status_code == 400
-
-
-def test_new_task_under_a_given_id_is_queued_and_claimable(client):
-    task_id = new_task_id()
-    created = client.simulate_post("/newTask", params={"pipeline": "swap", "id": task_id})
-    assert created.status_code == 201 and created.text == task_id
-    assert client.simulate_get("/getById", params={"id": task_id}).json["stateName"] == "queued"
-    assert client.simulate_post("/getNewTask").json["id"] == task_id
-    again = client.simulate_post("/newTask", params={"pipeline": "swap", "id": task_id})
-    assert again.status_code == 409
-    bad = client.simulate_post("/newTask", params={"pipeline": "swap", "id": "../x"})
-    assert bad.status_code == 400
 
 
 def test_finish_notes_are_listed_in_the_task(client):

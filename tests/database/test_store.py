@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from darkroom.core.ids import is_task_id, new_task_id
+from darkroom.core.ids import is_task_id
 from darkroom.database.store import LeasePolicy, SqliteTaskStore, State, TaskConflict, TaskNotFound
 
 
@@ -326,22 +326,6 @@ def test_a_change_to_a_lapsed_task_starts_from_what_get_showed(store, clock):
     assert store.get(upload.id).state == State.FAILED
     with pytest.raises(TaskConflict, match="failed"):
         store.enqueue(upload.id)
-
-
-def test_a_task_created_under_its_stored_image_id_is_queued_at_once(store):
-    task_id = new_task_id()
-    task = store.create_queued(task_id, "swap")
-    assert task.id == task_id and task.state == State.QUEUED
-    claimed = store.claim()
-    assert claimed is not None and claimed.id == task_id
-
-
-def test_creating_a_task_under_an_existing_id_is_a_conflict(store):
-    task_id = new_task_id()
-    store.create_queued(task_id, "swap")
-    with pytest.raises(TaskConflict, match="exists"):
-        store.create_queued(task_id, "grayscale")
-    assert store.get(task_id).pipeline == "swap"
 
 
 class StallingClock(Clock):

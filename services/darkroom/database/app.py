@@ -82,11 +82,7 @@ class Tasks:
                 title="Invalid pipeline",
                 description=f"pipeline must be 1 to {MAX_PIPELINE_CHARS} characters",
             )
-        if req.has_param("id"):
-            # The caller stored the image under this id first: the task is queued at once.
-            task = self._store.create_queued(require_task_id(req), pipeline)
-        else:
-            task = self._store.create(pipeline)
+        task = self._store.create(pipeline)
         resp.status = falcon.HTTP_201
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = task.id

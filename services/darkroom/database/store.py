@@ -59,7 +59,6 @@ class TaskStore(Protocol):
     finishes_refused: int
 
     def create(self, pipeline: str) -> Task: ...
-    def create_queued(self, task_id: str, pipeline: str) -> Task: ...
     def enqueue(self, task_id: str) -> Task: ...
     def get(self, task_id: str) -> Task: ...
     def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task: ...
@@ -216,25 +215,14 @@ class SqliteTaskStore:
     # -- life cycle ---------------------------------------------------------------------
     def create(self, pipeline: str) -> Task:
         """A new task, uploading until ``enqueue``."""
-        return self._insert(self._new_id(), pipeline, State.UPLOADING)
-
-    def create_queued(self, task_id: str, pipeline: str) -> Task:
-        """The task of an image stored under ``task_id`` already: queued in one transaction."""
-        task = self._insert(task_id, pipeline, State.QUEUED)
-        self._notify_claimers()
-        return task
-
-    def _insert(self, task_id: str, pipeline: str, state: State) -> Task:
         now = self._clock()
+        task_id = self._new_id()
         with self._transaction():
-            try:
-                self._db.execute(
-                    "INSERT INTO tasks (id, state, pipeline, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (task_id, state, pipeline, now, now),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise TaskConflict("a task with this id exists already") from exc
+            self._db.execute(
+                "INSERT INTO tasks (id, state, pipeline, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (task_id, State.UPLOADING, pipeline, now, now),
+            )
             return self._row(task_id)
 
     def enqueue(self, task_id: str) -> Task:
