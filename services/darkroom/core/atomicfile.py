@@ -6,11 +6,17 @@ since the rename is durable only once the directory entry is on disk. A crash or
 any point leaves either the old file or the new one under the name, never a partial or empty
 one; the temporary file is removed on a failure (and a killed process's leftover carries
 ``prefix``, so a cleanup can find it).
+
+Several processes may write into one directory (storage replicas on a shared volume): a writer
+asked to ``lock`` holds an exclusive ``flock`` on its temporary file until the file has its
+name, so ``remove_abandoned`` deletes only the leftovers of writers that are gone (the kernel
+drops a dead process's locks), never a live upload of another process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -30,30 +36,80 @@ def make_private_directory(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_writer(
-    path: Path, *, prefix: str = TEMP_PREFIX, overwrite: bool = True
+    path: Path, *, prefix: str = TEMP_PREFIX, overwrite: bool = True, lock: bool = False
 ) -> Iterator[BinaryIO]:
     """A binary file to write ``path``'s new contents into; it takes the name on a clean exit.
 
     With ``overwrite=False`` an existing ``path`` is kept and FileExistsError raised (the name
     is taken with a hard link, which never replaces: two racing writers cannot both win).
+    With ``lock`` the temporary file is locked until it has its name (see ``remove_abandoned``).
     The file is created readable and writable by its owner only (0600).
     """
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=prefix)
-    temp = Path(temp_name)
+    fd, temp = _temporary_file(path.parent, prefix, lock)
     try:
+        # The file stays open (and locked) until it has its name: a cleanup in another process
+        # must not take an unlocked temporary file between the close and the rename.
         with os.fdopen(fd, "wb") as file:
             yield file
             file.flush()
             os.fsync(file.fileno())
-        if overwrite:
-            os.replace(temp, path)
-        else:
-            os.link(temp, path)
-            temp.unlink()
+            if overwrite:
+                os.replace(temp, path)
+            else:
+                os.link(temp, path)
+                temp.unlink()
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def _temporary_file(directory: Path, prefix: str, lock: bool) -> tuple[int, Path]:
+    while True:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=prefix)
+        if not lock:
+            return fd, Path(name)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _is_named(fd, Path(name)):
+            return fd, Path(name)
+        # A cleanup took the file between its creation and the lock: make another.
+        os.close(fd)
+
+
+def _is_named(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def remove_abandoned(directory: Path, prefix: str, *, older_than: float | None = None) -> int:
+    """Delete the temporary files ``prefix*`` in ``directory`` that no writer holds locked.
+
+    Only for files written with ``lock=True``. ``older_than`` (epoch seconds) spares files
+    written since: on NFS the kernel emulates ``flock`` with POSIX locks, which do not conflict
+    within one process, so a sweep running beside its own process's writers needs an age too.
+    Returns how many files this call removed (a file another cleanup took first is not counted).
+    """
+    removed = 0
+    for path in directory.glob(f"{prefix}*"):
+        try:
+            fd = os.open(path, os.O_RDWR)  # NFS locks need a writable descriptor
+        except FileNotFoundError:
+            continue  # renamed to its name, or removed by another cleanup
+        try:
+            if older_than is not None and os.fstat(fd).st_mtime >= older_than:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # under the lock: a writer that locks later sees it gone
+                removed += 1
+        finally:
+            os.close(fd)
+    return removed
 
 
 def create_private_file(path: Path) -> None:

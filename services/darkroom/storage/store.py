@@ -2,22 +2,33 @@
 
 Writes stream through ``core.atomicfile`` (a temporary file in the target folder, fsync, then
 rename): a reader never sees a partial file, and an interrupted upload leaves nothing behind.
+
+Several storage processes may share one root (replicas on a ReadWriteMany volume): nothing is
+kept in memory, every existence check and listing reads the disk, temporary names are random,
+each upload's temporary file is locked while it is written (so a starting replica removes the
+leftovers of crashed ones only, never another replica's upload in progress), and sweeps that
+run at once in several replicas ignore files another one removed first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from darkroom.contract.folders import RESULT_VERSION_PATTERN, Folder
-from darkroom.core.atomicfile import atomic_writer, make_private_directory
+from darkroom.core.atomicfile import atomic_writer, make_private_directory, remove_abandoned
 from darkroom.core.ids import is_task_id
 from darkroom.core.imagetypes import SNIFF_BYTES, sniff_media_type
 
 TEMP_PREFIX = ".upload-"
+# A temporary file left this long unwritten is a crashed upload's even where locks cannot tell
+# (NFS, within one process): a live upload writes every chunk, and the server closes a
+# connection idle for twice DARKROOM_HTTP_TIMEOUT_SECONDS.
+ABANDONED_AFTER_SECONDS = 3600.0
 
 
 class TooLarge(Exception):
@@ -59,8 +70,9 @@ class ImageStore(Protocol):
 
 
 class FileImageStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, clock: Callable[[], float] = time.time) -> None:
         self._root = root
+        self._clock = clock
         for folder in Folder:
             make_private_directory(root / folder)
         self.remove_partial_uploads()
@@ -83,7 +95,8 @@ class FileImageStore:
         limit: int,
         version: str | None = None,
     ) -> int:
-        with atomic_writer(self._path(folder, task_id, version), prefix=TEMP_PREFIX) as file:
+        path = self._path(folder, task_id, version)
+        with atomic_writer(path, prefix=TEMP_PREFIX, lock=True) as file:
             return _copy_bounded(chunks, file, limit)
 
     def open(self, folder: Folder, task_id: str, version: str | None = None) -> StoredImage:
@@ -107,24 +120,28 @@ class FileImageStore:
         return True
 
     def purge(self, older_than: float) -> int:
+        """Delete old images, and temporary files abandoned long ago (by any replica)."""
         removed = 0
         for folder in Folder:
             for path in (self._root / folder).iterdir():
+                # gone already: another replica's sweep, or a delete, took it first
                 with contextlib.suppress(FileNotFoundError):
                     stored = is_task_id(path.name.partition(".")[0])  # ID or ID.VERSION
                     if stored and path.stat().st_mtime < older_than:
                         path.unlink()
                         removed += 1
+        self.remove_partial_uploads(older_than=self._clock() - ABANDONED_AFTER_SECONDS)
         return removed
 
-    def remove_partial_uploads(self) -> int:
-        """Delete temporary files a crash left behind (only one storage process owns the root)."""
-        removed = 0
-        for folder in Folder:
-            for leftover in (self._root / folder).glob(f"{TEMP_PREFIX}*"):
-                leftover.unlink(missing_ok=True)
-                removed += 1
-        return removed
+    def remove_partial_uploads(self, older_than: float | None = None) -> int:
+        """Delete the temporary files of uploads whose process is gone (crashed or killed).
+
+        Another replica's upload in progress holds its file locked and is kept.
+        """
+        return sum(
+            remove_abandoned(self._root / folder, TEMP_PREFIX, older_than=older_than)
+            for folder in Folder
+        )
 
 
 def _copy_bounded(chunks: Iterator[bytes], file: BinaryIO, limit: int) -> int:
