@@ -56,8 +56,16 @@ ALLOWED_API_VERSIONS = {
     "policy/v1",
     "autoscaling/v2",
     "monitoring.coreos.com/v1",
+    "postgresql.cnpg.io/v1",
+    "keda.sh/v1alpha1",
 }
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+# Custom resources, rendered only when asked: kubernetes-validate has no schema for them, so
+# test_service_monitor, test_cnpg_cluster and test_keda_scaled_object check their shape.
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("postgresql.cnpg.io/v1", "Cluster"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+}
 RECOMMENDED_LABELS = (
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -97,7 +105,57 @@ CHART_SECRET_KEYS: dict[str, Any] = {
     "database": {"persistence": {"enabled": False}},
     "storage": {"persistence": {"enabled": False}},
 }
-SCENARIOS = {"defaults": {}, "all-on": ALL_ON, "chart-secret-keys": CHART_SECRET_KEYS}
+# Issue 15: PostgreSQL from an existing Secret with three database replicas (and the egress
+# narrowed to a network); PostgreSQL from a CloudNativePG Cluster; two storage replicas on a
+# ReadWriteMany volume; the workers scaled by KEDA on the queue.
+POSTGRESQL_SECRET: dict[str, Any] = {
+    "database": {
+        "backend": "postgresql",
+        "replicas": 3,
+        "postgresql": {
+            "existingSecret": "tasks-db",
+            "key": "dsn",
+            "port": 6432,
+            "egressTo": [{"ipBlock": {"cidr": "10.0.12.0/24"}}],
+        },
+    },
+}
+POSTGRESQL_CNPG: dict[str, Any] = {
+    "database": {"backend": "postgresql", "replicas": 2},
+    "postgresql": {
+        "cnpg": {
+            "enabled": True,
+            "instances": 3,
+            "imageName": "ghcr.io/cloudnative-pg/postgresql:16",
+            "storageClass": "fast",
+            "parameters": {"max_connections": "200"},
+        }
+    },
+}
+STORAGE_RWX: dict[str, Any] = {
+    "storage": {"replicas": 2, "persistence": {"accessMode": "ReadWriteMany", "size": "100Gi"}},
+}
+KEDA: dict[str, Any] = {
+    "metrics": {"serviceMonitor": {"enabled": True}},
+    "worker": {
+        "concurrency": 2,
+        "keda": {
+            "enabled": True,
+            "serverAddress": "http://prometheus-operated.monitoring.svc:9090",
+            "maxReplicas": 20,
+            "threshold": 2,
+        },
+    },
+}
+SCENARIOS = {
+    "defaults": {},
+    "all-on": ALL_ON,
+    "chart-secret-keys": CHART_SECRET_KEYS,
+    "postgresql-secret": POSTGRESQL_SECRET,
+    "postgresql-cnpg": POSTGRESQL_CNPG,
+    "storage-rwx": STORAGE_RWX,
+    "keda": KEDA,
+}
 
 
 @functools.cache
@@ -629,9 +687,22 @@ def test_fullname_override_renames_every_service() -> None:
     assert seed["data"]["masterAddress"] == "photos-master:3003"
 
 
+def _shares_state(objects: list[dict[str, Any]], role: str) -> bool:
+    """Whether the rendered role's pods share its state: PostgreSQL, or a ReadWriteMany claim."""
+    container = named(objects, "Deployment", f"darkroom-{role}")["spec"]["template"]["spec"]
+    if "DARKROOM_DATABASE_URL" in env_of(container["containers"][0]):
+        return True
+    claims = {c["metadata"]["name"]: c for c in of_kind(objects, "PersistentVolumeClaim")}
+    (data,) = [v for v in container["volumes"] if v["name"] == "data"]
+    claim = claims.get(data.get("persistentVolumeClaim", {}).get("claimName"))
+    return claim is not None and claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
 def test_stateful_roles_keep_one_pod_on_their_volume(objects: list[dict[str, Any]]) -> None:
     claims = {c["metadata"]["name"]: c for c in of_kind(objects, "PersistentVolumeClaim")}
     for role in ("database", "storage"):
+        if _shares_state(objects, role):
+            continue  # test_postgresql_* and test_storage_replicas_*
         deployment = named(objects, "Deployment", f"darkroom-{role}")
         assert deployment["spec"]["replicas"] == 1
         assert deployment["spec"]["strategy"] == {"type": "Recreate"}
@@ -732,6 +803,255 @@ def test_helm_test_pod_outlives_the_run_for_its_logs() -> None:
     (pod,) = [o for o in render({}) if is_test_hook(o)]
     policy = pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(",")
     assert policy == ["before-hook-creation"]
+
+
+# --- beyond one machine (issue 15): PostgreSQL, storage replicas, KEDA ------------------------
+
+
+def _container(objects: list[dict[str, Any]], role: str) -> dict[str, Any]:
+    deployment = named(objects, "Deployment", f"darkroom-{role}")
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+def _rolls_with_a_budget(objects: list[dict[str, Any]], role: str, replicas: int) -> None:
+    spec = named(objects, "Deployment", f"darkroom-{role}")["spec"]
+    assert spec["replicas"] == replicas
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    budget = named(objects, "PodDisruptionBudget", f"darkroom-{role}")
+    assert (
+        budget["spec"]["selector"]
+        == named(objects, "Deployment", f"darkroom-{role}")["spec"]["selector"]
+    )
+
+
+def test_sqlite_is_the_default_backend_on_its_claim() -> None:
+    objects = render({})
+    assert "DARKROOM_DATABASE_URL" not in env_of(_container(objects, "database"))
+    claim = named(objects, "PersistentVolumeClaim", "darkroom-database")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert not [o for o in objects if (o["apiVersion"], o["kind"]) in CRD_KINDS]
+
+
+def test_postgresql_replicas_read_the_url_from_the_existing_secret() -> None:
+    objects = render(POSTGRESQL_SECRET)
+    url = env_of(_container(objects, "database"))["DARKROOM_DATABASE_URL"]
+    assert url["valueFrom"] == {"secretKeyRef": {"name": "tasks-db", "key": "dsn"}}
+    _rolls_with_a_budget(objects, "database", 3)
+    claims = [c["metadata"]["name"] for c in of_kind(objects, "PersistentVolumeClaim")]
+    assert claims == ["darkroom-storage"]  # the database keeps nothing of its own
+    spec = named(objects, "Deployment", "darkroom-database")["spec"]["template"]["spec"]
+    (data,) = [v for v in spec["volumes"] if v["name"] == "data"]
+    assert data == {"name": "data", "emptyDir": {}}
+    assert not of_kind(objects, "Cluster")
+
+
+def test_postgresql_from_a_cnpg_cluster_reads_the_operators_secret() -> None:
+    objects = render(POSTGRESQL_CNPG)
+    url = env_of(_container(objects, "database"))["DARKROOM_DATABASE_URL"]
+    secret = {"name": "darkroom-postgresql-app", "key": "uri"}  # what CloudNativePG makes
+    assert url["valueFrom"] == {"secretKeyRef": secret}
+    _rolls_with_a_budget(objects, "database", 2)
+    # an existing Secret still wins over the operator's
+    with_secret = {**POSTGRESQL_CNPG, "database": POSTGRESQL_SECRET["database"]}
+    url = env_of(_container(render(with_secret), "database"))["DARKROOM_DATABASE_URL"]
+    assert url["valueFrom"]["secretKeyRef"] == {"name": "tasks-db", "key": "dsn"}
+
+
+def test_cnpg_cluster() -> None:
+    (cluster,) = of_kind(render(POSTGRESQL_CNPG), "Cluster")
+    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1"
+    assert cluster["metadata"]["name"] == "darkroom-postgresql"
+    spec = cluster["spec"]
+    assert spec["instances"] == 3
+    assert spec["imageName"] == "ghcr.io/cloudnative-pg/postgresql:16"
+    assert spec["bootstrap"] == {"initdb": {"database": "darkroom", "owner": "darkroom"}}
+    assert spec["storage"] == {"size": "10Gi", "storageClass": "fast"}
+    assert spec["postgresql"] == {"parameters": {"max_connections": "200"}}
+    assert all(isinstance(v, str) for v in spec["postgresql"]["parameters"].values())
+    assert {"cpu", "memory"} <= set(spec["resources"]["limits"])
+    assert spec["primaryUpdateStrategy"] == "unsupervised"
+
+
+def _postgresql_egress(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rules = named(objects, "NetworkPolicy", "darkroom-database")["spec"]["egress"]
+    return [r for r in rules if any(p["port"] in (5432, 6432) for p in r["ports"])]
+
+
+def test_database_pods_may_reach_postgresql_and_nothing_else_new() -> None:
+    assert _postgresql_egress(render({})) == []
+    (secret_rule,) = _postgresql_egress(render(POSTGRESQL_SECRET))
+    assert secret_rule == {
+        "ports": [{"port": 6432, "protocol": "TCP"}],
+        "to": [{"ipBlock": {"cidr": "10.0.12.0/24"}}],
+    }
+    (cnpg_rule,) = _postgresql_egress(render(POSTGRESQL_CNPG))
+    assert cnpg_rule == {
+        "ports": [{"port": 5432, "protocol": "TCP"}],
+        "to": [{"podSelector": {"matchLabels": {"cnpg.io/cluster": "darkroom-postgresql"}}}],
+    }
+    anywhere = {"database": {"backend": "postgresql", "postgresql": {"existingSecret": "db"}}}
+    assert _postgresql_egress(render(anywhere)) == [{"ports": [{"port": 5432, "protocol": "TCP"}]}]
+    for values in (POSTGRESQL_SECRET, POSTGRESQL_CNPG):
+        objects = render(values)
+        others = [
+            p for p in of_kind(objects, "NetworkPolicy") if component(p["metadata"]) != "database"
+        ]
+        assert all(not _postgresql_egress_of(p) for p in others)
+        assert _allowed_flows(objects) == _allowed_flows(render({}))
+
+
+def _postgresql_egress_of(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    rules = policy["spec"].get("egress", [])
+    return [r for r in rules if any(p["port"] in (5432, 6432) for p in r["ports"])]
+
+
+def test_storage_replicas_share_a_read_write_many_claim() -> None:
+    objects = render(STORAGE_RWX)
+    claim = named(objects, "PersistentVolumeClaim", "darkroom-storage")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "100Gi"
+    _rolls_with_a_budget(objects, "storage", 2)
+    spec = named(objects, "Deployment", "darkroom-storage")["spec"]["template"]["spec"]
+    (data,) = [v for v in spec["volumes"] if v["name"] == "data"]
+    assert data["persistentVolumeClaim"] == {"claimName": "darkroom-storage"}
+    # one ReadWriteMany replica still rolls (the volume allows two pods during the update)
+    one = {"storage": {"persistence": {"accessMode": "ReadWriteMany"}}}
+    _rolls_with_a_budget(render(one), "storage", 1)
+
+
+def test_keda_scaled_object_scales_the_workers_on_the_queue() -> None:
+    objects = render(KEDA)
+    (scaled,) = of_kind(objects, "ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "darkroom-worker",
+    }
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (0, 20)  # to zero allowed
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    metadata = trigger["metadata"]
+    assert metadata["serverAddress"] == "http://prometheus-operated.monitoring.svc:9090"
+    assert (metadata["threshold"], metadata["activationThreshold"]) == ("2", "0")
+    assert all(isinstance(value, str) for value in metadata.values())  # KEDA wants strings
+    assert "replicas" not in named(objects, "Deployment", "darkroom-worker")["spec"]
+    assert not of_kind(objects, "HorizontalPodAutoscaler")  # KEDA makes its own
+    # the ServiceMonitor that gives the query's labels scrapes the database's Service
+    (monitor,) = of_kind(objects, "ServiceMonitor")
+    database = named(objects, "Service", "darkroom-database")
+    assert _selects(monitor["spec"]["selector"], database["metadata"]["labels"])
+    custom = {"worker": {"keda": {**KEDA["worker"]["keda"], "query": "sum(up)"}}}
+    (scaled,) = of_kind(render(custom), "ScaledObject")
+    assert scaled["spec"]["triggers"][0]["metadata"]["query"] == "sum(up)"
+
+
+def test_keda_query_counts_the_tasks_the_database_exports(tmp_path: Path) -> None:
+    from darkroom.contract.tasks import TaskState
+    from darkroom.database.metrics import QueueCollector
+    from darkroom.database.store import LeasePolicy, SqliteTaskStore
+
+    store = SqliteTaskStore(tmp_path / "tasks.sqlite3", LeasePolicy())
+    store.enqueue(store.create("swap").id)
+    exported = {
+        (sample.name, sample.labels.get("state")): sample.value
+        for family in QueueCollector(store).collect()
+        for sample in family.samples
+    }
+    assert exported[("darkroom_tasks", TaskState.QUEUED.value)] == 1
+    assert ("darkroom_tasks", TaskState.IN_PROGRESS.value) in exported
+    (scaled,) = of_kind(render(KEDA), "ScaledObject")
+    query = scaled["spec"]["triggers"][0]["metadata"]["query"]
+    states = f'state=~"{TaskState.QUEUED.value}|{TaskState.IN_PROGRESS.value}"'
+    assert query == (
+        'sum(max by (state) (darkroom_tasks{namespace="darkroom", '
+        f'service="darkroom-database", {states}}}))'
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        # no PostgreSQL values without the backend, one SQLite pod
+        (["database.replicas=3"], "at '/database/replicas': maximum: got 3, want 1"),
+        (["database.postgresql.existingSecret=db"], "/database/postgresql/existingSecret"),
+        (
+            ["database.postgresql.egressTo[0].ipBlock.cidr=10.0.0.0/8"],
+            "/database/postgresql/egressTo",
+        ),
+        (["postgresql.cnpg.enabled=true"], "at '/postgresql/cnpg/enabled': value must be false"),
+        (["database.backend=mysql"], "/database/backend"),
+        (
+            ["database.backend=postgresql"],
+            "database.backend=postgresql needs the URL's Secret: set "
+            "database.postgresql.existingSecret, or postgresql.cnpg.enabled=true",
+        ),
+        # storage replicas only on a shared (ReadWriteMany) claim
+        (
+            ["storage.replicas=2"],
+            "at '/storage/persistence/accessMode': value must be 'ReadWriteMany'",
+        ),
+        (
+            [
+                "storage.replicas=2",
+                "storage.persistence.accessMode=ReadWriteMany",
+                "storage.persistence.enabled=false",
+            ],
+            "at '/storage/persistence/enabled': value must be true",
+        ),
+        (["storage.persistence.accessMode=ReadOnlyMany"], "/storage/persistence/accessMode"),
+        (["database.persistence.accessMode=ReadWriteMany"], "additional properties 'accessMode'"),
+        # KEDA: not beside the CPU autoscaler, and it needs a Prometheus to ask
+        (
+            [
+                "worker.keda.enabled=true",
+                "worker.keda.serverAddress=http://p:9090",
+                "worker.autoscaling.enabled=true",
+            ],
+            "at '/worker/autoscaling/enabled': value must be false",
+        ),
+        (["worker.keda.enabled=true"], "at '/worker/keda/serverAddress': minLength: got 0, want 1"),
+        (["worker.keda.serverAddress=prometheus:9090"], "/worker/keda/serverAddress"),
+        (
+            [
+                "worker.keda.enabled=true",
+                "worker.keda.serverAddress=http://p:9090",
+                "worker.keda.minReplicas=5",
+                "worker.keda.maxReplicas=2",
+            ],
+            "worker.keda.minReplicas must not exceed maxReplicas",
+        ),
+    ],
+)
+def test_refused_combinations_fail_with_the_reason(settings: list[str], message: str) -> None:
+    args = [arg for setting in settings for arg in ("--set", setting)]
+    assert message in render_fails(*args)
+
+
+def test_the_allowed_combinations_pass_the_schema() -> None:
+    # the rules' other side: what they must not refuse
+    render(
+        {
+            "database": {
+                "backend": "postgresql",
+                "replicas": 0,
+                "postgresql": {"existingSecret": "db"},
+            }
+        }
+    )
+    render(
+        {
+            "storage": {
+                "replicas": 1,
+                "persistence": {"accessMode": "ReadWriteMany", "enabled": False},
+            }
+        }
+    )
+    render({"worker": {"keda": {"enabled": False, "serverAddress": "http://p:9090"}}})
 
 
 # --- k8s/ and the smoke script ---------------------------------------------------------------

@@ -134,6 +134,60 @@ helm.sh/chart: {{ include "darkroom.chart" .root }}
 {{- include "darkroom.fullname" . }}
 {{- end }}
 
+{{/*
+Whether a stateful role's state is shared by all its pods, so that it runs replicas with rolling
+updates and a PodDisruptionBudget: the database's tasks in PostgreSQL, the storage's files on a
+ReadWriteMany claim (an emptyDir is each pod's own). "true" or "". Call with (dict "root" $ "role" ROLE).
+*/}}
+{{- define "darkroom.sharedState" -}}
+{{- $values := index .root.Values .role }}
+{{- if eq .role "database" }}
+{{- if eq $values.backend "postgresql" }}true{{ end }}
+{{- else if eq .role "storage" }}
+{{- if and $values.persistence.enabled (eq $values.persistence.accessMode "ReadWriteMany") }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The PersistentVolumeClaim a stateful role keeps /data on, or "" for an emptyDir: none when
+persistence is off, and none for the database on PostgreSQL (it keeps nothing of its own).
+Call with (dict "root" $ "role" ROLE).
+*/}}
+{{- define "darkroom.dataClaim" -}}
+{{- $values := index .root.Values .role }}
+{{- $postgresql := and (eq .role "database") (eq $values.backend "postgresql") }}
+{{- if and $values.persistence.enabled (not $postgresql) }}
+{{- default (include "darkroom.roleName" .) $values.persistence.existingClaim }}
+{{- end }}
+{{- end }}
+
+{{/* The CloudNativePG Cluster's name. Call with the root. */}}
+{{- define "darkroom.cnpgClusterName" -}}
+{{- printf "%s-postgresql" (include "darkroom.fullname" .) }}
+{{- end }}
+
+{{/*
+DARKROOM_DATABASE_URL with backend postgresql: from database.postgresql.existingSecret, else from
+the Secret CloudNativePG makes for its Cluster's application user ("<cluster>-app", key uri).
+Call with the root.
+*/}}
+{{- define "darkroom.databaseUrlEnv" -}}
+{{- $postgresql := .Values.database.postgresql }}
+{{- if not (or $postgresql.existingSecret .Values.postgresql.cnpg.enabled) }}
+{{- fail "database.backend=postgresql needs the URL's Secret: set database.postgresql.existingSecret, or postgresql.cnpg.enabled=true for a CloudNativePG Cluster" }}
+{{- end }}
+- name: DARKROOM_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      {{- if $postgresql.existingSecret }}
+      name: {{ $postgresql.existingSecret }}
+      key: {{ $postgresql.key }}
+      {{- else }}
+      name: {{ include "darkroom.cnpgClusterName" . }}-app
+      key: uri
+      {{- end }}
+{{- end }}
+
 {{/* Pod-level security context: the `restricted` Pod Security profile. Call with the root. */}}
 {{- define "darkroom.podSecurityContext" -}}
 runAsNonRoot: true
@@ -179,8 +233,9 @@ seccompProfile:
 {{/*
 One role's Deployment. Call with (dict "root" $ "role" ROLE). The differences between roles
 are few and all here: the registry's service account and ConfigMap settings, what a role's
-values give (replicas or autoscaling, concurrency, grace period), the kinds' differences (a
-background role advertises no address; a stateful one has the data volume and Recreate).
+values give (replicas or an autoscaler, concurrency, grace period, the database's URL), the
+kinds' differences (a background role advertises no address; a stateful one has the data
+volume, and Recreate unless its state is shared).
 */}}
 {{- define "darkroom.deployment" -}}
 {{- $root := .root }}
@@ -190,6 +245,8 @@ background role advertises no address; a stateful one has the data volume and Re
 {{- $port := $entry.port | int }}
 {{- $healthPort := $entry.healthPort | int }}
 {{- $stateful := eq $entry.kind "stateful" }}
+{{- $shared := and $stateful (include "darkroom.sharedState" .) }}
+{{- $autoscaled := or (dig "autoscaling" "enabled" false $values) (dig "keda" "enabled" false $values) }}
 {{- $isRegistry := eq $role "registry" }}
 apiVersion: apps/v1
 kind: Deployment
@@ -199,13 +256,24 @@ metadata:
   labels:
     {{- include "darkroom.labels" . | nindent 4 }}
 spec:
-  {{- if $stateful }}
+  {{- if and $stateful (not $shared) }}
   # One pod at a time on the ReadWriteOnce volume: the old pod stops before the new one starts.
   replicas: 1
   strategy:
     type: Recreate
-  {{- else if not (dig "autoscaling" "enabled" false $values) }}
+  {{- else }}
+  {{- if not $autoscaled }}
   replicas: {{ $values.replicas }}
+  {{- end }}
+  {{- if $shared }}
+  # The state is shared (PostgreSQL, a ReadWriteMany volume): a new pod is ready before an
+  # old one stops.
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 1
+      maxUnavailable: 0
+  {{- end }}
   {{- end }}
   revisionHistoryLimit: 5
   selector:
@@ -302,6 +370,9 @@ spec:
             - name: DARKROOM_CONCURRENCY
               value: {{ $values.concurrency | quote }}
             {{- end }}
+            {{- if and (eq $role "database") $shared }}
+            {{- include "darkroom.databaseUrlEnv" $root | nindent 12 }}
+            {{- end }}
             {{- include "darkroom.authEnv" $root | nindent 12 }}
             {{- with $values.extraEnv }}
             {{- toYaml . | nindent 12 }}
@@ -345,9 +416,9 @@ spec:
             sizeLimit: {{ $root.Values.tmpSizeLimit }}
         {{- if $stateful }}
         - name: data
-          {{- if $values.persistence.enabled }}
+          {{- with include "darkroom.dataClaim" . }}
           persistentVolumeClaim:
-            claimName: {{ default (include "darkroom.roleName" .) $values.persistence.existingClaim }}
+            claimName: {{ . }}
           {{- else }}
           emptyDir: {}
           {{- end }}
