@@ -2,7 +2,10 @@
 ``darkroom_finishes_refused_total``.
 
 All are read from the store at each scrape, after it writes any lease that ran out
-(``TaskStore.expire``), so a scrape never counts a lapsed lease as in progress.
+(``TaskStore.expire``), so a scrape never counts a lapsed lease as in progress. The chart's KEDA
+ScaledObject scales the workers on ``darkroom_tasks{state="queued"}`` and ``{state="in progress"}``
+(docs/kubernetes.md); with a shared store (PostgreSQL) every database replica reports the same
+whole queue, so a query takes their max, not their sum.
 """
 
 from __future__ import annotations
