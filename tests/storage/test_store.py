@@ -95,6 +95,14 @@ def test_leftovers_of_a_dead_replica_go_those_of_a_live_one_stay(root: Path, hol
     assert not live.exists()
 
 
+def test_a_cleanup_leaves_what_it_cannot_judge(root: Path) -> None:
+    FileImageStore(root)
+    folder = root / "working" / f"{TEMP_PREFIX}folder"  # not an upload's file
+    folder.mkdir()
+    FileImageStore(root)  # starts all the same
+    assert folder.is_dir()
+
+
 def test_the_sweep_removes_temporary_files_only_long_abandoned(root: Path) -> None:
     now = 1_000_000.0
     store = FileImageStore(root, clock=lambda: now)

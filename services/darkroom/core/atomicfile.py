@@ -97,6 +97,8 @@ def remove_abandoned(directory: Path, prefix: str, *, older_than: float | None =
             fd = os.open(path, os.O_RDWR)  # NFS locks need a writable descriptor
         except FileNotFoundError:
             continue  # renamed to its name, or removed by another cleanup
+        except (IsADirectoryError, PermissionError):
+            continue  # not a temporary file this process wrote: not for it to judge
         try:
             if older_than is not None and os.fstat(fd).st_mtime >= older_than:
                 continue
