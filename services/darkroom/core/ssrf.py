@@ -123,7 +123,8 @@ class AddressPolicy:
         for candidate in candidates:
             for network, name in self.refused:
                 if _within(candidate, network):
-                    return f"{address}, a {name} address"
+                    shown = address if candidate == address else f"{address} ({candidate})"
+                    return f"{shown}, a {name} address"
         return None
 
 

@@ -131,12 +131,13 @@ def _reason(exc: urllib3.exceptions.HTTPError) -> str:
     """A failed attempt's error in a few words (urllib3 wraps the cause in its own errors)."""
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
         exc = exc.reason  # type: ignore[assignment]
+    # NewConnectionError is a ConnectTimeoutError too, for urllib3's history: it comes first.
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return "connection failed: " + str(exc).rsplit(":", 1)[-1].strip()
     if isinstance(exc, urllib3.exceptions.TimeoutError):
         return "timed out"
     if isinstance(exc, urllib3.exceptions.SSLError):
         return f"TLS failed: {exc}"
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        return "connection failed: " + str(exc).rsplit(":", 1)[-1].strip()
     return f"{type(exc).__name__}: {exc}"
 
 
