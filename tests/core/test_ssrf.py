@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import threading
+import time
 
 import pytest
 import urllib3
 
 from darkroom.core.ssrf import (
     AddressPolicy,
+    BoundedResolver,
     InvalidTarget,
     RefusedTarget,
     checked_addresses,
@@ -238,3 +241,19 @@ def test_the_next_address_is_tried_when_one_refuses_connections(receiver):
             {},
             5,
         )
+
+
+def test_a_slow_name_server_holds_the_caller_no_longer_than_the_timeout():
+    release = threading.Event()
+
+    def stuck(host: str, port: int) -> list[str]:
+        release.wait(10)
+        return ["93.184.215.14"]
+
+    resolver = BoundedResolver(stuck, timeout=0.2, workers=1)
+    started = time.monotonic()
+    with pytest.raises(RefusedTarget, match=r"does not resolve \(no answer within 0.2 s\)"):
+        checked_addresses(parse_target("https://slow.example/"), POLICY, resolver)
+    assert time.monotonic() - started < 2
+    release.set()
+    assert resolver("fast.example", 443) == ["93.184.215.14"]

@@ -10,6 +10,7 @@ of the answer are read: its status is all that counts.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import ipaddress
@@ -187,6 +188,27 @@ def resolve(host: str, port: int) -> list[str]:
     """The addresses ``host`` resolves to, each once, in the resolver's order."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]).split("%", 1)[0] for info in infos))
+
+
+class BoundedResolver:
+    """``resolver`` with a deadline: ``getaddrinfo`` has none, and a slow name server would hold
+    the request thread that asked for as long as it liked. A lookup past ``timeout`` goes on in
+    one of ``workers`` threads of its own while the caller gets an OSError."""
+
+    def __init__(
+        self, resolver: Resolver = resolve, timeout: float = 5.0, workers: int = 8
+    ) -> None:
+        self._resolver = resolver
+        self._timeout = timeout
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, "resolver")
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        future = self._pool.submit(self._resolver, host, port)
+        try:
+            return future.result(self._timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise OSError(f"no answer within {self._timeout:g} s") from None
 
 
 def checked_addresses(target: Target, policy: AddressPolicy, resolver: Resolver) -> list[IPAddress]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import sqlite3
 from typing import Any
 
@@ -209,6 +210,10 @@ class Tasks:
         resp.text = "".join(f"{t.id} {t.state.code} {t.state.value}\n" for t in tasks)
 
 
+# A retry further off than this is a caller's mistake (the retry period is a day by default).
+MAX_RETRY_IN_SECONDS = 366 * 24 * 3600.0
+
+
 class Deliveries:
     """The webhook routes the masters use: claim a due delivery, report an attempt."""
 
@@ -216,9 +221,7 @@ class Deliveries:
         self._store = store
 
     def on_post_claim(self, req: falcon.Request, resp: falcon.Response) -> None:
-        lease_seconds = req.get_param_as_float(
-            "lease_seconds", required=True, min_value=1, max_value=3600
-        )
+        lease_seconds = _number(req, "lease_seconds", required=True, min_value=1, max_value=3600)
         delivery = self._store.claim_delivery(lease_seconds)
         if delivery is None:
             resp.status = falcon.HTTP_204
@@ -244,11 +247,20 @@ class Deliveries:
             raise falcon.HTTPBadRequest(
                 title="Invalid attempt", description="give the answer's status or an error"
             )
-        retry_in = req.get_param_as_float("retry_in", min_value=0)
-        at = req.get_param_as_float("at", required=True, min_value=0)
+        retry_in = _number(req, "retry_in", min_value=0, max_value=MAX_RETRY_IN_SECONDS)
+        at = _number(req, "at", required=True, min_value=0, max_value=MAX_RETRY_IN_SECONDS**2)
         attempt = Attempt(at, status, error)
         delivery = self._store.report_delivery(task_id, lease, attempt, retry_in)
         resp.media = webhook_document(delivery)
+
+
+def _number(req: falcon.Request, name: str, **bounds: Any) -> float | None:
+    """A float parameter within ``bounds``; NaN refused (it passes every bound, and SQLite
+    would store it as NULL)."""
+    value = req.get_param_as_float(name, **bounds)
+    if value is not None and math.isnan(value):
+        raise falcon.HTTPInvalidParam("The value must be a number.", name)
+    return value
 
 
 def _not_found(req: falcon.Request, resp: falcon.Response, ex: TaskNotFound, params: Any) -> None:

@@ -28,6 +28,7 @@ from darkroom.core.config import Config
 from darkroom.core.signatures import WebhookSigner
 from darkroom.core.ssrf import (
     AddressPolicy,
+    BoundedResolver,
     Resolver,
     Target,
     TargetError,
@@ -66,11 +67,11 @@ class WebhookSettings:
 class WebhookGuard:
     """Which webhook URLs may be used, checked at upload and again before every attempt."""
 
-    def __init__(self, settings: WebhookSettings, resolver: Resolver = resolve) -> None:
+    def __init__(self, settings: WebhookSettings, resolver: Resolver | None = None) -> None:
         self.signer = WebhookSigner(settings.webhook_secret)
         self._policy = AddressPolicy.build(settings.webhook_deny, settings.webhook_allow)
         self._allow_http = settings.webhook_allow_http
-        self._resolver = resolver
+        self._resolver = resolver or BoundedResolver(resolve, settings.webhook_timeout_seconds)
 
     @property
     def enabled(self) -> bool:
