@@ -121,6 +121,8 @@ class Config:
             "request_header_seconds",
             "webhook_timeout_seconds",
             "webhook_concurrency",
+            "webhook_backoff_seconds",
+            "webhook_retry_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
