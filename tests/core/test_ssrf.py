@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import urllib3
@@ -257,3 +259,56 @@ def test_a_slow_name_server_holds_the_caller_no_longer_than_the_timeout():
     assert time.monotonic() - started < 2
     release.set()
     assert resolver("fast.example", 443) == ["93.184.215.14"]
+
+
+def certificate_for(name: str, directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for ``name`` (its own authority) and its key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_to_the_checked_address_sends_the_name_and_checks_the_certificate(tmp_path):
+    cert, key = certificate_for("hooks.example", tmp_path)
+    receiver = Receiver(tls=(cert, key))
+    try:
+        loopback = [ipaddress.ip_address("127.0.0.1")]
+        target = parse_target(f"https://hooks.example:{receiver.port}/in")
+        assert post(target, loopback, b"{}", {}, 5, ca_certs=str(cert)) == 200
+        assert receiver.server_names == ["hooks.example"], "SNI names the host, not the address"
+        assert receiver.received[0].headers["host"] == f"hooks.example:{receiver.port}"
+        # a certificate for another name, or from an authority not trusted: no request
+        other = parse_target(f"https://other.example:{receiver.port}/in")
+        with pytest.raises(urllib3.exceptions.SSLError):
+            post(other, loopback, b"{}", {}, 5, ca_certs=str(cert))
+        with pytest.raises(urllib3.exceptions.SSLError):
+            post(target, loopback, b"{}", {}, 5)
+        assert len(receiver.received) == 1
+    finally:
+        receiver.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
+import ssl
 import threading
+from pathlib import Path
 
 from harness.launch import HOST, wait_until
 
@@ -20,8 +22,13 @@ class Received:
 class Receiver:
     """Answers each request with the next of ``statuses`` (the last one once they run out)."""
 
-    def __init__(self, statuses: tuple[int, ...] = (200,)) -> None:
+    def __init__(
+        self, statuses: tuple[int, ...] = (200,), tls: tuple[Path, Path] | None = None
+    ) -> None:
+        """``tls``: a certificate and its key to answer HTTPS with (the server names the
+        client asked for, SNI, go to ``server_names``)."""
         self.statuses = list(statuses)
+        self.server_names: list[str | None] = []
         self.received: list[Received] = []
         self._lock = threading.Lock()
         receiver = self
@@ -56,6 +63,11 @@ class Receiver:
 
         self._server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
         self.port = self._server.server_address[1]
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            context.sni_callback = lambda sock, name, ctx: self.server_names.append(name)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 

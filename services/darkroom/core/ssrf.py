@@ -237,13 +237,17 @@ def post(
     body: bytes,
     headers: Mapping[str, str],
     timeout: float,
+    ca_certs: str | None = None,
 ) -> int:
     """POST ``body`` to ``target`` at the first of ``addresses`` that takes a connection; the
-    answer's status. Raises urllib3's errors (``urllib3.exceptions.HTTPError``)."""
+    answer's status. Raises urllib3's errors (``urllib3.exceptions.HTTPError``).
+
+    ``ca_certs``: the certificate authorities trusted (default: requests' bundle, certifi's).
+    """
     last_error: Exception | None = None
     for address in list(addresses)[:MAX_ADDRESSES_TRIED]:
         try:
-            return _post_to(target, address, body, headers, timeout)
+            return _post_to(target, address, body, headers, timeout, ca_certs)
         except _CONNECTION_FAILED as exc:
             last_error = exc
     assert last_error is not None, "post() needs at least one address"
@@ -251,7 +255,12 @@ def post(
 
 
 def _post_to(
-    target: Target, address: IPAddress, body: bytes, headers: Mapping[str, str], timeout: float
+    target: Target,
+    address: IPAddress,
+    body: bytes,
+    headers: Mapping[str, str],
+    timeout: float,
+    ca_certs: str | None,
 ) -> int:
     timeouts = urllib3.Timeout(connect=timeout, read=timeout)
     pool: urllib3.HTTPConnectionPool
@@ -262,7 +271,7 @@ def _post_to(
             timeout=timeouts,
             retries=False,
             cert_reqs="CERT_REQUIRED",
-            ca_certs=requests.certs.where(),
+            ca_certs=ca_certs or requests.certs.where(),
             server_hostname=target.host,  # SNI: the name, while connecting to the address
             assert_hostname=target.host,
         )

@@ -123,12 +123,12 @@ class WebhookSender:
             status = post(target, addresses, body.encode(), headers, self._timeout)
         except TargetError as exc:
             return Attempt(started, error=_short(str(exc)))
-        except urllib3.exceptions.HTTPError as exc:
+        except Exception as exc:  # whatever it was, an attempt recorded: retried, in time given up
             return Attempt(started, error=_short(_reason(exc)))
         return Attempt(started, status=status)
 
 
-def _reason(exc: urllib3.exceptions.HTTPError) -> str:
+def _reason(exc: Exception) -> str:
     """A failed attempt's error in a few words (urllib3 wraps the cause in its own errors)."""
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
         exc = exc.reason  # type: ignore[assignment]
