@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
+import socket
 import threading
 import time
 from pathlib import Path
@@ -312,3 +314,29 @@ def test_https_to_the_checked_address_sends_the_name_and_checks_the_certificate(
         assert len(receiver.received) == 1
     finally:
         receiver.close()
+
+
+def test_an_answer_trickled_a_byte_at_a_time_is_cut_at_the_attempts_deadline():
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not stop.wait(0.05):  # always within the read timeout, never done
+                with contextlib.suppress(OSError):
+                    connection.sendall(b"a")
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    target = parse_target(f"http://slow.example:{server.getsockname()[1]}/", allow_http=True)
+    started = time.monotonic()
+    try:
+        with pytest.raises(urllib3.exceptions.TimeoutError, match=r"within 0.9 s"):
+            post(target, [ipaddress.ip_address("127.0.0.1")], b"{}", {}, timeout=0.3)
+        assert time.monotonic() - started < 3
+    finally:
+        stop.set()
+        server.close()

@@ -101,7 +101,8 @@ class Config:
     # the first retry's delay; each next one doubles up to an hour, and the wait is drawn at
     # random below it (full jitter), so retries from many jobs do not come in waves
     webhook_backoff_seconds: float = 5.0
-    # an attempt's connection and each of its reads time out after this long
+    # an attempt's connection and each of its reads time out after this long, the whole attempt
+    # after three times this
     webhook_timeout_seconds: float = 10.0
     # webhook deliveries one master makes at once
     webhook_concurrency: int = 4

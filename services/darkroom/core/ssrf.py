@@ -4,8 +4,8 @@ A URL is checked as text (scheme, host, no credentials), then its host is resolv
 address it resolves to is checked against the refused networks; the request then goes to a
 checked address itself, with the host name kept for the Host header, TLS's SNI and the
 certificate check, so nothing is resolved twice (DNS rebinding finds nothing to change).
-Redirects are not followed, timeouts bound the connection and each read, and only a few bytes
-of the answer are read: its status is all that counts.
+Redirects are not followed, timeouts bound the connection, each read and the whole attempt, and
+only a few bytes of the answer are read: its status is all that counts.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import socket
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 
@@ -60,6 +61,8 @@ _SIXTOFOUR = ipaddress.ip_network("2002::/16")
 MAX_ADDRESSES_TRIED = 4
 # Bytes of a receiver's answer read before the connection is closed.
 MAX_ANSWER_BYTES = 4096
+# An attempt as a whole may take this many timeouts (connect, send, answer), then it is cut.
+ATTEMPT_TIMEOUTS = 3
 # Errors after which the next address of the name is tried: nothing was sent.
 _CONNECTION_FAILED = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
 
@@ -279,19 +282,65 @@ def _post_to(
         pool = urllib3.HTTPConnectionPool(
             str(address), target.port, timeout=timeouts, retries=False
         )
-    with pool:
-        response = pool.urlopen(
-            "POST",
-            target.path,
-            body=body,
-            headers={**headers, "Host": target.host_header},
-            redirect=False,
-            retries=False,
-            assert_same_host=False,
-            preload_content=False,
-        )
+    with pool, _Deadline(pool, ATTEMPT_TIMEOUTS * timeout) as deadline:
+        try:
+            response = pool.urlopen(
+                "POST",
+                target.path,
+                body=body,
+                headers={**headers, "Host": target.host_header},
+                redirect=False,
+                retries=False,
+                assert_same_host=False,
+                preload_content=False,
+            )
+        finally:
+            # A cut answer may look whole (headers end at the end of the stream): it is not.
+            deadline.raise_if_expired()
         # The status is the answer; its body is read a little, so the connection ends cleanly.
         with contextlib.suppress(urllib3.exceptions.HTTPError):
             response.read(MAX_ANSWER_BYTES)
         response.close()
         return response.status
+
+
+class _Deadline:
+    """Cuts an attempt's connection when its time is up: read timeouts alone let a receiver
+    that trickles its answer a byte at a time hold the attempt (and a delivery slot) for hours.
+
+    The pool's connections are made of a subclass that registers each once it is connected;
+    shutting its socket down ends the read in progress.
+    """
+
+    def __init__(self, pool: urllib3.HTTPConnectionPool, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._connections: list[urllib3.connection.HTTPConnection] = []
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+        connections = self._connections
+
+        class Registered(pool.ConnectionCls):  # type: ignore[name-defined, misc]
+            def connect(self) -> None:
+                super().connect()
+                connections.append(self)
+
+        pool.ConnectionCls = Registered
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+
+    def raise_if_expired(self) -> None:
+        if self.expired:
+            raise urllib3.exceptions.TimeoutError(f"no whole answer within {self.seconds:g} s")
+
+    def _cut(self) -> None:
+        self.expired = True
+        for connection in self._connections:
+            if connection.sock is not None:
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
