@@ -29,6 +29,7 @@ from darkroom.core.signatures import WebhookSigner
 from darkroom.core.ssrf import (
     AddressPolicy,
     BoundedResolver,
+    IPAddress,
     Resolver,
     Target,
     TargetError,
@@ -78,7 +79,7 @@ class WebhookGuard:
         """Whether webhooks are on: only with a secret to sign them with."""
         return bool(self.signer)
 
-    def check(self, url: str) -> tuple[Target, list]:
+    def check(self, url: str) -> tuple[Target, list[IPAddress]]:
         """The URL's target and the addresses to send to; InvalidTarget or RefusedTarget."""
         target = parse_target(url, self._allow_http)
         return target, checked_addresses(target, self._policy, self._resolver)
