@@ -35,3 +35,43 @@ def test_submit_help_shows_smart_crop_and_watermark():
     submit = next(parser for parser in _parsers() if parser.prog.endswith(" submit"))
     text = " ".join(submit.format_help().split())
     assert "resize:400x400:smart" in text and "watermark:© Me:top-left:0.4" in text
+
+
+def _verify(env_secret: str, headers: dict[str, str], body: bytes, file=None):
+    import subprocess
+    import sys
+
+    from harness.environment import service_env
+
+    args = [f"--{name}={value}" for name, value in headers.items()]
+    command = [sys.executable, "-m", "darkroom", "verify-webhook", *args]
+    if file is not None:
+        command.append(str(file))
+    env = {**service_env(), "DARKROOM_WEBHOOK_SECRET": env_secret}
+    return subprocess.run(
+        command, input=b"" if file else body, env=env, capture_output=True, timeout=60
+    )
+
+
+def test_verify_webhook_says_valid_or_why_not(tmp_path):
+    import base64
+    import time
+
+    from darkroom.core.signatures import WebhookSigner
+
+    secret = "whsec_" + base64.b64encode(b"the receiver's secret....").decode()
+    other = "whsec_" + base64.b64encode(b"some other secret........").decode()
+    body = '{"id":"x","stateName":"finished"}'
+    headers = WebhookSigner(secret).headers("msg_x", int(time.time()), body)
+    flags = {f"webhook-{name.split('-')[1]}": value for name, value in headers.items()}
+    valid = _verify(f"{other} {secret}", flags, body.encode())
+    assert (valid.returncode, valid.stdout) == (0, b"valid\n"), valid.stderr
+    (tmp_path / "body.json").write_text(body)
+    assert _verify(secret, flags, b"", file=tmp_path / "body.json").returncode == 0
+    tampered = _verify(secret, flags, body.replace("finished", "failed").encode())
+    assert tampered.returncode == 1
+    assert b"invalid webhook: No matching signature found" in tampered.stderr
+    wrong_secret = _verify(other, flags, body.encode())
+    assert wrong_secret.returncode == 1
+    no_secret = _verify("", flags, body.encode())
+    assert no_secret.returncode == 1 and b"DARKROOM_WEBHOOK_SECRET is empty" in no_secret.stderr

@@ -20,9 +20,11 @@ class FakeMaster:
         self.result_type = result_type
         self.notes: list[str] = []
         self.uploads: list[tuple[int | None, int]] = []  # (Content-Length, bytes read)
+        self.upload_params: list[dict[str, str]] = []
 
     def on_post_new(self, req: falcon.Request, resp: falcon.Response) -> None:
         self.uploads.append((req.content_length, len(req.bounded_stream.read())))
+        self.upload_params.append(dict(req.params))
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = "job-1"
 
@@ -126,3 +128,12 @@ def test_the_jobs_notes_are_shown_once_it_is_finished(photo, capsys, master):
     fake.notes = ["metadata removed: EXIF (GPS position), XMP"]
     assert submit(photo, None, address, None, timeout=10, progress=False) == 0
     assert "  metadata removed: EXIF (GPS position), XMP" in capsys.readouterr().err
+
+
+def test_the_webhook_is_sent_with_the_upload(photo, master):
+    fake, address = master
+    url = "https://hooks.example/in?token=t"
+    assert submit(photo, None, address, "grayscale", 5, progress=False, webhook=url) == 0
+    assert fake.upload_params == [{"op": "grayscale", "webhook": url}]
+    assert submit(photo, None, address, None, 5, progress=False) == 0
+    assert fake.upload_params[1] == {}

@@ -1,4 +1,4 @@
-"""The darkroom command: serve one role, bring up all of them, submit an image."""
+"""The darkroom command: serve one role, bring up all of them, submit an image, check a webhook."""
 
 from __future__ import annotations
 
@@ -64,7 +64,35 @@ def _submit(args: argparse.Namespace) -> int:
     from darkroom.submit import submit
 
     api_key = args.api_key or os.environ.get("DARKROOM_API_KEY")
-    return submit(args.file, args.output, args.master, args.op, args.timeout, api_key)
+    return submit(
+        args.file, args.output, args.master, args.op, args.timeout, api_key, webhook=args.webhook
+    )
+
+
+def _verify_webhook(args: argparse.Namespace) -> int:
+    """Exit 0 when the body and headers carry a valid signature of one of the secrets, else 1."""
+    from darkroom.core.signatures import VerificationError, WebhookSigner
+
+    signer = WebhookSigner(os.environ.get("DARKROOM_WEBHOOK_SECRET", ""))
+    if not signer:
+        print("darkroom: DARKROOM_WEBHOOK_SECRET is empty: set it to the secret", file=sys.stderr)
+        return 1
+    body = args.body.read_bytes() if args.body else sys.stdin.buffer.read()
+    headers = {
+        "webhook-id": args.webhook_id,
+        "webhook-timestamp": args.webhook_timestamp,
+        "webhook-signature": args.webhook_signature,
+    }
+    try:
+        signer.verify(body.decode("utf-8"), headers)
+    except UnicodeDecodeError:
+        print("darkroom: invalid webhook: the body is not UTF-8 JSON", file=sys.stderr)
+        return 1
+    except VerificationError as exc:
+        print(f"darkroom: invalid webhook: {exc}", file=sys.stderr)
+        return 1
+    print("valid")
+    return 0
 
 
 def _add_log_format(parser: argparse.ArgumentParser) -> None:
@@ -157,7 +185,33 @@ def _submit_parser(commands: argparse._SubParsersAction) -> None:
     submit.add_argument(
         "--api-key", help="when the master asks for one (default: DARKROOM_API_KEY)"
     )
+    submit.add_argument(
+        "--webhook",
+        metavar="URL",
+        help="https URL the master POSTs the job's signed status to when it ends (default: none)",
+    )
     submit.set_defaults(func=_submit)
+
+
+def _verify_webhook_parser(commands: argparse._SubParsersAction) -> None:
+    verify = commands.add_parser(
+        "verify-webhook",
+        help="check a webhook's signature",
+        description="Check that a webhook request was signed with the secret in"
+        " DARKROOM_WEBHOOK_SECRET (several, space-separated: any of them) and sent in the last"
+        " 5 minutes; exits 0 when it was, 1 saying why when not.",
+        formatter_class=_HelpFormatter,
+    )
+    for header in ("id", "timestamp", "signature"):
+        verify.add_argument(
+            f"--webhook-{header}",
+            required=True,
+            help=f"the request's webhook-{header} header (default: none, required)",
+        )
+    verify.add_argument(
+        "body", type=Path, nargs="?", help="a file holding the request's body (else stdin)"
+    )
+    verify.set_defaults(func=_verify_webhook)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(commands)
     _up_parser(commands)
     _submit_parser(commands)
+    _verify_webhook_parser(commands)
     return parser
 
 

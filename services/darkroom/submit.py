@@ -54,10 +54,13 @@ def submit(
     timeout: float,
     api_key: str | None = None,
     progress: bool | None = None,
+    *,
+    webhook: str | None = None,
 ) -> int:
     """Upload ``file``, wait up to ``timeout`` s, save the result; the exit code.
 
-    ``progress``: show bars (default: when stderr is a terminal).
+    ``progress``: show bars (default: when stderr is a terminal). ``webhook``: the URL the
+    master POSTs the job's status to when it ends.
     """
     session = requests.Session()
     if api_key:
@@ -65,7 +68,7 @@ def submit(
     show = sys.stderr.isatty() if progress is None else progress
     base = f"http://{master}"
     try:
-        task_id = _upload(session, base, file, op, show)
+        task_id = _upload(session, base, file, {"op": op, "webhook": webhook}, show)
         print(f"job {task_id}", file=sys.stderr)
         _wait_finished(session, base, task_id, timeout, show)
         saved = _download(session, base, task_id, output or file, output is None, show)
@@ -85,13 +88,15 @@ def submit(
     return 0
 
 
-def _upload(session: requests.Session, base: str, file: Path, op: str | None, show: bool) -> str:
+def _upload(
+    session: requests.Session, base: str, file: Path, params: dict[str, str | None], show: bool
+) -> str:
     try:
         image = file.open("rb")
     except OSError as exc:
         raise SubmitError(f"cannot read {file}: {exc.strerror}") from exc
     size = os.fstat(image.fileno()).st_size
-    params = {"op": op} if op else {}
+    params = {name: value for name, value in params.items() if value}
     with image, _byte_bar(show, "upload", size) as bar:
         # requests still sends a Content-Length: the wrapper passes fileno() through.
         body = CallbackIOWrapper(bar.update, image, "read")

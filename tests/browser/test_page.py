@@ -11,7 +11,7 @@ import pytest
 import requests
 from PIL import ExifTags, Image, ImageDraw
 
-from support.images import decode
+from support.images import decode, png_bytes
 from support.processes import Services, wait_until
 
 sync_api = pytest.importorskip(
@@ -373,3 +373,36 @@ def test_form_without_javascript_shows_an_invalid_op(open_page):
     page.wait_for_url("**/submitTask")
     body = page.locator("body").inner_text()
     assert "Invalid operation" in body and "step 2 'explode': unknown operation" in body
+
+
+def test_a_jobs_webhook_delivery_is_shown_until_it_settles(page):
+    # This system has no webhook secret: the master's answers are given a webhook field here,
+    # pending twice, then delivered, as a master with one answers while it delivers.
+    answers = {"count": 0}
+
+    def with_webhook(route):
+        response = route.fetch()
+        task = response.json()
+        answers["count"] += task["stateName"] == "finished"
+        delivered = answers["count"] > 2
+        task["webhook"] = {
+            "url": "https://hooks.example/in?redacted",
+            "state": "delivered" if delivered else "pending",
+            "attempts": 1 if delivered else 0,
+            "nextAttemptAt": None,
+            "last": [{"at": task["updatedAt"], "status": 204, "error": None}] if delivered else [],
+        }
+        route.fulfill(response=response, json=task)
+
+    page.route("**/status?*", with_webhook)
+    page.get_by_label("Choose an image").set_input_files(
+        file_payload("small.png", png_bytes((8, 6)), "image/png")
+    )
+    page.get_by_role("button", name="Process image").click()
+    wait_finished(page)
+    webhook = page.locator("#job-webhook")
+    expect(webhook).to_contain_text("https://hooks.example/in?redacted")
+    expect(webhook).to_have_text(
+        "Webhook to https://hooks.example/in?redacted: delivered, 1 attempt (last: 204)",
+        timeout=JOB_TIMEOUT_MS,
+    )

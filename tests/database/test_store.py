@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from darkroom.contract.webhooks import Attempt, DeliveryState
 from darkroom.core.ids import is_task_id
 from darkroom.database.store import LeasePolicy, SqliteTaskStore, State, TaskConflict, TaskNotFound
 
@@ -410,3 +411,135 @@ def test_a_file_made_before_notes_gets_the_column(tmp_path, clock):
     assert store.get("A" * 22).notes == ()
     claim = store.claim()
     assert store.finish(claim.id, claim.lease_token, ["kept"]).notes == ("kept",)
+
+
+# -- webhook deliveries -------------------------------------------------------------------
+HOOK = "https://hooks.example/in?token=abc"
+
+
+def ended_with_webhook(store, clock, finish: bool = True) -> str:
+    task = store.create("swap", webhook_url=HOOK)
+    store.enqueue(task.id)
+    claim = store.claim()
+    if finish:
+        store.finish(task.id, claim.lease_token)
+    else:
+        store.fail(task.id, claim.lease_token, "cannot decode", retryable=False)
+    return task.id
+
+
+def test_a_delivery_waits_for_its_job_to_end(store, clock):
+    task = store.create("swap", webhook_url=HOOK)
+    assert store.create("swap").id and store.delivery(store.create("swap").id) is None
+    delivery = store.delivery(task.id)
+    assert (delivery.url, delivery.state, delivery.due_at, delivery.attempts) == (
+        HOOK,
+        DeliveryState.PENDING,
+        None,
+        0,
+    )
+    store.enqueue(task.id)
+    claim = store.claim()
+    assert store.claim_delivery(30) is None, "not due while the job runs"
+    store.finish(task.id, claim.lease_token)
+    delivery = store.delivery(task.id)
+    assert delivery.due_at == clock.now and delivery.ended_at == clock.now
+    assert delivery.sequence == 1
+
+
+@pytest.mark.parametrize("ending", ["finished", "failed", "lease expired", "upload abandoned"])
+def test_every_ending_makes_the_delivery_due(store, clock, ending):
+    task = store.create("swap", webhook_url=HOOK)
+    if ending == "upload abandoned":
+        clock.now += 101  # past the upload timeout: the lapse is written by the sweep
+        assert store.expire() == 1
+    else:
+        store.enqueue(task.id)
+        claim = store.claim()
+        if ending == "finished":
+            store.finish(task.id, claim.lease_token)
+        elif ending == "failed":
+            store.fail(task.id, claim.lease_token, "bad", retryable=False)
+        else:
+            for _ in range(2):  # max_attempts: the second expiry fails it
+                clock.now += 11
+                store.claim()
+            clock.now += 11
+            store.expire()
+    assert store.get(task.id).state.ended
+    claimed = store.claim_delivery(30)
+    assert claimed is not None and claimed.task_id == task.id
+
+
+def test_a_claimed_delivery_is_leased_to_one_master_until_its_lease_runs_out(store, clock):
+    task_id = ended_with_webhook(store, clock)
+    first = store.claim_delivery(30)
+    assert first.lease_token and first.lease_expires_at == clock.now + 30
+    assert store.claim_delivery(30) is None, "held by the first master"
+    clock.now += 31  # that master died mid-attempt
+    second = store.claim_delivery(30)
+    assert second.task_id == task_id and second.lease_token != first.lease_token
+    with pytest.raises(TaskConflict, match="lease"):
+        store.report_delivery(task_id, first.lease_token, Attempt(clock.now, 200), None)
+
+
+def test_attempts_are_recorded_until_delivered(store, clock):
+    task_id = ended_with_webhook(store, clock)
+    for n, status in enumerate((500, 503), 1):
+        claimed = store.claim_delivery(30)
+        delivery = store.report_delivery(
+            task_id, claimed.lease_token, Attempt(clock.now, status), retry_in=7
+        )
+        assert (delivery.state, delivery.attempts, delivery.due_at) == (
+            DeliveryState.PENDING,
+            n,
+            clock.now + 7,
+        )
+        assert store.claim_delivery(30) is None, "not due before its retry time"
+        clock.now += 7
+    claimed = store.claim_delivery(30)
+    delivery = store.report_delivery(task_id, claimed.lease_token, Attempt(clock.now, 204), None)
+    assert (delivery.state, delivery.attempts, delivery.due_at) == (
+        DeliveryState.DELIVERED,
+        3,
+        None,
+    )
+    assert [a.status for a in delivery.last] == [500, 503, 204]
+    assert store.claim_delivery(30) is None
+
+
+def test_a_delivery_with_no_retry_left_fails_and_keeps_the_last_attempts(store, clock):
+    task_id = ended_with_webhook(store, clock, finish=False)
+    for n in range(7):
+        claimed = store.claim_delivery(30)
+        attempt = Attempt(clock.now + n, error=f"timed out {n}")
+        delivery = store.report_delivery(
+            task_id, claimed.lease_token, attempt, 0 if n < 6 else None
+        )
+    assert delivery.state == DeliveryState.FAILED and delivery.attempts == 7
+    assert [a.error for a in delivery.last] == [f"timed out {n}" for n in range(2, 7)]
+    assert store.delivery(task_id) == delivery, "the same when read again"
+
+
+def test_a_job_that_ends_again_after_a_retry_makes_a_new_message(store, clock):
+    task_id = ended_with_webhook(store, clock, finish=False)
+    claimed = store.claim_delivery(30)
+    store.report_delivery(task_id, claimed.lease_token, Attempt(clock.now, 200), None)
+    store.retry(task_id)
+    assert store.claim_delivery(30) is None, "the retried job has not ended yet"
+    claim = store.claim()
+    store.finish(task_id, claim.lease_token)
+    again = store.claim_delivery(30)
+    assert (again.sequence, again.attempts, again.state) == (2, 0, DeliveryState.PENDING)
+
+
+def test_deliveries_survive_reopening_and_go_with_their_purged_tasks(tmp_path, store, clock):
+    task_id = ended_with_webhook(store, clock)
+    store.close()
+    reopened = SqliteTaskStore(tmp_path / "tasks.sqlite3", LeasePolicy(), clock=clock)
+    assert reopened.claim_delivery(30).task_id == task_id
+    clock.now += 10
+    assert reopened.purge(clock.now) == 1
+    assert reopened.delivery(task_id) is None
+    with pytest.raises(TaskNotFound):
+        reopened.report_delivery(task_id, "lease", Attempt(clock.now, 200), None)

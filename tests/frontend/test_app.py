@@ -299,6 +299,19 @@ def test_submit_forwards_op_and_answers_the_id(system, png):
     assert status.json["stateName"] == "queued"
 
 
+def test_submit_forwards_a_webhook_for_the_master_to_check(system, png):
+    body, content_type = form({"uploadfile": ("photo.png", png, "image/png")})
+    result = system.client.simulate_post(
+        "/submitTask",
+        body=body,
+        headers={"Content-Type": content_type},
+        params={"webhook": "https://hooks.example/in"},
+    )
+    # this master has no webhook secret: its refusal proves the URL reached it
+    assert result.status_code == 400
+    assert "DARKROOM_WEBHOOK_SECRET" in result.json["description"]
+
+
 def test_submit_without_op_uses_the_default(system, png):
     task_id = submitted_id(system.client, png)
     assert system.tasks.get(task_id).pipeline == "swap"

@@ -29,6 +29,7 @@ from hypothesis.stateful import (
 )
 
 from darkroom.contract.pipeline import MAX_PIPELINE_CHARS
+from darkroom.contract.webhooks import MAX_WEBHOOK_URL_CHARS
 from darkroom.core.config import Config
 from darkroom.core.ids import TASK_ID_PATTERN
 from darkroom.database import app as database_app
@@ -189,6 +190,8 @@ DATABASE_ROUTES = {
     ("POST", "/releaseTask"): {200, 400, 404, 409},
     ("POST", "/setById"): {200, 400, 404, 409, 415},
     ("GET", "/list"): {200, 400},
+    ("POST", "/claimDelivery"): {200, 204, 400},
+    ("POST", "/reportDelivery"): {200, 400, 404, 409},
 }
 
 
@@ -249,6 +252,8 @@ class DatabaseMachine(AppMachine):
         self.client = testing.TestClient(database_app.create_app(config, self.store))
         self.latest_lease: dict[str, str | None] = {}
         self.finished: dict[str, dict] = {}
+        self.delivery_lease: dict[str, str | None] = {}
+        self.settled: dict[str, dict] = {}  # delivered or failed webhooks: they never change
 
     def teardown(self) -> None:
         self.store.close()
@@ -271,6 +276,49 @@ class DatabaseMachine(AppMachine):
         if enqueue:
             assert self._call("POST", "/enqueueTask", params={"id": task_id}).text == "success"
         return task_id
+
+    @rule(target=tasks, webhook=st.one_of(st.just("https://hooks.example/in?t=1"), values))
+    def create_with_webhook(self, webhook):
+        created = self._call("POST", "/newTask", params={"pipeline": "swap", "webhook": webhook})
+        if created.status_code != 201:
+            assert not 0 < len(webhook) <= MAX_WEBHOOK_URL_CHARS
+            return multiple()
+        self.latest_lease[created.text] = None
+        assert self._call("POST", "/enqueueTask", params={"id": created.text}).status_code == 200
+        return created.text
+
+    @rule(lease_seconds=st.one_of(st.just("30"), numbers))
+    def claim_delivery(self, lease_seconds):
+        answer = self._call("POST", "/claimDelivery", params={"lease_seconds": lease_seconds})
+        if answer.status_code != 200:
+            return
+        delivery = answer.json
+        assert State.from_code(delivery["task"]["state"]).ended, "only an ended job's is due"
+        assert delivery["id"] not in self.settled
+        self.delivery_lease[delivery["id"]] = delivery["lease"]
+
+    @rule(
+        task_id=st.one_of(tasks, valid_ids, values),
+        lease=st.one_of(st.just("latest"), st.just("latest"), st.none(), values),
+        status=st.one_of(st.sampled_from(["200", "500", "410"]), st.none(), numbers),
+        error=st.one_of(st.none(), values),
+        retry_in=st.one_of(st.just("0"), st.none(), numbers),
+        at=st.one_of(st.just("1700000000"), st.none(), numbers),
+    )
+    def report_delivery(self, task_id, lease, status, error, retry_in, at):
+        latest = self.delivery_lease.get(task_id)
+        lease = latest if lease == "latest" else lease
+        query = {"id": task_id, "lease": lease, "status": status, "error": error}
+        query.update(retry_in=retry_in, at=at)
+        answer = self._call(
+            "POST", "/reportDelivery", params={k: v for k, v in query.items() if v is not None}
+        )
+        if answer.status_code != 200:
+            return
+        assert lease == latest, "a delivery report was taken from a lease not the latest"
+        self.delivery_lease[task_id] = None
+        if answer.json["state"] != "pending":
+            self.settled[task_id] = answer.json
 
     @rule(task_id=st.one_of(tasks, valid_ids, nasty))
     def enqueue(self, task_id):
@@ -365,6 +413,11 @@ class DatabaseMachine(AppMachine):
             now = self._get(task_id)
             assert now["stateName"] == "finished", (task_id, first, now)
             assert now["finishedAt"] == first["finishedAt"]
+
+    @invariant()
+    def settled_deliveries_never_change(self):
+        for task_id, first in self.settled.items():
+            assert self._get(task_id)["webhook"] == first
 
     @invariant()
     def attempts_are_bounded(self):

@@ -7,6 +7,7 @@ processes started by the ``Services`` harness.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,8 +42,16 @@ REQUEST_TIMEOUT = 10
 def services(tmp_path_factory) -> Iterator[Services]:
     root: Path = tmp_path_factory.mktemp("schemathesis")
     # Long polls are capped short: a generated wait on a finished job would hold each call.
+    # A webhook secret, so that generated webhook URLs are checked (refused: 400 or 422), their
+    # names resolved within 2 s at most.
     running = Services(
-        root / "data", root, lease_seconds="5", concurrency="1", max_wait_seconds="0.2"
+        root / "data",
+        root,
+        lease_seconds="5",
+        concurrency="1",
+        max_wait_seconds="0.2",
+        webhook_secret="whsec_" + base64.b64encode(b"fuzzing the webhook check").decode(),
+        webhook_timeout_seconds="2",
     )
     try:
         for role in ("registry", "database", "storage", "master", "worker"):

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from darkroom.contract.pipeline import MAX_PIPELINE_CHARS, MAX_STEPS, STEPS
+from darkroom.contract.webhooks import MAX_WEBHOOK_URL_CHARS
 from darkroom.master.openapi import document
 
 
+def upload_parameter(name: str) -> dict:
+    [parameter] = [
+        p for p in document()["paths"]["/new"]["post"]["parameters"] if p["name"] == name
+    ]
+    return parameter
+
+
 def op_parameter() -> dict:
-    [op] = document()["paths"]["/new"]["post"]["parameters"]
-    return op
+    return upload_parameter("op")
 
 
 def test_op_description_lists_every_step_with_its_help() -> None:
@@ -20,3 +27,13 @@ def test_op_description_lists_every_step_with_its_help() -> None:
 
 def test_op_length_limit_is_the_grammars() -> None:
     assert op_parameter()["schema"]["maxLength"] == MAX_PIPELINE_CHARS
+
+
+def test_the_webhook_parameter_and_status_field_are_described() -> None:
+    webhook = upload_parameter("webhook")
+    assert webhook["schema"]["maxLength"] == MAX_WEBHOOK_URL_CHARS
+    for words in ("webhook-signature", "410", "422", "Standard Webhooks"):
+        assert words in webhook["description"]
+    task = document()["components"]["schemas"]["Task"]["properties"]["webhook"]
+    assert task["properties"]["state"]["enum"] == ["pending", "delivered", "failed"]
+    assert "422" in document()["paths"]["/new"]["post"]["responses"]

@@ -84,6 +84,28 @@ class Config:
     trusted_network: bool = False
     # comma-separated keys for the public API and the frontend; empty: open to all
     api_keys: str = dataclasses.field(default="", repr=False)
+    # Webhooks (POST /new?webhook=URL). The signing secrets, whsec_ + base64, space-separated:
+    # each signs, so receivers verify with the old or the new one while it changes (rotation);
+    # empty: webhooks are refused
+    webhook_secret: str = dataclasses.field(default="", repr=False)
+    # networks (CIDR list) webhooks may go to although they are internal (tests: 127.0.0.0/8)
+    webhook_allow: str = ""
+    # the cluster's pod and service networks, refused besides loopback, private, link-local and
+    # the other special-purpose ones: kubeadm's defaults here; set the cluster's own when they
+    # are not in a private range
+    webhook_deny: str = "10.96.0.0/12 10.244.0.0/16"
+    # http:// webhook URLs too, not only https:// (a trusted network, tests)
+    webhook_allow_http: bool = False
+    # a delivery is retried for this long after its job ended, then given up
+    webhook_retry_seconds: float = 24 * 3600.0
+    # the first retry's delay; each next one doubles up to an hour, and the wait is drawn at
+    # random below it (full jitter), so retries from many jobs do not come in waves
+    webhook_backoff_seconds: float = 5.0
+    # an attempt's connection and each of its reads time out after this long, the whole attempt
+    # after three times this
+    webhook_timeout_seconds: float = 10.0
+    # webhook deliveries one master makes at once
+    webhook_concurrency: int = 4
 
     def __post_init__(self) -> None:
         if self.worker_mode not in ("process", "thread"):
@@ -98,6 +120,10 @@ class Config:
             "max_image_pixels",
             "max_frames",
             "request_header_seconds",
+            "webhook_timeout_seconds",
+            "webhook_concurrency",
+            "webhook_backoff_seconds",
+            "webhook_retry_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")

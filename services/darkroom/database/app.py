@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import sqlite3
 from typing import Any
 
@@ -17,6 +18,13 @@ from darkroom.contract.limits import (
     MAX_PIPELINE_CHARS,
 )
 from darkroom.contract.tasks import UNFINISHED_STATES, TaskState
+from darkroom.contract.webhooks import (
+    MAX_ATTEMPT_ERROR_CHARS,
+    MAX_WEBHOOK_URL_CHARS,
+    Attempt,
+    message_id,
+    redacted_url,
+)
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
 from darkroom.core.errors import disk_full
@@ -24,7 +32,7 @@ from darkroom.core.ids import require_task_id
 from darkroom.core.longpoll import LongPolls
 from darkroom.core.params import state_param, wait_param
 from darkroom.database.metrics import QueueCollector
-from darkroom.database.store import Task, TaskConflict, TaskNotFound, TaskStore
+from darkroom.database.store import Delivery, Task, TaskConflict, TaskNotFound, TaskStore
 
 
 def _timestamp(seconds: float | None) -> str | None:
@@ -33,7 +41,9 @@ def _timestamp(seconds: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="milliseconds")
 
 
-def task_document(task: Task, with_lease: bool = False) -> dict[str, Any]:
+def task_document(
+    task: Task, with_lease: bool = False, *, delivery: Delivery | None = None
+) -> dict[str, Any]:
     document: dict[str, Any] = {
         "id": task.id,
         "state": task.state.code,
@@ -55,7 +65,22 @@ def task_document(task: Task, with_lease: bool = False) -> dict[str, Any]:
     if with_lease:
         document["lease"] = task.lease_token
         document["leaseExpiresAt"] = _timestamp(task.lease_expires_at)
+    if delivery is not None:
+        document["webhook"] = webhook_document(delivery)
     return document
+
+
+def webhook_document(delivery: Delivery) -> dict[str, Any]:
+    """A delivery as /status shows it: never the secret, nor the URL's query string."""
+    return {
+        "url": redacted_url(delivery.url),
+        "state": delivery.state.value,
+        "attempts": delivery.attempts,
+        "nextAttemptAt": _timestamp(delivery.due_at),
+        "last": [
+            {"at": _timestamp(a.at), "status": a.status, "error": a.error} for a in delivery.last
+        ],
+    }
 
 
 def _lease(req: falcon.Request) -> str:
@@ -82,7 +107,13 @@ class Tasks:
                 title="Invalid pipeline",
                 description=f"pipeline must be 1 to {MAX_PIPELINE_CHARS} characters",
             )
-        task = self._store.create(pipeline)
+        webhook_url = req.get_param("webhook")
+        if webhook_url is not None and not 0 < len(webhook_url) <= MAX_WEBHOOK_URL_CHARS:
+            raise falcon.HTTPBadRequest(
+                title="Invalid webhook",
+                description=f"webhook must be 1 to {MAX_WEBHOOK_URL_CHARS} characters",
+            )
+        task = self._store.create(pipeline, webhook_url=webhook_url)
         resp.status = falcon.HTTP_201
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = task.id
@@ -101,7 +132,7 @@ class Tasks:
                 task = self._store.watch(task_id, while_in, wait)
             else:
                 task = self._store.get(task_id)
-        resp.media = task_document(task)
+        resp.media = task_document(task, delivery=self._store.delivery(task_id))
 
     def on_post_claim(self, req: falcon.Request, resp: falcon.Response) -> None:
         asked = wait_param(req, self._max_wait)
@@ -179,6 +210,59 @@ class Tasks:
         resp.text = "".join(f"{t.id} {t.state.code} {t.state.value}\n" for t in tasks)
 
 
+# A retry further off than this is a caller's mistake (the retry period is a day by default).
+MAX_RETRY_IN_SECONDS = 366 * 24 * 3600.0
+
+
+class Deliveries:
+    """The webhook routes the masters use: claim a due delivery, report an attempt."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self._store = store
+
+    def on_post_claim(self, req: falcon.Request, resp: falcon.Response) -> None:
+        lease_seconds = _number(req, "lease_seconds", required=True, min_value=1, max_value=3600)
+        delivery = self._store.claim_delivery(lease_seconds)
+        if delivery is None:
+            resp.status = falcon.HTTP_204
+            return
+        assert delivery.ended_at is not None  # a due delivery is one of an ended job
+        task = self._store.get(delivery.task_id)
+        resp.media = {
+            "id": delivery.task_id,
+            "url": delivery.url,
+            "lease": delivery.lease_token,
+            "attempts": delivery.attempts,
+            "messageId": message_id(delivery.task_id, delivery.sequence),
+            "endedAt": delivery.ended_at,
+            "task": task_document(task),
+        }
+
+    def on_post_report(self, req: falcon.Request, resp: falcon.Response) -> None:
+        task_id = require_task_id(req)
+        lease = _lease(req)
+        status = req.get_param_as_int("status", min_value=100, max_value=599)
+        error = (req.get_param("error") or "").strip()[:MAX_ATTEMPT_ERROR_CHARS] or None
+        if (status is None) == (error is None):
+            raise falcon.HTTPBadRequest(
+                title="Invalid attempt", description="give the answer's status or an error"
+            )
+        retry_in = _number(req, "retry_in", min_value=0, max_value=MAX_RETRY_IN_SECONDS)
+        at = _number(req, "at", required=True, min_value=0, max_value=MAX_RETRY_IN_SECONDS**2)
+        attempt = Attempt(at, status, error)
+        delivery = self._store.report_delivery(task_id, lease, attempt, retry_in)
+        resp.media = webhook_document(delivery)
+
+
+def _number(req: falcon.Request, name: str, **bounds: Any) -> float | None:
+    """A float parameter within ``bounds``; NaN refused (it passes every bound, and SQLite
+    would store it as NULL)."""
+    value = req.get_param_as_float(name, **bounds)
+    if value is not None and math.isnan(value):
+        raise falcon.HTTPInvalidParam("The value must be a number.", name)
+    return value
+
+
 def _not_found(req: falcon.Request, resp: falcon.Response, ex: TaskNotFound, params: Any) -> None:
     raise falcon.HTTPNotFound(title="Unknown task", description="No task has this id.")
 
@@ -220,4 +304,7 @@ def create_app(config: Config, store: TaskStore) -> falcon.App:
     }
     for path, suffix in routes.items():
         app.add_route(path, tasks, suffix=suffix)
+    deliveries = Deliveries(store)
+    app.add_route("/claimDelivery", deliveries, suffix="claim")
+    app.add_route("/reportDelivery", deliveries, suffix="report")
     return app

@@ -9,6 +9,7 @@ from typing import Any
 
 import requests
 
+from darkroom.contract.webhooks import Attempt
 from darkroom.core.discovery import ServiceClient
 from darkroom.core.errors import raise_for_upstream
 
@@ -26,8 +27,9 @@ class DatabaseClient:
         raise_for_upstream(response, "database")
         return response
 
-    def create(self, pipeline: str) -> str:
-        with self._checked("POST", "/newTask", params={"pipeline": pipeline}) as response:
+    def create(self, pipeline: str, *, webhook_url: str | None = None) -> str:
+        params = {"pipeline": pipeline, "webhook": webhook_url}
+        with self._checked("POST", "/newTask", params=params) as response:
             return response.text
 
     def enqueue(self, task_id: str) -> None:
@@ -41,4 +43,19 @@ class DatabaseClient:
             params.update(wait=wait, state=state)
             kwargs["timeout"] = self._service.timeout + wait
         with self._checked("GET", "/getById", params=params, **kwargs) as response:
+            return response.json()
+
+    # -- webhook deliveries ---------------------------------------------------------------
+    def claim_delivery(self, lease_seconds: float) -> dict[str, Any] | None:
+        """A due webhook delivery leased to this master, with its job's document; None if none."""
+        params = {"lease_seconds": lease_seconds}
+        with self._checked("POST", "/claimDelivery", params=params) as response:
+            return None if response.status_code == 204 else response.json()
+
+    def report_delivery(
+        self, task_id: str, lease: str, attempt: Attempt, retry_in: float | None
+    ) -> dict[str, Any]:
+        """Record an attempt's outcome; ``retry_in`` None: no more attempts unless delivered."""
+        params = {"id": task_id, "lease": lease, "retry_in": retry_in, **attempt.to_json()}
+        with self._checked("POST", "/reportDelivery", params=params) as response:
             return response.json()

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from darkroom.contract.limits import MAX_ERROR_LENGTH
 from darkroom.contract.tasks import TaskState
+from darkroom.contract.webhooks import KEPT_ATTEMPTS, Attempt, DeliveryState
 from darkroom.core.atomicfile import create_private_file, make_private_directory
 from darkroom.core.config import Config
 from darkroom.core.ids import new_lease_token, new_task_id
@@ -44,6 +45,26 @@ class Task:
     notes: tuple[str, ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """A job's webhook delivery. ``due_at`` is None until the job ends, and once it is settled.
+
+    A master claims a due delivery under a lease (token and expiry), as a worker claims a task:
+    a master that dies mid-attempt leaves it to be claimed again once the lease runs out.
+    """
+
+    task_id: str
+    url: str
+    state: DeliveryState
+    attempts: int  # of the current message
+    sequence: int  # how many times the job ended (see contract.webhooks.message_id)
+    ended_at: float | None  # when the job last ended: the retry period counts from it
+    due_at: float | None
+    lease_token: str | None = None
+    lease_expires_at: float | None = None
+    last: tuple[Attempt, ...] = ()
+
+
 class TaskNotFound(LookupError):
     pass
 
@@ -58,7 +79,7 @@ class TaskStore(Protocol):
     # Finishes refused since the store opened: the work of a lost lease, done twice.
     finishes_refused: int
 
-    def create(self, pipeline: str) -> Task: ...
+    def create(self, pipeline: str, *, webhook_url: str | None = None) -> Task: ...
     def enqueue(self, task_id: str) -> Task: ...
     def get(self, task_id: str) -> Task: ...
     def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task: ...
@@ -73,6 +94,12 @@ class TaskStore(Protocol):
     def expire(self) -> int: ...
     def purge(self, older_than: float) -> int: ...
     def recent(self, limit: int) -> list[Task]: ...
+    # webhook deliveries
+    def delivery(self, task_id: str) -> Delivery | None: ...
+    def claim_delivery(self, lease_seconds: float) -> Delivery | None: ...
+    def report_delivery(
+        self, task_id: str, lease_token: str, attempt: Attempt, retry_in: float | None
+    ) -> Delivery: ...
 
 
 _SCHEMA = """
@@ -90,6 +117,19 @@ CREATE TABLE IF NOT EXISTS tasks (
     notes TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, created_at);
+CREATE TABLE IF NOT EXISTS webhooks (
+    task_id TEXT PRIMARY KEY REFERENCES tasks (id) ON DELETE CASCADE,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    sequence INTEGER NOT NULL DEFAULT 0,
+    ended_at REAL,
+    due_at REAL,
+    lease_token TEXT,
+    lease_expires_at REAL,
+    last TEXT
+);
+CREATE INDEX IF NOT EXISTS webhooks_by_due ON webhooks (state, due_at);
 """
 _COLUMNS = (
     "id, state, pipeline, attempts, error, created_at, updated_at, finished_at,"
@@ -97,6 +137,9 @@ _COLUMNS = (
 )
 # Columns added since the first schema: a file made before them gets them when opened.
 _ADDED_COLUMNS = {"notes": "TEXT"}
+_DELIVERY_COLUMNS = (
+    "task_id, url, state, attempts, sequence, ended_at, due_at, lease_token, lease_expires_at, last"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +167,7 @@ class SqliteTaskStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a reply means the change is on disk
+        self._db.execute("PRAGMA foreign_keys=ON")  # purged tasks take their webhooks along
         self._db.executescript(_SCHEMA)
         self._add_missing_columns()
         # Reads on a connection of their own: in WAL mode they see the last commit and never
@@ -186,6 +230,7 @@ class SqliteTaskStore:
     def _update(self, task_id: str, **fields: object) -> Task:
         if "state" in fields:
             self._changed.append(task_id)
+            self._make_delivery_due_if_ended(task_id, State(fields["state"]))
         fields["updated_at"] = self._clock()
         assignments = ", ".join(f"{name} = ?" for name in fields)
         self._db.execute(
@@ -213,8 +258,8 @@ class SqliteTaskStore:
             self._queue_changed.notify()
 
     # -- life cycle ---------------------------------------------------------------------
-    def create(self, pipeline: str) -> Task:
-        """A new task, uploading until ``enqueue``."""
+    def create(self, pipeline: str, *, webhook_url: str | None = None) -> Task:
+        """A new task, uploading until ``enqueue``; with ``webhook_url``, its delivery armed."""
         now = self._clock()
         task_id = self._new_id()
         with self._transaction():
@@ -223,6 +268,11 @@ class SqliteTaskStore:
                 " VALUES (?, ?, ?, ?, ?)",
                 (task_id, State.UPLOADING, pipeline, now, now),
             )
+            if webhook_url is not None:
+                self._db.execute(
+                    "INSERT INTO webhooks (task_id, url, state) VALUES (?, ?, ?)",
+                    (task_id, webhook_url, DeliveryState.PENDING),
+                )
             return self._row(task_id)
 
     def enqueue(self, task_id: str) -> Task:
@@ -501,7 +551,92 @@ class SqliteTaskStore:
         if task.state == State.IN_PROGRESS:
             self.lease_expiries += 1
         self._changed.append(task.id)
+        self._make_delivery_due_if_ended(task.id, lapsed.state)
         return lapsed
+
+    # -- webhook deliveries -------------------------------------------------------------
+    def _make_delivery_due_if_ended(self, task_id: str, state: State) -> None:
+        """The job's delivery, if it has one, due now that it ends: in the transaction that
+        ends it, so no ending is without its delivery. One already due stays as it is; one
+        settled before (a failed job an operator retried) becomes a new message."""
+        if not state.ended:
+            return
+        now = self._clock()
+        self._db.execute(
+            "UPDATE webhooks SET state = ?, due_at = ?, ended_at = ?, sequence = sequence + 1,"
+            " attempts = 0, lease_token = NULL, lease_expires_at = NULL"
+            " WHERE task_id = ? AND NOT (state = ? AND due_at IS NOT NULL)",
+            (DeliveryState.PENDING, now, now, task_id, DeliveryState.PENDING),
+        )
+
+    def delivery(self, task_id: str) -> Delivery | None:
+        """The job's webhook delivery; None when it asked for none (or is unknown)."""
+        with self._read_lock:
+            return self._delivery(task_id, self._reader)
+
+    def _delivery(self, task_id: str, db: sqlite3.Connection | None = None) -> Delivery | None:
+        query = f"SELECT {_DELIVERY_COLUMNS} FROM webhooks WHERE task_id = ?"
+        row = (db or self._db).execute(query, (task_id,)).fetchone()
+        return None if row is None else _delivery(row)
+
+    def _due_delivery(self, now: float, db: sqlite3.Connection | None = None) -> str | None:
+        row = (
+            (db or self._db)
+            .execute(
+                "SELECT task_id FROM webhooks WHERE state = ? AND due_at <= ?"
+                " AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
+                " ORDER BY due_at LIMIT 1",
+                (DeliveryState.PENDING, now, now),
+            )
+            .fetchone()
+        )
+        return None if row is None else row[0]
+
+    def claim_delivery(self, lease_seconds: float) -> Delivery | None:
+        """The delivery due longest, leased to the caller for ``lease_seconds``; None if none.
+
+        Masters ask every second or so: when nothing is due, that is a read, no write.
+        """
+        now = self._clock()
+        with self._read_lock:
+            if self._due_delivery(now, self._reader) is None:
+                return None
+        with self._transaction():
+            task_id = self._due_delivery(now)
+            if task_id is None:
+                return None  # another master took it in between
+            self._db.execute(
+                "UPDATE webhooks SET lease_token = ?, lease_expires_at = ? WHERE task_id = ?",
+                (self._new_token(), now + lease_seconds, task_id),
+            )
+            return self._delivery(task_id)
+
+    def report_delivery(
+        self, task_id: str, lease_token: str, attempt: Attempt, retry_in: float | None
+    ) -> Delivery:
+        """Record an attempt: delivered on a 2xx, else due again in ``retry_in`` seconds, or
+        failed for good when that is None (a 410, or the retry period is over)."""
+        with self._transaction():
+            delivery = self._delivery(task_id)
+            if delivery is None:
+                raise TaskNotFound(task_id)
+            if delivery.lease_token != lease_token or delivery.state != DeliveryState.PENDING:
+                raise TaskConflict("delivery lease lost: another master holds it, or it is done")
+            if attempt.delivered:
+                state, due_at = DeliveryState.DELIVERED, None
+            elif retry_in is None:
+                state, due_at = DeliveryState.FAILED, None
+            else:
+                state, due_at = DeliveryState.PENDING, self._clock() + retry_in
+            last = [a.to_json() for a in (*delivery.last, attempt)[-KEPT_ATTEMPTS:]]
+            self._db.execute(
+                "UPDATE webhooks SET state = ?, due_at = ?, attempts = attempts + 1, last = ?,"
+                " lease_token = NULL, lease_expires_at = NULL WHERE task_id = ?",
+                (state, due_at, json.dumps(last), task_id),
+            )
+            updated = self._delivery(task_id)
+            assert updated is not None
+            return updated
 
 
 def _lapsed(task: Task, now: float, policy: LeasePolicy) -> Task:
@@ -536,6 +671,22 @@ def _lapsed(task: Task, now: float, policy: LeasePolicy) -> Task:
 
 def _before(moment: float | None, now: float) -> bool:
     return moment is not None and moment < now
+
+
+def _delivery(row: tuple) -> Delivery:
+    (task_id, url, state, attempts, sequence, ended_at, due_at, token, expires, last) = row
+    return Delivery(
+        task_id=task_id,
+        url=url,
+        state=DeliveryState(state),
+        attempts=attempts,
+        sequence=sequence,
+        ended_at=ended_at,
+        due_at=due_at,
+        lease_token=token,
+        lease_expires_at=expires,
+        last=tuple(Attempt.from_json(a) for a in json.loads(last)) if last else (),
+    )
 
 
 def _task(row: tuple) -> Task:

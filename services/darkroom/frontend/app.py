@@ -101,6 +101,9 @@ class Jobs:
                 )
             op = form_op or query_op
             params = {"op": op} if op else {}
+            # A webhook URL in the query goes to the master as it is: the master checks it.
+            if (webhook := single_param(req, "webhook")) is not None:
+                params["webhook"] = webhook
             upstream = self._master.request("POST", "/new", params=params, data=image)
             relay(upstream, resp, "master")
 

@@ -20,10 +20,12 @@ from darkroom.core.imagetypes import EXTENSIONS, SNIFF_BYTES, sniff_media_type
 from darkroom.core.longpoll import LongPolls
 from darkroom.core.params import single_param, state_param, wait_param
 from darkroom.core.relay import relay, relay_stream
+from darkroom.core.ssrf import InvalidTarget, RefusedTarget
 from darkroom.core.streams import iter_chunks
 from darkroom.database.client import DatabaseClient
 from darkroom.master.finished import FinishedTasks
 from darkroom.master.openapi import OpenApiDocument
+from darkroom.master.webhooks import WebhookGuard, WebhookSettings
 from darkroom.storage.client import StorageClient
 
 log = logging.getLogger(__name__)
@@ -54,8 +56,11 @@ class Jobs:
         check_pipeline: PipelineCheck,
         config: Config,
         finished: FinishedTasks,
+        *,
+        webhooks: WebhookGuard | None = None,
     ) -> None:
         self._database = database
+        self._webhooks = webhooks or WebhookGuard(config.settings_for(WebhookSettings))
         self._finished = finished
         self._storage = storage
         self._check_pipeline = check_pipeline
@@ -73,6 +78,7 @@ class Jobs:
             pipeline = self._check_pipeline(single_param(req, "op"))
         except ValueError as exc:
             raise falcon.HTTPBadRequest(title="Invalid operation", description=str(exc)) from exc
+        webhook_url = self._webhook_param(req)
         stream = req.bounded_stream
         head = _read_head(stream)
         if not head:
@@ -89,7 +95,7 @@ class Jobs:
         # retention (the chaos test checks for such orphans). Storing the image first and then
         # creating the task queued saves a call but leaves an orphan when the master dies in
         # between: measured and given up (docs/benchmarks.md).
-        task_id = self._database.create(pipeline)
+        task_id = self._database.create(pipeline, webhook_url=webhook_url)
         try:
             body = itertools.chain([head], iter_chunks(stream))
             self._storage.send(Folder.WORKING, task_id, body, size=req.content_length)
@@ -102,6 +108,29 @@ class Jobs:
         log.info("job queued", extra={"task": task_id, "pipeline": pipeline})
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = task_id
+
+    def _webhook_param(self, req: falcon.Request) -> str | None:
+        """``webhook``: the URL the job's status is POSTed to when it ends, checked now (and
+        again at every attempt): 400 when it is malformed or webhooks are off, 422 when it is
+        refused (it does not resolve, or resolves to an internal address)."""
+        url = single_param(req, "webhook")
+        if url is None:
+            return None
+        if not self._webhooks.enabled:
+            raise falcon.HTTPBadRequest(
+                title="Webhooks are off",
+                description="This server has no webhook secret (DARKROOM_WEBHOOK_SECRET) to"
+                " sign webhooks with, so it takes none; upload without webhook=.",
+            )
+        try:
+            self._webhooks.check(url)
+        except InvalidTarget as exc:
+            raise falcon.HTTPInvalidParam(str(exc), "webhook") from exc
+        except RefusedTarget as exc:
+            raise falcon.HTTPUnprocessableEntity(
+                title="Webhook refused", description=str(exc)
+            ) from exc
+        return url
 
     def _abandon(self, task_id: str, cause: Exception) -> None:
         reason = getattr(cause, "description", None) or type(cause).__name__
@@ -208,10 +237,12 @@ def create_app(
     storage: StorageClient,
     check_pipeline: PipelineCheck,
     readiness: list[Callable[[], str | None]] | None = None,
+    *,
+    webhooks: WebhookGuard | None = None,
 ) -> falcon.App:
     app = create_base_app(config, readiness=readiness or [])
     finished = FinishedTasks(config.retention_seconds)
-    jobs = Jobs(database, storage, check_pipeline, config, finished)
+    jobs = Jobs(database, storage, check_pipeline, config, finished, webhooks=webhooks)
     app.add_route("/openapi.json", OpenApiDocument())
     app.add_route("/new", jobs, suffix="new")
     app.add_route("/isReady", jobs, suffix="is_ready")

@@ -16,6 +16,7 @@ from darkroom import __version__
 from darkroom.contract.limits import TASK_ID_PATTERN
 from darkroom.contract.pipeline import DEFAULT_PIPELINE, MAX_PIPELINE_CHARS, MAX_STEPS, STEPS
 from darkroom.contract.tasks import TaskState
+from darkroom.contract.webhooks import KEPT_ATTEMPTS, MAX_WEBHOOK_URL_CHARS, DeliveryState
 from darkroom.core.auth import PUBLIC
 from darkroom.core.imagetypes import EXTENSIONS
 
@@ -82,6 +83,68 @@ _PIPELINE_DESCRIPTION = (
     + "\n".join(f"- `{rule.syntax}`: {rule.help}" for rule in STEPS)
 )
 
+_WEBHOOK_PARAMETER = {
+    "name": "webhook",
+    "in": "query",
+    "required": False,
+    "description": (
+        "A URL the job's status document (what `/status` answers, without its `webhook` field) "
+        "is POSTed to when the job ends (finished, failed or cancelled), signed as the Standard "
+        "Webhooks specification says: headers `webhook-id` (`msg_<job id>`, the same for every "
+        "retry), `webhook-timestamp` (epoch seconds) and `webhook-signature` (`v1,` + base64 "
+        "HMAC-SHA256 of `id.timestamp.body` with the server's secret; one per secret, space-"
+        "separated, while secrets rotate). `https://` (or `http://` where the server allows it). "
+        "Refused with 400 when malformed or when the server has no webhook secret, with 422 when "
+        "its host does not resolve or resolves to an internal address (loopback, private, "
+        "link-local, the cluster's networks, ...), checked again before every attempt. Retried "
+        "with exponential backoff and jitter until a 2xx answer, for a day by default; a 410 "
+        "answer stops it. Redirects are not followed. `/status` shows the delivery as `webhook`."
+    ),
+    "schema": {"type": "string", "maxLength": MAX_WEBHOOK_URL_CHARS},
+}
+
+_WEBHOOK_SCHEMA = {
+    "type": "object",
+    "description": "the job's webhook delivery, when it was uploaded with `webhook`",
+    "required": ["url", "state", "attempts", "nextAttemptAt", "last"],
+    "properties": {
+        "url": {
+            "type": "string",
+            "description": "the webhook URL, its query string replaced by `redacted`",
+        },
+        "state": {
+            "type": "string",
+            "enum": [str(state) for state in DeliveryState],
+            "description": "pending: the job has not ended, or an attempt is due; delivered: "
+            "a 2xx answer; failed: given up (a 410 answer, or retried for the whole period)",
+        },
+        "attempts": {"type": "integer", "minimum": 0},
+        "nextAttemptAt": {"type": "string", "format": "date-time", "nullable": True},
+        "last": {
+            "type": "array",
+            "maxItems": KEPT_ATTEMPTS,
+            "description": f"the last {KEPT_ATTEMPTS} attempts, oldest first",
+            "items": {
+                "type": "object",
+                "required": ["at", "status", "error"],
+                "properties": {
+                    "at": {"type": "string", "format": "date-time"},
+                    "status": {
+                        "type": "integer",
+                        "nullable": True,
+                        "description": "the receiver's HTTP status",
+                    },
+                    "error": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "why there was no answer (refused, timed out, ...)",
+                    },
+                },
+            },
+        },
+    },
+}
+
 _CLIENT_SECURITY = [{}, {"bearer": []}, {"apiKey": []}, {"basic": []}]
 
 
@@ -146,7 +209,8 @@ _DOCUMENT: dict[str, Any] = {
                         "required": False,
                         "description": _PIPELINE_DESCRIPTION,
                         "schema": {"type": "string", "maxLength": MAX_PIPELINE_CHARS},
-                    }
+                    },
+                    _WEBHOOK_PARAMETER,
                 ],
                 "requestBody": {
                     "required": True,
@@ -162,6 +226,7 @@ _DOCUMENT: dict[str, Any] = {
                     },
                     "413": _error("The image is over the size limit.", TEXT, "text/html"),
                     "415": _error("The body is not an image in a supported format."),
+                    "422": _error("The webhook URL is refused; the description says why."),
                     **_ERROR_RESPONSES,
                 },
             }
@@ -296,6 +361,7 @@ _DOCUMENT: dict[str, Any] = {
                     "createdAt": {"type": "string", "format": "date-time"},
                     "updatedAt": {"type": "string", "format": "date-time"},
                     "finishedAt": {"type": "string", "format": "date-time", "nullable": True},
+                    "webhook": _WEBHOOK_SCHEMA,
                 },
             },
         },

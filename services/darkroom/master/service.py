@@ -9,25 +9,40 @@ from darkroom.core.server import serve
 from darkroom.database.client import DatabaseClient
 from darkroom.master.app import create_app
 from darkroom.master.presets import PipelineResolver
+from darkroom.master.webhooks import Deliveries, WebhookGuard, WebhookSender, WebhookSettings
 from darkroom.storage.client import StorageClient
 
 
 def run(config: Config) -> None:
     runtime = Runtime(config, "master")
     limits = config.settings_for(PipelineLimits)
+    database = DatabaseClient(runtime.client("database"))
+    webhook_settings = config.settings_for(WebhookSettings)
+    webhooks = WebhookGuard(webhook_settings)
     app = create_app(
         config,
-        DatabaseClient(runtime.client("database")),
+        database,
         StorageClient(runtime.client("storage")),
         check_pipeline=PipelineResolver(
             runtime.locator.value, limits, presets_only=config.presets_only
         ),
         readiness=runtime.readiness_checks(),
+        webhooks=webhooks,
     )
-    serve(
-        app,
-        config,
-        "master",
-        upload_limits={"/new": config.max_upload_bytes},
-        on_listening=runtime.register,
-    )
+    # Without a secret no webhook is taken, and none could be signed.
+    deliveries = None
+    if webhooks.enabled:
+        sender = WebhookSender(webhooks, webhook_settings.webhook_timeout_seconds)
+        deliveries = Deliveries(database, sender, webhook_settings, runtime.stop)
+        deliveries.start()
+    try:
+        serve(
+            app,
+            config,
+            "master",
+            upload_limits={"/new": config.max_upload_bytes},
+            on_listening=runtime.register,
+        )
+    finally:
+        if deliveries is not None:
+            deliveries.close()

@@ -201,6 +201,9 @@ async function follow(id, generation) {
       const task = await response.json();
       if (generation !== following) return;
       showTask(task);
+      if (task.stateName === "finished" || task.stateName === "failed") {
+        followWebhook(id, generation, task.webhook);
+      }
       if (task.stateName === "finished") return showResult(id);
       if (task.stateName === "failed") return setAfter(null, "No result: the job failed.");
       if (task.stateName !== known) {
@@ -233,6 +236,41 @@ function showTask(task) {
   $("job-reason").textContent = failed ? `Failed: ${task.error || "no reason given"}` : "";
   // What the job's status tells of the result: metadata removed, an animation kept, ...
   $("job-notes").textContent = failed ? "" : (task.notes || []).join(" · ");
+  showWebhook(task.webhook);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A job uploaded with webhook=URL: its delivery, which goes on after the job ended.
+
+const WEBHOOK_POLLS = 20; // once a second at most, then the page stops following it
+const WEBHOOK_POLL_MS = 1000;
+
+function showWebhook(webhook) {
+  const line = $("job-webhook");
+  if (!webhook) {
+    line.textContent = "";
+    return;
+  }
+  const last = webhook.last.length ? webhook.last[webhook.last.length - 1] : null;
+  const outcome = last ? ` (last: ${last.status ?? last.error})` : "";
+  const tries = webhook.attempts === 1 ? "1 attempt" : `${webhook.attempts} attempts`;
+  line.textContent = `Webhook to ${webhook.url}: ${webhook.state}, ${tries}${outcome}`;
+}
+
+async function followWebhook(id, generation, webhook) {
+  for (let poll = 0; webhook && webhook.state === "pending" && poll < WEBHOOK_POLLS; poll++) {
+    await new Promise((resolve) => setTimeout(resolve, WEBHOOK_POLL_MS));
+    if (generation !== following) return;
+    let response = null;
+    try {
+      response = await fetch(`/status?id=${encodeURIComponent(id)}`, { cache: "no-store" });
+    } catch {
+      continue; // the network failed: ask again at the next turn
+    }
+    if (!response.ok || generation !== following) return;
+    webhook = (await response.json()).webhook;
+    if (generation === following) showWebhook(webhook);
+  }
 }
 
 function showResult(id) {
