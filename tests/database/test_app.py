@@ -93,7 +93,7 @@ def test_list(client):
 
 
 class FullDisk:
-    def create(self, pipeline):
+    def create(self, pipeline, *, idempotency_key=None):
         raise sqlite3.OperationalError("database or disk is full")
 
 

@@ -284,7 +284,7 @@ def test_an_upload_makes_its_task_before_its_image_and_queues_it_after(config, t
 class NoRoomForTasks:
     """A store whose disk is full: creating a task fails."""
 
-    def create(self, pipeline):
+    def create(self, pipeline, *, idempotency_key=None):
         raise sqlite3.OperationalError("database or disk is full")
 
 
