@@ -474,7 +474,7 @@ def test_an_ended_task_is_not_cancelled(store, ending):
         store.finish(task_id, claim.lease_token)
     else:
         store.fail(task_id, claim.lease_token, "corrupt", retryable=False)
-    with pytest.raises(TaskConflict, match="finished|failed") as refused:
+    with pytest.raises(TaskConflict, match=r"finished|failed") as refused:
         store.cancel(task_id)
     assert not isinstance(refused.value, TaskCancelled)
 
