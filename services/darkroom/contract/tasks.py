@@ -86,6 +86,12 @@ class Claim:
 
 
 # -- idempotent uploads -------------------------------------------------------------------
+# The header of an upload (``/new``) that names it, and the header of the answer to a second
+# upload with the same key: the job is the first one's.
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
 @dataclasses.dataclass(frozen=True)
 class KeyHolder:
     """The task an upload's ``Idempotency-Key`` was first used for, as the database tells the

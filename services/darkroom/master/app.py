@@ -14,7 +14,13 @@ import falcon
 from darkroom.contract.errors import ServiceConflict
 from darkroom.contract.folders import Folder, result_version
 from darkroom.contract.limits import IDEMPOTENCY_KEY_DESCRIPTION, IDEMPOTENCY_KEY_PATTERN
-from darkroom.contract.tasks import IdempotencyKeyUsed, KeyHolder, TaskState
+from darkroom.contract.tasks import (
+    IDEMPOTENCY_KEY_HEADER,
+    REPLAYED_HEADER,
+    IdempotencyKeyUsed,
+    KeyHolder,
+    TaskState,
+)
 from darkroom.core.app import create_base_app
 from darkroom.core.auth import CLIENT
 from darkroom.core.config import Config
@@ -35,8 +41,6 @@ log = logging.getLogger(__name__)
 PipelineCheck = Callable[[str | None], str]
 
 SUPPORTED = ", ".join(sorted(EXTENSIONS.values()))
-IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
-REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def _read_head(stream: BinaryIO) -> bytes:

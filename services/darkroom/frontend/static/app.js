@@ -19,6 +19,9 @@ const fileInput = $("uploadfile");
 const localImages = new Map(); // job id -> object URL of the file this page uploaded
 let chosenUrl = null; // object URL of the chosen file, until it is uploaded
 let following = 0; // bumped for every job shown, so an older poll loop stops
+let shownId = null; // the job the panel shows
+// A job in these states changes no more: nothing to cancel.
+const ENDED_STATES = new Set(["finished", "failed", "cancelled"]);
 
 // ---------------------------------------------------------------------------------------------
 // Operations: the builder writes the pipeline text; the text box may then be edited by hand.
@@ -178,6 +181,7 @@ function showJob(job) {
   showJobPanel(job);
   setBefore(localImages.get(job.id), "The original stays on the device that uploaded it.");
   setAfter(null, "Waiting for the result…");
+  shownId = job.id;
   markCurrent(job.id);
   follow(job.id, following);
 }
@@ -203,6 +207,7 @@ async function follow(id, generation) {
       showTask(task);
       if (task.stateName === "finished") return showResult(id);
       if (task.stateName === "failed") return setAfter(null, "No result: the job failed.");
+      if (task.stateName === "cancelled") return setAfter(null, "No result: the job was cancelled.");
       if (task.stateName !== known) {
         known = task.stateName;
         delay = POLL_FIRST_MS;
@@ -269,7 +274,29 @@ function setState(name) {
   badge.hidden = !name;
   badge.textContent = name || "";
   badge.dataset.state = name || "";
+  $("cancel-job").hidden = !name || ENDED_STATES.has(name);
 }
+
+// Cancelling: POST /cancel; the poll loop's long poll sees the change and shows it too.
+async function cancelJob() {
+  const id = shownId;
+  if (!id) return;
+  const button = $("cancel-job");
+  button.disabled = true;
+  try {
+    const response = await fetch(`/cancel?id=${encodeURIComponent(id)}`, { method: "POST" });
+    const body = await response.text();
+    if (id !== shownId) return;
+    if (response.ok) showTask(JSON.parse(body));
+    else showError(describeError(response.status, response.statusText, body));
+  } catch {
+    showError("The job could not be cancelled: the server could not be reached.");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+$("cancel-job").addEventListener("click", cancelJob);
 
 function setBefore(url, note) {
   $("before-size").textContent = "";
