@@ -35,3 +35,8 @@ def test_submit_help_shows_smart_crop_and_watermark():
     submit = next(parser for parser in _parsers() if parser.prog.endswith(" submit"))
     text = " ".join(submit.format_help().split())
     assert "resize:400x400:smart" in text and "watermark:© Me:top-left:0.4" in text
+
+
+def test_cancel_is_a_command_taking_the_job_id():
+    args = build_parser().parse_args(["cancel", "A" * 22, "--master", "127.0.0.1:4003"])
+    assert (args.id, args.master, args.func.__name__) == ("A" * 22, "127.0.0.1:4003", "_cancel")

@@ -1,4 +1,4 @@
-"""The darkroom command: serve one role, bring up all of them, submit an image."""
+"""The darkroom command: serve one role, bring up all of them, submit an image, cancel a job."""
 
 from __future__ import annotations
 
@@ -65,6 +65,12 @@ def _submit(args: argparse.Namespace) -> int:
 
     api_key = args.api_key or os.environ.get("DARKROOM_API_KEY")
     return submit(args.file, args.output, args.master, args.op, args.timeout, api_key)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from darkroom.submit import cancel
+
+    return cancel(args.id, args.master, args.api_key or os.environ.get("DARKROOM_API_KEY"))
 
 
 def _add_log_format(parser: argparse.ArgumentParser) -> None:
@@ -160,6 +166,21 @@ def _submit_parser(commands: argparse._SubParsersAction) -> None:
     submit.set_defaults(func=_submit)
 
 
+def _cancel_parser(commands: argparse._SubParsersAction) -> None:
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel a job",
+        description="Cancel a job that has not ended: it is never processed further.",
+        formatter_class=_HelpFormatter,
+    )
+    cancel.add_argument("id", help="the job id darkroom submit printed")
+    cancel.add_argument("--master", default="127.0.0.1:3003", help="HOST:PORT of the master")
+    cancel.add_argument(
+        "--api-key", help="when the master asks for one (default: DARKROOM_API_KEY)"
+    )
+    cancel.set_defaults(func=_cancel)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="darkroom", description=__doc__, epilog=ENV_NOTE, formatter_class=_HelpFormatter
@@ -168,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(commands)
     _up_parser(commands)
     _submit_parser(commands)
+    _cancel_parser(commands)
     return parser
 
 
