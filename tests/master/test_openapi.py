@@ -7,7 +7,7 @@ from darkroom.master.openapi import document
 
 
 def op_parameter() -> dict:
-    [op] = document()["paths"]["/new"]["post"]["parameters"]
+    [op] = [p for p in document()["paths"]["/new"]["post"]["parameters"] if p["name"] == "op"]
     return op
 
 
@@ -20,3 +20,18 @@ def test_op_description_lists_every_step_with_its_help() -> None:
 
 def test_op_length_limit_is_the_grammars() -> None:
     assert op_parameter()["schema"]["maxLength"] == MAX_PIPELINE_CHARS
+
+
+def test_cancel_and_the_idempotency_key_are_documented() -> None:
+    paths = document()["paths"]
+    cancel = paths["/cancel"]["post"]
+    assert {"200", "404", "409"} <= cancel["responses"].keys()
+    assert "410" in paths["/get"]["get"]["responses"]
+    assert "410" in paths["/isReady"]["get"]["responses"]
+    upload = paths["/new"]["post"]
+    [key] = [p for p in upload["parameters"] if p["name"] == "Idempotency-Key"]
+    assert key["in"] == "header" and key["schema"]["pattern"] == r"^[\x21-\x7e]{1,255}$"
+    assert {"409", "422"} <= upload["responses"].keys()
+    assert "Idempotent-Replayed" in upload["responses"]["200"]["headers"]
+    task = document()["components"]["schemas"]["Task"]["properties"]
+    assert "cancelled" in task["stateName"]["enum"] and 4 in task["state"]["enum"]
