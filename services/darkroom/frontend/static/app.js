@@ -119,6 +119,7 @@ form.addEventListener("submit", (event) => {
 function upload(file, op) {
   clearError();
   following++;
+  shownId = null; // no job id until the upload is answered: nothing to cancel yet
   const preview = chosenUrl;
   const xhr = new XMLHttpRequest();
   const body = new FormData();
@@ -177,11 +178,11 @@ function setProgress(fraction) {
 
 function showJob(job) {
   following++;
+  shownId = job.id;
   clearError();
   showJobPanel(job);
   setBefore(localImages.get(job.id), "The original stays on the device that uploaded it.");
   setAfter(null, "Waiting for the result…");
-  shownId = job.id;
   markCurrent(job.id);
   follow(job.id, following);
 }
@@ -274,7 +275,7 @@ function setState(name) {
   badge.hidden = !name;
   badge.textContent = name || "";
   badge.dataset.state = name || "";
-  $("cancel-job").hidden = !name || ENDED_STATES.has(name);
+  $("cancel-job").hidden = !name || !shownId || ENDED_STATES.has(name);
 }
 
 // Cancelling: POST /cancel; the poll loop's long poll sees the change and shows it too.
