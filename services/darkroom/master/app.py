@@ -216,8 +216,9 @@ class Jobs:
 
     def on_post_cancel(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Cancel a job that has not ended; its status. Cancelling it again changes nothing."""
+        task_id = require_task_id(req)
         try:
-            task = self._database.cancel(require_task_id(req))
+            task = self._database.cancel(task_id)
         except ServiceConflict as exc:
             raise falcon.HTTPConflict(title="Job has ended", description=exc.description) from exc
         task.pop("result", None)
