@@ -134,12 +134,13 @@ class TaskLoop:
             # overlaps the next task, but waiting for the previous one to be stored counts).
             with self._metrics.busy():
                 images = self._run_step(claim, self._download_and_process)
-                if images is None or heartbeat.cancelled.is_set():
-                    # Failed, or cancelled while processing: the result is never sent.
+                if images is not None and heartbeat.cancelled.is_set():
+                    # Cancelled while it was processed: the result is never sent.
+                    images.close()
+                    images = None
+                    self._cancelled(claim)
+                if images is None:
                     heartbeat.stop()
-                    if images is not None:
-                        images.close()
-                        self._cancelled(claim)
                     self._let_go(claim)
                     return
                 finish = functools.partial(self._finish, claim, images, heartbeat)
