@@ -75,3 +75,8 @@ def test_verify_webhook_says_valid_or_why_not(tmp_path):
     assert wrong_secret.returncode == 1
     no_secret = _verify("", flags, body.encode())
     assert no_secret.returncode == 1 and b"DARKROOM_WEBHOOK_SECRET is empty" in no_secret.stderr
+
+
+def test_cancel_is_a_command_taking_the_job_id():
+    args = build_parser().parse_args(["cancel", "A" * 22, "--master", "127.0.0.1:4003"])
+    assert (args.id, args.master, args.func.__name__) == ("A" * 22, "127.0.0.1:4003", "_cancel")

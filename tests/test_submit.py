@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import falcon
 import pytest
 
-from darkroom.submit import submit
+from darkroom.submit import cancel, submit
 from harness.launch import free_port
 
 
@@ -21,15 +22,29 @@ class FakeMaster:
         self.notes: list[str] = []
         self.uploads: list[tuple[int | None, int]] = []  # (Content-Length, bytes read)
         self.upload_params: list[dict[str, str]] = []
+        self.keys: list[str | None] = []  # each upload's Idempotency-Key
+        # the answers to the first uploads, before the job id: an HTTPError to raise each
+        self.refusals: list[falcon.HTTPError] = []
+        self.state = "finished"
+        self.cancelled: list[str] = []
 
     def on_post_new(self, req: falcon.Request, resp: falcon.Response) -> None:
         self.uploads.append((req.content_length, len(req.bounded_stream.read())))
         self.upload_params.append(dict(req.params))
+        self.keys.append(req.get_header("Idempotency-Key"))
+        if self.refusals:
+            raise self.refusals.pop(0)
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = "job-1"
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"stateName": "finished", "attempts": 1, "error": None, "notes": self.notes}
+        resp.media = {"stateName": self.state, "attempts": 1, "error": None, "notes": self.notes}
+
+    def on_post_cancel(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if self.state == "finished":
+            raise falcon.HTTPConflict(title="Job has ended", description="the job is finished")
+        self.cancelled.append(req.get_param("id"))
+        resp.media = {"id": req.get_param("id"), "stateName": "cancelled"}
 
     def on_get_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = self.result_type
@@ -48,6 +63,7 @@ def master() -> Iterator[tuple[FakeMaster, str]]:
     app.add_route("/new", fake, suffix="new")
     app.add_route("/status", fake, suffix="status")
     app.add_route("/get", fake, suffix="get")
+    app.add_route("/cancel", fake, suffix="cancel")
     server = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -68,9 +84,10 @@ def photo(tmp_path):
 def test_a_master_that_is_down_is_named_unreachable(photo, capsys):
     """It said "cannot read photo.png: None": requests' ConnectionError is an OSError."""
     address = f"127.0.0.1:{free_port()}"
-    assert submit(photo, None, address, None, 5, progress=False) == 1
+    assert submit(photo, None, address, None, 5, progress=False, retry_delays=(0.01,)) == 1
     err = capsys.readouterr().err
     assert f"the master at {address} is unreachable" in err and "cannot read" not in err
+    assert "sending it again" in err, "tried twice"
 
 
 def test_a_missing_file_is_named(tmp_path, capsys, master):
@@ -137,3 +154,62 @@ def test_the_webhook_is_sent_with_the_upload(photo, master):
     assert fake.upload_params == [{"op": "grayscale", "webhook": url}]
     assert submit(photo, None, address, None, 5, progress=False) == 0
     assert fake.upload_params[1] == {}
+
+
+def test_each_upload_has_its_own_idempotency_key(photo, master):
+    fake, address = master
+    assert submit(photo, None, address, None, 5, progress=False) == 0
+    assert submit(photo, None, address, None, 5, progress=False) == 0
+    first, second = fake.keys
+    assert uuid.UUID(first).version == 4 and first != second
+
+
+def test_an_upload_is_sent_again_with_the_same_key(photo, capsys, master):
+    fake, address = master
+    fake.refusals = [
+        falcon.HTTPServiceUnavailable(title="Service unavailable", description="restarting"),
+        falcon.HTTPConflict(title="Upload in progress", description="the first is stored"),
+    ]
+    assert submit(photo, None, address, None, 5, progress=False, retry_delays=(0, 0)) == 0
+    assert len(fake.keys) == 3 and len(set(fake.keys)) == 1
+    size = photo.stat().st_size
+    assert fake.uploads == [(size, size)] * 3, "each try sends the whole file"
+    assert "job job-1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        falcon.HTTPUnprocessableEntity(title="Idempotency key reused", description="other body"),
+        falcon.HTTPConflict(title="Task cancelled", description="cancelled while uploading"),
+        falcon.HTTPUnsupportedMediaType(title="Not a supported image", description="PDF"),
+    ],
+)
+def test_a_refusal_is_not_retried(photo, capsys, master, refusal):
+    fake, address = master
+    fake.refusals = [refusal]
+    assert submit(photo, None, address, None, 5, progress=False, retry_delays=(0, 0)) == 1
+    assert len(fake.keys) == 1
+    assert f"upload refused: {refusal.status[:3]} {refusal.title}" in capsys.readouterr().err
+
+
+def test_a_job_cancelled_while_waiting_is_said_so(photo, capsys, master):
+    fake, address = master
+    fake.state = "cancelled"
+    assert submit(photo, None, address, None, 5, progress=False) == 1
+    assert "darkroom: job cancelled" in capsys.readouterr().err
+
+
+def test_cancel_prints_the_new_state_or_why_not(capsys, master):
+    fake, address = master
+    fake.state = "queued"
+    assert cancel("job-1", address) == 0
+    assert fake.cancelled == ["job-1"]
+    assert capsys.readouterr().out == "job job-1 cancelled\n"
+    fake.state = "finished"
+    assert cancel("job-1", address) == 1
+    assert "job job-1 not cancelled: 409 Job has ended: the job is finished" in (
+        capsys.readouterr().err
+    )
+    assert cancel("job-1", f"127.0.0.1:{free_port()}") == 1
+    assert "is unreachable" in capsys.readouterr().err

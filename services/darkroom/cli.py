@@ -1,4 +1,5 @@
-"""The darkroom command: serve one role, bring up all of them, submit an image, check a webhook."""
+"""The darkroom command: serve one role, bring up all of them, submit an image, cancel a job,
+check a webhook."""
 
 from __future__ import annotations
 
@@ -93,6 +94,12 @@ def _verify_webhook(args: argparse.Namespace) -> int:
         return 1
     print("valid")
     return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from darkroom.submit import cancel
+
+    return cancel(args.id, args.master, args.api_key or os.environ.get("DARKROOM_API_KEY"))
 
 
 def _add_log_format(parser: argparse.ArgumentParser) -> None:
@@ -214,6 +221,21 @@ def _verify_webhook_parser(commands: argparse._SubParsersAction) -> None:
     verify.set_defaults(func=_verify_webhook)
 
 
+def _cancel_parser(commands: argparse._SubParsersAction) -> None:
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel a job",
+        description="Cancel a job that has not ended: it is never processed further.",
+        formatter_class=_HelpFormatter,
+    )
+    cancel.add_argument("id", help="the job id darkroom submit printed")
+    cancel.add_argument("--master", default="127.0.0.1:3003", help="HOST:PORT of the master")
+    cancel.add_argument(
+        "--api-key", help="when the master asks for one (default: DARKROOM_API_KEY)"
+    )
+    cancel.set_defaults(func=_cancel)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="darkroom", description=__doc__, epilog=ENV_NOTE, formatter_class=_HelpFormatter
@@ -223,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _up_parser(commands)
     _submit_parser(commands)
     _verify_webhook_parser(commands)
+    _cancel_parser(commands)
     return parser
 
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 from PIL import ExifTags, Image, ImageDraw
 
-from support.images import decode, png_bytes
+from support.images import decode, noise_png, png_bytes
 from support.processes import Services, wait_until
 
 sync_api = pytest.importorskip(
@@ -406,3 +406,22 @@ def test_a_jobs_webhook_delivery_is_shown_until_it_settles(page):
         "Webhook to https://hooks.example/in?redacted: delivered, 1 attempt (last: 204)",
         timeout=JOB_TIMEOUT_MS,
     )
+
+
+def test_a_running_job_is_cancelled_with_its_button(page, services):
+    # Several heavy steps on a photo-sized image that does not compress: seconds of work.
+    page.get_by_label("Choose an image").set_input_files(
+        file_payload("noise.png", noise_png((2400, 2400), seed=11), "image/png")
+    )
+    page.get_by_label("Pipeline").fill("blur:50,rotate:33,blur:50,sharpen,blur:50")
+    page.get_by_role("button", name="Process image").click()
+    cancel = page.get_by_role("button", name="Cancel job")
+    expect(cancel).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    cancel.click()
+    expect(page.locator("#job-state")).to_have_text("cancelled", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#after-note")).to_have_text("No result: the job was cancelled.")
+    expect(cancel).to_be_hidden()
+    expect(page.get_by_role("link", name="Download the result")).to_be_hidden()
+    task_id = page.locator("#job-id").inner_text()
+    gone = requests.get(services.url("master", "/get"), params={"id": task_id}, timeout=10)
+    assert gone.status_code == 410

@@ -86,6 +86,9 @@ def test_client_api_refuses_without_or_with_wrong_key(secured):
     assert client.simulate_get("/isReady", params={"id": "1"}).status_code == 401
     wrong = client.simulate_get("/isReady", params={"id": "1"}, headers={"X-API-Key": "nope"})
     assert wrong.status_code == 403
+    assert client.simulate_post("/cancel", params={"id": "1"}).status_code == 401
+    keyed = client.simulate_post("/cancel", params={"id": "1"}, headers=bearer(KEY))
+    assert keyed.status_code == 400, "past authentication to the id check"
 
 
 def test_frontend_asks_browsers_for_basic_auth(secured):

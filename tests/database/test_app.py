@@ -78,13 +78,102 @@ def test_fail_needs_a_reason(client):
     assert failed.json["stateName"] == "failed" and failed.json["error"] == "corrupt image"
 
 
-def test_set_by_id_allows_only_retry_and_cancel(client):
+def test_set_by_id_allows_only_retry_fail_and_cancel(client):
     task_id = new_queued(client)
+
+    def state_of(task_id: str) -> tuple[str, str | None]:
+        task = client.simulate_get("/getById", params={"id": task_id}).json
+        return task["stateName"], task["error"]
+
     assert client.simulate_post("/setById", json={"id": task_id, "state": 2}).status_code == 409
+    # 3 fails a waiting task, as in the seed; 0 retries it
     assert client.simulate_post("/setById", json={"id": task_id, "state": 3}).status_code == 200
+    assert state_of(task_id) == ("failed", "failed by an operator")
     assert client.simulate_post("/setById", json={"id": task_id, "state": 0}).status_code == 200
+    assert state_of(task_id)[0] == "queued"
+    # 4 cancels, as /cancelTask does
+    assert client.simulate_post("/setById", json={"id": task_id, "state": 4}).status_code == 200
+    assert state_of(task_id)[0] == "cancelled"
+    assert client.simulate_post("/setById", json={"id": task_id, "state": 0}).status_code == 409
     assert client.simulate_post("/setById", json={"id": "1", "state": 0}).status_code == 400
     assert client.simulate_post("/setById", json=[1]).status_code == 400
+
+
+def test_set_by_id_state_3_needs_a_waiting_task(client):
+    task_id = new_queued(client)
+    client.simulate_post("/getNewTask")
+    refused = client.simulate_post("/setById", json={"id": task_id, "state": 3})
+    assert refused.status_code == 409 and "in progress" in refused.json["description"]
+
+
+def test_cancel_task_answers_its_document_and_refuses_an_ended_one(client):
+    task_id = new_queued(client)
+    cancelled = client.simulate_post("/cancelTask", params={"id": task_id})
+    assert cancelled.status_code == 200
+    assert cancelled.json["stateName"] == "cancelled" and cancelled.json["state"] == 4
+    assert cancelled.json["finishedAt"] is not None
+    again = client.simulate_post("/cancelTask", params={"id": task_id})
+    assert again.status_code == 200 and again.json == cancelled.json
+    finished = new_queued(client)
+    lease = client.simulate_post("/getNewTask").json["lease"]
+    client.simulate_post("/finishTask", params={"id": finished, "lease": lease})
+    refused = client.simulate_post("/cancelTask", params={"id": finished})
+    assert refused.status_code == 409 and refused.json["title"] == "Task conflict"
+    assert "finished" in refused.json["description"]
+    assert client.simulate_post("/cancelTask", params={"id": "A" * 22}).status_code == 404
+    assert client.simulate_post("/cancelTask", params={"id": "bad"}).status_code == 400
+
+
+@pytest.mark.parametrize("route", ["/heartbeat", "/finishTask", "/failTask", "/releaseTask"])
+def test_a_cancelled_tasks_holder_is_told_so(client, route):
+    task_id = new_queued(client)
+    lease = client.simulate_post("/getNewTask").json["lease"]
+    client.simulate_post("/cancelTask", params={"id": task_id})
+    params = {"id": task_id, "lease": lease, "error": "boom"}
+    refused = client.simulate_post(route, params=params)
+    assert refused.status_code == 409 and refused.json["title"] == "Task cancelled"
+    lost = client.simulate_post(route, params={**params, "id": new_queued(client)})
+    assert lost.status_code == 409 and lost.json["title"] == "Task conflict", (
+        "lost is not cancelled"
+    )
+
+
+def test_an_idempotency_key_names_its_task(client):
+    params = {"pipeline": "swap", "idempotencyKey": "key-1"}
+    created = client.simulate_post("/newTask", params=params)
+    assert created.status_code == 201
+    task_id = created.text
+    holder = client.simulate_post("/newTask", params=params)
+    assert holder.status_code == 200
+    assert holder.json == {
+        "id": task_id,
+        "pipeline": "swap",
+        "stateName": "uploading",
+        "bodySha256": None,
+    }
+    sha = "0f" * 32
+    enqueued = client.simulate_post("/enqueueTask", params={"id": task_id, "bodySha256": sha})
+    assert enqueued.status_code == 200
+    holder = client.simulate_post("/newTask", params=params).json
+    assert holder["bodySha256"] == sha and holder["stateName"] == "queued"
+    task = client.simulate_get("/getById", params={"id": task_id}).json
+    assert task["hasIdempotencyKey"] is True
+
+
+@pytest.mark.parametrize(
+    ("route", "params"),
+    [
+        ("/newTask", {"idempotencyKey": "with space"}),
+        ("/newTask", {"idempotencyKey": "x" * 256}),
+        ("/newTask", {"idempotencyKey": "caf\u00e9"}),
+        ("/enqueueTask", {"id": "A" * 22, "bodySha256": "ABC"}),
+        ("/enqueueTask", {"id": "A" * 22, "bodySha256": "0F" * 32}),
+    ],
+)
+def test_malformed_keys_and_fingerprints_are_400(client, route, params):
+    refused = client.simulate_post(route, params=params)
+    assert refused.status_code == 400
+    assert "must be" in refused.json["description"]
 
 
 def test_list(client):

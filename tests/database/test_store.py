@@ -7,9 +7,18 @@ import time
 
 import pytest
 
+from darkroom.contract.tasks import IdempotencyKeyUsed
 from darkroom.contract.webhooks import Attempt, DeliveryState
+from darkroom.core.config import Config
 from darkroom.core.ids import is_task_id
-from darkroom.database.store import LeasePolicy, SqliteTaskStore, State, TaskConflict, TaskNotFound
+from darkroom.database.store import (
+    LeasePolicy,
+    SqliteTaskStore,
+    State,
+    TaskCancelled,
+    TaskConflict,
+    TaskNotFound,
+)
 
 
 class Clock:
@@ -166,9 +175,9 @@ def test_abandoned_upload_fails_after_timeout(store, clock):
     assert task.state == State.FAILED and task.error == "upload never completed"
 
 
-def test_retry_and_cancel(store):
+def test_a_waiting_task_failed_without_a_lease_is_retried(store):
     task_id = queued(store)
-    assert store.cancel(task_id).error == "cancelled"
+    assert store.fail(task_id, None, "given up", retryable=False).state == State.FAILED
     assert store.retry(task_id).state == State.QUEUED
     assert store.claim().attempts == 1
 
@@ -255,7 +264,7 @@ def test_a_change_wakes_only_the_watchers_of_its_task(tmp_path):
     watched, other = queued(store), queued(store)
     thread, result = _watch_in_thread(store, watched, {State.QUEUED}, 0.4)
     for _ in range(30):  # 60 state changes of the other task
-        store.cancel(other)
+        store.fail(other, None, "given up", retryable=False)
         store.retry(other)
     thread.join(10)
     assert result["task"].state == State.QUEUED
@@ -447,10 +456,14 @@ def test_a_delivery_waits_for_its_job_to_end(store, clock):
     assert delivery.sequence == 1
 
 
-@pytest.mark.parametrize("ending", ["finished", "failed", "lease expired", "upload abandoned"])
+@pytest.mark.parametrize(
+    "ending", ["finished", "failed", "lease expired", "upload abandoned", "cancelled"]
+)
 def test_every_ending_makes_the_delivery_due(store, clock, ending):
     task = store.create("swap", webhook_url=HOOK)
-    if ending == "upload abandoned":
+    if ending == "cancelled":
+        store.cancel(task.id)
+    elif ending == "upload abandoned":
         clock.now += 101  # past the upload timeout: the lapse is written by the sweep
         assert store.expire() == 1
     else:
@@ -543,3 +556,168 @@ def test_deliveries_survive_reopening_and_go_with_their_purged_tasks(tmp_path, s
     assert reopened.delivery(task_id) is None
     with pytest.raises(TaskNotFound):
         reopened.report_delivery(task_id, "lease", Attempt(clock.now, 200), None)
+
+
+# -- cancel ---------------------------------------------------------------------------------
+def test_a_cancelled_queued_task_is_ended_and_never_claimed(store, clock):
+    task_id = queued(store)
+    clock.now += 5
+    cancelled = store.cancel(task_id)
+    assert cancelled.state == State.CANCELLED and cancelled.state.ended
+    assert cancelled.finished_at == clock.now and cancelled.lease_token is None
+    assert store.claim() is None
+    clock.now += 5
+    assert store.cancel(task_id) == cancelled, "cancelling again changes nothing"
+
+
+def test_the_holder_of_a_cancelled_task_is_refused_as_cancelled(store):
+    task_id = queued(store)
+    claim = store.claim()
+    cancelled = store.cancel(task_id)
+    assert cancelled.lease_token is None and cancelled.lease_expires_at is None
+    for call in (
+        lambda: store.heartbeat(task_id, claim.lease_token),
+        lambda: store.finish(task_id, claim.lease_token, ["kept"]),
+        lambda: store.fail(task_id, claim.lease_token, "boom", retryable=True),
+        lambda: store.release(task_id, claim.lease_token),
+    ):
+        with pytest.raises(TaskCancelled):
+            call()
+    assert store.get(task_id).state == State.CANCELLED
+    assert store.finishes_refused == 0, "a cancelled task's finish is not work done twice"
+
+
+def test_a_cancelled_task_outlives_the_lease_it_had(store, clock):
+    task_id = queued(store)
+    store.claim()
+    store.cancel(task_id)
+    clock.now += 1000
+    assert store.get(task_id).state == State.CANCELLED
+    assert store.expire() == 0 and store.claim() is None
+
+
+def test_an_upload_cancelled_before_it_is_stored_is_not_queued(store):
+    upload = store.create("swap")
+    store.cancel(upload.id)
+    with pytest.raises(TaskCancelled):
+        store.enqueue(upload.id)
+
+
+@pytest.mark.parametrize("ending", ["finish", "fail"])
+def test_an_ended_task_is_not_cancelled(store, ending):
+    task_id = queued(store)
+    claim = store.claim()
+    if ending == "finish":
+        store.finish(task_id, claim.lease_token)
+    else:
+        store.fail(task_id, claim.lease_token, "corrupt", retryable=False)
+    with pytest.raises(TaskConflict, match=r"finished|failed") as refused:
+        store.cancel(task_id)
+    assert not isinstance(refused.value, TaskCancelled)
+
+
+def test_cancelled_tasks_are_purged_with_the_other_ended_ones(store, clock):
+    task_id = queued(store)
+    store.cancel(task_id)
+    assert store.counts()[State.CANCELLED] == 1
+    assert store.purge(older_than=clock.now - 1) == 0
+    assert store.purge(older_than=clock.now + 1) == 1
+    with pytest.raises(TaskNotFound):
+        store.get(task_id)
+
+
+def test_a_cancelled_task_is_not_retried(store):
+    task_id = queued(store)
+    store.cancel(task_id)
+    with pytest.raises(TaskConflict, match="cancelled"):
+        store.retry(task_id)
+
+
+# -- idempotency keys -----------------------------------------------------------------------
+SHA = "ab" * 32
+
+
+def test_a_kept_key_names_its_task_instead_of_creating_another(store):
+    first = store.create("swap", idempotency_key="key-1")
+    assert first.idempotency_key == "key-1"
+    with pytest.raises(IdempotencyKeyUsed) as uploading:
+        store.create("grayscale", idempotency_key="key-1")
+    holder = uploading.value.holder
+    assert (holder.task_id, holder.pipeline, holder.state) == (first.id, "swap", State.UPLOADING)
+    assert holder.body_sha256 is None, "no fingerprint while the first upload streams"
+    store.enqueue(first.id, body_sha256=SHA)
+    with pytest.raises(IdempotencyKeyUsed) as queued_:
+        store.create("swap", idempotency_key="key-1")
+    assert queued_.value.holder.body_sha256 == SHA
+    assert queued_.value.holder.state == State.QUEUED
+    assert store.counts()[State.QUEUED] == 1 and store.counts()[State.UPLOADING] == 0
+    assert store.create("swap", idempotency_key="key-2").id != first.id
+    assert store.create("swap").idempotency_key is None
+
+
+def test_a_key_names_its_task_in_any_later_state(store):
+    task = store.create("swap", idempotency_key="k")
+    store.enqueue(task.id, body_sha256=SHA)
+    claim = store.claim()
+    store.fail(task.id, claim.lease_token, "corrupt", retryable=False)
+    with pytest.raises(IdempotencyKeyUsed) as used:
+        store.create("swap", idempotency_key="k")
+    assert used.value.holder.state == State.FAILED and used.value.holder.task_id == task.id
+
+
+@pytest.mark.parametrize("ending", ["abandoned", "timed out", "cancelled"])
+def test_a_key_whose_upload_never_completed_is_free_again(store, clock, ending):
+    first = store.create("swap", idempotency_key="k")
+    if ending == "abandoned":
+        store.fail(first.id, None, "upload failed: storage full", retryable=False)
+    elif ending == "timed out":
+        clock.now += 101
+    else:
+        store.cancel(first.id)
+    second = store.create("swap", idempotency_key="k")
+    assert second.id != first.id
+    with pytest.raises(IdempotencyKeyUsed) as used:
+        store.create("swap", idempotency_key="k")
+    assert used.value.holder.task_id == second.id
+
+
+def test_a_key_is_kept_for_its_period_only(store, clock):
+    first = store.create("swap", idempotency_key="k")
+    store.enqueue(first.id, body_sha256=SHA)
+    clock.now += Config.idempotency_seconds - 1
+    with pytest.raises(IdempotencyKeyUsed):
+        store.create("swap", idempotency_key="k")
+    clock.now += 2
+    assert store.create("swap", idempotency_key="k").id != first.id
+
+
+def test_a_key_whose_task_was_purged_is_free(store, clock):
+    first = store.create("swap", idempotency_key="k")
+    store.cancel(first.id)
+    store.purge(older_than=clock.now + 1)
+    assert store.create("swap", idempotency_key="k").id != first.id
+
+
+def test_keys_are_kept_across_a_restart(tmp_path, store, clock):
+    first = store.create("swap", idempotency_key="k")
+    store.enqueue(first.id, body_sha256=SHA)
+    store.close()
+    reopened = SqliteTaskStore(tmp_path / "tasks.sqlite3", LeasePolicy(), clock=clock)
+    with pytest.raises(IdempotencyKeyUsed) as used:
+        reopened.create("swap", idempotency_key="k")
+    assert used.value.holder.task_id == first.id
+
+
+def test_purge_forgets_old_keys_and_those_of_purged_tasks(tmp_path, clock):
+    store = SqliteTaskStore(tmp_path / "tasks.sqlite3", LeasePolicy(), clock=clock)
+    day_old = store.create("swap", idempotency_key="day-old")
+    store.enqueue(day_old.id, body_sha256=SHA)
+    clock.now += Config.idempotency_seconds / 2
+    store.cancel(store.create("swap", idempotency_key="purged").id)
+    recent = store.create("swap", idempotency_key="recent")
+    store.enqueue(recent.id, body_sha256=SHA)
+    clock.now += Config.idempotency_seconds / 2 + 1
+    assert store.purge(older_than=clock.now - 10) == 1  # the cancelled task
+    keys = {row[0] for row in store._db.execute("SELECT key FROM idempotency_keys")}
+    assert keys == {"recent"}
+    assert store.get(day_old.id).state == State.QUEUED, "the task outlives its key"

@@ -559,3 +559,42 @@ def test_failed_job_reports_its_reason_everywhere(system):
         result = system.client.simulate_get(route, params={"id": task_id})
         assert result.status_code == 422, route
         assert status["error"] in result.json["description"]
+
+
+# Cancel and idempotent uploads ----------------------------------------------------------------
+
+
+def test_cancel_is_relayed_to_the_master(system, png):
+    task_id = submitted_id(system.client, png)
+    cancelled = system.client.simulate_post("/cancel", params={"id": task_id})
+    assert cancelled.status_code == 200 and cancelled.json["stateName"] == "cancelled"
+    again = system.client.simulate_post("/cancel", params={"id": task_id})
+    assert again.status_code == 200 and again.json == cancelled.json
+    gone = system.client.simulate_get("/getImage", params={"id": task_id})
+    assert gone.status_code == 410 and gone.json["title"] == "Job cancelled"
+    finished = submitted_id(system.client, png)
+    system.work()
+    refused = system.client.simulate_post("/cancel", params={"id": finished})
+    assert refused.status_code == 409 and "finished" in refused.json["description"]
+    assert system.client.simulate_post("/cancel", params={"id": "nope"}).status_code == 400
+
+
+def test_the_page_has_a_cancel_button_that_posts_to_cancel(page, system):
+    result, _ = page
+    assert 'id="cancel-job"' in result.text
+    script = system.client.simulate_get("/static/app.js").text
+    assert "/cancel?id=" in script and '$("cancel-job").addEventListener("click"' in script
+
+
+def test_submit_passes_the_idempotency_key_on_and_the_replay_back(system, png):
+    body, content_type = form({"uploadfile": ("photo.png", png, "image/png")})
+    headers = {"Content-Type": content_type, "Idempotency-Key": "key-1"}
+    first = system.client.simulate_post("/submitTask", body=body, headers=headers)
+    again = system.client.simulate_post("/submitTask", body=body, headers=headers)
+    assert first.status_code == again.status_code == 200 and again.text == first.text
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    bad = system.client.simulate_post(
+        "/submitTask", body=body, headers={**headers, "Idempotency-Key": "a b"}
+    )
+    assert bad.status_code == 400 and bad.json["title"] == "Invalid Idempotency-Key"

@@ -28,6 +28,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from darkroom.contract.limits import IDEMPOTENCY_KEY_PATTERN
 from darkroom.contract.pipeline import MAX_PIPELINE_CHARS
 from darkroom.contract.webhooks import MAX_WEBHOOK_URL_CHARS
 from darkroom.core.config import Config
@@ -101,7 +102,20 @@ numbers = st.one_of(
     st.floats(0, 0.02).map(str),
 )
 param_names = st.sampled_from(
-    ["id", "lease", "pipeline", "wait", "error", "retry", "state", "key", "value", "limit"]
+    [
+        "id",
+        "lease",
+        "pipeline",
+        "wait",
+        "error",
+        "retry",
+        "state",
+        "key",
+        "value",
+        "limit",
+        "idempotencyKey",
+        "bodySha256",
+    ]
 )
 params = st.dictionaries(st.one_of(param_names, text), values, max_size=5)
 methods = st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
@@ -180,7 +194,8 @@ class Clock:
 # -- database -----------------------------------------------------------------------------
 
 DATABASE_ROUTES = {
-    ("POST", "/newTask"): {201, 400},
+    ("POST", "/newTask"): {200, 201, 400},  # 200: the idempotency key's task
+    ("POST", "/cancelTask"): {200, 400, 404, 409},
     ("POST", "/enqueueTask"): {200, 400, 404, 409},
     ("GET", "/getById"): {200, 400, 404},
     ("POST", "/getNewTask"): {200, 204, 400},
@@ -254,6 +269,8 @@ class DatabaseMachine(AppMachine):
         self.finished: dict[str, dict] = {}
         self.delivery_lease: dict[str, str | None] = {}
         self.settled: dict[str, dict] = {}  # delivered or failed webhooks: they never change
+        self.cancelled: dict[str, dict] = {}
+        self.keyed: dict[str, set[str]] = {}  # idempotency key -> the tasks created with it
 
     def teardown(self) -> None:
         self.store.close()
@@ -320,6 +337,35 @@ class DatabaseMachine(AppMachine):
         if answer.json["state"] != "pending":
             self.settled[task_id] = answer.json
 
+    @rule(
+        target=tasks,
+        key=st.one_of(st.sampled_from(["k1", "k2"]), values),
+        sha=st.one_of(st.none(), st.just("ab" * 32), values),
+    )
+    def create_with_key(self, key, sha):
+        created = self._call("POST", "/newTask", params={"pipeline": "swap", "idempotencyKey": key})
+        if created.status_code == 400:
+            assert IDEMPOTENCY_KEY_PATTERN.fullmatch(key) is None
+            return multiple()
+        if created.status_code == 200:  # the key's first task: no new one
+            assert created.json["id"] in self.keyed[key] and created.json["pipeline"] == "swap"
+            return multiple()
+        self.keyed.setdefault(key, set()).add(created.text)
+        self.latest_lease[created.text] = None
+        query = {"id": created.text} if sha is None else {"id": created.text, "bodySha256": sha}
+        self._call("POST", "/enqueueTask", params=query)
+        return created.text
+
+    @rule(task_id=st.one_of(tasks, valid_ids, values))
+    def cancel(self, task_id):
+        answer = self._call("POST", "/cancelTask", params={"id": task_id})
+        if answer.status_code == 200:
+            assert answer.json["stateName"] == "cancelled"
+            self.cancelled.setdefault(task_id, answer.json)
+            assert task_id not in self.finished
+        elif answer.status_code == 409:
+            assert self._get(task_id)["stateName"] in ("finished", "failed")
+
     @rule(task_id=st.one_of(tasks, valid_ids, nasty))
     def enqueue(self, task_id):
         self._call("POST", "/enqueueTask", params={"id": task_id})
@@ -382,6 +428,8 @@ class DatabaseMachine(AppMachine):
         answer = self._call("POST", "/setById", **kwargs)
         if answer.status_code == 200 and state in (0,) and task_id in self.latest_lease:
             self.latest_lease[task_id] = None  # a retried task has no lease
+        if answer.status_code == 200 and state == 4 and shape == "object":
+            self.cancelled.setdefault(task_id, self._get(task_id))
 
     @rule(task_id=st.one_of(tasks, valid_ids, values))
     def get(self, task_id):
@@ -420,12 +468,18 @@ class DatabaseMachine(AppMachine):
             assert self._get(task_id)["webhook"] == first
 
     @invariant()
+    def cancelled_tasks_never_change(self):
+        for task_id, first in self.cancelled.items():
+            now = self._get(task_id)
+            assert now["stateName"] == "cancelled", (task_id, first, now)
+            assert now["finishedAt"] == first["finishedAt"]
+
+    @invariant()
     def attempts_are_bounded(self):
         for task in self.store.recent(10_000):
             assert 0 <= task.attempts <= MAX_ATTEMPTS
-            assert (task.state == State.FINISHED) == (task.finished_at is not None) or (
-                task.state == State.FAILED
-            )
+            ended_for_good = task.state in (State.FINISHED, State.CANCELLED)
+            assert ended_for_good == (task.finished_at is not None) or (task.state == State.FAILED)
 
 
 TestDatabaseProperties = DatabaseMachine.TestCase

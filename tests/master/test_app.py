@@ -5,6 +5,7 @@ import sqlite3
 import threading
 import time
 
+import falcon
 import pytest
 from falcon import testing
 
@@ -354,3 +355,131 @@ def test_a_finished_task_is_never_remembered_near_the_end_of_its_retention():
     short = FinishedTasks(RETENTION_MARGIN_SECONDS)
     short.just_finished("x", "v")
     assert short.version("x") == (False, None), "a retention within the margin remembers nothing"
+
+
+# -- cancel ---------------------------------------------------------------------------------
+def test_a_queued_job_is_cancelled_and_gone(client, png):
+    task_id = upload(client, png)
+    cancelled = client.simulate_post("/cancel", params={"id": task_id})
+    assert cancelled.status_code == 200
+    assert cancelled.json["id"] == task_id and cancelled.json["stateName"] == "cancelled"
+    assert "result" not in cancelled.json
+    again = client.simulate_post("/cancel", params={"id": task_id})
+    assert again.status_code == 200 and again.json == cancelled.json
+    assert client.simulate_get("/status", params={"id": task_id}).json["stateName"] == "cancelled"
+    for route in ("/get", "/isReady"):
+        gone = client.simulate_get(route, params={"id": task_id})
+        assert gone.status_code == 410, route
+        assert gone.json["title"] == "Job cancelled"
+    assert client.simulate_post("/getNewTask").status_code == 204, "never handed to a worker"
+
+
+def test_a_job_in_progress_is_cancelled_and_its_worker_told(client, config, png):
+    task_id = upload(client, png)
+    lease = client.simulate_post("/getNewTask").json["lease"]
+    assert client.simulate_post("/cancel", params={"id": task_id}).status_code == 200
+    params = {"id": task_id, "lease": lease}
+    for route in ("/heartbeat", "/registerTaskFinished"):
+        refused = client.simulate_post(route, params=params)
+        assert refused.status_code == 409 and refused.json["title"] == "Task cancelled", route
+    # A result stored before the finish was refused is never served.
+    (config.data_dir / "finished" / f"{task_id}.{result_version(lease)}").write_bytes(png)
+    assert client.simulate_get("/get", params={"id": task_id}).status_code == 410
+
+
+def test_a_finished_or_failed_job_is_not_cancelled(client, config, png):
+    finished = upload(client, png)
+    lease = client.simulate_post("/getNewTask").json["lease"]
+    (config.data_dir / "finished" / f"{finished}.{result_version(lease)}").write_bytes(png)
+    client.simulate_post("/registerTaskFinished", params={"id": finished, "lease": lease})
+    failed = upload(client, png)
+    lease = client.simulate_post("/getNewTask").json["lease"]
+    client.simulate_post("/failTask", params={"id": failed, "lease": lease, "error": "corrupt"})
+    for task_id, state in ((finished, "finished"), (failed, "failed")):
+        refused = client.simulate_post("/cancel", params={"id": task_id})
+        assert refused.status_code == 409
+        assert refused.json["title"] == "Job has ended"
+        assert f"the job is {state}" in refused.json["description"]
+    assert client.simulate_get("/get", params={"id": finished}).status_code == 200
+
+
+def test_cancel_of_an_unknown_or_invalid_id(client):
+    assert client.simulate_post("/cancel", params={"id": "A" * 22}).status_code == 404
+    assert client.simulate_post("/cancel", params={"id": "nope"}).status_code == 400
+    assert client.simulate_post("/cancel").status_code == 400
+
+
+# -- idempotent uploads ---------------------------------------------------------------------
+def keyed_upload(client, body: bytes, key: str, op: str | None = None):
+    params = {"op": op} if op else {}
+    return client.simulate_post("/new", body=body, params=params, headers={"Idempotency-Key": key})
+
+
+def test_an_upload_sent_again_with_its_key_gets_the_same_job(client, tasks, png):
+    first = keyed_upload(client, png, "key-1")
+    assert first.status_code == 200 and "Idempotent-Replayed" not in first.headers
+    again = keyed_upload(client, png, "key-1")
+    assert again.status_code == 200 and again.text == first.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert sum(tasks.counts().values()) == 1
+    status = client.simulate_get("/status", params={"id": first.text}).json
+    assert status["hasIdempotencyKey"] is True
+    other = keyed_upload(client, png, "key-2")
+    assert other.status_code == 200 and other.text != first.text
+    assert (
+        client.simulate_get("/status", params={"id": upload(client, png)}).json["hasIdempotencyKey"]
+        is False
+    )
+
+
+def test_a_key_sent_with_another_op_or_body_is_422_saying_which(client, tasks, png):
+    assert keyed_upload(client, png, "key-1", op="grayscale").status_code == 200
+    other_op = keyed_upload(client, png, "key-1", op="swap")
+    assert other_op.status_code == 422 and "different op" in other_op.json["description"]
+    other_body = keyed_upload(client, png + b"\0", "key-1", op="grayscale")
+    assert other_body.status_code == 422 and "different body" in other_body.json["description"]
+    assert sum(tasks.counts().values()) == 1
+    assert keyed_upload(client, png, "key-1", op="grayscale").status_code == 200
+
+
+def test_a_key_whose_first_upload_is_still_streaming_is_409_at_once(client, tasks, png):
+    tasks.create("swap", idempotency_key="key-1")  # another master is storing its body
+    refused = keyed_upload(client, png, "key-1")
+    assert refused.status_code == 409 and refused.json["title"] == "Upload in progress"
+    assert refused.headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize("key", ["", "with space", "x" * 256, "tab\tkey", "caf\u00e9"])
+def test_a_malformed_key_is_400_and_creates_no_task(client, tasks, png, key):
+    refused = client.simulate_post("/new", body=png, headers={"Idempotency-Key": key})
+    assert refused.status_code == 400 and refused.json["title"] == "Invalid Idempotency-Key"
+    assert sum(tasks.counts().values()) == 0
+
+
+def test_a_key_of_255_visible_characters_is_accepted(client, png):
+    key = "".join(chr(33 + n % 94) for n in range(255))
+    assert keyed_upload(client, png, key).status_code == 200
+    assert keyed_upload(client, png, key).headers["Idempotent-Replayed"] == "true"
+
+
+class StorageDown:
+    def on_post(self, req, resp) -> None:
+        raise falcon.HTTPServiceUnavailable(title="Down", description="restarting")
+
+
+def test_an_upload_that_could_not_be_stored_fails_at_once_and_frees_its_key(config, tasks, png):
+    database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
+    down = falcon.App()
+    down.add_route("/sendImage", StorageDown())
+    storage = StorageClient(service_client(down, "storageAddress", "storage:2"))
+    broken = testing.TestClient(
+        create_app(config, DatabaseClient(database), storage, check_pipeline)
+    )
+    refused = keyed_upload(broken, png, "key-1")
+    assert refused.status_code == 503
+    (abandoned,) = tasks.recent(1)
+    assert abandoned.state.value == "failed" and "upload failed" in abandoned.error
+    working, _ = counted_master(config, tasks)
+    retried = keyed_upload(working, png, "key-1")
+    assert retried.status_code == 200 and retried.text != abandoned.id
+    assert "Idempotent-Replayed" not in retried.headers

@@ -37,3 +37,18 @@ def test_the_webhook_parameter_and_status_field_are_described() -> None:
     task = document()["components"]["schemas"]["Task"]["properties"]["webhook"]
     assert task["properties"]["state"]["enum"] == ["pending", "delivered", "failed"]
     assert "422" in document()["paths"]["/new"]["post"]["responses"]
+
+
+def test_cancel_and_the_idempotency_key_are_documented() -> None:
+    paths = document()["paths"]
+    cancel = paths["/cancel"]["post"]
+    assert {"200", "404", "409"} <= cancel["responses"].keys()
+    assert "410" in paths["/get"]["get"]["responses"]
+    assert "410" in paths["/isReady"]["get"]["responses"]
+    upload = paths["/new"]["post"]
+    [key] = [p for p in upload["parameters"] if p["name"] == "Idempotency-Key"]
+    assert key["in"] == "header" and key["schema"]["pattern"] == r"^[\x21-\x7e]{1,255}$"
+    assert {"409", "422"} <= upload["responses"].keys()
+    assert "Idempotent-Replayed" in upload["responses"]["200"]["headers"]
+    task = document()["components"]["schemas"]["Task"]["properties"]
+    assert "cancelled" in task["stateName"]["enum"] and 4 in task["state"]["enum"]

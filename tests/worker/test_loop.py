@@ -15,7 +15,7 @@ from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
 from darkroom.database.store import State
 from darkroom.master.app import create_app as create_master_app
-from darkroom.master.client import LeaseLost, MasterClient
+from darkroom.master.client import LeaseLost, MasterClient, TaskWasCancelled
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import FileImageStore, Folder
@@ -271,3 +271,70 @@ def test_a_disk_that_stays_full_fails_the_task_after_the_deadline_saying_why(con
     assert time.monotonic() - started >= 1
     assert task.state == State.FAILED and task.attempts == 1
     assert "stayed full for 1 s" in task.error and "no space left" in task.error
+
+
+class HeartbeatWatch(MasterClient):
+    """The master client, noting when a heartbeat is refused because the task was cancelled."""
+
+    def __init__(self, service) -> None:
+        super().__init__(service)
+        self.told_cancelled = threading.Event()
+
+    def heartbeat(self, claim) -> None:
+        try:
+            super().heartbeat(claim)
+        except TaskWasCancelled:
+            self.told_cancelled.set()
+            raise
+
+
+class CountedResults(FileImageStore):
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.results_written = 0
+
+    def write(self, folder, task_id, chunks, limit, version=None) -> int:
+        self.results_written += folder == Folder.FINISHED
+        return super().write(folder, task_id, chunks, limit, version)
+
+
+def test_a_task_cancelled_while_processing_stops_at_the_next_heartbeat(config):
+    images = CountedResults(config.data_dir)
+    tasks, storage, master, _ = build_system(config, images)
+    watched = HeartbeatWatch(master.service)
+    task_id = submit(tasks, storage, b"\x89PNG-abc")
+
+    def cancelled_meanwhile(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str:
+        tasks.cancel(task_id)  # the client cancels while the image is processed
+        assert watched.told_cancelled.wait(10), "a heartbeat came and was refused"
+        destination.write(b"a result nobody wants")
+        return "application/octet-stream"
+
+    # A lease of 0.15 s: a heartbeat every 0.05 s
+    loop = TaskLoop(watched, storage, cancelled_meanwhile, Rejected, 0, 0.15, 5, threading.Event())
+    claim = watched.claim(0, 5)
+    loop.handle(claim)
+    assert tasks.get(task_id).state == State.CANCELLED
+    assert images.results_written == 0, "the result is never sent"
+    assert (loop.completed, loop.failed) == (0, 0)
+    with pytest.raises(TaskWasCancelled) as caught:
+        watched.heartbeat(claim)
+    assert isinstance(caught.value, LeaseLost) and caught.value.title == "Task cancelled"
+
+
+def test_a_task_cancelled_after_its_last_heartbeat_has_its_sent_result_removed(system, config):
+    tasks, storage, master, _ = system
+    task_id = submit(tasks, storage, b"\x89PNG-abc")
+
+    def cancelled_at_the_end(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str:
+        destination.write(b"a result nobody wants")
+        tasks.cancel(task_id)  # after the last heartbeat: the finish is what is refused
+        return "application/octet-stream"
+
+    loop = TaskLoop(master, storage, cancelled_at_the_end, Rejected, 0, 60, 5, threading.Event())
+    claim_and_handle(master, loop)
+    assert tasks.get(task_id).state == State.CANCELLED
+    assert list((config.data_dir / "finished").iterdir()) == [], "the sent result is removed"
+    assert (loop.completed, loop.failed) == (0, 0)
+    served = master.service.request("GET", "/get", params={"id": task_id})
+    assert served.status_code == 410

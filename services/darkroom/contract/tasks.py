@@ -23,6 +23,7 @@ class TaskState(enum.StrEnum):
     IN_PROGRESS = "in progress"
     FINISHED = "finished"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by its client (``/cancel``): ended, never processed further
 
     @property
     def code(self) -> int:
@@ -30,7 +31,8 @@ class TaskState(enum.StrEnum):
 
     @property
     def ended(self) -> bool:
-        """Finished or failed: the task changes no more (but for an operator's retry)."""
+        """Finished, failed or cancelled: the task changes no more (but for an operator's retry
+        of a failed one)."""
         return self in ENDED_STATES
 
     @classmethod
@@ -56,10 +58,16 @@ _CODES = {
     TaskState.IN_PROGRESS: 1,
     TaskState.FINISHED: 2,
     TaskState.FAILED: 3,
+    TaskState.CANCELLED: 4,
 }
 _BY_CODE = {code: state for state, code in _CODES.items()}
-ENDED_STATES = frozenset({TaskState.FINISHED, TaskState.FAILED})
+ENDED_STATES = frozenset({TaskState.FINISHED, TaskState.FAILED, TaskState.CANCELLED})
 UNFINISHED_STATES = frozenset(TaskState) - ENDED_STATES
+
+
+# The title of the database's 409 to a worker's call about a task its client cancelled: the
+# worker's client tells it from a lost lease by it.
+TASK_CANCELLED_TITLE = "Task cancelled"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,3 +83,43 @@ class Claim:
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> Claim:
         return cls(document["id"], document["lease"], document["pipeline"], document["attempts"])
+
+
+# -- idempotent uploads -------------------------------------------------------------------
+# The header of an upload (``/new``) that names it, and the header of the answer to a second
+# upload with the same key: the job is the first one's.
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyHolder:
+    """The task an upload's ``Idempotency-Key`` was first used for, as the database tells the
+    master: enough to tell a replay (same ``op``, same body) from a misuse of the key."""
+
+    task_id: str
+    pipeline: str
+    state: TaskState
+    # hex SHA-256 of the first upload's body; None while that upload is still streaming
+    body_sha256: str | None
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "id": self.task_id,
+            "pipeline": self.pipeline,
+            "stateName": self.state.value,
+            "bodySha256": self.body_sha256,
+        }
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> KeyHolder:
+        state = TaskState.parse(document["stateName"])
+        return cls(document["id"], document["pipeline"], state, document["bodySha256"])
+
+
+class IdempotencyKeyUsed(Exception):
+    """A task was created with this idempotency key before (and the key is still kept)."""
+
+    def __init__(self, holder: KeyHolder) -> None:
+        super().__init__(f"idempotency key already used for task {holder.task_id}")
+        self.holder = holder

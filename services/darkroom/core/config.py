@@ -58,6 +58,9 @@ class Config:
     # finished and failed jobs, with their files, are removed after this long
     retention_seconds: float = 3 * 24 * 3600.0
     sweep_interval_seconds: float = 600.0
+    # an upload's Idempotency-Key names its job for this long: a retry within it gets the same
+    # job; the sweep forgets older keys (24 h, as the job APIs clients know from elsewhere)
+    idempotency_seconds: float = 24 * 3600.0
     http_timeout_seconds: float = 30.0
     # a request line and headers must arrive within this long, however steadily they trickle
     request_header_seconds: float = 10.0

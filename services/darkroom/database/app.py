@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 import sqlite3
 from typing import Any
 
@@ -12,12 +13,20 @@ from prometheus_client import CollectorRegistry
 
 from darkroom.contract.folders import result_version
 from darkroom.contract.limits import (
+    IDEMPOTENCY_KEY_DESCRIPTION,
+    IDEMPOTENCY_KEY_PATTERN,
     MAX_ERROR_LENGTH,
     MAX_NOTE_LENGTH,
     MAX_NOTES,
     MAX_PIPELINE_CHARS,
+    SHA256_HEX_PATTERN,
 )
-from darkroom.contract.tasks import UNFINISHED_STATES, TaskState
+from darkroom.contract.tasks import (
+    TASK_CANCELLED_TITLE,
+    UNFINISHED_STATES,
+    IdempotencyKeyUsed,
+    TaskState,
+)
 from darkroom.contract.webhooks import (
     MAX_ATTEMPT_ERROR_CHARS,
     MAX_WEBHOOK_URL_CHARS,
@@ -32,7 +41,14 @@ from darkroom.core.ids import require_task_id
 from darkroom.core.longpoll import LongPolls
 from darkroom.core.params import state_param, wait_param
 from darkroom.database.metrics import QueueCollector
-from darkroom.database.store import Delivery, Task, TaskConflict, TaskNotFound, TaskStore
+from darkroom.database.store import (
+    Delivery,
+    Task,
+    TaskCancelled,
+    TaskConflict,
+    TaskNotFound,
+    TaskStore,
+)
 
 
 def _timestamp(seconds: float | None) -> str | None:
@@ -52,6 +68,7 @@ def task_document(
         "attempts": task.attempts,
         "error": task.error,
         "notes": list(task.notes),
+        "hasIdempotencyKey": task.idempotency_key is not None,
         "createdAt": _timestamp(task.created_at),
         "updatedAt": _timestamp(task.updated_at),
         "finishedAt": _timestamp(task.finished_at),
@@ -87,6 +104,16 @@ def _lease(req: falcon.Request) -> str:
     return req.get_param("lease", required=True)
 
 
+def _matching_param(
+    req: falcon.Request, name: str, pattern: re.Pattern[str], description: str
+) -> str | None:
+    """The optional parameter ``name``, or 400 when it does not match ``pattern``."""
+    value = req.get_param(name)
+    if value is not None and pattern.fullmatch(value) is None:
+        raise falcon.HTTPInvalidParam(f"The value must be {description}.", name)
+    return value
+
+
 def _success(resp: falcon.Response) -> None:
     resp.content_type = falcon.MEDIA_TEXT
     resp.text = "success"
@@ -113,14 +140,29 @@ class Tasks:
                 title="Invalid webhook",
                 description=f"webhook must be 1 to {MAX_WEBHOOK_URL_CHARS} characters",
             )
-        task = self._store.create(pipeline, webhook_url=webhook_url)
+        key = _matching_param(
+            req, "idempotencyKey", IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_DESCRIPTION
+        )
+        try:
+            task = self._store.create(pipeline, webhook_url=webhook_url, idempotency_key=key)
+        except IdempotencyKeyUsed as used:
+            # Not an error: the master decides whether the upload is a replay or a misuse.
+            resp.media = used.holder.to_document()
+            return
         resp.status = falcon.HTTP_201
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = task.id
 
     def on_post_enqueue(self, req: falcon.Request, resp: falcon.Response) -> None:
-        self._store.enqueue(require_task_id(req))
+        task_id = require_task_id(req)
+        body_sha256 = _matching_param(
+            req, "bodySha256", SHA256_HEX_PATTERN, "64 lowercase hex digits"
+        )
+        self._store.enqueue(task_id, body_sha256=body_sha256)
         _success(resp)
+
+    def on_post_cancel(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = task_document(self._store.cancel(require_task_id(req)))
 
     def on_get_by_id(self, req: falcon.Request, resp: falcon.Response) -> None:
         """A task; with ``wait``, long-polls until it leaves ``state`` (default: until it ends)."""
@@ -178,7 +220,8 @@ class Tasks:
         _success(resp)
 
     def on_post_set(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """The seed's ``/setById``, limited to the moves an operator may make."""
+        """The seed's ``/setById``, limited to the moves an operator may make: 0 retries a failed
+        task, 3 fails a waiting one (as in the seed), 4 cancels one that has not ended."""
         body = req.get_media()
         if not isinstance(body, dict) or not isinstance(body.get("state"), int):
             raise falcon.HTTPBadRequest(
@@ -189,16 +232,21 @@ class Tasks:
         require_task_id(req)
         actions = {
             TaskState.QUEUED.code: self._store.retry,
-            TaskState.FAILED.code: self._store.cancel,
+            TaskState.FAILED.code: self._fail_waiting,
+            TaskState.CANCELLED.code: self._store.cancel,
         }
         action = actions.get(body["state"])
         if action is None:
             raise falcon.HTTPConflict(
                 title="State change not allowed",
-                description="only 0 (retry a failed task) or 3 (cancel a waiting task) may be set",
+                description="only 0 (retry a failed task), 3 (fail a waiting task)"
+                " or 4 (cancel a task that has not ended) may be set",
             )
         action(task_id)
         _success(resp)
+
+    def _fail_waiting(self, task_id: str) -> Task:
+        return self._store.fail(task_id, None, "failed by an operator", retryable=False)
 
     def on_get_list(self, req: falcon.Request, resp: falcon.Response) -> None:
         limit = req.get_param_as_int("limit", min_value=1, max_value=10_000, default=100)
@@ -271,6 +319,10 @@ def _conflict(req: falcon.Request, resp: falcon.Response, ex: TaskConflict, para
     raise falcon.HTTPConflict(title="Task conflict", description=str(ex))
 
 
+def _cancelled(req: falcon.Request, resp: falcon.Response, ex: TaskCancelled, params: Any) -> None:
+    raise falcon.HTTPConflict(title=TASK_CANCELLED_TITLE, description=str(ex))
+
+
 def _database_error(
     req: falcon.Request, resp: falcon.Response, ex: sqlite3.OperationalError, params: Any
 ) -> None:
@@ -286,6 +338,7 @@ def create_app(config: Config, store: TaskStore) -> falcon.App:
     app.add_error_handler(sqlite3.OperationalError, _database_error)
     app.add_error_handler(TaskNotFound, _not_found)
     app.add_error_handler(TaskConflict, _conflict)
+    app.add_error_handler(TaskCancelled, _cancelled)
     # A waiting claim or task watch holds a server thread: bounded in time, and in number
     # whatever the number of masters and workers (half the threads, as the master's polls).
     long_polls = LongPolls(config.threads // 2)
@@ -300,6 +353,7 @@ def create_app(config: Config, store: TaskStore) -> falcon.App:
         "/failTask": "fail",
         "/releaseTask": "release",
         "/setById": "set",
+        "/cancelTask": "cancel",
         "/list": "list",
     }
     for path, suffix in routes.items():

@@ -9,6 +9,7 @@ from typing import Any
 
 import requests
 
+from darkroom.contract.tasks import IdempotencyKeyUsed, KeyHolder
 from darkroom.contract.webhooks import Attempt
 from darkroom.core.discovery import ServiceClient
 from darkroom.core.errors import raise_for_upstream
@@ -27,13 +28,33 @@ class DatabaseClient:
         raise_for_upstream(response, "database")
         return response
 
-    def create(self, pipeline: str, *, webhook_url: str | None = None) -> str:
-        params = {"pipeline": pipeline, "webhook": webhook_url}
+    def create(
+        self,
+        pipeline: str,
+        *,
+        webhook_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """A new uploading task's id; with ``idempotency_key``, IdempotencyKeyUsed naming the
+        task the key is kept for, if it is."""
+        params = {"pipeline": pipeline, "webhook": webhook_url, "idempotencyKey": idempotency_key}
         with self._checked("POST", "/newTask", params=params) as response:
+            if response.status_code == 200:  # 201 is a new task
+                raise IdempotencyKeyUsed(KeyHolder.from_document(response.json()))
             return response.text
 
-    def enqueue(self, task_id: str) -> None:
-        self._checked("POST", "/enqueueTask", params={"id": task_id}).close()
+    def enqueue(self, task_id: str, *, body_sha256: str | None = None) -> None:
+        params = {"id": task_id, "bodySha256": body_sha256}
+        self._checked("POST", "/enqueueTask", params=params).close()
+
+    def abandon_upload(self, task_id: str, error: str) -> None:
+        """Fail an upload that could not be stored (it frees its idempotency key)."""
+        self._checked("POST", "/failTask", params={"id": task_id, "error": error}).close()
+
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        """Cancel the task; its document. ServiceConflict when it is finished or failed."""
+        with self._checked("POST", "/cancelTask", params={"id": task_id}) as response:
+            return response.json()
 
     def get(self, task_id: str, wait: float = 0.0, state: str | None = None) -> dict[str, Any]:
         """The task; with ``wait``, once it leaves ``state`` (default: once it ends) or after it."""

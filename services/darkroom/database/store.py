@@ -2,7 +2,13 @@
 
 A claim gives a task a lease (token and expiry). Only the lease holder may extend, finish or
 fail it. An expired lease puts the task back in the queue; after ``max_attempts`` claims the
-task fails, keeping the last error. A finished task never changes again.
+task fails, keeping the last error. A finished task never changes again. A client may cancel a
+task that has not ended: its lease is dropped, and its holder's next call is refused
+(``TaskCancelled``).
+
+An upload's idempotency key is kept in a table of its own, with the task it created and the
+SHA-256 of its body, for ``idempotency_seconds``: ``create`` with a kept key raises
+``IdempotencyKeyUsed`` naming that task instead of creating another.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from darkroom.contract.limits import MAX_ERROR_LENGTH
-from darkroom.contract.tasks import TaskState
+from darkroom.contract.tasks import ENDED_STATES, IdempotencyKeyUsed, KeyHolder, TaskState
 from darkroom.contract.webhooks import KEPT_ATTEMPTS, Attempt, DeliveryState
 from darkroom.core.atomicfile import create_private_file, make_private_directory
 from darkroom.core.config import Config
@@ -43,6 +49,8 @@ class Task:
     lease_expires_at: float | None = None
     # a finished task's notes for the user: what was skipped, kept, or removed (metadata)
     notes: tuple[str, ...] = ()
+    # the Idempotency-Key its upload came with (None without one)
+    idempotency_key: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,14 +81,27 @@ class TaskConflict(Exception):
     """The request does not fit the task's state or lease; the message says how."""
 
 
+class TaskCancelled(TaskConflict):
+    """A call about a task its client cancelled: the worker holding it stops."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id} was cancelled by its client")
+
+
 class TaskStore(Protocol):
     # Leases that expired since the store opened (a requeue or a final failure each).
     lease_expiries: int
     # Finishes refused since the store opened: the work of a lost lease, done twice.
     finishes_refused: int
 
-    def create(self, pipeline: str, *, webhook_url: str | None = None) -> Task: ...
-    def enqueue(self, task_id: str) -> Task: ...
+    def create(
+        self,
+        pipeline: str,
+        *,
+        webhook_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Task: ...
+    def enqueue(self, task_id: str, *, body_sha256: str | None = None) -> Task: ...
     def get(self, task_id: str) -> Task: ...
     def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task: ...
     def claim(self, wait_seconds: float = 0.0) -> Task | None: ...
@@ -130,13 +151,20 @@ CREATE TABLE IF NOT EXISTS webhooks (
     last TEXT
 );
 CREATE INDEX IF NOT EXISTS webhooks_by_due ON webhooks (state, due_at);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    body_sha256 TEXT,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_task ON idempotency_keys (task_id);
 """
 _COLUMNS = (
     "id, state, pipeline, attempts, error, created_at, updated_at, finished_at,"
-    " lease_token, lease_expires_at, notes"
+    " lease_token, lease_expires_at, notes, idempotency_key"
 )
 # Columns added since the first schema: a file made before them gets them when opened.
-_ADDED_COLUMNS = {"notes": "TEXT"}
+_ADDED_COLUMNS = {"notes": "TEXT", "idempotency_key": "TEXT"}
 _DELIVERY_COLUMNS = (
     "task_id, url, state, attempts, sequence, ended_at, due_at, lease_token, lease_expires_at, last"
 )
@@ -149,6 +177,7 @@ class LeasePolicy:
     lease_seconds: float = Config.lease_seconds
     max_attempts: int = Config.max_attempts
     upload_timeout_seconds: float = Config.upload_timeout_seconds
+    idempotency_seconds: float = Config.idempotency_seconds
 
 
 class SqliteTaskStore:
@@ -258,15 +287,26 @@ class SqliteTaskStore:
             self._queue_changed.notify()
 
     # -- life cycle ---------------------------------------------------------------------
-    def create(self, pipeline: str, *, webhook_url: str | None = None) -> Task:
-        """A new task, uploading until ``enqueue``; with ``webhook_url``, its delivery armed."""
+    def create(
+        self,
+        pipeline: str,
+        *,
+        webhook_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Task:
+        """A new task, uploading until ``enqueue``; with ``webhook_url``, its delivery armed.
+
+        With ``idempotency_key``: IdempotencyKeyUsed when the key is kept for another task.
+        """
         now = self._clock()
         task_id = self._new_id()
         with self._transaction():
+            if idempotency_key is not None:
+                self._claim_key(idempotency_key, task_id, now)
             self._db.execute(
-                "INSERT INTO tasks (id, state, pipeline, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (task_id, State.UPLOADING, pipeline, now, now),
+                "INSERT INTO tasks (id, state, pipeline, created_at, updated_at, idempotency_key)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (task_id, State.UPLOADING, pipeline, now, now, idempotency_key),
             )
             if webhook_url is not None:
                 self._db.execute(
@@ -275,14 +315,22 @@ class SqliteTaskStore:
                 )
             return self._row(task_id)
 
-    def enqueue(self, task_id: str) -> Task:
+    def enqueue(self, task_id: str, *, body_sha256: str | None = None) -> Task:
+        """Queue an uploaded task; ``body_sha256`` fixes its idempotency key's fingerprint."""
         with self._transaction():
             task = self._current(task_id)
             if task.state == State.UPLOADING:
                 task = self._update(task_id, state=State.QUEUED)
+            elif task.state == State.CANCELLED:
+                raise TaskCancelled(task_id)
             elif task.state != State.QUEUED:
                 raise TaskConflict(
                     f"task is {task.state.value}; only an uploading task is enqueued"
+                )
+            if body_sha256 is not None:
+                self._db.execute(
+                    "UPDATE idempotency_keys SET body_sha256 = ? WHERE task_id = ?",
+                    (body_sha256, task_id),
                 )
         self._notify_claimers()
         return task
@@ -370,6 +418,8 @@ class SqliteTaskStore:
             # A holder whose lease just expired may still finish while nobody else holds it.
             try:
                 self._held(task_id, lease_token, State.IN_PROGRESS, State.QUEUED)
+            except TaskCancelled:
+                raise  # no work done twice: the client did not want it
             except TaskConflict:
                 self.finishes_refused += 1  # finished already, or the lease went to another
                 raise
@@ -386,8 +436,9 @@ class SqliteTaskStore:
         with self._transaction():
             task = self._current(task_id)
             if lease_token is None:
-                # Without a lease only an upload can be abandoned (by the master).
-                if task.state != State.UPLOADING:
+                # Without a lease only a waiting task is failed: an upload the master abandons,
+                # or a task an operator gives up on (/setById with state 3).
+                if task.state not in (State.UPLOADING, State.QUEUED):
                     raise TaskConflict(f"task is {task.state.value}; failing it needs its lease")
                 return self._update(
                     task_id, state=State.FAILED, error=error, finished_at=self._clock()
@@ -441,24 +492,73 @@ class SqliteTaskStore:
         self._notify_claimers()
         return task
 
+    def purge(self, older_than: float) -> int:
+        """Delete ended tasks that ended before ``older_than`` (epoch seconds); forget the
+        idempotency keys older than ``idempotency_seconds`` or whose task is gone."""
+        ended = tuple(ENDED_STATES)
+        with self._transaction():
+            purged = self._db.execute(
+                f"DELETE FROM tasks WHERE state IN ({', '.join('?' * len(ended))})"
+                " AND finished_at < ?",
+                (*ended, older_than),
+            ).rowcount
+            self._db.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < ?"
+                " OR task_id NOT IN (SELECT id FROM tasks)",
+                (self._clock() - self._policy.idempotency_seconds,),
+            )
+            return purged
+
+    # -- cancel -------------------------------------------------------------------------
     def cancel(self, task_id: str) -> Task:
+        """Cancel a task that has not ended (its lease dropped); a cancelled one is returned
+        as it is; TaskConflict for a finished or failed one."""
         with self._transaction():
             task = self._current(task_id)
-            if task.state == State.FAILED:
+            if task.state == State.CANCELLED:
                 return task
-            if task.state not in (State.QUEUED, State.UPLOADING):
-                raise TaskConflict(f"task is {task.state.value}; only a waiting task is cancelled")
+            if task.state.ended:
+                raise TaskConflict(
+                    f"the job is {task.state.value}; only a job that has not ended is cancelled"
+                )
             return self._update(
-                task_id, state=State.FAILED, error="cancelled", finished_at=self._clock()
+                task_id,
+                state=State.CANCELLED,
+                finished_at=self._clock(),
+                lease_token=None,
+                lease_expires_at=None,
             )
 
-    def purge(self, older_than: float) -> int:
-        """Delete finished and failed tasks that ended before ``older_than`` (epoch seconds)."""
-        with self._transaction():
-            return self._db.execute(
-                "DELETE FROM tasks WHERE state IN (?, ?) AND finished_at < ?",
-                (State.FINISHED, State.FAILED, older_than),
-            ).rowcount
+    # -- idempotency keys ---------------------------------------------------------------
+    def _claim_key(self, key: str, task_id: str, now: float) -> None:
+        """Tie ``key`` to the new task ``task_id``, or raise IdempotencyKeyUsed when it is kept
+        for another. Inside a transaction."""
+        holder = self._key_holder(key, now)
+        if holder is not None:
+            raise IdempotencyKeyUsed(holder)
+        self._db.execute(
+            "INSERT OR REPLACE INTO idempotency_keys (key, task_id, body_sha256, created_at)"
+            " VALUES (?, ?, NULL, ?)",
+            (key, task_id, now),
+        )
+
+    def _key_holder(self, key: str, now: float) -> KeyHolder | None:
+        """The task ``key`` is kept for, or None when it is free: never used, older than
+        ``idempotency_seconds``, its task purged, or its first upload never completed
+        (abandoned, timed out or cancelled before its body was stored)."""
+        row = self._db.execute(
+            "SELECT task_id, body_sha256, created_at FROM idempotency_keys WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None or row[2] < now - self._policy.idempotency_seconds:
+            return None
+        task_id, body_sha256, _ = row
+        try:
+            task = _lapsed(self._row(task_id), now, self._policy)
+        except TaskNotFound:
+            return None
+        if body_sha256 is None and task.state != State.UPLOADING:
+            return None
+        return KeyHolder(task.id, task.pipeline, task.state, body_sha256)
 
     def counts(self) -> dict[State, int]:
         with self._read_lock:
@@ -485,6 +585,8 @@ class SqliteTaskStore:
     # -- rules --------------------------------------------------------------------------
     def _held(self, task_id: str, lease_token: str, *states: State) -> Task:
         task = self._current(task_id)
+        if task.state == State.CANCELLED:
+            raise TaskCancelled(task_id)
         if task.lease_token != lease_token:
             raise TaskConflict("lease lost: the task is leased to another worker or not leased")
         if task.state not in states:
@@ -691,7 +793,7 @@ def _delivery(row: tuple) -> Delivery:
 
 def _task(row: tuple) -> Task:
     (task_id, state, pipeline, attempts, error, created, updated, finished) = row[:8]
-    token, expires, notes = row[8:]
+    token, expires, notes, idempotency_key = row[8:]
     return Task(
         id=task_id,
         state=State.from_code(state),
@@ -704,4 +806,5 @@ def _task(row: tuple) -> Task:
         lease_token=token,
         lease_expires_at=expires,
         notes=tuple(json.loads(notes)) if notes else (),
+        idempotency_key=idempotency_key,
     )

@@ -13,6 +13,7 @@ import falcon
 import requests
 
 from darkroom.contract.pipeline import MAX_PIPELINE_CHARS
+from darkroom.contract.tasks import IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER
 from darkroom.core.app import create_base_app
 from darkroom.core.auth import BASIC_CHALLENGE, CLIENT, PUBLIC
 from darkroom.core.config import Config
@@ -42,6 +43,12 @@ OP_FIELD = "op"
 MAX_OP_BYTES = 4 * MAX_PIPELINE_CHARS
 # What a form adds around the image (boundaries, part headers, the op field).
 FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+def _idempotency_header(req: falcon.Request) -> dict[str, str]:
+    """The upload's Idempotency-Key, passed on as it is (the master checks it)."""
+    key = req.get_header(IDEMPOTENCY_KEY_HEADER)
+    return {} if key is None else {IDEMPOTENCY_KEY_HEADER: key}
 
 
 def _invalid_op(description: str) -> falcon.HTTPBadRequest:
@@ -104,8 +111,16 @@ class Jobs:
             # A webhook URL in the query goes to the master as it is: the master checks it.
             if (webhook := single_param(req, "webhook")) is not None:
                 params["webhook"] = webhook
-            upstream = self._master.request("POST", "/new", params=params, data=image)
+            upstream = self._master.request(
+                "POST", "/new", params=params, data=image, headers=_idempotency_header(req)
+            )
+            if replayed := upstream.headers.get(REPLAYED_HEADER):
+                resp.set_header(REPLAYED_HEADER, replayed)
             relay(upstream, resp, "master")
+
+    def on_post_cancel(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params = {"id": require_task_id(req)}
+        relay(self._master.request("POST", "/cancel", params=params), resp, "master")
 
     def _poll(self, req: falcon.Request, path: str) -> requests.Response:
         """Ask the master, passing on a long poll's ``wait`` and ``state`` (it checks them)."""
@@ -222,4 +237,5 @@ def create_app(config: Config, master: MasterClient, readiness: list | None = No
     app.add_route("/isReady", jobs, suffix="is_ready")
     app.add_route("/status", jobs, suffix="status")
     app.add_route("/getImage", jobs, suffix="image")
+    app.add_route("/cancel", jobs, suffix="cancel")
     return app

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 import falcon
 
+from darkroom.contract.errors import ServiceConflict
 from darkroom.contract.folders import Folder, result_version
-from darkroom.contract.tasks import TaskState
+from darkroom.contract.limits import IDEMPOTENCY_KEY_DESCRIPTION, IDEMPOTENCY_KEY_PATTERN
+from darkroom.contract.tasks import (
+    IDEMPOTENCY_KEY_HEADER,
+    REPLAYED_HEADER,
+    IdempotencyKeyUsed,
+    KeyHolder,
+    TaskState,
+)
 from darkroom.core.app import create_base_app
 from darkroom.core.auth import CLIENT
 from darkroom.core.config import Config
@@ -79,6 +88,7 @@ class Jobs:
         except ValueError as exc:
             raise falcon.HTTPBadRequest(title="Invalid operation", description=str(exc)) from exc
         webhook_url = self._webhook_param(req)
+        key = _idempotency_key(req)
         stream = req.bounded_stream
         head = _read_head(stream)
         if not head:
@@ -95,15 +105,23 @@ class Jobs:
         # retention (the chaos test checks for such orphans). Storing the image first and then
         # creating the task queued saves a call but leaves an orphan when the master dies in
         # between: measured and given up (docs/benchmarks.md).
-        task_id = self._database.create(pipeline, webhook_url=webhook_url)
+        body = itertools.chain([head], iter_chunks(stream))
         try:
-            body = itertools.chain([head], iter_chunks(stream))
-            self._storage.send(Folder.WORKING, task_id, body, size=req.content_length)
+            task_id = self._database.create(pipeline, webhook_url=webhook_url, idempotency_key=key)
+        except IdempotencyKeyUsed as used:
+            self._replay(used.holder, pipeline, body, resp)
+            return
+        # An idempotency key remembers the body by its hash, taken as it streams to storage.
+        fingerprint = _Fingerprint() if key else None
+        try:
+            sent = body if fingerprint is None else fingerprint.passing(body)
+            self._storage.send(Folder.WORKING, task_id, sent, size=req.content_length)
         except Exception as exc:
-            # Leave no half-made task behind; the client gets the storage's error.
+            # Leave no half-made task behind (its key freed); the client gets the storage's error.
             self._abandon(task_id, exc)
             raise
-        self._database.enqueue(task_id)
+        body_sha256 = None if fingerprint is None else fingerprint.hexdigest()
+        self._database.enqueue(task_id, body_sha256=body_sha256)
         # The worker logs under the task id: this line links the upload's request id to it.
         log.info("job queued", extra={"task": task_id, "pipeline": pipeline})
         resp.content_type = falcon.MEDIA_TEXT
@@ -132,6 +150,44 @@ class Jobs:
             ) from exc
         return url
 
+    def _replay(
+        self, holder: KeyHolder, pipeline: str, body: Iterable[bytes], resp: falcon.Response
+    ) -> None:
+        """A second upload with a kept Idempotency-Key: its job again when it is the same
+        upload (same op, same body), else refused. Its body is only hashed, never stored."""
+        if holder.pipeline != pipeline:
+            raise falcon.HTTPUnprocessableEntity(
+                title="Idempotency key reused",
+                description="This Idempotency-Key was used for an upload with a different op;"
+                " use a new key for a different job.",
+            )
+        if holder.body_sha256 is None:
+            raise falcon.HTTPConflict(
+                title="Upload in progress",
+                description="The first upload with this Idempotency-Key is still in progress;"
+                " send it again once that one has ended.",
+                headers={"Retry-After": "1"},
+            )
+        fingerprint = _Fingerprint()
+        size = 0
+        for chunk in fingerprint.passing(body):
+            size += len(chunk)
+            if size > self._max_upload_bytes:
+                raise falcon.HTTPContentTooLarge(
+                    title="Image too large",
+                    description=f"Images may be at most {self._max_upload_bytes} bytes.",
+                )
+        if fingerprint.hexdigest() != holder.body_sha256:
+            raise falcon.HTTPUnprocessableEntity(
+                title="Idempotency key reused",
+                description="This Idempotency-Key was used for an upload with a different body;"
+                " use a new key for a different image.",
+            )
+        log.info("upload replayed", extra={"task": holder.task_id})
+        resp.set_header(REPLAYED_HEADER, "true")
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.text = holder.task_id
+
     def _abandon(self, task_id: str, cause: Exception) -> None:
         reason = getattr(cause, "description", None) or type(cause).__name__
         # The upload error is the one to report; the database also fails stale uploads itself.
@@ -157,7 +213,7 @@ class Jobs:
             resp.text = "1"
             return
         task = self._task(req)
-        _raise_if_failed(task)
+        _raise_if_failed_or_cancelled(task)
         resp.text = "1" if task["stateName"] == TaskState.FINISHED else "0"
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -178,7 +234,7 @@ class Jobs:
 
     def _finished_task(self, req: falcon.Request) -> dict[str, Any]:
         task = self._task(req)
-        _raise_if_failed(task)
+        _raise_if_failed_or_cancelled(task)
         if task["stateName"] != TaskState.FINISHED:
             raise falcon.HTTPConflict(
                 title="Not finished",
@@ -187,12 +243,54 @@ class Jobs:
             )
         return task
 
+    def on_post_cancel(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Cancel a job that has not ended; its status. Cancelling it again changes nothing."""
+        task_id = require_task_id(req)
+        try:
+            task = self._database.cancel(task_id)
+        except ServiceConflict as exc:
+            raise falcon.HTTPConflict(title="Job has ended", description=exc.description) from exc
+        task.pop("result", None)
+        resp.media = task
 
-def _raise_if_failed(task: dict[str, Any]) -> None:
+
+def _raise_if_failed_or_cancelled(task: dict[str, Any]) -> None:
+    """The job will never have a result: 422 when it failed, 410 when it was cancelled."""
     if task["stateName"] == TaskState.FAILED:
         raise falcon.HTTPUnprocessableEntity(
             title="Job failed", description=f"The job failed: {task['error']}"
         )
+    if task["stateName"] == TaskState.CANCELLED:
+        raise falcon.HTTPGone(
+            title="Job cancelled", description="The job was cancelled; it has no result."
+        )
+
+
+def _idempotency_key(req: falcon.Request) -> str | None:
+    """The upload's Idempotency-Key header (None without one), or 400 when it is malformed."""
+    key = req.get_header(IDEMPOTENCY_KEY_HEADER)
+    if key is not None and IDEMPOTENCY_KEY_PATTERN.fullmatch(key) is None:
+        raise falcon.HTTPBadRequest(
+            title="Invalid Idempotency-Key",
+            description=f"The {IDEMPOTENCY_KEY_HEADER} header must be"
+            f" {IDEMPOTENCY_KEY_DESCRIPTION}.",
+        )
+    return key
+
+
+class _Fingerprint:
+    """The SHA-256 of a body, taken chunk by chunk as it streams past."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def passing(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self._hash.update(chunk)
+            yield chunk
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 class WorkerApi:
@@ -248,6 +346,7 @@ def create_app(
     app.add_route("/isReady", jobs, suffix="is_ready")
     app.add_route("/status", jobs, suffix="status")
     app.add_route("/get", jobs, suffix="result")
+    app.add_route("/cancel", jobs, suffix="cancel")
     workers = WorkerApi(database, config, finished)
     app.add_route("/getNewTask", workers, suffix="claim")
     app.add_route("/registerTaskFinished", workers, suffix="finish")

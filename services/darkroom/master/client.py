@@ -11,13 +11,17 @@ from typing import Any
 import requests
 
 from darkroom.contract.errors import ServiceConflict
-from darkroom.contract.tasks import Claim
+from darkroom.contract.tasks import TASK_CANCELLED_TITLE, Claim
 from darkroom.core.discovery import ServiceClient
 from darkroom.core.errors import raise_for_upstream
 
 
 class LeaseLost(ServiceConflict):
     """The master says this worker no longer holds the task (a conflict on a leased call)."""
+
+
+class TaskWasCancelled(LeaseLost):
+    """The task's client cancelled it: the worker stops and stores nothing as finished."""
 
 
 class MasterClient:
@@ -30,7 +34,8 @@ class MasterClient:
             raise_for_upstream(response, "master")
         except ServiceConflict as exc:
             response.close()
-            raise LeaseLost(exc.service, exc.status, exc.title, exc.description) from exc
+            lost = TaskWasCancelled if exc.title == TASK_CANCELLED_TITLE else LeaseLost
+            raise lost(exc.service, exc.status, exc.title, exc.description) from exc
         return response
 
     def claim(self, wait_seconds: float, timeout: float) -> Claim | None:

@@ -13,9 +13,13 @@ from typing import Any
 import falcon
 
 from darkroom import __version__
-from darkroom.contract.limits import TASK_ID_PATTERN
+from darkroom.contract.limits import (
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    TASK_ID_PATTERN,
+)
 from darkroom.contract.pipeline import DEFAULT_PIPELINE, MAX_PIPELINE_CHARS, MAX_STEPS, STEPS
-from darkroom.contract.tasks import TaskState
+from darkroom.contract.tasks import IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER, TaskState
 from darkroom.contract.webhooks import KEPT_ATTEMPTS, MAX_WEBHOOK_URL_CHARS, DeliveryState
 from darkroom.core.auth import PUBLIC
 from darkroom.core.imagetypes import EXTENSIONS
@@ -68,7 +72,8 @@ _STATE_PARAMETER = {
     "required": False,
     "description": (
         "With `wait`: the state the client last saw; the answer comes once the job is in "
-        "another. Without it the wait lasts until the job is finished or failed."
+        "another. Without it the wait lasts until the job has ended (finished, failed or "
+        "cancelled)."
     ),
     "schema": {"type": "string", "enum": [str(state) for state in TaskState]},
 }
@@ -147,6 +152,21 @@ _WEBHOOK_SCHEMA = {
 
 _CLIENT_SECURITY = [{}, {"bearer": []}, {"apiKey": []}, {"basic": []}]
 
+_IDEMPOTENCY_KEY_PARAMETER = {
+    "name": IDEMPOTENCY_KEY_HEADER,
+    "in": "header",
+    "required": False,
+    "description": (
+        f"Makes the upload safe to send again: 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII "
+        "characters (a UUID, say), new for each image. The same key within 24 hours with the "
+        "same body and `op` answers the first upload's job id (200, with "
+        f"`{REPLAYED_HEADER}: true`) and creates nothing; with another body or `op`, 422; "
+        "while the first upload with the key is still being stored, 409. A key whose upload "
+        "failed may be used again."
+    ),
+    "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY_PATTERN.pattern}$"},
+}
+
 
 def _job_operation(
     operation_id: str,
@@ -155,14 +175,19 @@ def _job_operation(
     ok: dict[str, Any],
     *statuses: str,
     parameters: tuple[dict[str, Any], ...] = (),
+    method: str = "get",
+    described: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """A route about one job; ``described`` words some of its error statuses its own way."""
     errors = {
-        "404": _error("No job has this id."),
-        "409": _error("The job is not finished yet (see Retry-After)."),
-        "422": _error("The job failed; the description says why."),
+        "404": "No job has this id.",
+        "409": "The job is not finished yet (see Retry-After).",
+        "410": "The job was cancelled: it has no result.",
+        "422": "The job failed; the description says why.",
+        **(described or {}),
     }
     return {
-        "get": {
+        method: {
             "summary": summary,
             "description": description,
             "operationId": operation_id,
@@ -171,7 +196,7 @@ def _job_operation(
             "parameters": [_TASK_ID_PARAMETER, *parameters],
             "responses": {
                 "200": ok,
-                **{status: errors[status] for status in statuses},
+                **{status: _error(errors[status]) for status in statuses},
                 **_ERROR_RESPONSES,
             },
         }
@@ -211,6 +236,7 @@ _DOCUMENT: dict[str, Any] = {
                         "schema": {"type": "string", "maxLength": MAX_PIPELINE_CHARS},
                     },
                     _WEBHOOK_PARAMETER,
+                    _IDEMPOTENCY_KEY_PARAMETER,
                 ],
                 "requestBody": {
                     "required": True,
@@ -222,11 +248,25 @@ _DOCUMENT: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "The job id.",
+                        "headers": {
+                            REPLAYED_HEADER: {
+                                "description": "`true` when the Idempotency-Key named an "
+                                "earlier upload of the same image: its job, nothing created.",
+                                "schema": {"type": "string", "enum": ["true"]},
+                            }
+                        },
                         "content": {TEXT: {"schema": {"$ref": "#/components/schemas/TaskId"}}},
                     },
+                    "409": _error(
+                        "The first upload with this Idempotency-Key is still being stored "
+                        "(see Retry-After), or the job was cancelled while it was uploaded."
+                    ),
                     "413": _error("The image is over the size limit.", TEXT, "text/html"),
                     "415": _error("The body is not an image in a supported format."),
-                    "422": _error("The webhook URL is refused; the description says why."),
+                    "422": _error(
+                        "The webhook URL is refused, or the Idempotency-Key was used for an"
+                        " upload with another body or `op`; the description says which."
+                    ),
                     **_ERROR_RESPONSES,
                 },
             }
@@ -234,12 +274,14 @@ _DOCUMENT: dict[str, Any] = {
         "/isReady": _job_operation(
             "isReady",
             "Is the job finished",
-            "`1` when the job is finished, `0` while it waits or runs; 422 when it failed.",
+            "`1` when the job is finished, `0` while it waits or runs; 422 when it failed, 410 "
+            "when it was cancelled.",
             {
                 "description": "`1` or `0`.",
                 "content": {TEXT: {"schema": {"type": "string", "enum": ["0", "1"]}}},
             },
             "404",
+            "410",
             "422",
             parameters=(_WAIT_PARAMETER,),
         ),
@@ -267,7 +309,24 @@ _DOCUMENT: dict[str, Any] = {
             },
             "404",
             "409",
+            "410",
             "422",
+        ),
+        "/cancel": _job_operation(
+            "cancel",
+            "Cancel the job",
+            "Cancels a job that has not ended (uploading, queued or in progress): it is never "
+            "processed further, a worker holding it stops at its next heartbeat, and its result "
+            "is never stored as finished; `/get` answers 410 from then on. Cancelling a "
+            "cancelled job again changes nothing and answers the same.",
+            {
+                "description": "The cancelled job.",
+                "content": {JSON: {"schema": {"$ref": "#/components/schemas/Task"}}},
+            },
+            "404",
+            "409",
+            method="post",
+            described={"409": "The job has ended (finished or failed); the description says how."},
         ),
         "/healthz": {
             "get": {
@@ -358,9 +417,18 @@ _DOCUMENT: dict[str, Any] = {
                         "'metadata removed: EXIF (GPS position, camera serial number), XMP'); "
                         "the same notes are joined by '; ' in error",
                     },
+                    "hasIdempotencyKey": {
+                        "type": "boolean",
+                        "description": "whether the job's upload came with an Idempotency-Key",
+                    },
                     "createdAt": {"type": "string", "format": "date-time"},
                     "updatedAt": {"type": "string", "format": "date-time"},
-                    "finishedAt": {"type": "string", "format": "date-time", "nullable": True},
+                    "finishedAt": {
+                        "type": "string",
+                        "format": "date-time",
+                        "nullable": True,
+                        "description": "when the job ended: finished, failed or cancelled",
+                    },
                     "webhook": _WEBHOOK_SCHEMA,
                 },
             },

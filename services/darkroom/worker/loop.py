@@ -21,7 +21,7 @@ from darkroom.contract.tasks import Claim
 from darkroom.core import requestid
 from darkroom.core.backoff import Backoff
 from darkroom.core.streams import iter_chunks
-from darkroom.master.client import LeaseLost, MasterClient
+from darkroom.master.client import LeaseLost, MasterClient, TaskWasCancelled
 from darkroom.storage.client import StorageClient
 from darkroom.worker.metrics import Outcome, TaskMetrics
 
@@ -134,6 +134,11 @@ class TaskLoop:
             # overlaps the next task, but waiting for the previous one to be stored counts).
             with self._metrics.busy():
                 images = self._run_step(claim, self._download_and_process)
+                if images is not None and heartbeat.cancelled.is_set():
+                    # Cancelled while it was processed: the result is never sent.
+                    images.close()
+                    images = None
+                    self._cancelled(claim)
                 if images is None:
                     heartbeat.stop()
                     self._let_go(claim)
@@ -148,7 +153,8 @@ class TaskLoop:
 
     def _finish(self, claim: Claim, images: _TaskImages, heartbeat: _Heartbeat) -> None:
         try:
-            if self._holds(claim):  # not given back by a stopping worker meanwhile
+            # Not given back by a stopping worker, nor cancelled by its client, meanwhile.
+            if self._holds(claim) and not heartbeat.cancelled.is_set():
                 self._run_step(claim, functools.partial(self._store_result, images=images))
         finally:
             images.close()
@@ -183,6 +189,8 @@ class TaskLoop:
         """Run one step of a task; a failure is reported (or waited out) and gives None."""
         try:
             return step(claim)
+        except TaskWasCancelled:
+            self._cancelled(claim)
         except LeaseLost:
             self._metrics.outcome(Outcome.LEASE_LOST)
             log.warning("lease lost; another worker has the task", extra={"task": claim.task_id})
@@ -200,6 +208,11 @@ class TaskLoop:
             reason = getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"
             self._report_failure(claim, reason, retryable=True)
         return None
+
+    def _cancelled(self, claim: Claim) -> None:
+        """Its client cancelled the task: not a failure, nothing to report."""
+        self._metrics.outcome(Outcome.CANCELLED)
+        log.info("task cancelled by its client; stopped", extra={"task": claim.task_id})
 
     def _download_and_process(self, claim: Claim) -> _TaskImages:
         images = _TaskImages()
@@ -227,7 +240,13 @@ class TaskLoop:
     def _store_result(self, claim: Claim, images: _TaskImages) -> None:
         with self._metrics.stage("upload"):
             self._send_result(claim, images.result)
-        self._master.finish(claim, images.notes)
+        try:
+            self._master.finish(claim, images.notes)
+        except TaskWasCancelled:
+            # Cancelled since the last heartbeat: the stored file is never served (the task
+            # is not finished), and removing it frees its space before the retention would.
+            self._remove_result(claim)
+            raise
         self.completed += 1
         self._outage.reset()
         self._metrics.outcome(Outcome.DONE)
@@ -266,6 +285,16 @@ class TaskLoop:
                     extra={"task": claim.task_id, "retry_in": round(delay, 2)},
                 )
                 self._stop.wait(delay)
+
+    def _remove_result(self, claim: Claim) -> None:
+        try:
+            self._storage.delete(Folder.FINISHED, claim.task_id, result_version(claim.lease))
+        except Exception as exc:
+            # The retention removes it in time; it is never served meanwhile.
+            log.warning(
+                "could not remove a cancelled task's result",
+                extra={"task": claim.task_id, "error": str(exc)},
+            )
 
     def _report_failure(self, claim: Claim, error: str, retryable: bool) -> None:
         log.warning(
@@ -317,6 +346,8 @@ class _Heartbeat:
     def __init__(self, master: MasterClient, claim: Claim, every: float) -> None:
         self._master, self._claim, self._every = master, claim, every
         self._done = threading.Event()
+        # Set when a heartbeat learns that the task's client cancelled it.
+        self.cancelled = threading.Event()
         # In the caller's context, so heartbeats carry the task's request id.
         self._thread = threading.Thread(
             target=contextvars.copy_context().run, args=(self._run,), daemon=True, name="heartbeat"
@@ -333,6 +364,9 @@ class _Heartbeat:
         while not self._done.wait(self._every):
             try:
                 self._master.heartbeat(self._claim)
+            except TaskWasCancelled:
+                self.cancelled.set()
+                return
             except LeaseLost:
                 return
             except Exception as exc:

@@ -40,6 +40,7 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"  # the image was rejected (or is gone): failed for good
     ERROR = "error"  # something else went wrong: retried, or given back during an outage
     LEASE_LOST = "lease_lost"  # another worker has the task now
+    CANCELLED = "cancelled"  # its client cancelled it: stopped, nothing stored as finished
 
 
 class TaskMetrics:

@@ -19,6 +19,9 @@ const fileInput = $("uploadfile");
 const localImages = new Map(); // job id -> object URL of the file this page uploaded
 let chosenUrl = null; // object URL of the chosen file, until it is uploaded
 let following = 0; // bumped for every job shown, so an older poll loop stops
+let shownId = null; // the job the panel shows
+// A job in these states changes no more: nothing to cancel.
+const ENDED_STATES = new Set(["finished", "failed", "cancelled"]);
 
 // ---------------------------------------------------------------------------------------------
 // Operations: the builder writes the pipeline text; the text box may then be edited by hand.
@@ -116,6 +119,7 @@ form.addEventListener("submit", (event) => {
 function upload(file, op) {
   clearError();
   following++;
+  shownId = null; // no job id until the upload is answered: nothing to cancel yet
   const preview = chosenUrl;
   const xhr = new XMLHttpRequest();
   const body = new FormData();
@@ -174,6 +178,7 @@ function setProgress(fraction) {
 
 function showJob(job) {
   following++;
+  shownId = job.id;
   clearError();
   showJobPanel(job);
   setBefore(localImages.get(job.id), "The original stays on the device that uploaded it.");
@@ -206,6 +211,7 @@ async function follow(id, generation) {
       }
       if (task.stateName === "finished") return showResult(id);
       if (task.stateName === "failed") return setAfter(null, "No result: the job failed.");
+      if (task.stateName === "cancelled") return setAfter(null, "No result: the job was cancelled.");
       if (task.stateName !== known) {
         known = task.stateName;
         delay = POLL_FIRST_MS;
@@ -307,7 +313,29 @@ function setState(name) {
   badge.hidden = !name;
   badge.textContent = name || "";
   badge.dataset.state = name || "";
+  $("cancel-job").hidden = !name || !shownId || ENDED_STATES.has(name);
 }
+
+// Cancelling: POST /cancel; the poll loop's long poll sees the change and shows it too.
+async function cancelJob() {
+  const id = shownId;
+  if (!id) return;
+  const button = $("cancel-job");
+  button.disabled = true;
+  try {
+    const response = await fetch(`/cancel?id=${encodeURIComponent(id)}`, { method: "POST" });
+    const body = await response.text();
+    if (id !== shownId) return;
+    if (response.ok) showTask(JSON.parse(body));
+    else showError(describeError(response.status, response.statusText, body));
+  } catch {
+    showError("The job could not be cancelled: the server could not be reached.");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+$("cancel-job").addEventListener("click", cancelJob);
 
 function setBefore(url, note) {
   $("before-size").textContent = "";
