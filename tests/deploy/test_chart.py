@@ -147,6 +147,23 @@ KEDA: dict[str, Any] = {
         },
     },
 }
+# Issue 16: webhooks with the chart's secret and the default networks; with an existing
+# Secret, a dual-stack cluster's networks (a global IPv6 one), allowed internal networks, http://
+# and another port too.
+WEBHOOKS: dict[str, Any] = {"webhooks": {"enabled": True}}
+WEBHOOKS_CUSTOM: dict[str, Any] = {
+    "webhooks": {
+        "enabled": True,
+        "existingSecret": "hook-secrets",
+        "secretKey": "signing",
+        "clusterNetworks": ["10.42.0.0/16", "10.43.0.0/16", "2001:db8:244::/56"],
+        "allow": ["10.20.0.0/16", "fd12:3456::/48"],
+        "allowHttp": True,
+        "ports": [443, 8443],
+        "retrySeconds": 3600,
+        "concurrency": 8,
+    },
+}
 SCENARIOS = {
     "defaults": {},
     "all-on": ALL_ON,
@@ -155,6 +172,8 @@ SCENARIOS = {
     "postgresql-cnpg": POSTGRESQL_CNPG,
     "storage-rwx": STORAGE_RWX,
     "keda": KEDA,
+    "webhooks": WEBHOOKS,
+    "webhooks-custom": WEBHOOKS_CUSTOM,
 }
 
 
@@ -1052,6 +1071,158 @@ def test_the_allowed_combinations_pass_the_schema() -> None:
         }
     )
     render({"worker": {"keda": {"enabled": False, "serverAddress": "http://p:9090"}}})
+
+
+# --- webhooks (issue 16) ----------------------------------------------------------------------
+
+
+def _webhook_env(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The master's DARKROOM_WEBHOOK_* variables with a value (the secret's comes from a Secret)."""
+    env = env_of(_container(objects, "master"))
+    return {
+        k: v["value"] for k, v in env.items() if k.startswith("DARKROOM_WEBHOOK_") and "value" in v
+    }
+
+
+def test_only_the_master_gets_the_webhook_secret_and_settings() -> None:
+    for values, secret in (
+        (WEBHOOKS, {"name": "darkroom-webhooks", "key": "secret"}),
+        (WEBHOOKS_CUSTOM, {"name": "hook-secrets", "key": "signing"}),
+        ({}, None),
+    ):
+        objects = render(values)
+        for name, metadata, spec in pod_specs(objects):
+            env = env_of(spec["containers"][0])
+            webhook_env = [k for k in env if k.startswith("DARKROOM_WEBHOOK_")]
+            if component(metadata) == "master" and secret:
+                assert env["DARKROOM_WEBHOOK_SECRET"]["valueFrom"] == {"secretKeyRef": secret}
+            else:
+                assert webhook_env == [], name
+        made = [s["metadata"]["name"] for s in of_kind(objects, "Secret")]
+        assert ("darkroom-webhooks" in made) is (values is WEBHOOKS), made
+
+
+def test_the_charts_webhook_secret_is_a_standard_webhooks_secret_the_master_accepts() -> None:
+    import base64
+
+    from darkroom.core.signatures import WebhookSigner
+
+    secret = named(render(WEBHOOKS), "Secret", "darkroom-webhooks")
+    assert list(secret["data"]) == ["secret"]
+    value = base64.b64decode(secret["data"]["secret"]).decode()
+    assert value.startswith("whsec_")
+    assert len(base64.b64decode(value.removeprefix("whsec_"), validate=True)) == 32
+    signed = WebhookSigner(value).headers("msg_1", 1_700_000_000, "{}")
+    assert signed["webhook-signature"].startswith("v1,")
+    # kept across upgrades the way the auth token is: read back from the cluster first
+    template = (CHART / "templates" / "webhook-secret.yaml").read_text()
+    assert 'include "darkroom.keptSecretValue"' in template
+    assert 'lookup "v1" "Secret"' in (CHART / "templates" / "_helpers.tpl").read_text()
+
+
+def test_the_webhook_settings_are_what_the_master_reads() -> None:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["webhooks"]
+    # the chart's default cluster networks are the code's (kubeadm's and kind's)
+    assert " ".join(defaults["clusterNetworks"]) == Config.webhook_deny
+    env = _webhook_env(render(WEBHOOKS))
+    assert "DARKROOM_WEBHOOK_ALLOW" not in env  # empty: the code's default (none)
+    config = Config.from_env(env)
+    assert (config.webhook_deny, config.webhook_allow) == (Config.webhook_deny, "")
+    assert config.webhook_allow_http is False
+    assert config.webhook_retry_seconds == defaults["retrySeconds"] == Config.webhook_retry_seconds
+    assert config.webhook_concurrency == defaults["concurrency"] == Config.webhook_concurrency
+    config = Config.from_env(_webhook_env(render(WEBHOOKS_CUSTOM)))
+    assert config.webhook_deny == "10.42.0.0/16 10.43.0.0/16 2001:db8:244::/56"
+    assert config.webhook_allow == "10.20.0.0/16 fd12:3456::/48"
+    assert config.webhook_allow_http is True
+    assert (config.webhook_retry_seconds, config.webhook_concurrency) == (3600.0, 8)
+
+
+def _webhook_egress(objects: list[dict[str, Any]], role: str = "master") -> list[dict[str, Any]]:
+    rules = named(objects, "NetworkPolicy", f"darkroom-{role}")["spec"]["egress"]
+    return [r for r in rules if any("ipBlock" in peer for peer in r.get("to", []))]
+
+
+def test_the_masters_egress_reaches_receivers_outside_the_cluster_networks() -> None:
+    assert _webhook_egress(render({})) == []
+    (anywhere,) = _webhook_egress(render(WEBHOOKS))
+    assert anywhere == {
+        "to": [
+            {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.96.0.0/12", "10.244.0.0/16"]}},
+            {"ipBlock": {"cidr": "::/0"}},
+        ],
+        "ports": [{"port": 443, "protocol": "TCP"}],
+    }
+    anywhere, allowed = _webhook_egress(render(WEBHOOKS_CUSTOM))
+    ports = [{"port": port, "protocol": "TCP"} for port in (443, 8443, 80)]  # 80: allowHttp
+    assert anywhere == {
+        "to": [
+            {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.42.0.0/16", "10.43.0.0/16"]}},
+            {"ipBlock": {"cidr": "::/0", "except": ["2001:db8:244::/56"]}},
+        ],
+        "ports": ports,
+    }
+    # the guard lets webhooks.allow through although internal: so does the policy
+    assert allowed == {
+        "to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}, {"ipBlock": {"cidr": "fd12:3456::/48"}}],
+        "ports": ports,
+    }
+    # nothing else changes: no other role reaches out, the flows inside the release are the same
+    for values in (WEBHOOKS, WEBHOOKS_CUSTOM):
+        objects = render(values)
+        for role in ROLES:
+            if role != "master":
+                assert _webhook_egress(objects, role) == [], role
+        assert _allowed_flows(objects) == _allowed_flows(render({}))
+    # http allowed and 80 listed already: once
+    both = {"webhooks": {"enabled": True, "allowHttp": True, "ports": [80, 443]}}
+    (rule,) = _webhook_egress(render(both))
+    assert rule["ports"] == [{"port": 80, "protocol": "TCP"}, {"port": 443, "protocol": "TCP"}]
+    # without NetworkPolicies, the settings still reach the master
+    unpoliced = {**WEBHOOKS, "networkPolicy": {"enabled": False}}
+    assert "DARKROOM_WEBHOOK_DENY" in _webhook_env(render(unpoliced))
+
+
+@pytest.mark.parametrize(
+    ("setting", "where"),
+    [
+        ("webhooks.bogus=1", "additional properties 'bogus'"),
+        ("webhooks.clusterNetworks[0]=10.96.0.0", "/webhooks/clusterNetworks/0"),
+        ("webhooks.clusterNetworks[0]=10.300.0.0/16", "/webhooks/clusterNetworks/0"),
+        ("webhooks.clusterNetworks[0]=fd00::/129", "/webhooks/clusterNetworks/0"),
+        ("webhooks.allow[0]=example.com/8", "/webhooks/allow/0"),
+        ("webhooks.allowHttp=maybe", "/webhooks/allowHttp"),
+        ("webhooks.ports[0]=0", "/webhooks/ports/0"),
+        ("webhooks.retrySeconds=0", "/webhooks/retrySeconds"),
+        ("webhooks.concurrency=0", "/webhooks/concurrency"),
+        ("webhooks.secretKey=", "/webhooks/secretKey"),
+    ],
+)
+def test_values_schema_refuses_bad_webhook_settings(setting: str, where: str) -> None:
+    stderr = render_fails("--set", setting)
+    assert "values don't meet the specifications of the schema" in stderr
+    assert where in stderr
+
+
+def test_an_empty_cluster_network_list_is_refused() -> None:
+    # an empty DARKROOM_WEBHOOK_DENY means the code's default, not "none": the schema says so
+    stderr = render_fails("--set-json", "webhooks.clusterNetworks=[]")
+    assert "at '/webhooks/clusterNetworks': minItems" in stderr
+
+
+def test_the_charts_network_lists_build_the_masters_address_policy() -> None:
+    import ipaddress
+
+    from darkroom.core.ssrf import AddressPolicy
+
+    env = _webhook_env(render(WEBHOOKS_CUSTOM))
+    policy = AddressPolicy.build(env["DARKROOM_WEBHOOK_DENY"], env["DARKROOM_WEBHOOK_ALLOW"])
+    # a cluster's global IPv6 pod network: refused only because it is listed
+    assert policy.refusal(ipaddress.ip_address("2001:db8:244::5")) == (
+        "2001:db8:244::5, a cluster address"
+    )
+    assert policy.refusal(ipaddress.ip_address("10.20.1.1")) is None  # allowed
+    assert policy.refusal(ipaddress.ip_address("93.184.215.14")) is None  # the internet
 
 
 # --- k8s/ and the smoke script ---------------------------------------------------------------

@@ -125,6 +125,25 @@ helm.sh/chart: {{ include "darkroom.chart" .root }}
 {{- default (printf "%s-auth" (include "darkroom.fullname" .)) .Values.auth.existingSecret }}
 {{- end }}
 
+{{/* The Secret with the webhook signing secrets. */}}
+{{- define "darkroom.webhookSecretName" -}}
+{{- default (printf "%s-webhooks" (include "darkroom.fullname" .)) .Values.webhooks.existingSecret }}
+{{- end }}
+
+{{/*
+A chart-made Secret's value, base64 as in `data`: what the Secret already holds under that key
+(read back with lookup, so upgrades keep it), else "new", encoded. `helm template` has no cluster
+to look in and renders a new one each time. Call with (dict "root" $ "name" NAME "key" KEY "new" VALUE).
+*/}}
+{{- define "darkroom.keptSecretValue" -}}
+{{- $existing := lookup "v1" "Secret" (include "darkroom.namespace" .root) .name }}
+{{- if and $existing $existing.data (hasKey $existing.data .key) }}
+{{- index $existing.data .key }}
+{{- else }}
+{{- .new | b64enc }}
+{{- end }}
+{{- end }}
+
 {{- define "darkroom.registryConfigMapName" -}}
 {{- printf "%s-registry" (include "darkroom.fullname" .) }}
 {{- end }}
@@ -227,6 +246,85 @@ seccompProfile:
     secretKeyRef:
       name: {{ include "darkroom.authSecretName" . }}
       key: {{ .Values.auth.apiKeys.secretKey }}
+{{- end }}
+{{- end }}
+
+{{/*
+The master's webhook settings (webhooks.enabled): the signing secrets from their Secret, the
+networks and limits as values. Empty lists are left out, as an empty variable means the code's
+default. Call with the root.
+*/}}
+{{- define "darkroom.webhookEnv" -}}
+{{- $webhooks := .Values.webhooks }}
+- name: DARKROOM_WEBHOOK_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "darkroom.webhookSecretName" . }}
+      key: {{ $webhooks.secretKey }}
+- name: DARKROOM_WEBHOOK_DENY
+  value: {{ join " " $webhooks.clusterNetworks | quote }}
+{{- with $webhooks.allow }}
+- name: DARKROOM_WEBHOOK_ALLOW
+  value: {{ join " " . | quote }}
+{{- end }}
+- name: DARKROOM_WEBHOOK_ALLOW_HTTP
+  value: {{ ternary "1" "0" $webhooks.allowHttp | quote }}
+- name: DARKROOM_WEBHOOK_RETRY_SECONDS
+  value: {{ $webhooks.retrySeconds | quote }}
+- name: DARKROOM_WEBHOOK_CONCURRENCY
+  value: {{ $webhooks.concurrency | int | quote }}
+{{- end }}
+
+{{/*
+The master's egress to webhook receivers (webhooks.enabled), as NetworkPolicy rules: any
+address but the cluster's networks (each in the except of its family's whole range), then the
+networks webhooks.allow lets through anyway (rules add up, as the guard's allow list beats its
+deny list), on webhooks.ports and 80 with allowHttp. Call with the root.
+*/}}
+{{- define "darkroom.webhookEgress" -}}
+{{- $webhooks := .Values.webhooks }}
+{{- $ports := list }}
+{{- range $port := $webhooks.ports }}
+{{- $ports = append $ports ($port | int) }}
+{{- end }}
+{{- if $webhooks.allowHttp }}
+{{- $ports = append $ports 80 | uniq }}
+{{- end }}
+{{- $ipv4 := list }}
+{{- $ipv6 := list }}
+{{- range $network := $webhooks.clusterNetworks }}
+{{- if contains ":" $network }}
+{{- $ipv6 = append $ipv6 $network }}
+{{- else }}
+{{- $ipv4 = append $ipv4 $network }}
+{{- end }}
+{{- end }}
+{{- $peers := list }}
+{{- range $whole, $except := dict "0.0.0.0/0" $ipv4 "::/0" $ipv6 }}
+{{- $block := dict "cidr" $whole }}
+{{- with $except }}
+{{- $_ := set $block "except" . }}
+{{- end }}
+{{- $peers = append $peers (dict "ipBlock" $block) }}
+{{- end }}
+{{- $rulePorts := list }}
+{{- range $port := $ports }}
+{{- $rulePorts = append $rulePorts (dict "port" $port "protocol" "TCP") }}
+{{- end }}
+# Webhook receivers: anywhere but the cluster's own networks.
+- to:
+    {{- toYaml $peers | nindent 4 }}
+  ports:
+    {{- toYaml $rulePorts | nindent 4 }}
+{{- with $webhooks.allow }}
+# The networks webhooks.allow lets webhooks reach although they are internal.
+- to:
+    {{- range $network := . }}
+    - ipBlock:
+        cidr: {{ $network }}
+    {{- end }}
+  ports:
+    {{- toYaml $rulePorts | nindent 4 }}
 {{- end }}
 {{- end }}
 
@@ -374,6 +472,9 @@ spec:
             {{- include "darkroom.databaseUrlEnv" $root | nindent 12 }}
             {{- end }}
             {{- include "darkroom.authEnv" $root | nindent 12 }}
+            {{- if and (eq $role "master") $root.Values.webhooks.enabled }}
+            {{- include "darkroom.webhookEnv" $root | nindent 12 }}
+            {{- end }}
             {{- with $values.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
