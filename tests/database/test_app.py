@@ -176,23 +176,25 @@ def test_events_long_poll_answers_empty_at_its_deadline(client):
 
 
 def test_events_long_poll_without_a_slot_is_503(config):
-    app = create_app(config.replace(threads=2), open_store(config))
-    client = testing.TestClient(app)
+    client = testing.TestClient(create_app(config.replace(threads=2), open_store(config)))
     task_id = new_queued(client)
+    lease = client.simulate_post("/getNewTask").json["lease"]
     waiting = threading.Thread(
         target=client.simulate_get,
         args=("/events",),
-        kwargs={"params": {"id": task_id, "after": 2, "wait": 1}},
+        kwargs={"params": {"id": task_id, "after": 3, "wait": 10}},
     )
     waiting.start()
     try:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            refused = client.simulate_get("/events", params={"id": task_id, "after": 2, "wait": 1})
-            if refused.status_code == 503:
+            asked = client.simulate_get("/events", params={"id": task_id, "after": 3, "wait": 0.01})
+            if asked.status_code == 503:
                 break
-        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert asked.status_code == 503 and asked.headers["retry-after"] == "1"
     finally:
+        stage = '[{"stage": "download", "startMs": 0, "durationMs": 1}]'
+        client.simulate_post("/heartbeat", params={"id": task_id, "lease": lease, "stages": stage})
         waiting.join()
 
 
