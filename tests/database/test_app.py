@@ -163,6 +163,7 @@ def test_events_list_state_changes_and_the_stages_sent_with_heartbeat_and_finish
     ]
     assert events[3]["data"] == {"stage": "download", "startMs": 0.0, "durationMs": 1.5}
     assert events[0]["at"].endswith("+00:00")
+    assert client.simulate_get("/getById", params={"id": task_id}).json["stage"] == "store"
     later = client.simulate_get("/events", params={"id": task_id, "after": 5}).json
     assert [event["id"] for event in later] == [6, 7]
 

@@ -464,7 +464,9 @@ def test_stages_are_events_in_order_before_the_finished_state(store):
     task_id = queued(store)
     claim = store.claim()
     download, decode = Stage("download", 0.0, 2.5), Stage("decode", 2.5, 4.0)
+    assert store.get(task_id).stage is None
     store.heartbeat(task_id, claim.lease_token, stages=[download, decode])
+    assert store.get(task_id).stage == "decode"  # the stage reached, for /status
     rest = [Stage("resize:10x10", 6.5, 1.0), Stage("encode", 7.5, 3.0), Stage("store", 10.5, 2)]
     store.finish(task_id, claim.lease_token, stages=rest)
     events = store.events(task_id, after=3)  # after uploading, queued, in progress
@@ -476,6 +478,7 @@ def test_stages_are_events_in_order_before_the_finished_state(store):
         stage.document() for stage in [download, decode, *rest]
     ]
     assert events[-1].data == {"state": "finished"}
+    assert store.get(task_id).stage == "store"
 
 
 def test_a_failures_stages_come_before_its_state(store):

@@ -43,6 +43,7 @@ def task_document(task: Task, with_lease: bool = False) -> dict[str, Any]:
         "attempts": task.attempts,
         "error": task.error,
         "notes": list(task.notes),
+        "stage": task.stage,  # the stage reached: its last stage event's name
         "createdAt": _timestamp(task.created_at),
         "updatedAt": _timestamp(task.updated_at),
         "finishedAt": _timestamp(task.finished_at),

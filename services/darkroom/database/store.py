@@ -43,6 +43,8 @@ class Task:
     lease_expires_at: float | None = None
     # a finished task's notes for the user: what was skipped, kept, or removed (metadata)
     notes: tuple[str, ...] = ()
+    # the name of its last processing stage (its last stage event), None before the first
+    stage: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,12 +139,12 @@ END;
 """
 _COLUMNS = (
     "id, state, pipeline, attempts, error, created_at, updated_at, finished_at,"
-    " lease_token, lease_expires_at, notes"
+    " lease_token, lease_expires_at, notes, stage"
 )
 # At most this many events per read: a reader asks again from the last one it got.
 EVENTS_PER_READ = 500
 # Columns added since the first schema: a file made before them gets them when opened.
-_ADDED_COLUMNS = {"notes": "TEXT"}
+_ADDED_COLUMNS = {"notes": "TEXT", "stage": "TEXT"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,7 +358,10 @@ class SqliteTaskStore:
         self._append_events(task_id, EventKind.STATE, [{"state": state.value}])
 
     def _append_stage_events(self, task_id: str, stages: Sequence[Stage]) -> None:
-        self._append_events(task_id, EventKind.STAGE, [stage.document() for stage in stages])
+        """The stages as events, the last one's name as the task's stage reached."""
+        if stages:
+            self._append_events(task_id, EventKind.STAGE, [stage.document() for stage in stages])
+            self._db.execute("UPDATE tasks SET stage = ? WHERE id = ?", (stages[-1].name, task_id))
 
     def _append_events(self, task_id: str, kind: EventKind, data: Sequence[dict]) -> None:
         """Number and write events of ``task_id``; inside the transaction that makes them."""
@@ -669,7 +674,7 @@ def _before(moment: float | None, now: float) -> bool:
 
 def _task(row: tuple) -> Task:
     (task_id, state, pipeline, attempts, error, created, updated, finished) = row[:8]
-    token, expires, notes = row[8:]
+    token, expires, notes, stage = row[8:]
     return Task(
         id=task_id,
         state=State.from_code(state),
@@ -682,4 +687,5 @@ def _task(row: tuple) -> Task:
         lease_token=token,
         lease_expires_at=expires,
         notes=tuple(json.loads(notes)) if notes else (),
+        stage=stage,
     )
