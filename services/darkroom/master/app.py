@@ -22,6 +22,7 @@ from darkroom.core.params import single_param, state_param, wait_param
 from darkroom.core.relay import relay, relay_stream
 from darkroom.core.streams import iter_chunks
 from darkroom.database.client import DatabaseClient
+from darkroom.master.events import EventStreamPolicy, EventStreams
 from darkroom.master.finished import FinishedTasks
 from darkroom.master.openapi import OpenApiDocument
 from darkroom.storage.client import StorageClient
@@ -208,6 +209,8 @@ def create_app(
     storage: StorageClient,
     check_pipeline: PipelineCheck,
     readiness: list[Callable[[], str | None]] | None = None,
+    *,
+    event_streams: EventStreamPolicy | None = None,
 ) -> falcon.App:
     app = create_base_app(config, readiness=readiness or [])
     finished = FinishedTasks(config.retention_seconds)
@@ -217,6 +220,8 @@ def create_app(
     app.add_route("/isReady", jobs, suffix="is_ready")
     app.add_route("/status", jobs, suffix="status")
     app.add_route("/get", jobs, suffix="result")
+    streams = EventStreams(database, event_streams or EventStreamPolicy(), config.threads)
+    app.add_route("/events", streams)
     workers = WorkerApi(database, config, finished)
     app.add_route("/getNewTask", workers, suffix="claim")
     app.add_route("/registerTaskFinished", workers, suffix="finish")
