@@ -20,3 +20,12 @@ def test_op_description_lists_every_step_with_its_help() -> None:
 
 def test_op_length_limit_is_the_grammars() -> None:
     assert op_parameter()["schema"]["maxLength"] == MAX_PIPELINE_CHARS
+
+
+def test_events_are_documented_as_an_event_stream_with_last_event_id() -> None:
+    operation = document()["paths"]["/events"]["get"]
+    assert set(operation["responses"]["200"]["content"]) == {"text/event-stream"}
+    assert {"204", "400", "404", "503"} <= set(operation["responses"])
+    headers = [p["name"] for p in operation["parameters"] if p["in"] == "header"]
+    assert headers == ["Last-Event-ID"]
+    assert "stage" in document()["components"]["schemas"]["Task"]["properties"]
