@@ -373,3 +373,37 @@ def test_form_without_javascript_shows_an_invalid_op(open_page):
     page.wait_for_url("**/submitTask")
     body = page.locator("body").inner_text()
     assert "Invalid operation" in body and "step 2 'explode': unknown operation" in body
+
+
+# -- live progress (issue 16): the event stream, and polling without it -------------------------
+
+
+def watch_requests(page) -> list[str]:
+    paths: list[str] = []
+    page.on("request", lambda request: paths.append(request.url.split("/", 3)[-1]))
+    return paths
+
+
+def test_the_page_shows_each_stage_as_the_event_stream_tells_it(page):
+    sent = watch_requests(page)
+    task_id = upload_photo(page, "stages.jpg")
+    stages = page.locator("#job-stages li")
+    expect(stages).to_have_count(6)
+    names = [stages.nth(n).get_attribute("data-stage") for n in range(6)]
+    assert names == ["download", "decode", "grayscale", "resize:320x240", "encode", "store"]
+    expect(stages.nth(0)).to_contain_text(" ms")
+    assert wait_image(page, "#after") == {"width": 320, "height": 240}
+    assert f"events?id={task_id}" in sent
+    # followed by its events, then one /status for the final facts: no long polls
+    assert not [path for path in sent if path.startswith("status") and "wait=" in path]
+
+
+def test_without_event_source_the_page_long_polls_the_status(page):
+    page.add_init_script("delete window.EventSource;")
+    page.reload()
+    sent = watch_requests(page)
+    upload_photo(page, "polled.jpg")
+    assert wait_image(page, "#after") == {"width": 320, "height": 240}
+    assert not [path for path in sent if path.startswith("events")]
+    assert [path for path in sent if path.startswith("status")]
+    expect(page.locator("#job-stages li")).to_have_count(0)
