@@ -180,16 +180,19 @@ def test_events_long_poll_without_a_slot_is_503(config):
     client = testing.TestClient(create_app(config.replace(threads=2), open_store(config)))
     task_id = new_queued(client)
     lease = client.simulate_post("/getNewTask").json["lease"]
-    waiting = threading.Thread(
-        target=client.simulate_get,
-        args=("/events",),
-        kwargs={"params": {"id": task_id, "after": 3, "wait": 10}},
-    )
+    deadline = time.monotonic() + 10
+    params = {"id": task_id, "after": 3}
+
+    def hold_the_slot() -> None:  # until a new event ends the wait; refused while we hold it
+        while time.monotonic() < deadline:
+            if client.simulate_get("/events", params={**params, "wait": 10}).status_code == 200:
+                return
+
+    waiting = threading.Thread(target=hold_the_slot)
     waiting.start()
     try:
-        deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            asked = client.simulate_get("/events", params={"id": task_id, "after": 3, "wait": 0.01})
+            asked = client.simulate_get("/events", params={**params, "wait": 0.01})
             if asked.status_code == 503:
                 break
         assert asked.status_code == 503 and asked.headers["retry-after"] == "1"
@@ -223,7 +226,9 @@ def test_bad_stages_are_400_and_change_nothing(client, stages):
     )
 
 
-@pytest.mark.parametrize("params", [{"after": "-1"}, {"after": "x"}, {"wait": "nan"}])
+@pytest.mark.parametrize(
+    "params", [{"after": "-1"}, {"after": "x"}, {"after": "9" * 19}, {"wait": "nan"}]
+)
 def test_bad_events_params_are_400(client, params):
     task_id = new_queued(client)
     assert client.simulate_get("/events", params={"id": task_id, **params}).status_code == 400

@@ -27,6 +27,9 @@ class EventKind(enum.StrEnum):
     STAGE = "stage"  # data: a Stage's document
 
 
+# The largest event number a client may name (``after``, ``Last-Event-ID``): 18 digits, which
+# the stores' 64-bit integers hold.
+MAX_EVENT_NUMBER = 10**18 - 1
 # At most this many stages per call: an attempt has at most 4 + MAX_STEPS (10) of them.
 MAX_STAGES_PER_CALL = 64
 # A stage's name is cut to this many characters (a step's text, its watermark label and all).

@@ -9,7 +9,7 @@ from typing import Any
 import falcon
 from prometheus_client import CollectorRegistry
 
-from darkroom.contract.events import Stage, parse_stages
+from darkroom.contract.events import MAX_EVENT_NUMBER, Stage, parse_stages
 from darkroom.contract.folders import result_version
 from darkroom.contract.limits import (
     MAX_ERROR_LENGTH,
@@ -197,7 +197,7 @@ class Tasks:
     def on_get_events(self, req: falcon.Request, resp: falcon.Response) -> None:
         """A task's events after number ``after``; with ``wait``, long-polls until there is one."""
         task_id = require_task_id(req)
-        after = req.get_param_as_int("after", min_value=0, default=0)
+        after = req.get_param_as_int("after", min_value=0, max_value=MAX_EVENT_NUMBER, default=0)
         asked = wait_param(req, self._max_wait)
         with self._long_polls.wait(asked) as wait:
             events = self._store.events(task_id, after, wait)

@@ -26,7 +26,7 @@ from typing import Any
 import falcon
 
 from darkroom.contract.errors import ServiceError, ServiceUnavailable
-from darkroom.contract.events import EventKind
+from darkroom.contract.events import MAX_EVENT_NUMBER, EventKind
 from darkroom.contract.tasks import TaskState
 from darkroom.core.auth import CLIENT
 from darkroom.core.ids import require_task_id
@@ -35,8 +35,6 @@ from darkroom.database.client import DatabaseClient
 log = logging.getLogger(__name__)
 
 MEDIA_EVENT_STREAM = "text/event-stream"
-# Last-Event-ID is a decimal event number; more digits than this is no number we gave.
-MAX_EVENT_ID_DIGITS = 18
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +59,7 @@ def last_event_id(req: falcon.Request) -> int:
     if raw is None or raw.strip() == "":
         return 0
     raw = raw.strip()
-    if not raw.isdigit() or len(raw) > MAX_EVENT_ID_DIGITS:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_EVENT_NUMBER:
         raise falcon.HTTPBadRequest(
             title="Invalid Last-Event-ID",
             description="Last-Event-ID must be the number of an event of this job (its id: line).",
