@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 
+import falcon
 import pytest
 from falcon import testing
 
+from darkroom.contract.errors import ServiceUnavailable
 from darkroom.contract.folders import result_version
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
 from darkroom.master.app import create_app
-from darkroom.master.events import EventStreamPolicy
+from darkroom.master.events import EventStreamPolicy, EventStreams
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import FileImageStore
@@ -21,6 +23,7 @@ from support.inprocess import service_client
 from support.sse import events_in, messages
 
 FAST = EventStreamPolicy(keepalive_seconds=0.05, max_stream_seconds=0.5, max_streams=1)
+FAST_RETRY = EventStreamPolicy(busy_retry_seconds=0.01, max_stream_seconds=5)
 STAGES = [
     {"stage": "download", "startMs": 0, "durationMs": 1},
     {"stage": "decode", "startMs": 1, "durationMs": 2},
@@ -144,3 +147,33 @@ def test_status_shows_the_stage_reached(client, config, png):
     assert (
         client.simulate_get("/status", params={"id": queued_job(client, png)}).json["stage"] is None
     )
+
+
+class BusyThenFinishedDatabase:
+    """A database whose long poll is refused once (no slot), then tells the job finished."""
+
+    def __init__(self) -> None:
+        self.answers: list[list[dict] | Exception] = [
+            [],  # nothing after Last-Event-ID yet
+            ServiceUnavailable("database", 503, "Too many waiting requests", "ask again"),
+            [{"id": 4, "kind": "state", "at": "t", "data": {"state": "finished"}}],
+        ]
+
+    def events(self, task_id: str, after: int = 0, wait: float = 0.0) -> list[dict]:
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def get(self, task_id: str) -> dict:
+        return {"stateName": "in progress"}
+
+
+def test_a_stream_outlives_a_busy_database():
+    streams = EventStreams(BusyThenFinishedDatabase(), FAST_RETRY, threads=8)
+    app = falcon.App()
+    app.add_route("/events", streams)
+    result = testing.TestClient(app).simulate_get(
+        "/events", params={"id": "A" * 22}, headers={"Last-Event-ID": "3"}
+    )
+    assert [event["data"]["state"] for event in events_in(result.text)] == ["finished"]
