@@ -425,3 +425,37 @@ def test_a_running_job_is_cancelled_with_its_button(page, services):
     task_id = page.locator("#job-id").inner_text()
     gone = requests.get(services.url("master", "/get"), params={"id": task_id}, timeout=10)
     assert gone.status_code == 410
+
+
+# -- live progress (issue 16): the event stream, and polling without it -------------------------
+
+
+def watch_requests(page) -> list[str]:
+    paths: list[str] = []
+    page.on("request", lambda request: paths.append(request.url.split("/", 3)[-1]))
+    return paths
+
+
+def test_the_page_shows_each_stage_as_the_event_stream_tells_it(page):
+    sent = watch_requests(page)
+    task_id = upload_photo(page, "stages.jpg")
+    stages = page.locator("#job-stages li")
+    expect(stages).to_have_count(6)
+    names = [stages.nth(n).get_attribute("data-stage") for n in range(6)]
+    assert names == ["download", "decode", "grayscale", "resize:320x240", "encode", "store"]
+    expect(stages.nth(0)).to_contain_text(" ms")
+    assert wait_image(page, "#after") == {"width": 320, "height": 240}
+    assert f"events?id={task_id}" in sent
+    # followed by its events, then one /status for the final facts: no long polls
+    assert not [path for path in sent if path.startswith("status") and "wait=" in path]
+
+
+def test_without_event_source_the_page_long_polls_the_status(page):
+    page.add_init_script("delete window.EventSource;")
+    page.reload()
+    sent = watch_requests(page)
+    upload_photo(page, "polled.jpg")
+    assert wait_image(page, "#after") == {"width": 320, "height": 240}
+    assert not [path for path in sent if path.startswith("events")]
+    assert [path for path in sent if path.startswith("status")]
+    expect(page.locator("#job-stages li")).to_have_count(0)

@@ -47,7 +47,7 @@ def test_jobs_survive_killed_processes(tmp_path, capsys):
 # -- regressions --------------------------------------------------------------------------
 
 
-def _swap(source, destination, pipeline: str) -> str:
+def _swap(source, destination, pipeline: str, **_: object) -> str:
     return process_image(source, destination, pipeline, ProcessingSettings())
 
 

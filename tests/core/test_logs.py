@@ -130,7 +130,7 @@ def test_a_task_can_be_followed_through_every_service_by_its_id(lines, config):
     )
     task_id = upload.text
 
-    def copy(source, destination, pipeline):
+    def copy(source, destination, pipeline, **_):
         destination.write(source.read())
         return "image/png"
 

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import json
 import sqlite3
+import threading
+import time
 
 import pytest
 from falcon import testing
@@ -211,3 +214,114 @@ def test_finish_notes_are_listed_in_the_task(client):
     assert client.simulate_post("/finishTask", params=params).text == "success"
     task = client.simulate_get("/getById", params={"id": task_id}).json
     assert task["notes"] == ["a", "b"] and task["error"] == "a; b"
+
+
+# -- events (issue 16's live progress) ---------------------------------------------------------
+
+
+def test_events_list_state_changes_and_the_stages_sent_with_heartbeat_and_finish(client):
+    task_id = new_queued(client)
+    lease = client.simulate_post("/getNewTask").json["lease"]
+    stages = '[{"stage":"download","startMs":0,"durationMs":1.5}]'
+    beat = client.simulate_post(
+        "/heartbeat", params={"id": task_id, "lease": lease, "stages": stages}
+    )
+    assert beat.status_code == 200
+    last = json.dumps(
+        [
+            {"stage": "encode", "startMs": 2, "durationMs": 3},
+            {"stage": "store", "startMs": 5, "durationMs": 1},
+        ]
+    )
+    done = client.simulate_post(
+        "/finishTask", params={"id": task_id, "lease": lease, "stages": last}
+    )
+    assert done.status_code == 200
+    events = client.simulate_get("/events", params={"id": task_id}).json
+    assert [event["id"] for event in events] == list(range(1, 8))
+    assert [
+        (event["kind"], event["data"].get("state") or event["data"]["stage"]) for event in events
+    ] == [
+        ("state", "uploading"),
+        ("state", "queued"),
+        ("state", "in progress"),
+        ("stage", "download"),
+        ("stage", "encode"),
+        ("stage", "store"),
+        ("state", "finished"),
+    ]
+    assert events[3]["data"] == {"stage": "download", "startMs": 0.0, "durationMs": 1.5}
+    assert events[0]["at"].endswith("+00:00")
+    assert client.simulate_get("/getById", params={"id": task_id}).json["stage"] == "store"
+    later = client.simulate_get("/events", params={"id": task_id, "after": 5}).json
+    assert [event["id"] for event in later] == [6, 7]
+
+
+def test_events_long_poll_answers_empty_at_its_deadline(client):
+    task_id = new_queued(client)
+    params = {"id": task_id, "after": 2, "wait": 0.2}
+    started = time.monotonic()
+    assert client.simulate_get("/events", params=params).json == []
+    assert time.monotonic() - started >= 0.2
+
+
+def test_events_long_poll_without_a_slot_is_503(config):
+    client = testing.TestClient(create_app(config.replace(threads=2), open_store(config)))
+    task_id = new_queued(client)
+    lease = client.simulate_post("/getNewTask").json["lease"]
+    deadline = time.monotonic() + 10
+    params = {"id": task_id, "after": 3}
+
+    def hold_the_slot() -> None:  # until a new event ends the wait; refused while we hold it
+        while time.monotonic() < deadline:
+            if client.simulate_get("/events", params={**params, "wait": 10}).status_code == 200:
+                return
+
+    waiting = threading.Thread(target=hold_the_slot)
+    waiting.start()
+    try:
+        while time.monotonic() < deadline:
+            asked = client.simulate_get("/events", params={**params, "wait": 0.01})
+            if asked.status_code == 503:
+                break
+        assert asked.status_code == 503 and asked.headers["retry-after"] == "1"
+    finally:
+        stage = '[{"stage": "download", "startMs": 0, "durationMs": 1}]'
+        client.simulate_post("/heartbeat", params={"id": task_id, "lease": lease, "stages": stage})
+        waiting.join()
+
+
+@pytest.mark.parametrize(
+    "stages",
+    [
+        "not json",
+        '{"stage": "x"}',
+        '[{"stage": "x", "startMs": -1, "durationMs": 1}]',
+        '[{"stage": "x", "startMs": 0, "durationMs": NaN}]',
+        '[{"stage": "", "startMs": 0, "durationMs": 1}]',
+        '[{"stage": "x", "startMs": true, "durationMs": 1}]',
+        "[" + ",".join(['{"stage":"x","startMs":0,"durationMs":1}'] * 65) + "]",
+    ],
+)
+def test_bad_stages_are_400_and_change_nothing(client, stages):
+    task_id = new_queued(client)
+    lease = client.simulate_post("/getNewTask").json["lease"]
+    result = client.simulate_post(
+        "/finishTask", params={"id": task_id, "lease": lease, "stages": stages}
+    )
+    assert result.status_code == 400 and "stages" in result.json["description"]
+    assert (
+        client.simulate_get("/getById", params={"id": task_id}).json["stateName"] == "in progress"
+    )
+
+
+@pytest.mark.parametrize(
+    "params", [{"after": "-1"}, {"after": "x"}, {"after": "9" * 19}, {"wait": "nan"}]
+)
+def test_bad_events_params_are_400(client, params):
+    task_id = new_queued(client)
+    assert client.simulate_get("/events", params={"id": task_id, **params}).status_code == 400
+
+
+def test_events_of_an_unknown_task_are_404(client):
+    assert client.simulate_get("/events", params={"id": "A" * 22}).status_code == 404

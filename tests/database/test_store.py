@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from darkroom.contract.events import EventKind, Stage
 from darkroom.contract.tasks import IdempotencyKeyUsed
 from darkroom.contract.webhooks import Attempt, DeliveryState
 from darkroom.core.config import Config
@@ -721,3 +722,123 @@ def test_purge_forgets_old_keys_and_those_of_purged_tasks(tmp_path, clock):
     keys = {row[0] for row in store._db.execute("SELECT key FROM idempotency_keys")}
     assert keys == {"recent"}
     assert store.get(day_old.id).state == State.QUEUED, "the task outlives its key"
+
+
+# -- events (issue 16's live progress) ---------------------------------------------------------
+
+
+def states_of(events) -> list[str]:
+    return [event.data["state"] for event in events if event.kind == EventKind.STATE]
+
+
+def test_every_state_change_is_an_event_numbered_in_order(store, clock):
+    task_id = queued(store)
+    claim = store.claim()
+    clock.now += 1
+    store.fail(task_id, claim.lease_token, "flaky", retryable=True)
+    claim = store.claim()
+    store.finish(task_id, claim.lease_token)
+    events = store.events(task_id)
+    assert [event.sequence for event in events] == list(range(1, len(events) + 1))
+    assert states_of(events) == [
+        "uploading",
+        "queued",
+        "in progress",
+        "queued",
+        "in progress",
+        "finished",
+    ]
+    assert events[3].at == clock.now and events[0].at == clock.now - 1
+    assert [event.sequence for event in store.events(task_id, after=4)] == [5, 6]
+    assert store.events(task_id, after=6) == []
+
+
+def test_a_lapse_is_an_event_like_any_change(store, clock):
+    task_id = queued(store)
+    store.claim()
+    clock.now += 11
+    assert store.expire() == 1
+    assert states_of(store.events(task_id))[-1] == "queued"
+    store.claim()
+    clock.now += 11
+    store.expire()
+    assert states_of(store.events(task_id))[-2:] == ["in progress", "failed"]
+    upload = store.create("swap").id
+    clock.now += 101
+    store.get(upload)  # a read writes nothing, and so tells no event
+    assert states_of(store.events(upload)) == ["uploading"]
+    store.expire()
+    assert states_of(store.events(upload)) == ["uploading", "failed"]
+
+
+def test_stages_are_events_in_order_before_the_finished_state(store):
+    task_id = queued(store)
+    claim = store.claim()
+    download, decode = Stage("download", 0.0, 2.5), Stage("decode", 2.5, 4.0)
+    assert store.get(task_id).stage is None
+    store.heartbeat(task_id, claim.lease_token, stages=[download, decode])
+    assert store.get(task_id).stage == "decode"  # the stage reached, for /status
+    rest = [Stage("resize:10x10", 6.5, 1.0), Stage("encode", 7.5, 3.0), Stage("store", 10.5, 2)]
+    store.finish(task_id, claim.lease_token, stages=rest)
+    events = store.events(task_id, after=3)  # after uploading, queued, in progress
+    assert [(event.kind, event.sequence) for event in events] == [
+        *((EventKind.STAGE, n) for n in range(4, 9)),
+        (EventKind.STATE, 9),
+    ]
+    assert [event.data for event in events[:5]] == [
+        stage.document() for stage in [download, decode, *rest]
+    ]
+    assert events[-1].data == {"state": "finished"}
+    assert store.get(task_id).stage == "store"
+
+
+def test_a_failures_stages_come_before_its_state(store):
+    task_id = queued(store)
+    claim = store.claim()
+    store.fail(task_id, claim.lease_token, "bad", retryable=False, stages=[Stage("decode", 1, 2)])
+    kinds = [(event.kind, event.data) for event in store.events(task_id, after=3)]
+    assert kinds == [
+        (EventKind.STAGE, {"stage": "decode", "startMs": 1.0, "durationMs": 2.0}),
+        (EventKind.STATE, {"state": "failed"}),
+    ]
+
+
+def test_a_refused_finish_writes_no_stage(store):
+    task_id = queued(store)
+    store.claim()
+    with pytest.raises(TaskConflict):
+        store.finish(task_id, "not the lease", stages=[Stage("encode", 0, 1)])
+    assert all(event.kind == EventKind.STATE for event in store.events(task_id))
+
+
+def test_waiting_for_events_wakes_on_a_new_one(store):
+    task_id = queued(store)
+    claim = store.claim()
+    seen = store.events(task_id)[-1].sequence
+    threading.Timer(
+        0.2, lambda: store.heartbeat(task_id, claim.lease_token, stages=[Stage("download", 0, 1)])
+    ).start()
+    started = time.monotonic()
+    events = store.events(task_id, after=seen, wait_seconds=10)
+    assert time.monotonic() - started < 5
+    assert [event.data["stage"] for event in events] == ["download"]
+    started = time.monotonic()
+    assert store.events(task_id, after=seen + 1, wait_seconds=0.2) == []
+    assert time.monotonic() - started >= 0.2
+
+
+def test_events_of_an_unknown_task(store):
+    with pytest.raises(TaskNotFound):
+        store.events("A" * 22)
+
+
+def test_a_purged_tasks_events_go_with_it(tmp_path, clock):
+    path = tmp_path / "tasks.sqlite3"
+    store = SqliteTaskStore(path, LeasePolicy(), clock=clock)
+    task_id = queued(store)
+    store.finish(task_id, store.claim().lease_token)
+    kept = queued(store)
+    assert store.purge(older_than=clock.now + 1) == 1
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT DISTINCT task_id FROM events").fetchall()
+    assert rows == [(kept,)]

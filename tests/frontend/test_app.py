@@ -41,6 +41,7 @@ from darkroom.worker.loop import TaskLoop
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
 from support.images import decode, encode, png_bytes
 from support.inprocess import service_client
+from support.sse import events_in
 
 
 @pytest.fixture
@@ -598,3 +599,38 @@ def test_submit_passes_the_idempotency_key_on_and_the_replay_back(system, png):
         "/submitTask", body=body, headers={**headers, "Idempotency-Key": "a b"}
     )
     assert bad.status_code == 400 and bad.json["title"] == "Invalid Idempotency-Key"
+
+
+# -- live progress: /events relayed (issue 16) --------------------------------------------------
+
+
+def test_events_relay_the_masters_stream_with_last_event_id(system, png):
+    task_id = submitted_id(system.client, png)
+    system.work()
+    result = system.client.simulate_get("/events", params={"id": task_id})
+    assert result.status_code == 200
+    assert result.headers["content-type"] == "text/event-stream"
+    assert result.headers["cache-control"] == "no-cache"
+    events = events_in(result.text)
+    stages = [event["data"]["stage"] for event in events if event["event"] == "stage"]
+    assert stages == ["download", "decode", "swap", "encode", "store"]
+    assert events[-1]["data"]["state"] == "finished"
+    last = events[-1]["id"]
+    before = str(int(last) - 1)
+    resumed = system.client.simulate_get(
+        "/events", params={"id": task_id}, headers={"Last-Event-ID": before}
+    )
+    assert [event["id"] for event in events_in(resumed.text)] == [last]
+    over = system.client.simulate_get(
+        "/events", params={"id": task_id}, headers={"Last-Event-ID": last}
+    )
+    assert over.status_code == 204
+
+
+def test_events_pass_the_masters_refusals_on_as_json(system, png):
+    assert system.client.simulate_get("/events", params={"id": "A" * 22}).status_code == 404
+    task_id = submitted_id(system.client, png)
+    bad = system.client.simulate_get(
+        "/events", params={"id": task_id}, headers={"Last-Event-ID": "x"}
+    )
+    assert bad.status_code == 400 and bad.json["title"] == "Invalid Last-Event-ID"

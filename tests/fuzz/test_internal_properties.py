@@ -10,6 +10,7 @@ directory; the registry holds exactly what was set).
 from __future__ import annotations
 
 import base64
+import json
 import string
 import tempfile
 from pathlib import Path
@@ -115,6 +116,8 @@ param_names = st.sampled_from(
         "limit",
         "idempotencyKey",
         "bodySha256",
+        "after",
+        "stages",
     ]
 )
 params = st.dictionaries(st.one_of(param_names, text), values, max_size=5)
@@ -207,7 +210,23 @@ DATABASE_ROUTES = {
     ("GET", "/list"): {200, 400},
     ("POST", "/claimDelivery"): {200, 204, 400},
     ("POST", "/reportDelivery"): {200, 400, 404, 409},
+    ("GET", "/events"): {200, 400, 404, 503},
 }
+# A worker's stages as it sends them, and some it never would.
+stage_lists = st.one_of(
+    st.just('[{"stage":"download","startMs":0,"durationMs":1.5}]'),
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "stage": st.one_of(text, st.integers()),
+                "startMs": st.one_of(st.floats(allow_nan=True), st.booleans(), st.none()),
+                "durationMs": st.one_of(st.floats(-1, 1e6), st.integers(-5, 10**20)),
+            }
+        ),
+        max_size=3,
+    ).map(json.dumps),
+    values,
+)
 
 
 def expected_for(routes: dict[tuple[str, str], set[int]], method: str, path: str) -> set[int]:
@@ -374,7 +393,7 @@ class DatabaseMachine(AppMachine):
     def work(self, task_id):
         """A well-behaved worker: claim whatever comes, then finish it with its lease."""
         self.claim(wait=None)
-        self.act_on_lease(task_id, "/finishTask", "latest", None, None)
+        self.act_on_lease(task_id, "/finishTask", "latest", None, None, None)
 
     @rule(wait=st.one_of(st.none(), numbers))
     def claim(self, wait):
@@ -393,11 +412,12 @@ class DatabaseMachine(AppMachine):
         lease=st.one_of(st.just("latest"), st.just("latest"), st.none(), values),
         error=st.one_of(st.just("it broke"), st.none(), values),
         retry=st.one_of(st.sampled_from(["true", "false"]), st.none(), values),
+        stages=st.one_of(st.none(), stage_lists),
     )
-    def act_on_lease(self, task_id, route, lease, error, retry):
+    def act_on_lease(self, task_id, route, lease, error, retry, stages):
         latest = self.latest_lease.get(task_id)
         lease = latest if lease == "latest" else lease
-        query = {"id": task_id, "lease": lease, "error": error, "retry": retry}
+        query = {"id": task_id, "lease": lease, "error": error, "retry": retry, "stages": stages}
         answer = self._call("POST", route, params={k: v for k, v in query.items() if v is not None})
         if answer.status_code != 200:
             return
@@ -444,6 +464,21 @@ class DatabaseMachine(AppMachine):
         extra = {} if accept is None else {"Accept": accept}
         self._call("GET", "/list", params=query, headers=extra)
 
+    @rule(
+        task_id=st.one_of(tasks, valid_ids, values),
+        after=st.one_of(st.none(), st.integers(-2, 40).map(str), numbers),
+        wait=st.one_of(st.none(), numbers),
+    )
+    def events(self, task_id, after, wait):
+        query = {"id": task_id, "after": after, "wait": wait}
+        answer = self._call(
+            "GET", "/events", params={k: v for k, v in query.items() if v is not None}
+        )
+        if answer.status_code == 200:
+            numbers_seen = [event["id"] for event in answer.json]
+            assert numbers_seen == sorted(set(numbers_seen))
+            assert all(number > int(after or 0) for number in numbers_seen)
+
     @rule(seconds=st.floats(0, 2 * LEASE_SECONDS))
     def advance_clock(self, seconds):
         self.clock.now += seconds
@@ -473,6 +508,14 @@ class DatabaseMachine(AppMachine):
             now = self._get(task_id)
             assert now["stateName"] == "cancelled", (task_id, first, now)
             assert now["finishedAt"] == first["finishedAt"]
+
+    @invariant()
+    def events_are_numbered_from_1_and_tell_the_state_written(self):
+        for task in self.store.recent(10_000):  # the rows as written (no lapse applied)
+            events = self.store.events(task.id)
+            assert [event.sequence for event in events] == list(range(1, len(events) + 1))
+            states = [event.data["state"] for event in events if event.kind == "state"]
+            assert states[0] == "uploading" and states[-1] == task.state.value
 
     @invariant()
     def attempts_are_bounded(self):

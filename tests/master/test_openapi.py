@@ -52,3 +52,12 @@ def test_cancel_and_the_idempotency_key_are_documented() -> None:
     assert "Idempotent-Replayed" in upload["responses"]["200"]["headers"]
     task = document()["components"]["schemas"]["Task"]["properties"]
     assert "cancelled" in task["stateName"]["enum"] and 4 in task["state"]["enum"]
+
+
+def test_events_are_documented_as_an_event_stream_with_last_event_id() -> None:
+    operation = document()["paths"]["/events"]["get"]
+    assert set(operation["responses"]["200"]["content"]) == {"text/event-stream"}
+    assert {"204", "400", "404", "503"} <= set(operation["responses"])
+    headers = [p["name"] for p in operation["parameters"] if p["in"] == "header"]
+    assert headers == ["Last-Event-ID"]
+    assert "stage" in document()["components"]["schemas"]["Task"]["properties"]

@@ -9,6 +9,7 @@ from typing import BinaryIO
 import pytest
 
 from darkroom.contract.errors import ServiceConflict
+from darkroom.contract.events import EventKind
 from darkroom.contract.folders import result_version
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
@@ -27,7 +28,7 @@ class Rejected(Exception):
     pass
 
 
-def reverse_bytes(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str:
+def reverse_bytes(source: BinaryIO, destination: BinaryIO, pipeline: str, **_: object) -> str:
     data = source.read()
     if data.startswith(b"bad"):
         raise Rejected("not an image")
@@ -171,7 +172,7 @@ def test_run_stores_each_result_while_processing_the_next_task(system, config):
     second_started = threading.Event()
     stop = threading.Event()
 
-    def process(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str:
+    def process(source: BinaryIO, destination: BinaryIO, pipeline: str, **_: object) -> str:
         data = source.read()
         if data == b"two":
             second_started.set()
@@ -194,7 +195,7 @@ def test_a_task_given_back_by_a_stopping_worker_keeps_its_attempt(system, config
     task_id = submit(tasks, storage, b"\x89PNG-abc")
     processing, resume = threading.Event(), threading.Event()
 
-    def slow(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str:
+    def slow(source: BinaryIO, destination: BinaryIO, pipeline: str, **_: object) -> str:
         processing.set()
         resume.wait(10)
         return reverse_bytes(source, destination, pipeline)
@@ -222,7 +223,7 @@ def test_a_worker_that_lost_its_lease_never_replaces_the_result(system):
     claim_and_handle(master, loop)  # another worker finishes the task
     assert tasks.get(task_id).state == State.FINISHED
 
-    def other_bytes(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str:
+    def other_bytes(source: BinaryIO, destination: BinaryIO, pipeline: str, **_: object) -> str:
         destination.write(b"the stale worker's result")
         return "application/octet-stream"
 
@@ -280,9 +281,9 @@ class HeartbeatWatch(MasterClient):
         super().__init__(service)
         self.told_cancelled = threading.Event()
 
-    def heartbeat(self, claim) -> None:
+    def heartbeat(self, claim, **kwargs) -> None:
         try:
-            super().heartbeat(claim)
+            super().heartbeat(claim, **kwargs)
         except TaskWasCancelled:
             self.told_cancelled.set()
             raise
@@ -304,7 +305,9 @@ def test_a_task_cancelled_while_processing_stops_at_the_next_heartbeat(config):
     watched = HeartbeatWatch(master.service)
     task_id = submit(tasks, storage, b"\x89PNG-abc")
 
-    def cancelled_meanwhile(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str:
+    def cancelled_meanwhile(
+        source: BinaryIO, destination: BinaryIO, pipeline: str, **_: object
+    ) -> str:
         tasks.cancel(task_id)  # the client cancels while the image is processed
         assert watched.told_cancelled.wait(10), "a heartbeat came and was refused"
         destination.write(b"a result nobody wants")
@@ -326,7 +329,9 @@ def test_a_task_cancelled_after_its_last_heartbeat_has_its_sent_result_removed(s
     tasks, storage, master, _ = system
     task_id = submit(tasks, storage, b"\x89PNG-abc")
 
-    def cancelled_at_the_end(source: BinaryIO, destination: BinaryIO, pipeline: str) -> str:
+    def cancelled_at_the_end(
+        source: BinaryIO, destination: BinaryIO, pipeline: str, **_: object
+    ) -> str:
         destination.write(b"a result nobody wants")
         tasks.cancel(task_id)  # after the last heartbeat: the finish is what is refused
         return "application/octet-stream"
@@ -338,3 +343,50 @@ def test_a_task_cancelled_after_its_last_heartbeat_has_its_sent_result_removed(s
     assert (loop.completed, loop.failed) == (0, 0)
     served = master.service.request("GET", "/get", params={"id": task_id})
     assert served.status_code == 410
+
+
+# -- stages for the job's live progress (issue 16) ---------------------------------------------
+
+
+def test_stages_go_with_the_heartbeat_then_the_rest_with_the_finish(system):
+    tasks, storage, master, _ = system
+    task_id = submit(tasks, storage, b"\x89PNG-abc")
+
+    def stage_names() -> list[str]:
+        return [e.data["stage"] for e in tasks.events(task_id) if e.kind == EventKind.STAGE]
+
+    def decode_then_wait_for_a_heartbeat(source, destination, pipeline, *, stage_done) -> str:
+        started = time.perf_counter()
+        stage_done("decode", started, time.perf_counter())
+        deadline = time.monotonic() + 10
+        while stage_names() != ["download", "decode"] and time.monotonic() < deadline:
+            time.sleep(0.02)  # a heartbeat (every 0.05 s here) carries them
+        seen_before_the_finish.extend(stage_names())
+        return reverse_bytes(source, destination, pipeline)
+
+    seen_before_the_finish: list[str] = []
+
+    # a lease of 0.15 s: a heartbeat every 0.05 s
+    loop = TaskLoop(
+        master, storage, decode_then_wait_for_a_heartbeat, Rejected, 0, 0.15, 5, threading.Event()
+    )
+    claim_and_handle(master, loop)
+    assert seen_before_the_finish == ["download", "decode"]
+    events = tasks.events(task_id)
+    assert tasks.get(task_id).state == State.FINISHED
+    assert stage_names() == ["download", "decode", "store"]
+    assert [e.data.get("state") for e in events[-2:]] == [None, "finished"]  # store, finished
+    store = events[-2].data
+    assert store["startMs"] >= 0 and store["durationMs"] >= 0
+
+
+def test_a_failed_attempt_sends_its_stages_with_the_failure(system):
+    tasks, storage, master, loop = system
+    task_id = submit(tasks, storage, b"bad image")
+    claim_and_handle(master, loop)
+    events = tasks.events(task_id)
+    assert tasks.get(task_id).state == State.FAILED
+    assert [(e.kind, e.data.get("stage") or e.data.get("state")) for e in events[-2:]] == [
+        (EventKind.STAGE, "download"),
+        (EventKind.STATE, "failed"),
+    ]

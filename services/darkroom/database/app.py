@@ -11,6 +11,7 @@ from typing import Any
 import falcon
 from prometheus_client import CollectorRegistry
 
+from darkroom.contract.events import MAX_EVENT_NUMBER, Stage, parse_stages
 from darkroom.contract.folders import result_version
 from darkroom.contract.limits import (
     IDEMPOTENCY_KEY_DESCRIPTION,
@@ -46,6 +47,7 @@ from darkroom.database.store import (
     Task,
     TaskCancelled,
     TaskConflict,
+    TaskEvent,
     TaskNotFound,
     TaskStore,
 )
@@ -69,6 +71,7 @@ def task_document(
         "error": task.error,
         "notes": list(task.notes),
         "hasIdempotencyKey": task.idempotency_key is not None,
+        "stage": task.stage,  # the stage reached: its last stage event's name
         "createdAt": _timestamp(task.created_at),
         "updatedAt": _timestamp(task.updated_at),
         "finishedAt": _timestamp(task.finished_at),
@@ -98,6 +101,31 @@ def webhook_document(delivery: Delivery) -> dict[str, Any]:
             {"at": _timestamp(a.at), "status": a.status, "error": a.error} for a in delivery.last
         ],
     }
+
+
+def event_document(event: TaskEvent) -> dict[str, Any]:
+    return {
+        "id": event.sequence,
+        "kind": event.kind.value,
+        "at": _timestamp(event.at),
+        "data": event.data,
+    }
+
+
+def _stages(req: falcon.Request) -> tuple[Stage, ...]:
+    """The worker's processing stages sent with a heartbeat, finish or fail (JSON ``stages``)."""
+    try:
+        return parse_stages(req.get_param("stages"))
+    except ValueError as exc:
+        raise falcon.HTTPInvalidParam(str(exc), "stages") from exc
+
+
+def _no_wait_slot() -> falcon.HTTPServiceUnavailable:
+    return falcon.HTTPServiceUnavailable(
+        title="Too many waiting requests",
+        description="Every long-poll slot is taken; ask again shortly.",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _lease(req: falcon.Request) -> str:
@@ -183,18 +211,14 @@ class Tasks:
         if task is None and wait < asked:
             # No slot to wait in: an empty answer now would have the worker ask again at once,
             # over and over; a 503 has it back off (its claims' backoff) instead.
-            raise falcon.HTTPServiceUnavailable(
-                title="Too many waiting requests",
-                description="Every long-poll slot is taken; ask again shortly.",
-                headers={"Retry-After": "1"},
-            )
+            raise _no_wait_slot()
         if task is None:
             resp.status = falcon.HTTP_204
             return
         resp.media = task_document(task, with_lease=True)
 
     def on_post_heartbeat(self, req: falcon.Request, resp: falcon.Response) -> None:
-        task = self._store.heartbeat(require_task_id(req), _lease(req))
+        task = self._store.heartbeat(require_task_id(req), _lease(req), stages=_stages(req))
         resp.media = task_document(task, with_lease=True)
 
     def on_post_finish(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -202,7 +226,7 @@ class Tasks:
         # a ``note`` parameter each: /status lists them.
         notes = [n.strip()[:MAX_NOTE_LENGTH] for n in req.get_param_as_list("note") or []]
         notes = [note for note in notes if note][:MAX_NOTES]
-        self._store.finish(require_task_id(req), _lease(req), notes)
+        self._store.finish(require_task_id(req), _lease(req), notes, stages=_stages(req))
         _success(resp)
 
     def on_post_fail(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -212,7 +236,9 @@ class Tasks:
         if not error:
             raise falcon.HTTPBadRequest(title="Missing error", description="say why it failed")
         retryable = req.get_param_as_bool("retry", default=False)
-        task = self._store.fail(task_id, lease, error[:MAX_ERROR_LENGTH], retryable)
+        task = self._store.fail(
+            task_id, lease, error[:MAX_ERROR_LENGTH], retryable, stages=_stages(req)
+        )
         resp.media = task_document(task)
 
     def on_post_release(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -247,6 +273,17 @@ class Tasks:
 
     def _fail_waiting(self, task_id: str) -> Task:
         return self._store.fail(task_id, None, "failed by an operator", retryable=False)
+
+    def on_get_events(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """A task's events after number ``after``; with ``wait``, long-polls until there is one."""
+        task_id = require_task_id(req)
+        after = req.get_param_as_int("after", min_value=0, max_value=MAX_EVENT_NUMBER, default=0)
+        asked = wait_param(req, self._max_wait)
+        with self._long_polls.wait(asked) as wait:
+            events = self._store.events(task_id, after, wait)
+        if not events and wait < asked:
+            raise _no_wait_slot()  # as a claim: an empty answer would be asked again at once
+        resp.media = [event_document(event) for event in events]
 
     def on_get_list(self, req: falcon.Request, resp: falcon.Response) -> None:
         limit = req.get_param_as_int("limit", min_value=1, max_value=10_000, default=100)
@@ -355,6 +392,7 @@ def create_app(config: Config, store: TaskStore) -> falcon.App:
         "/setById": "set",
         "/cancelTask": "cancel",
         "/list": "list",
+        "/events": "events",
     }
     for path, suffix in routes.items():
         app.add_route(path, tasks, suffix=suffix)

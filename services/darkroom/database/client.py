@@ -80,3 +80,15 @@ class DatabaseClient:
         params = {"id": task_id, "lease": lease, "retry_in": retry_in, **attempt.to_json()}
         with self._checked("POST", "/reportDelivery", params=params) as response:
             return response.json()
+
+    # -- events (live progress) -----------------------------------------------------------
+    def events(self, task_id: str, after: int = 0, wait: float = 0.0) -> list[dict[str, Any]]:
+        """The task's events numbered above ``after``; with ``wait``, once there is one or after
+        it (then an empty list). ServiceUnavailable when the database has no slot to wait in."""
+        params: dict[str, Any] = {"id": task_id, "after": after}
+        kwargs: dict[str, Any] = {}
+        if wait > 0:
+            params["wait"] = wait
+            kwargs["timeout"] = self._service.timeout + wait
+        with self._checked("GET", "/events", params=params, **kwargs) as response:
+            return response.json()

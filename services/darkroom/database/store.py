@@ -21,8 +21,9 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from darkroom.contract.events import EventKind, Stage
 from darkroom.contract.limits import MAX_ERROR_LENGTH
 from darkroom.contract.tasks import ENDED_STATES, IdempotencyKeyUsed, KeyHolder, TaskState
 from darkroom.contract.webhooks import KEPT_ATTEMPTS, Attempt, DeliveryState
@@ -51,6 +52,8 @@ class Task:
     notes: tuple[str, ...] = ()
     # the Idempotency-Key its upload came with (None without one)
     idempotency_key: str | None = None
+    # the name of its last processing stage (its last stage event), None before the first
+    stage: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +74,17 @@ class Delivery:
     lease_token: str | None = None
     lease_expires_at: float | None = None
     last: tuple[Attempt, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskEvent:
+    """One state change or processing stage of a task; ``sequence`` counts from 1 per task."""
+
+    task_id: str
+    sequence: int
+    at: float
+    kind: EventKind
+    data: dict[str, Any]
 
 
 class TaskNotFound(LookupError):
@@ -105,9 +119,26 @@ class TaskStore(Protocol):
     def get(self, task_id: str) -> Task: ...
     def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task: ...
     def claim(self, wait_seconds: float = 0.0) -> Task | None: ...
-    def heartbeat(self, task_id: str, lease_token: str) -> Task: ...
-    def finish(self, task_id: str, lease_token: str, notes: Sequence[str] = ()) -> Task: ...
-    def fail(self, task_id: str, lease_token: str | None, error: str, retryable: bool) -> Task: ...
+    def heartbeat(
+        self, task_id: str, lease_token: str, *, stages: Sequence[Stage] = ()
+    ) -> Task: ...
+    def finish(
+        self,
+        task_id: str,
+        lease_token: str,
+        notes: Sequence[str] = (),
+        *,
+        stages: Sequence[Stage] = (),
+    ) -> Task: ...
+    def fail(
+        self,
+        task_id: str,
+        lease_token: str | None,
+        error: str,
+        retryable: bool,
+        *,
+        stages: Sequence[Stage] = (),
+    ) -> Task: ...
     def release(self, task_id: str, lease_token: str) -> Task: ...
     def retry(self, task_id: str) -> Task: ...
     def cancel(self, task_id: str) -> Task: ...
@@ -115,6 +146,9 @@ class TaskStore(Protocol):
     def expire(self) -> int: ...
     def purge(self, older_than: float) -> int: ...
     def recent(self, limit: int) -> list[Task]: ...
+    def events(
+        self, task_id: str, after: int = 0, wait_seconds: float = 0.0
+    ) -> list[TaskEvent]: ...
     # webhook deliveries
     def delivery(self, task_id: str) -> Delivery | None: ...
     def claim_delivery(self, lease_seconds: float) -> Delivery | None: ...
@@ -158,13 +192,27 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_task ON idempotency_keys (task_id);
+CREATE TABLE IF NOT EXISTS events (
+    task_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (task_id, seq)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS events_go_with_their_task AFTER DELETE ON tasks
+BEGIN
+    DELETE FROM events WHERE task_id = OLD.id;
+END;
 """
 _COLUMNS = (
     "id, state, pipeline, attempts, error, created_at, updated_at, finished_at,"
-    " lease_token, lease_expires_at, notes, idempotency_key"
+    " lease_token, lease_expires_at, notes, idempotency_key, stage"
 )
+# At most this many events per read: a reader asks again from the last one it got.
+EVENTS_PER_READ = 500
 # Columns added since the first schema: a file made before them gets them when opened.
-_ADDED_COLUMNS = {"notes": "TEXT", "idempotency_key": "TEXT"}
+_ADDED_COLUMNS = {"notes": "TEXT", "idempotency_key": "TEXT", "stage": "TEXT"}
 _DELIVERY_COLUMNS = (
     "task_id, url, state, attempts, sequence, ended_at, due_at, lease_token, lease_expires_at, last"
 )
@@ -240,7 +288,7 @@ class SqliteTaskStore:
                     self._db.execute("ROLLBACK")
                 raise
             changed, self._changed = self._changed, []
-        for task_id in changed:
+        for task_id in dict.fromkeys(changed):  # once each
             self._notify_watchers(task_id)
 
     def _row(self, task_id: str, db: sqlite3.Connection | None = None) -> Task:
@@ -265,6 +313,8 @@ class SqliteTaskStore:
         self._db.execute(
             f"UPDATE tasks SET {assignments} WHERE id = ?", (*fields.values(), task_id)
         )
+        if "state" in fields:
+            self._append_state_event(task_id, fields["state"])  # type: ignore[arg-type]
         return self._row(task_id)
 
     def _notify_watchers(self, task_id: str | None = None) -> None:
@@ -313,6 +363,7 @@ class SqliteTaskStore:
                     "INSERT INTO webhooks (task_id, url, state) VALUES (?, ?, ?)",
                     (task_id, webhook_url, DeliveryState.PENDING),
                 )
+            self._append_state_event(task_id, State.UPLOADING)
             return self._row(task_id)
 
     def enqueue(self, task_id: str, *, body_sha256: str | None = None) -> Task:
@@ -348,10 +399,7 @@ class SqliteTaskStore:
     def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task:
         """The task as soon as its state is not one of ``while_in``, or as it is after the wait."""
         deadline = time.monotonic() + wait_seconds
-        changed = threading.Event()
-        with self._watchers_lock:
-            self._watchers.setdefault(task_id, set()).add(changed)
-        try:
+        with self._watching(task_id) as changed:
             while True:
                 changed.clear()  # before reading: a change from here on sets it again
                 task = self.get(task_id)
@@ -360,12 +408,75 @@ class SqliteTaskStore:
                     return task
                 # Wake at least twice a second so expired leases are noticed.
                 changed.wait(min(remaining, 0.5))
+
+    @contextlib.contextmanager
+    def _watching(self, task_id: str) -> Iterator[threading.Event]:
+        """An event set whenever ``task_id`` changes (its state, or a new event of it)."""
+        changed = threading.Event()
+        with self._watchers_lock:
+            self._watchers.setdefault(task_id, set()).add(changed)
+        try:
+            yield changed
         finally:
             with self._watchers_lock:
                 group = self._watchers[task_id]
                 group.discard(changed)
                 if not group:
                     del self._watchers[task_id]
+
+    # -- events -------------------------------------------------------------------------
+    def events(self, task_id: str, after: int = 0, wait_seconds: float = 0.0) -> list[TaskEvent]:
+        """The task's events numbered above ``after``, oldest first (at most EVENTS_PER_READ);
+        with ``wait_seconds``, waits up to that long for one when there are none yet."""
+        deadline = time.monotonic() + wait_seconds
+        with self._watching(task_id) as changed:
+            while True:
+                changed.clear()  # before reading: an event from here on sets it again
+                found = self._events_after(task_id, after)
+                remaining = deadline - time.monotonic()
+                if found or remaining <= 0:
+                    return found
+                changed.wait(remaining)
+
+    def _events_after(self, task_id: str, after: int) -> list[TaskEvent]:
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT seq, at, kind, data FROM events WHERE task_id = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (task_id, after, EVENTS_PER_READ),
+            ).fetchall()
+            if not rows:
+                self._row(task_id, self._reader)  # TaskNotFound for a task that is not there
+        return [
+            TaskEvent(task_id, seq, at, EventKind(kind), json.loads(data))
+            for seq, at, kind, data in rows
+        ]
+
+    def _append_state_event(self, task_id: str, state: State) -> None:
+        self._append_events(task_id, EventKind.STATE, [{"state": state.value}])
+
+    def _append_stage_events(self, task_id: str, stages: Sequence[Stage]) -> None:
+        """The stages as events, the last one's name as the task's stage reached."""
+        if stages:
+            self._append_events(task_id, EventKind.STAGE, [stage.document() for stage in stages])
+            self._db.execute("UPDATE tasks SET stage = ? WHERE id = ?", (stages[-1].name, task_id))
+
+    def _append_events(self, task_id: str, kind: EventKind, data: Sequence[dict]) -> None:
+        """Number and write events of ``task_id``; inside the transaction that makes them."""
+        if not data:
+            return
+        (last,) = self._db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE task_id = ?", (task_id,)
+        ).fetchone()
+        now = self._clock()
+        self._db.executemany(
+            "INSERT INTO events (task_id, seq, at, kind, data) VALUES (?, ?, ?, ?, ?)",
+            [
+                (task_id, last + n, now, kind.value, json.dumps(item, separators=(",", ":")))
+                for n, item in enumerate(data, start=1)
+            ],
+        )
+        self._changed.append(task_id)  # its watchers wake once the transaction is committed
 
     def claim(self, wait_seconds: float = 0.0) -> Task | None:
         """The oldest queued task, leased to the caller; waits up to ``wait_seconds`` for one."""
@@ -401,16 +512,26 @@ class SqliteTaskStore:
                 lease_expires_at=now + self._policy.lease_seconds,
             )
 
-    def heartbeat(self, task_id: str, lease_token: str) -> Task:
+    def heartbeat(self, task_id: str, lease_token: str, *, stages: Sequence[Stage] = ()) -> Task:
+        """Extend the lease; ``stages``: the holder's processing stages done since its last call."""
         with self._transaction():
             task = self._held(task_id, lease_token, State.IN_PROGRESS)
+            self._append_stage_events(task_id, stages)
             return self._update(
                 task.id, lease_expires_at=self._clock() + self._policy.lease_seconds
             )
 
-    def finish(self, task_id: str, lease_token: str, notes: Sequence[str] = ()) -> Task:
+    def finish(
+        self,
+        task_id: str,
+        lease_token: str,
+        notes: Sequence[str] = (),
+        *,
+        stages: Sequence[Stage] = (),
+    ) -> Task:
         """Mark the task finished with its ``notes``, which its error field also holds, joined
-        (what the task's status said before it had a list of notes; None when there are none)."""
+        (what the task's status said before it had a list of notes; None when there are none).
+        Its last ``stages`` are written first, before the finished state's event."""
         with self._transaction():
             task = self._current(task_id)
             if task.state == State.FINISHED and task.lease_token == lease_token:
@@ -423,6 +544,7 @@ class SqliteTaskStore:
             except TaskConflict:
                 self.finishes_refused += 1  # finished already, or the lease went to another
                 raise
+            self._append_stage_events(task_id, stages)
             return self._update(
                 task_id,
                 state=State.FINISHED,
@@ -432,7 +554,17 @@ class SqliteTaskStore:
                 notes=json.dumps(list(notes)) if notes else None,
             )
 
-    def fail(self, task_id: str, lease_token: str | None, error: str, retryable: bool) -> Task:
+    def fail(
+        self,
+        task_id: str,
+        lease_token: str | None,
+        error: str,
+        retryable: bool,
+        *,
+        stages: Sequence[Stage] = (),
+    ) -> Task:
+        """Fail (or, ``retryable`` with attempts left, queue again) a task; the holder's last
+        ``stages`` are written first."""
         with self._transaction():
             task = self._current(task_id)
             if lease_token is None:
@@ -446,6 +578,7 @@ class SqliteTaskStore:
             if task.state == State.FAILED and task.lease_token == lease_token:
                 return task
             task = self._held(task_id, lease_token, State.IN_PROGRESS, State.QUEUED)
+            self._append_stage_events(task_id, stages)
             if retryable and task.attempts < self._policy.max_attempts:
                 task = self._update(task_id, state=State.QUEUED, error=error, lease_expires_at=None)
             else:
@@ -654,6 +787,7 @@ class SqliteTaskStore:
             self.lease_expiries += 1
         self._changed.append(task.id)
         self._make_delivery_due_if_ended(task.id, lapsed.state)
+        self._append_state_event(task.id, lapsed.state)
         return lapsed
 
     # -- webhook deliveries -------------------------------------------------------------
@@ -793,7 +927,7 @@ def _delivery(row: tuple) -> Delivery:
 
 def _task(row: tuple) -> Task:
     (task_id, state, pipeline, attempts, error, created, updated, finished) = row[:8]
-    token, expires, notes, idempotency_key = row[8:]
+    token, expires, notes, idempotency_key, stage = row[8:]
     return Task(
         id=task_id,
         state=State.from_code(state),
@@ -807,4 +941,5 @@ def _task(row: tuple) -> Task:
         lease_expires_at=expires,
         notes=tuple(json.loads(notes)) if notes else (),
         idempotency_key=idempotency_key,
+        stage=stage,
     )

@@ -141,6 +141,23 @@ class Jobs:
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
         relay(self._poll(req, "/status"), resp, "master")
 
+    def on_get_events(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The master's event stream of the job (``/events``), passed on as each event comes."""
+        headers = {}
+        if (last := req.get_header("Last-Event-ID")) is not None:
+            headers["Last-Event-ID"] = last
+        upstream = self._master.request(
+            "GET", "/events", params={"id": require_task_id(req)}, headers=headers, stream=True
+        )
+        if upstream.status_code >= 400 or upstream.status_code == 204:
+            with upstream:
+                raise_for_upstream(upstream, "master")
+            resp.status = falcon.HTTP_204  # the job ended and nothing follows: EventSource stops
+            return
+        relay_stream(upstream, resp)
+        resp.cache_control = ["no-cache"]
+        resp.set_header("X-Accel-Buffering", "no")
+
     def on_get_image(self, req: falcon.Request, resp: falcon.Response) -> None:
         task_id = require_task_id(req)
         upstream = self._master.request("GET", "/get", params={"id": task_id}, stream=True)
@@ -238,4 +255,5 @@ def create_app(config: Config, master: MasterClient, readiness: list | None = No
     app.add_route("/status", jobs, suffix="status")
     app.add_route("/getImage", jobs, suffix="image")
     app.add_route("/cancel", jobs, suffix="cancel")
+    app.add_route("/events", jobs, suffix="events")
     return app

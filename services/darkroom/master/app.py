@@ -32,6 +32,7 @@ from darkroom.core.relay import relay, relay_stream
 from darkroom.core.ssrf import InvalidTarget, RefusedTarget
 from darkroom.core.streams import iter_chunks
 from darkroom.database.client import DatabaseClient
+from darkroom.master.events import EventStreamPolicy, EventStreams
 from darkroom.master.finished import FinishedTasks
 from darkroom.master.openapi import OpenApiDocument
 from darkroom.master.webhooks import WebhookGuard, WebhookSettings
@@ -337,6 +338,7 @@ def create_app(
     readiness: list[Callable[[], str | None]] | None = None,
     *,
     webhooks: WebhookGuard | None = None,
+    event_streams: EventStreamPolicy | None = None,
 ) -> falcon.App:
     app = create_base_app(config, readiness=readiness or [])
     finished = FinishedTasks(config.retention_seconds)
@@ -347,6 +349,8 @@ def create_app(
     app.add_route("/status", jobs, suffix="status")
     app.add_route("/get", jobs, suffix="result")
     app.add_route("/cancel", jobs, suffix="cancel")
+    streams = EventStreams(database, event_streams or EventStreamPolicy(), config.threads)
+    app.add_route("/events", streams)
     workers = WorkerApi(database, config, finished)
     app.add_route("/getNewTask", workers, suffix="claim")
     app.add_route("/registerTaskFinished", workers, suffix="finish")

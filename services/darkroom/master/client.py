@@ -11,6 +11,7 @@ from typing import Any
 import requests
 
 from darkroom.contract.errors import ServiceConflict
+from darkroom.contract.events import Stage, encode_stages
 from darkroom.contract.tasks import TASK_CANCELLED_TITLE, Claim
 from darkroom.core.discovery import ServiceClient
 from darkroom.core.errors import raise_for_upstream
@@ -46,20 +47,34 @@ class MasterClient:
                 return None
             return Claim.from_document(response.json())
 
-    def heartbeat(self, claim: Claim) -> None:
-        self._post("/heartbeat", {"id": claim.task_id, "lease": claim.lease}).close()
+    def heartbeat(self, claim: Claim, *, stages: Sequence[Stage] = ()) -> None:
+        """Extend the lease; ``stages``: the processing stages done since the last call."""
+        params = _with_stages({"id": claim.task_id, "lease": claim.lease}, stages)
+        self._post("/heartbeat", params).close()
 
-    def finish(self, claim: Claim, notes: Sequence[str] = ()) -> None:
+    def finish(
+        self, claim: Claim, notes: Sequence[str] = (), *, stages: Sequence[Stage] = ()
+    ) -> None:
         """The task is done; ``notes`` (what of the image was skipped, kept or removed) go to
-        its status (its ``notes``, and joined in its ``error`` field)."""
-        params: dict[str, Any] = {"id": claim.task_id, "lease": claim.lease}
+        its status (its ``notes``, and joined in its ``error`` field), the last ``stages`` to
+        its events."""
+        params: dict[str, Any] = _with_stages({"id": claim.task_id, "lease": claim.lease}, stages)
         if notes:
             params["note"] = list(notes)
         self._post("/registerTaskFinished", params).close()
 
-    def fail(self, claim: Claim, error: str, retryable: bool) -> None:
+    def fail(
+        self, claim: Claim, error: str, retryable: bool, *, stages: Sequence[Stage] = ()
+    ) -> None:
         params = {"id": claim.task_id, "lease": claim.lease, "error": error, "retry": retryable}
-        self._post("/failTask", params).close()
+        self._post("/failTask", _with_stages(params, stages)).close()
 
     def release(self, claim: Claim) -> None:
         self._post("/releaseTask", {"id": claim.task_id, "lease": claim.lease}).close()
+
+
+def _with_stages(params: dict[str, Any], stages: Sequence[Stage]) -> dict[str, Any]:
+    """``params`` with the ``stages`` parameter when there are any (the master relays it)."""
+    if stages:
+        params["stages"] = encode_stages(stages)
+    return params

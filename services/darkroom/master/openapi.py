@@ -166,6 +166,48 @@ _IDEMPOTENCY_KEY_PARAMETER = {
     ),
     "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY_PATTERN.pattern}$"},
 }
+# -- live progress (GET /events) ----------------------------------------------------------------
+_LAST_EVENT_ID_PARAMETER = {
+    "name": "Last-Event-ID",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Resume after this event (the number of its `id:` line); EventSource sends it when it "
+        "reconnects. Absent: every event from the first."
+    ),
+    "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+}
+_EVENTS_DESCRIPTION = (
+    "The job's progress as Server-Sent Events, from its first event (or after `Last-Event-ID`):"
+    " one event per state change (`event: state`, data `{state, at}`) and per processing stage"
+    " of each attempt (`event: stage`, data `{stage, startMs, durationMs, at}`: `download`,"
+    " `decode`, each step by its text, `encode`, `store`; start offset from the worker's claim"
+    " and duration in milliseconds; a worker sends them with its heartbeats and its finish, so"
+    " they may come in bursts). `id:` is the event's number. A comment line (`: keep-alive`)"
+    " is sent while nothing happens. The stream closes after the event of an ended state (at"
+    " once, after replaying, for a job that had already ended), and after a few minutes in"
+    " any case: reconnect with `Last-Event-ID` (EventSource does). A job that ended with no"
+    " event after `Last-Event-ID` answers 204, which stops EventSource. The number of open"
+    " streams is bounded: over it, 503 with Retry-After."
+)
+_EVENTS_OVER = {
+    "description": "The job has ended and no event follows `Last-Event-ID`: nothing more comes."
+}
+_EVENTS_OK = {
+    "description": "The event stream.",
+    "content": {
+        "text/event-stream": {
+            "schema": {"type": "string"},
+            "example": (
+                "retry: 1000\n\nid: 3\nevent: state\n"
+                'data: {"state":"in progress","at":"2026-01-01T00:00:00.000+00:00"}\n\n'
+                "id: 4\nevent: stage\n"
+                'data: {"stage":"download","startMs":0.0,"durationMs":2.1,'
+                '"at":"2026-01-01T00:00:00.020+00:00"}\n\n'
+            ),
+        }
+    },
+}
 
 
 def _job_operation(
@@ -177,6 +219,7 @@ def _job_operation(
     parameters: tuple[dict[str, Any], ...] = (),
     method: str = "get",
     described: dict[str, str] | None = None,
+    more_responses: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A route about one job; ``described`` words some of its error statuses its own way."""
     errors = {
@@ -196,6 +239,7 @@ def _job_operation(
             "parameters": [_TASK_ID_PARAMETER, *parameters],
             "responses": {
                 "200": ok,
+                **(more_responses or {}),
                 **{status: _error(errors[status]) for status in statuses},
                 **_ERROR_RESPONSES,
             },
@@ -328,6 +372,15 @@ _DOCUMENT: dict[str, Any] = {
             method="post",
             described={"409": "The job has ended (finished or failed); the description says how."},
         ),
+        "/events": _job_operation(
+            "events",
+            "Follow the job live",
+            _EVENTS_DESCRIPTION,
+            _EVENTS_OK,
+            "404",
+            parameters=(_LAST_EVENT_ID_PARAMETER,),
+            more_responses={"204": _EVENTS_OVER},
+        ),
         "/healthz": {
             "get": {
                 "summary": "The process answers",
@@ -420,6 +473,12 @@ _DOCUMENT: dict[str, Any] = {
                     "hasIdempotencyKey": {
                         "type": "boolean",
                         "description": "whether the job's upload came with an Idempotency-Key",
+                    },
+                    "stage": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "the processing stage reached: the name of the job's "
+                        "last stage event (see /events), null before its first",
                     },
                     "createdAt": {"type": "string", "format": "date-time"},
                     "updatedAt": {"type": "string", "format": "date-time"},

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import requests
 
@@ -24,6 +24,7 @@ from darkroom.core.streams import iter_chunks
 from darkroom.master.client import LeaseLost, MasterClient, TaskWasCancelled
 from darkroom.storage.client import StorageClient
 from darkroom.worker.metrics import Outcome, TaskMetrics
+from darkroom.worker.stages import StageDone, StageLog
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,14 @@ DISK_FULL_DEADLINE_SECONDS = 300.0
 DISK_FULL = 507  # the storage's answer when its volume has no space left
 
 
-# process(source, destination, pipeline) -> media type, or a Processed when there are notes;
-# raises Rejected for a bad image
-Processor = Callable[[BinaryIO, BinaryIO, str], "str | Processed"]
+class Processor(Protocol):
+    """Turns ``source`` into ``destination`` with ``pipeline``: the media type, or a Processed
+    when there are notes; raises the loop's ``rejected`` for a bad image. Tells ``stage_done``
+    of each stage (decode, each step, encode) as it ends."""
+
+    def __call__(
+        self, source: BinaryIO, destination: BinaryIO, pipeline: str, *, stage_done: StageDone
+    ) -> str | Processed: ...
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,8 @@ class TaskLoop:
         self._outage = Backoff(first=0.5, cap=5.0)
         # Claims being processed or stored, by task id: what a stopping worker gives back.
         self._held: dict[str, Claim] = {}
+        # Their stages so far, by task id: sent with the heartbeats, the finish or the fail.
+        self._stages: dict[str, StageLog] = {}
         self._held_lock = threading.Lock()
 
     def run(self) -> None:
@@ -128,7 +136,9 @@ class TaskLoop:
         try:
             log.info("task claimed", extra={"task": claim.task_id, "attempt": claim.attempts})
             self._hold(claim)
-            heartbeat = _Heartbeat(self._master, claim, self._heartbeat_every)
+            heartbeat = _Heartbeat(
+                self._master, claim, self._heartbeat_every, self._stages_of(claim)
+            )
             heartbeat.start()
             # Busy: the loop's time on the task, up to handing its result over (storing it
             # overlaps the next task, but waiting for the previous one to be stored counts).
@@ -164,6 +174,11 @@ class TaskLoop:
     def _hold(self, claim: Claim) -> None:
         with self._held_lock:
             self._held[claim.task_id] = claim
+            self._stages[claim.task_id] = StageLog()
+
+    def _stages_of(self, claim: Claim) -> StageLog:
+        with self._held_lock:
+            return self._stages.get(claim.task_id) or StageLog()
 
     def _holds(self, claim: Claim) -> bool:
         with self._held_lock:
@@ -172,6 +187,7 @@ class TaskLoop:
     def _let_go(self, claim: Claim) -> None:
         with self._held_lock:
             self._held.pop(claim.task_id, None)
+            self._stages.pop(claim.task_id, None)
 
     def give_back_held(self) -> int:
         """Give back every task this loop holds, unspent: its worker stops before they are done.
@@ -216,6 +232,7 @@ class TaskLoop:
 
     def _download_and_process(self, claim: Claim) -> _TaskImages:
         images = _TaskImages()
+        stages = self._stages_of(claim)
         try:
             download_started = time.perf_counter()
             try:
@@ -225,9 +242,13 @@ class TaskLoop:
                 raise ImageGone("the uploaded image is gone (expired or deleted)") from exc
             with download:
                 _copy_body(download, images.source)
-            self._metrics.observe("download", time.perf_counter() - download_started)
+            downloaded = time.perf_counter()
+            self._metrics.observe("download", downloaded - download_started)
+            stages.add("download", download_started, downloaded)
             images.source.seek(0)
-            processed = self._process(images.source, images.result, claim.pipeline)
+            processed = self._process(
+                images.source, images.result, claim.pipeline, stage_done=stages.add
+            )
             if isinstance(processed, Processed):
                 images.media_type, images.notes = processed.media_type, processed.notes
             else:
@@ -238,10 +259,14 @@ class TaskLoop:
         return images
 
     def _store_result(self, claim: Claim, images: _TaskImages) -> None:
-        with self._metrics.stage("upload"):
-            self._send_result(claim, images.result)
+        stages = self._stages_of(claim)
+        store_started = time.perf_counter()
+        self._send_result(claim, images.result)
+        stored = time.perf_counter()
+        self._metrics.observe("upload", stored - store_started)
+        stages.add("store", store_started, stored)
         try:
-            self._master.finish(claim, images.notes)
+            self._master.finish(claim, images.notes, stages=stages.take_new())
         except TaskWasCancelled:
             # Cancelled since the last heartbeat: the stored file is never served (the task
             # is not finished), and removing it frees its space before the retention would.
@@ -301,7 +326,7 @@ class TaskLoop:
             "task failed", extra={"task": claim.task_id, "error": error, "retryable": retryable}
         )
         try:
-            self._master.fail(claim, error, retryable)
+            self._master.fail(claim, error, retryable, stages=self._stages_of(claim).take_new())
         except Exception as exc:
             # The lease will expire and the task will be retried: nothing is lost.
             log.warning(
@@ -343,8 +368,9 @@ def _copy_body(response: requests.Response, target: BinaryIO) -> None:
 class _Heartbeat:
     """Extends the lease in the background while a task is processed."""
 
-    def __init__(self, master: MasterClient, claim: Claim, every: float) -> None:
+    def __init__(self, master: MasterClient, claim: Claim, every: float, stages: StageLog) -> None:
         self._master, self._claim, self._every = master, claim, every
+        self._stages = stages
         self._done = threading.Event()
         # Set when a heartbeat learns that the task's client cancelled it.
         self.cancelled = threading.Event()
@@ -363,7 +389,8 @@ class _Heartbeat:
     def _run(self) -> None:
         while not self._done.wait(self._every):
             try:
-                self._master.heartbeat(self._claim)
+                # A heartbeat that fails loses the stages it carried: progress, not the result.
+                self._master.heartbeat(self._claim, stages=self._stages.take_new())
             except TaskWasCancelled:
                 self.cancelled.set()
                 return

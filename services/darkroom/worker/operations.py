@@ -54,6 +54,7 @@ from darkroom.worker.codec import (
     open_image,
     sixteen_to_eight,
 )
+from darkroom.worker.stages import StageDone, no_stage
 
 
 def process_image(
@@ -63,6 +64,8 @@ def process_image(
     settings: ProcessingSettings,
     timings: dict[str, float] | None = None,
     notes: list[str] | None = None,
+    *,
+    stage_done: StageDone = no_stage,
 ) -> str:
     """Decode ``source``, apply the pipeline, encode to ``destination``; return the media type.
 
@@ -71,6 +74,7 @@ def process_image(
     is given, the seconds spent in ``decode``, ``operation`` and ``encode`` are stored in it;
     ``notes`` receives what the job's status should tell (whether an animation was kept,
     what of the file was skipped as unreadable, what of its metadata the result dropped).
+    ``stage_done`` is told of each stage as it ends: decode, each step by its text, encode.
     """
     timings = {} if timings is None else timings
     try:
@@ -84,7 +88,7 @@ def process_image(
         notes.append(animation.note)
     if animation.keep:
         media_type = _process_frames(
-            opened, pipeline, destination, settings, timings, started, notes
+            opened, pipeline, destination, settings, timings, started, notes, stage_done
         )
         if notes is not None:
             notes.extend(opened.warnings)
@@ -96,16 +100,23 @@ def process_image(
     del opened  # the decoded file, when a working-mode copy replaced it
     decoded = time.perf_counter()
     timings["decode"] = decoded - started
+    stage_done("decode", started, decoded)
     output = pipeline.output_format
     # every size known before any step allocates: a bomb fails here, once, with the reason
     plan_sizes(operations, image.size, settings, output)
+    step_started = decoded
     for operation in operations:
         image = apply(operation, image)
+        step_ended = time.perf_counter()
+        stage_done(operation.text, step_started, step_ended)
+        step_started = step_ended
     operated = time.perf_counter()
     timings["operation"] = operated - decoded
     kept = _kept_metadata(metadata, pipeline, notes)
     encode(image, kept, output, destination, settings)
-    timings["encode"] = time.perf_counter() - operated
+    encoded = time.perf_counter()
+    timings["encode"] = encoded - operated
+    stage_done("encode", operated, encoded)
     return output.media_type
 
 
@@ -117,11 +128,14 @@ def _process_frames(
     timings: dict[str, float],
     started: float,
     notes: list[str] | None,
+    stage_done: StageDone,
 ) -> str:
-    """``process_image`` for an animation kept: every frame through every step."""
+    """``process_image`` for an animation kept: every frame through every step (a step's
+    stage is the time all frames took in it, the steps laid end to end after the decode)."""
     frames, timing, metadata = opened.decode_frames()
     decoded = time.perf_counter()
     timings["decode"] = decoded - started
+    stage_done("decode", started, decoded)
     output = pipeline.output_format
     # every size known before any step allocates, and all the result's frames held at once
     sizes = plan_sizes(pipeline.operations, frames[0].size, settings, output)
@@ -129,16 +143,25 @@ def _process_frames(
     # a smart crop's window is chosen on the first frame and kept for the others
     steps: list[Operation | _ResizeTo | _CoverBox] = list(pipeline.operations)
     results = []
+    step_seconds = [0.0] * len(steps)
     for frame in frames:
         for index, operation in enumerate(steps):
+            step_started = time.perf_counter()
             steps[index] = operation = settle(operation, frame)
             frame = apply(operation, frame)
+            step_seconds[index] += time.perf_counter() - step_started
         results.append(frame)
+    step_started = decoded
+    for operation, seconds in zip(pipeline.operations, step_seconds, strict=True):
+        stage_done(operation.text, step_started, step_started + seconds)
+        step_started += seconds
     operated = time.perf_counter()
     timings["operation"] = operated - decoded
     kept = _kept_metadata(metadata, pipeline, notes)
     encode_frames(results, timing, kept, output, destination, settings)
-    timings["encode"] = time.perf_counter() - operated
+    encoded = time.perf_counter()
+    timings["encode"] = encoded - operated
+    stage_done("encode", operated, encoded)
     return output.media_type
 
 

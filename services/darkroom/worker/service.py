@@ -41,6 +41,7 @@ from darkroom.worker.operations import (
     process_image,
     use_pixel_limit,
 )
+from darkroom.worker.stages import StageDone, no_stage
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,15 @@ def loop_count(config: Config) -> int:
 def timed_processor(settings: ProcessingSettings, metrics: TaskMetrics) -> Processor:
     """``process_image`` with ``settings``, its decode, operation and encode times recorded."""
 
-    def process(source: BinaryIO, destination: BinaryIO, pipeline: str) -> Processed:
+    def process(
+        source: BinaryIO, destination: BinaryIO, pipeline: str, *, stage_done: StageDone = no_stage
+    ) -> Processed:
         timings: dict[str, float] = {}
         notes: list[str] = []  # what the job's status should tell
         try:
-            media_type = process_image(source, destination, pipeline, settings, timings, notes)
+            media_type = process_image(
+                source, destination, pipeline, settings, timings, notes, stage_done=stage_done
+            )
             return Processed(media_type, tuple(notes))
         finally:
             metrics.observe_all(timings)

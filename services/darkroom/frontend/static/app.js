@@ -13,6 +13,10 @@ const POLL_GROWTH = 1.5;
 // Each /status request waits up to this long for the state to change (long polling).
 const LONG_POLL_SECONDS = 25;
 const MAX_SERVER_ERRORS = 10;
+// The event stream's connection may fail this many times in a row before the page polls instead.
+const MAX_STREAM_ERRORS = 3;
+// States after which a job changes no more (the stream closes after their event).
+const ENDED_STATES = new Set(["finished", "failed", "cancelled"]);
 
 const form = $("upload");
 const fileInput = $("uploadfile");
@@ -173,8 +177,9 @@ function setProgress(fraction) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Following a job: long-poll /status until it is finished or failed. The server answers when
-// the state changes, or at once when it is busy: then the page waits, backing off, and asks again.
+// Following a job: its live events (/events, Server-Sent Events) show each state and processing
+// stage as it comes; once it has ended, /status gives the final facts and the result is shown.
+// Without EventSource, or when the stream fails for good, the page long-polls /status instead.
 
 function showJob(job) {
   following++;
@@ -188,6 +193,61 @@ function showJob(job) {
 }
 
 async function follow(id, generation) {
+  if (typeof EventSource === "function") await streamEvents(id, generation);
+  // The job has ended (one /status answer now shows it), or the stream failed: poll.
+  if (generation === following) await poll(id, generation);
+}
+
+// Resolves once the job has ended or the stream failed for good (or another job is shown).
+function streamEvents(id, generation) {
+  return new Promise((resolve) => {
+    const source = new EventSource(`/events?id=${encodeURIComponent(id)}`);
+    let errors = 0; // connections in a row that failed before opening
+    const done = () => {
+      source.close();
+      resolve();
+    };
+    const current = () => {
+      if (generation === following) return true;
+      done(); // another job is shown: this stream is of no use
+      return false;
+    };
+    source.addEventListener("open", () => {
+      errors = 0;
+    });
+    source.addEventListener("state", (event) => {
+      if (!current()) return;
+      const { state } = JSON.parse(event.data);
+      if (state === "in progress") $("job-stages").replaceChildren(); // a new attempt
+      setState(state);
+      if (ENDED_STATES.has(state)) done();
+    });
+    source.addEventListener("stage", (event) => {
+      if (current()) showStage(JSON.parse(event.data));
+    });
+    source.addEventListener("error", () => {
+      if (!current()) return;
+      // CLOSED: the server refused the stream (busy, unknown job), EventSource gives up;
+      // CONNECTING: it reconnects by itself, with Last-Event-ID, unless that keeps failing.
+      if (source.readyState === EventSource.CLOSED || ++errors >= MAX_STREAM_ERRORS) done();
+    });
+  });
+}
+
+function showStage(stage) {
+  const item = document.createElement("li");
+  const took = document.createElement("span");
+  took.className = "took";
+  took.textContent = ` ${formatMilliseconds(stage.durationMs)}`;
+  item.append(stage.stage, took);
+  item.dataset.stage = stage.stage;
+  $("job-stages").append(item);
+}
+
+// The old way, kept for browsers without EventSource and for streams that fail: long-poll /status
+// until it is finished or failed. The server answers when the state changes, or at once when it
+// is busy: then the page waits, backing off, and asks again.
+async function poll(id, generation) {
   let delay = POLL_FIRST_MS;
   let errors = 0; // in a row: unreachable, or a 5xx while a service restarts
   let known = null; // the state last shown: the server answers once the job leaves it
@@ -303,6 +363,7 @@ function showJobPanel(job) {
   $("job-file").textContent = job.name || "–";
   $("job-time").textContent = job.time ? formatTime(job.time) : "–";
   $("job-reason").textContent = "";
+  $("job-stages").replaceChildren();
   $("download").hidden = true;
   $("download").removeAttribute("href");
   setState(job.id ? "queued" : null);
@@ -449,6 +510,11 @@ function formatBytes(bytes) {
   if (bytes < 1024) return `${bytes} B`;
   if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(0)} KB`;
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function formatMilliseconds(ms) {
+  if (!Number.isFinite(ms)) return "";
+  return ms < 1000 ? `${ms.toFixed(ms < 10 ? 1 : 0)} ms` : `${(ms / 1000).toFixed(1)} s`;
 }
 
 function formatTime(ms) {
