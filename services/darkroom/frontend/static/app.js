@@ -24,8 +24,6 @@ const localImages = new Map(); // job id -> object URL of the file this page upl
 let chosenUrl = null; // object URL of the chosen file, until it is uploaded
 let following = 0; // bumped for every job shown, so an older poll loop stops
 let shownId = null; // the job the panel shows
-// A job in these states changes no more: nothing to cancel.
-const ENDED_STATES = new Set(["finished", "failed", "cancelled"]);
 
 // ---------------------------------------------------------------------------------------------
 // Operations: the builder writes the pipeline text; the text box may then be edited by hand.
