@@ -325,6 +325,30 @@ def test_a_task_cancelled_while_processing_stops_at_the_next_heartbeat(config):
     assert isinstance(caught.value, LeaseLost) and caught.value.title == "Task cancelled"
 
 
+def test_a_cancelled_task_runs_no_step_after_the_one_in_progress(config):
+    tasks, storage, master, _ = build_system(config, CountedResults(config.data_dir))
+    watched = HeartbeatWatch(master.service)
+    task_id = submit(tasks, storage, b"\x89PNG-abc")
+    steps_run = []
+
+    def three_steps(source, destination, pipeline, *, stage_done) -> str:
+        for step in ("blur:50", "rotate:33", "sharpen"):
+            started = time.perf_counter()
+            steps_run.append(step)
+            if step == "blur:50":
+                tasks.cancel(task_id)  # the client cancels during the first step
+                assert watched.told_cancelled.wait(10), "a heartbeat came and was refused"
+            stage_done(step, started, time.perf_counter())
+        destination.write(b"a result nobody wants")
+        return "application/octet-stream"
+
+    loop = TaskLoop(watched, storage, three_steps, Rejected, 0, 0.15, 5, threading.Event())
+    loop.handle(watched.claim(0, 5))
+    assert steps_run == ["blur:50"], "the steps after the cancel are not run"
+    assert tasks.get(task_id).state == State.CANCELLED
+    assert (loop.completed, loop.failed) == (0, 0)
+
+
 def test_a_task_cancelled_after_its_last_heartbeat_has_its_sent_result_removed(system, config):
     tasks, storage, master, _ = system
     task_id = submit(tasks, storage, b"\x89PNG-abc")

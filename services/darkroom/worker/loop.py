@@ -17,7 +17,7 @@ import requests
 
 from darkroom.contract.errors import ServiceError, ServiceNotFound, ServiceUnavailable
 from darkroom.contract.folders import Folder, result_version
-from darkroom.contract.tasks import Claim
+from darkroom.contract.tasks import TASK_CANCELLED_TITLE, Claim
 from darkroom.core import requestid
 from darkroom.core.backoff import Backoff
 from darkroom.core.streams import iter_chunks
@@ -143,7 +143,10 @@ class TaskLoop:
             # Busy: the loop's time on the task, up to handing its result over (storing it
             # overlaps the next task, but waiting for the previous one to be stored counts).
             with self._metrics.busy():
-                images = self._run_step(claim, self._download_and_process)
+                images = self._run_step(
+                    claim,
+                    functools.partial(self._download_and_process, cancelled=heartbeat.cancelled),
+                )
                 if images is not None and heartbeat.cancelled.is_set():
                     # Cancelled while it was processed: the result is never sent.
                     images.close()
@@ -230,9 +233,19 @@ class TaskLoop:
         self._metrics.outcome(Outcome.CANCELLED)
         log.info("task cancelled by its client; stopped", extra={"task": claim.task_id})
 
-    def _download_and_process(self, claim: Claim) -> _TaskImages:
+    def _download_and_process(self, claim: Claim, cancelled: threading.Event) -> _TaskImages:
+        """The task's image downloaded and processed; TaskWasCancelled at the end of the first
+        stage after a heartbeat learned the task was cancelled (the next steps are not run)."""
         images = _TaskImages()
         stages = self._stages_of(claim)
+
+        def stage_done(name: str, started: float, ended: float) -> None:
+            stages.add(name, started, ended)
+            if cancelled.is_set():
+                raise TaskWasCancelled(
+                    "master", 409, TASK_CANCELLED_TITLE, "cancelled while it was processed"
+                )
+
         try:
             download_started = time.perf_counter()
             try:
@@ -247,7 +260,7 @@ class TaskLoop:
             stages.add("download", download_started, downloaded)
             images.source.seek(0)
             processed = self._process(
-                images.source, images.result, claim.pipeline, stage_done=stages.add
+                images.source, images.result, claim.pipeline, stage_done=stage_done
             )
             if isinstance(processed, Processed):
                 images.media_type, images.notes = processed.media_type, processed.notes
