@@ -6,7 +6,9 @@ import pytest
 from falcon import testing
 
 from darkroom.database.app import create_app
-from darkroom.database.service import open_store
+from darkroom.database.pgstore import PostgresTaskStore, redacted
+from darkroom.database.service import open_store, run
+from darkroom.database.store import StoreUnavailable
 
 
 @pytest.fixture
@@ -122,3 +124,46 @@ def test_finish_notes_are_listed_in_the_task(client):
     assert client.simulate_post("/finishTask", params=params).text == "success"
     task = client.simulate_get("/getById", params={"id": task_id}).json
     assert task["notes"] == ["a", "b"] and task["error"] == "a; b"
+
+
+class Unreachable:
+    def create(self, pipeline):
+        raise StoreUnavailable("connection refused")
+
+
+def test_an_unreachable_database_is_503_with_a_retry_after(config):
+    client = testing.TestClient(create_app(config, Unreachable()))
+    result = client.simulate_post("/newTask")
+    assert result.status_code == 503
+    assert result.headers["Retry-After"] == "1"
+    assert result.json["title"] == "Database unavailable"
+
+
+def test_database_url_puts_the_tasks_in_postgresql(config, postgres_server, postgres_url):
+    config = config.replace(database_url=postgres_url)
+    store = open_store(config)
+    try:
+        assert isinstance(store, PostgresTaskStore)
+        client = testing.TestClient(create_app(config, store))
+        task_id = new_queued(client)
+        postgres_server.stop()
+        try:
+            down = client.simulate_get("/getById", params={"id": task_id})
+            assert down.status_code == 503, down.text
+            assert "127.0.0.1" not in down.text, "addresses are for the log only"
+        finally:
+            postgres_server.start()
+        assert client.simulate_get("/getById", params={"id": task_id}).json["state"] == 0
+    finally:
+        store.close()
+
+
+def test_the_database_url_is_logged_without_its_password(config, caplog):
+    url = "postgresql://darkroom:s3cret@127.0.0.1:1/tasks"
+    assert "s3cret" not in redacted(url) and "127.0.0.1" in redacted(url)
+    assert "s3cret" not in repr(config.replace(database_url=url))
+    with caplog.at_level("INFO"), pytest.raises(StoreUnavailable):
+        run(config.replace(database_url=url))  # nothing listens on port 1
+    logged = [str(record.__dict__) for record in caplog.records]
+    assert any("127.0.0.1" in line for line in logged), "where the tasks are is logged"
+    assert not any("s3cret" in line for line in logged)

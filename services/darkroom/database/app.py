@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import sqlite3
 from typing import Any
 
@@ -24,7 +25,15 @@ from darkroom.core.ids import require_task_id
 from darkroom.core.longpoll import LongPolls
 from darkroom.core.params import state_param, wait_param
 from darkroom.database.metrics import QueueCollector
-from darkroom.database.store import Task, TaskConflict, TaskNotFound, TaskStore
+from darkroom.database.store import (
+    StoreUnavailable,
+    Task,
+    TaskConflict,
+    TaskNotFound,
+    TaskStore,
+)
+
+log = logging.getLogger(__name__)
 
 
 def _timestamp(seconds: float | None) -> str | None:
@@ -195,11 +204,24 @@ def _database_error(
     raise ex
 
 
+def _unavailable(
+    req: falcon.Request, resp: falcon.Response, ex: StoreUnavailable, params: Any
+) -> None:
+    # What failed (addresses included) is for the operator's log, not the caller.
+    log.warning("task database unavailable", extra={"error": str(ex), "route": req.uri_template})
+    raise falcon.HTTPServiceUnavailable(
+        title="Database unavailable",
+        description="The task database cannot be reached; try again shortly.",
+        headers={"Retry-After": "1"},
+    ) from ex
+
+
 def create_app(config: Config, store: TaskStore) -> falcon.App:
     registry = CollectorRegistry()
     registry.register(QueueCollector(store))
     app = create_base_app(config, registry=registry)
     app.add_error_handler(sqlite3.OperationalError, _database_error)
+    app.add_error_handler(StoreUnavailable, _unavailable)
     app.add_error_handler(TaskNotFound, _not_found)
     app.add_error_handler(TaskConflict, _conflict)
     # A waiting claim or task watch holds a server thread: bounded in time, and in number

@@ -52,6 +52,10 @@ class TaskConflict(Exception):
     """The request does not fit the task's state or lease; the message says how."""
 
 
+class StoreUnavailable(Exception):
+    """The database behind the store cannot be reached now (a PostgreSQL restart): retry."""
+
+
 class TaskStore(Protocol):
     # Leases that expired since the store opened (a requeue or a final failure each).
     lease_expiries: int
