@@ -31,10 +31,12 @@ Settings for the system under test are ``DARKROOM_*`` variables, passed on (e.g.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
 import platform
+import secrets
 import shutil
 import sys
 import tempfile
@@ -53,6 +55,7 @@ sys.path[:0] = [str(SERVICES), str(Path(__file__).resolve().parent.parent)]
 import images  # noqa: E402
 import peer  # noqa: E402
 import workloads  # noqa: E402
+from harness import postgres  # noqa: E402
 from report import ISSUE_WORKERS, report_jobs, report_overhead, say, summary  # noqa: E402
 from system import BenchedUp, StandaloneDatabase  # noqa: E402
 
@@ -400,18 +403,45 @@ def measure_large(system: BenchedUp, args: argparse.Namespace) -> dict[str, Any]
 
 
 def measure_database(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """The database alone on SQLite, then on PostgreSQL with 1 and 2 database processes (the
+    clients spread over them) when PostgreSQL 15 is installed (harness/postgres.py)."""
     say("\nthe database alone (darkroom serve database, direct HTTP)")
     figures = []
     with StandaloneDatabase(SERVICES, work) as database:
-        for concurrency in args.db_concurrency:
-            figure = workloads.database(database.url, database.token, args.db_tasks, concurrency)
-            figures.append(figure)
-            say(
-                f"  {concurrency:2} clients, {args.db_tasks} tasks: "
-                f"{figure['creates_per_s']:6.0f} creates/s (new + enqueue), "
-                f"{figure['claims_per_s']:6.0f} claims/s, "
-                f"{figure['finishes_per_s']:6.0f} finishes/s"
-            )
+        figures += _database_runs(args, "sqlite", [database])
+    if not postgres.available():
+        say(f"  PostgreSQL: not measured, no {postgres.BIN_DIR}/initdb (apt-get postgresql)")
+        return figures
+    token = secrets.token_urlsafe(24)  # one for the replicas, as in a deployment
+    with postgres.PostgresServer() as server:
+        for processes in (1, 2):
+            url = server.create_database(f"bench_{processes}")
+            with contextlib.ExitStack() as stack:
+                names = [f"database-pg{processes}-{n}" for n in range(processes)]
+                replicas = [
+                    stack.enter_context(StandaloneDatabase(SERVICES, work, url, name, token))
+                    for name in names
+                ]
+                figures += _database_runs(args, "postgresql", replicas)
+    return figures
+
+
+def _database_runs(
+    args: argparse.Namespace, store: str, replicas: list[StandaloneDatabase]
+) -> list[dict[str, Any]]:
+    figures = []
+    urls = [replica.url for replica in replicas]
+    for concurrency in args.db_concurrency:
+        figure = workloads.database(urls, replicas[0].token, args.db_tasks, concurrency)
+        figure["store"] = store
+        figures.append(figure)
+        say(
+            f"  {store:10} x{len(urls)}, {concurrency:2} clients, {args.db_tasks} tasks: "
+            f"{figure['creates_per_s']:6.0f} creates/s (new + enqueue), "
+            f"{figure['claims_per_s']:6.0f} claims/s, "
+            f"{figure['finishes_per_s']:6.0f} finishes/s, "
+            f"{figure['jobs_per_s']:6.0f} jobs/s (all four)"
+        )
     return figures
 
 

@@ -46,6 +46,8 @@ def postgres_server() -> Iterator[postgres.PostgresServer]:
 
 
 @pytest.fixture
-def postgres_url(postgres_server) -> str:
-    """A new, empty database on the session's server: its URL."""
-    return postgres_server.create_database(f"test_{next(_databases)}")
+def postgres_url(postgres_server) -> Iterator[str]:
+    """A new, empty database on the session's server: its URL; dropped after the test."""
+    name = f"test_{next(_databases)}"
+    yield postgres_server.create_database(name)
+    postgres_server.drop_database(name)

@@ -9,6 +9,7 @@ from darkroom.database.app import create_app
 from darkroom.database.pgstore import PostgresTaskStore, redacted
 from darkroom.database.service import open_store, run
 from darkroom.database.store import StoreUnavailable
+from harness.launch import wait_until
 
 
 @pytest.fixture
@@ -153,7 +154,12 @@ def test_database_url_puts_the_tasks_in_postgresql(config, postgres_server, post
             assert "127.0.0.1" not in down.text, "addresses are for the log only"
         finally:
             postgres_server.start()
-        assert client.simulate_get("/getById", params={"id": task_id}).json["state"] == 0
+
+        def back() -> bool:  # the pool reconnects by itself, with a backoff
+            answer = client.simulate_get("/getById", params={"id": task_id})
+            return answer.status_code == 200 and answer.json["state"] == 0
+
+        wait_until(back, 15, "the store reconnected")
     finally:
         store.close()
 

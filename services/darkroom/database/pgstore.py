@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -157,6 +158,19 @@ def migrate(conn: psycopg.Connection) -> int:
     return found
 
 
+def _check_idle_connection(conn: psycopg.Connection) -> None:
+    """Refuse a pooled connection PostgreSQL has closed (a restart), so the pool replaces it
+    before a request draws it, without a round trip each time (the pool's own check is a query).
+
+    An idle connection has nothing to read: data waiting on its socket is the server's goodbye
+    (an error, the end of the stream), or something as unexpected; either way, a new one.
+    """
+    if not conn.closed and select.select([conn.fileno()], [], [], 0)[0]:
+        conn.close()  # so the pool discards it rather than keeping it for the next request
+    if conn.closed:
+        raise psycopg.OperationalError("the server closed the idle connection")
+
+
 @contextlib.contextmanager
 def _unavailable_as_store_error() -> Iterator[None]:
     """PostgreSQL unreachable, restarting, or a transaction it aborted (all worth a retry)."""
@@ -253,14 +267,14 @@ class PostgresTaskStore(SqliteTaskStore):
             kwargs={**_CONNECTION_SETTINGS, "autocommit": True},
             min_size=1,
             max_size=pool_size,
-            # A connection PostgreSQL dropped (a restart) is replaced before it is handed out,
-            # instead of failing the request that drew it.
-            check=ConnectionPool.check_connection,
+            check=_check_idle_connection,
             timeout=2.0,  # waiting longer for a connection only delays the 503
             open=True,
             name="darkroom-tasks",
         )
-        self._listener = _Listener(url, self._notify_watchers, self._wake_claimer, self._wake_all)
+        self._listener = _Listener(
+            url, self._notify_watchers, self._wake_claimer, self._reconnected
+        )
         self._listener.start()
         self.wait_listening(listen_timeout)
 
@@ -369,8 +383,12 @@ class PostgresTaskStore(SqliteTaskStore):
     def _wake_claimer(self) -> None:
         super()._notify_claimers()
 
-    def _wake_all(self) -> None:
-        """After the listener (re)connects: notifications may have been missed."""
+    def _reconnected(self) -> None:
+        """After the listener (re)connects: notifications may have been missed, and when the
+        listener's connection was lost (PostgreSQL restarted), the pooled ones are likely dead
+        too: all are checked now, rather than each by the request that draws it (the pool
+        waits a growing backoff between two failed checks)."""
+        self._pool.check()
         self._notify_watchers()
         with self._queue_changed:
             self._generation += 1
