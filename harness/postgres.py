@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.launch import HOST, free_port
+from harness.proc import cpu_seconds
 
 BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 UNPRIVILEGED_USER = "nobody"
@@ -101,6 +102,17 @@ class PostgresServer:
             with contextlib.suppress(subprocess.CalledProcessError):
                 self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far by the server: the postmaster, its live processes (one per
+        connection) and the ones that have ended."""
+        import psutil
+
+        pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        postmaster = psutil.Process(pid)
+        own = postmaster.cpu_times()
+        used = own.user + own.system + own.children_user + own.children_system
+        return used + sum(cpu_seconds(child.pid) for child in postmaster.children())
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@{HOST}:{self.port}/{urllib.parse.quote(database)}"
