@@ -173,3 +173,9 @@ def test_the_database_url_is_logged_without_its_password(config, caplog):
     logged = [str(record.__dict__) for record in caplog.records]
     assert any("127.0.0.1" in line for line in logged), "where the tasks are is logged"
     assert not any("s3cret" in line for line in logged)
+
+
+def test_a_malformed_database_url_is_refused_without_quoting_it(config):
+    with pytest.raises(ValueError, match="DARKROOM_DATABASE_URL") as refused:
+        open_store(config.replace(database_url="postgresql://darkroom:s3cret@[::1"))
+    assert "s3cret" not in str(refused.value)

@@ -125,6 +125,17 @@ _CONNECTION_SETTINGS: dict[str, Any] = {
 }
 
 
+def _with_defaults(url: str) -> str:
+    """``url`` with ``_CONNECTION_SETTINGS`` for what it does not set itself (the operator's
+    URL wins)."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        # libpq's message quotes the URL, password and all
+        raise ValueError("DARKROOM_DATABASE_URL is not a libpq URL or key=value string") from None
+    return make_conninfo(url, **{k: v for k, v in _CONNECTION_SETTINGS.items() if k not in given})
+
+
 def redacted(url: str) -> str:
     """``url`` (a libpq URL or key=value string) fit for a log: the password masked."""
     try:
@@ -217,7 +228,7 @@ class _Listener(threading.Thread):
                 self._stopping.wait(delay)
 
     def _listen(self, backoff: Backoff) -> None:
-        with psycopg.connect(self._url, autocommit=True, **_CONNECTION_SETTINGS) as conn:
+        with psycopg.connect(self._url, autocommit=True) as conn:
             conn.execute(f"LISTEN {TASK_CHANNEL}")
             conn.execute(f"LISTEN {QUEUE_CHANNEL}")
             self.listening.set()
@@ -260,11 +271,12 @@ class PostgresTaskStore(SqliteTaskStore):
         self._counters_lock = threading.Lock()
         self.lease_expiries = 0
         self.finishes_refused = 0
-        with _unavailable_as_store_error(), psycopg.connect(url, **_CONNECTION_SETTINGS) as conn:
+        url = _with_defaults(url)
+        with _unavailable_as_store_error(), psycopg.connect(url) as conn:
             migrate(conn)
         self._pool = ConnectionPool(
             url,
-            kwargs={**_CONNECTION_SETTINGS, "autocommit": True},
+            kwargs={"autocommit": True},
             min_size=1,
             max_size=pool_size,
             check=_check_idle_connection,
