@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 
 import pytest
 from falcon import testing
@@ -12,9 +13,16 @@ from darkroom.database.store import StoreUnavailable
 from harness.launch import wait_until
 
 
-@pytest.fixture
-def client(config) -> testing.TestClient:
-    return testing.TestClient(create_app(config, open_store(config)))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def client(request, config) -> Iterator[testing.TestClient]:
+    """The app on either store (``DATABASE_URL`` set or not)."""
+    if request.param == "postgresql":
+        config = config.replace(database_url=request.getfixturevalue("postgres_url"))
+    store = open_store(config)
+    try:
+        yield testing.TestClient(create_app(config, store))
+    finally:
+        store.close()
 
 
 def new_queued(client) -> str:
@@ -179,3 +187,18 @@ def test_a_malformed_database_url_is_refused_without_quoting_it(config):
     with pytest.raises(ValueError, match="DARKROOM_DATABASE_URL") as refused:
         open_store(config.replace(database_url="postgresql://darkroom:s3cret@[::1"))
     assert "s3cret" not in str(refused.value)
+
+
+def test_nul_characters_never_reach_the_store(client):
+    """PostgreSQL's text holds none (the property test found it): a pipeline with one is
+    refused, a worker's error or note is kept without them, on either store."""
+    refused = client.simulate_post("/newTask", params={"pipeline": "swap\x00"})
+    assert refused.status_code == 400 and "NUL" in refused.json["description"]
+    task_id = new_queued(client)
+    lease = client.simulate_post("/getNewTask").json["lease"]
+    params = {"id": task_id, "lease": lease, "error": "bad\x00 byte", "retry": "true"}
+    assert client.simulate_post("/failTask", params=params).json["error"] == "bad byte"
+    lease = client.simulate_post("/getNewTask").json["lease"]
+    params = {"id": task_id, "lease": lease, "note": "kept\x00"}
+    assert client.simulate_post("/finishTask", params=params).text == "success"
+    assert client.simulate_get("/getById", params={"id": task_id}).json["notes"] == ["kept"]

@@ -71,6 +71,12 @@ def _lease(req: falcon.Request) -> str:
     return req.get_param("lease", required=True)
 
 
+def _text(value: str) -> str:
+    """A worker's free text (an error, a note) as every store keeps it: PostgreSQL's text
+    holds no NUL character, so none is kept (they say nothing to a reader anyway)."""
+    return value.replace("\x00", "").strip()
+
+
 def _success(resp: falcon.Response) -> None:
     resp.content_type = falcon.MEDIA_TEXT
     resp.text = "success"
@@ -86,10 +92,10 @@ class Tasks:
 
     def on_post_new(self, req: falcon.Request, resp: falcon.Response) -> None:
         pipeline = req.get_param("pipeline", default="swap")
-        if not pipeline or len(pipeline) > MAX_PIPELINE_CHARS:
+        if not pipeline or len(pipeline) > MAX_PIPELINE_CHARS or "\x00" in pipeline:
             raise falcon.HTTPBadRequest(
                 title="Invalid pipeline",
-                description=f"pipeline must be 1 to {MAX_PIPELINE_CHARS} characters",
+                description=f"pipeline must be 1 to {MAX_PIPELINE_CHARS} characters, none NUL",
             )
         task = self._store.create(pipeline)
         resp.status = falcon.HTTP_201
@@ -136,7 +142,7 @@ class Tasks:
     def on_post_finish(self, req: falcon.Request, resp: falcon.Response) -> None:
         # What the task's status should tell (what of the image was skipped, kept or removed),
         # a ``note`` parameter each: /status lists them.
-        notes = [n.strip()[:MAX_NOTE_LENGTH] for n in req.get_param_as_list("note") or []]
+        notes = [_text(n)[:MAX_NOTE_LENGTH] for n in req.get_param_as_list("note") or []]
         notes = [note for note in notes if note][:MAX_NOTES]
         self._store.finish(require_task_id(req), _lease(req), notes)
         _success(resp)
@@ -144,7 +150,7 @@ class Tasks:
     def on_post_fail(self, req: falcon.Request, resp: falcon.Response) -> None:
         task_id = require_task_id(req)
         lease = req.get_param("lease")
-        error = (req.get_param("error") or "").strip()
+        error = _text(req.get_param("error") or "")
         if not error:
             raise falcon.HTTPBadRequest(title="Missing error", description="say why it failed")
         retryable = req.get_param_as_bool("retry", default=False)
