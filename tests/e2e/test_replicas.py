@@ -1,15 +1,17 @@
-"""The system on PostgreSQL with two database and two storage processes sharing one data
-directory (``harness.replicated``): jobs go in through either half and come out right through
-the other."""
+"""The system on PostgreSQL: ``darkroom up`` with ``DARKROOM_DATABASE_URL``, and two database
+and two storage processes sharing one data directory (``harness.replicated``), where jobs go in
+through either half and come out right through the other."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 import requests
 
 from harness.replicated import ReplicatedDarkroom
+from harness.up import DarkroomUp
 from support.images import decode, png_bytes, same_pixels, swapped
 from support.processes import wait_until
 
@@ -28,10 +30,8 @@ def replicated(tmp_path, postgres_url) -> Iterator[ReplicatedDarkroom]:
         system.stop_all()
 
 
-def _finished(system: ReplicatedDarkroom, task_id: str, half: str) -> bool:
-    answer = requests.get(
-        system.url("master", "/status", half), params={"id": task_id, "wait": "5"}, timeout=15
-    )
+def _finished(status_url: str, task_id: str) -> bool:
+    answer = requests.get(status_url, params={"id": task_id, "wait": "5"}, timeout=15)
     assert answer.status_code == 200, answer.text
     assert answer.json()["stateName"] != "failed", answer.json()
     return answer.json()["stateName"] == "finished"
@@ -47,7 +47,8 @@ def test_jobs_flow_through_two_database_and_two_storage_replicas(replicated):
         jobs.append((answer.text, image, other))
     for task_id, image, other in jobs:
         # asked and downloaded through the half it was not uploaded to
-        wait_until(lambda t=task_id, h=other: _finished(replicated, t, h), 60, f"{task_id} done")
+        status = replicated.url("master", "/status", other)
+        wait_until(lambda t=task_id, u=status: _finished(u, t), 60, f"{task_id} done")
         result = requests.get(
             replicated.url("master", "/get", other), params={"id": task_id}, timeout=15
         )
@@ -61,3 +62,22 @@ def test_jobs_flow_through_two_database_and_two_storage_replicas(replicated):
             timeout=10,
         ).json()
         assert {task["id"] for task in listed} == {task_id for task_id, _, _ in jobs}
+
+
+def test_darkroom_up_runs_on_postgresql_with_database_url(tmp_path, postgres_url):
+    system = DarkroomUp(tmp_path / "data", tmp_path / "up.log", 1, database_url=postgres_url)
+    system.launch().wait_for_log("Darkroom is up", 60)
+    try:
+        image = png_bytes((13, 11), "RGB")
+        answer = system.session.post(system.url("master", "/new"), data=image, timeout=15)
+        assert answer.status_code == 200, answer.text
+        task_id = answer.text
+        status = system.url("master", "/status")
+        wait_until(lambda: _finished(status, task_id), 60, f"{task_id} done")
+        result = system.session.get(system.url("master", "/get"), params={"id": task_id})
+        assert same_pixels(decode(result.content), swapped(image))
+        assert not (tmp_path / "data" / "tasks.sqlite3").exists(), "the tasks are in PostgreSQL"
+        with psycopg.connect(postgres_url) as conn:
+            assert conn.execute("SELECT id FROM tasks").fetchall() == [(task_id,)]
+    finally:
+        system.stop(30)
