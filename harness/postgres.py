@@ -20,7 +20,8 @@ from pathlib import Path
 from harness.launch import HOST, free_port
 from harness.proc import cpu_seconds
 
-BIN_DIR = Path("/usr/lib/postgresql/15/bin")
+# Debian's PostgreSQL 15 server programs; DARKROOM_POSTGRES_BIN names another version's
+BIN_DIR = Path(os.environ.get("DARKROOM_POSTGRES_BIN") or "/usr/lib/postgresql/15/bin")
 UNPRIVILEGED_USER = "nobody"
 SUPERUSER = "darkroom"
 START_TIMEOUT = 60
