@@ -752,6 +752,7 @@ def run_replicated_chaos(
         monkey.stop()
         report.kills, report.restarts = monkey.kills, monkey.restarts
         report.errors += monkey.errors
+        report.notes.append("finishes refused: not counted here (each replica counts its own)")
         log(f"replicated chaos: kills stopped at {time.monotonic() - started:.0f} s; settling")
         states = _settle(client, jobs, end - VERIFY_SECONDS)
         watcher.stop()
