@@ -113,6 +113,8 @@ _MIGRATIONS = (
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+# The columns as the claim's UPDATE ... FROM returns them (its subquery has an id too).
+_TASK_COLUMNS = ", ".join(f"tasks.{name.strip()}" for name in _COLUMNS.split(","))
 
 # Idle connections die silently behind NAT and load balancers: keepalives notice in ~25 s.
 _CONNECTION_SETTINGS: dict[str, Any] = {
@@ -386,7 +388,7 @@ class PostgresTaskStore(SqliteTaskStore):
             " LIMIT 1 FOR UPDATE SKIP LOCKED)"
             " UPDATE tasks SET state = %s, attempts = tasks.attempts + 1, lease_token = %s,"
             " lease_expires_at = %s, updated_at = %s"
-            f" FROM next WHERE tasks.id = next.id RETURNING {_qualified_columns()}",
+            f" FROM next WHERE tasks.id = next.id RETURNING {_TASK_COLUMNS}",
             (_QUEUED, _IN_PROGRESS, self._new_token(), now + self._policy.lease_seconds, now),
         )
         return _task(rows[0]) if rows else None
@@ -474,7 +476,3 @@ class PostgresTaskStore(SqliteTaskStore):
             self._statement("SELECT pg_notify(%s, '')", (TASK_CHANNEL,))
         self._listener.join(5)
         self._pool.close()
-
-
-def _qualified_columns() -> str:
-    return ", ".join(f"tasks.{name.strip()}" for name in _COLUMNS.split(","))
