@@ -31,10 +31,12 @@ Settings for the system under test are ``DARKROOM_*`` variables, passed on (e.g.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
 import platform
+import secrets
 import shutil
 import sys
 import tempfile
@@ -53,6 +55,8 @@ sys.path[:0] = [str(SERVICES), str(Path(__file__).resolve().parent.parent)]
 import images  # noqa: E402
 import peer  # noqa: E402
 import workloads  # noqa: E402
+from harness import postgres  # noqa: E402
+from harness.proc import tree_cpu_seconds  # noqa: E402
 from report import ISSUE_WORKERS, report_jobs, report_overhead, say, summary  # noqa: E402
 from system import BenchedUp, StandaloneDatabase  # noqa: E402
 
@@ -400,18 +404,60 @@ def measure_large(system: BenchedUp, args: argparse.Namespace) -> dict[str, Any]
 
 
 def measure_database(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """The database alone on SQLite, then on PostgreSQL with 1 and 2 database processes (the
+    clients spread over them) when PostgreSQL 15 is installed (harness/postgres.py)."""
     say("\nthe database alone (darkroom serve database, direct HTTP)")
     figures = []
     with StandaloneDatabase(SERVICES, work) as database:
-        for concurrency in args.db_concurrency:
-            figure = workloads.database(database.url, database.token, args.db_tasks, concurrency)
-            figures.append(figure)
-            say(
-                f"  {concurrency:2} clients, {args.db_tasks} tasks: "
-                f"{figure['creates_per_s']:6.0f} creates/s (new + enqueue), "
-                f"{figure['claims_per_s']:6.0f} claims/s, "
-                f"{figure['finishes_per_s']:6.0f} finishes/s"
-            )
+        figures += _database_runs(args, "sqlite", [database], lambda: 0.0)
+    if not postgres.available():
+        say(f"  PostgreSQL: not measured, no {postgres.BIN_DIR}/initdb (apt-get postgresql)")
+        return figures
+    token = secrets.token_urlsafe(24)  # one for the replicas, as in a deployment
+    with postgres.PostgresServer() as server:
+        for processes in (1, 2):
+            url = server.create_database(f"bench_{processes}")
+            with contextlib.ExitStack() as stack:
+                names = [f"database-pg{processes}-{n}" for n in range(processes)]
+                replicas = [
+                    stack.enter_context(StandaloneDatabase(SERVICES, work, url, name, token))
+                    for name in names
+                ]
+                figures += _database_runs(args, "postgresql", replicas, server.cpu_seconds)
+    return figures
+
+
+def _database_runs(
+    args: argparse.Namespace,
+    store: str,
+    replicas: list[StandaloneDatabase],
+    server_cpu: Callable[[], float],
+) -> list[dict[str, Any]]:
+    """Each client count's run, with the CPU each job cost the database processes and the
+    PostgreSQL server (``server_cpu``): the figure the machine's load changes least."""
+    figures = []
+    urls = [replica.url for replica in replicas]
+
+    def cpu() -> tuple[float, float]:
+        return sum(tree_cpu_seconds(r.launched.pid) for r in replicas if r.launched), server_cpu()
+
+    for concurrency in args.db_concurrency:
+        before = cpu()
+        figure = workloads.database(urls, replicas[0].token, args.db_tasks, concurrency)
+        after = cpu()
+        figure["store"] = store
+        figure["database_cpu_ms_per_job"] = 1000 * (after[0] - before[0]) / args.db_tasks
+        figure["postgresql_cpu_ms_per_job"] = 1000 * (after[1] - before[1]) / args.db_tasks
+        figures.append(figure)
+        say(
+            f"  {store:10} x{len(urls)}, {concurrency:2} clients, {args.db_tasks} tasks: "
+            f"{figure['creates_per_s']:4.0f} creates/s (new + enqueue), "
+            f"{figure['claims_per_s']:4.0f} claims/s, "
+            f"{figure['finishes_per_s']:4.0f} finishes/s, "
+            f"{figure['jobs_per_s']:4.0f} jobs/s (all four); CPU ms per job: database "
+            f"{figure['database_cpu_ms_per_job']:.1f}, PostgreSQL "
+            f"{figure['postgresql_cpu_ms_per_job']:.1f}"
+        )
     return figures
 
 

@@ -61,15 +61,23 @@ class StandaloneDatabase:
     Its registry address points at a closed port: registering fails quietly in the background.
     """
 
-    def __init__(self, services_dir: Path, work_dir: Path) -> None:
+    def __init__(
+        self,
+        services_dir: Path,
+        work_dir: Path,
+        database_url: str = "",
+        name: str = "database-alone",
+        token: str | None = None,
+    ) -> None:
         self.port = free_port()
-        self.token = secrets.token_urlsafe(24)
-        self.log_path = work_dir / "database-alone.log"
+        self.token = token or secrets.token_urlsafe(24)
+        self.log_path = work_dir / f"{name}.log"
         self.env = service_env(
             services_dir,
             self.token,
             host=HOST,
-            data_dir=str(work_dir / "database-alone"),
+            data_dir=str(work_dir / name),
+            database_url=database_url,  # empty: SQLite in the data directory
             registry_address=f"{HOST}:{free_port()}",
         )
         self.launched: Launched | None = None

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import collections
 import io
+import itertools
 import multiprocessing
 import statistics
 import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -535,12 +536,23 @@ def _wait_finished(system: BenchedUp, task_id: str, timeout: float) -> str:
 # The database alone
 
 
-def database(base_url: str, token: str, tasks: int, concurrency: int) -> dict[str, Any]:
-    """Create, claim and finish ``tasks`` tasks with ``concurrency`` clients, phase by phase."""
-    local = _Sessions(token)
+class _DatabaseSessions(_Sessions):
+    """A session per thread, each thread pinned to one of the databases, in turn."""
+
+    _next = itertools.count()
+
+    def __init__(self, token: str | None, base_urls: Sequence[str]) -> None:
+        super().__init__(token)
+        self.base_url = base_urls[next(self._next) % len(base_urls)]
+
+
+def database(base_urls: Sequence[str], token: str, tasks: int, concurrency: int) -> dict[str, Any]:
+    """Create, claim and finish ``tasks`` tasks with ``concurrency`` clients, phase by phase;
+    the clients spread over the database processes ``base_urls`` (replicas of one store)."""
+    local = _DatabaseSessions(token, base_urls)
 
     def post(path: str, **params: Any) -> requests.Response:
-        response = local.session.post(f"{base_url}{path}", params=params, timeout=30)
+        response = local.session.post(f"{local.base_url}{path}", params=params, timeout=30)
         if response.status_code >= 400:
             raise BenchError(f"database {path}: {response.status_code} {response.text[:200]}")
         return response
@@ -576,8 +588,11 @@ def database(base_url: str, token: str, tasks: int, concurrency: int) -> dict[st
         raise BenchError(f"database: claimed {len(claims)} of {tasks} tasks")
     return {
         "concurrency": concurrency,
+        "processes": len(base_urls),
         "tasks": tasks,
         "creates_per_s": tasks / (created - started),
         "claims_per_s": tasks / (claimed - created),
         "finishes_per_s": tasks / (finished - claimed),
+        # a job's whole life at the database: create, enqueue, claim, finish
+        "jobs_per_s": tasks / (finished - started),
     }

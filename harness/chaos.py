@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import psutil  # the processes seen, for telling a reused pid apart
 import requests
@@ -42,7 +43,9 @@ from harness.images import decode, png_bytes, same_pixels, swapped
 from harness.launch import answers as url_answers
 from harness.launch import kill
 from harness.metrics import CounterTotal, samples
+from harness.postgres import PostgresServer
 from harness.proc import alive, identity
+from harness.replicated import HALVES, ReplicatedDarkroom
 from harness.up import DarkroomUp
 
 # What the chaos kills, and how often relative to each other.
@@ -319,10 +322,21 @@ class ChaosMonkey(threading.Thread):
 # -- the client ---------------------------------------------------------------------------
 
 
+class System(Protocol):
+    """What the client and the checks need of a system: ``Darkroom`` or ``ReplicatedDarkroom``."""
+
+    data_dir: Path
+
+    @property
+    def auth(self) -> dict[str, str]: ...
+
+    def url(self, role: str, path: str = "") -> str: ...
+
+
 class Client:
     """Uploads with retries through outages; reads states and results."""
 
-    def __init__(self, system: Darkroom, report: Report) -> None:
+    def __init__(self, system: System, report: Report) -> None:
         self._system = system
         self._report = report
         self._lock = threading.Lock()
@@ -543,7 +557,7 @@ def _settle(client: Client, jobs: list[Job], deadline: float) -> dict[str, dict]
 
 def _verify(
     client: Client,
-    system: Darkroom,
+    system: System,
     jobs: list[Job],
     states: dict[str, dict],
     watcher: ResultWatcher,
@@ -646,3 +660,105 @@ def _orphan_files(data_dir: Path, task_ids: set[str]) -> list[str]:
         elif len(relative.parts) != 1 or not EXPECTED_ROOT_FILES.fullmatch(path.name):
             orphans.append(f"{relative} (unexpected)")
     return orphans
+
+
+# -- on PostgreSQL, replicated ------------------------------------------------------------
+
+REPLICA_TARGETS = ("database", "storage", "postgresql")
+
+
+class ReplicaMonkey(threading.Thread):
+    """Kills one database or storage replica (SIGKILL) and starts it again, or crash-restarts
+    PostgreSQL (``immediate``: no checkpoint, recovery from the WAL), one at a time."""
+
+    def __init__(
+        self,
+        system: ReplicatedDarkroom,
+        server: PostgresServer,
+        rng: random.Random,
+        interval: tuple[float, float],
+    ) -> None:
+        super().__init__(name="replica-chaos", daemon=True)
+        self._system, self._server, self._rng, self._interval = system, server, rng, interval
+        self._halt = threading.Event()
+        self._first_round = rng.sample(REPLICA_TARGETS, len(REPLICA_TARGETS))
+        self.kills: collections.Counter = collections.Counter()
+        self.restarts: collections.Counter = collections.Counter()
+        self.errors: list[str] = []
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    def run(self) -> None:
+        while not self._halt.wait(self._rng.uniform(*self._interval)):
+            target = self._first_round.pop() if self._first_round else None
+            target = target or self._rng.choice(REPLICA_TARGETS)
+            half = self._rng.choice(HALVES)
+            self.kills[target] += 1
+            try:
+                if target == "postgresql":
+                    self._server.restart("immediate")
+                else:
+                    self._system.kill(half, target)
+                    self._halt.wait(0.3)  # down for a moment, as a rescheduled pod is
+                    self._system.start(half, target)
+            except Exception as exc:  # reported as a broken promise, not raised in a thread
+                self.errors.append(f"{target} {half} did not come back: {exc}")
+                return
+            self.restarts[target] += 1
+
+
+def run_replicated_chaos(
+    settings: ChaosSettings, workdir: Path, server: PostgresServer, log: Log = print
+) -> Report:
+    """``run_chaos``'s promises on two database and two storage replicas sharing PostgreSQL
+    and one data directory, while replicas are killed and PostgreSQL crash-restarts.
+
+    Jobs go in and come out through half A; half B's worker claims through B's database and
+    stores through B's storage. The finishes the database refused are not counted here (each
+    replica counts its own).
+    """
+    rng = random.Random(settings.seed)
+    report = Report(seed=settings.seed)
+    started = time.monotonic()
+    end = started + settings.seconds
+    jobs = make_jobs(settings, rng)
+    report.corrupt_submitted = sum(job.corrupt for job in jobs)
+    system = ReplicatedDarkroom(
+        server.create_database(f"chaos_{settings.seed}"),
+        workdir / "data",
+        workdir,
+        lease_seconds="2",
+        claim_wait_seconds="2",
+        max_attempts="10",
+        upload_timeout_seconds="15",
+        http_timeout_seconds="10",
+        concurrency=str(settings.workers),
+        log_level="INFO",
+    )
+    log(f"replicated chaos: seed {settings.seed}, {settings.jobs} jobs, logs in {workdir}")
+    client = Client(system, report)
+    try:
+        system.start_all()
+        chaos_end = time.monotonic() + (end - time.monotonic()) * settings.chaos_share
+        monkey = ReplicaMonkey(system, server, rng, settings.kill_interval)
+        watcher = ResultWatcher(client, lambda: {job.task_id for job in jobs if job.task_id})
+        monkey.start()
+        watcher.start()
+        _submit_all(client, jobs, settings, chaos_end, end)
+        report.submitted = sum(job.task_id is not None for job in jobs)
+        time.sleep(max(0.0, chaos_end - time.monotonic()))
+        monkey.stop()
+        report.kills, report.restarts = monkey.kills, monkey.restarts
+        report.errors += monkey.errors
+        report.notes.append("finishes refused: not counted here (each replica counts its own)")
+        log(f"replicated chaos: kills stopped at {time.monotonic() - started:.0f} s; settling")
+        states = _settle(client, jobs, end - VERIFY_SECONDS)
+        watcher.stop()
+        _verify(client, system, jobs, states, watcher, report, max(end, time.monotonic() + 30))
+    finally:
+        system.stop_all()
+    report.leftovers += _temporary_files(system.data_dir)
+    report.elapsed = time.monotonic() - started
+    return report

@@ -6,8 +6,8 @@
 #
 # 1. the package with its test extras, every version pinned by requirements/constraints.txt, into
 #    the same virtual environment as scripts/run.sh (.venv, made when missing; scripts/lib/venv.sh);
-# 2. as root with apt-get: Debian's chromium for the browser tests, podman and friends for the
-#    container tests (when they are on);
+# 2. as root with apt-get: Debian's chromium for the browser tests, postgresql for the
+#    PostgreSQL store's tests, podman and friends for the container tests (when they are on);
 # 3. helm 3 into the venv for the chart tests (scripts/install-helm.sh, when none is on PATH);
 # 4. ruff, then pytest with the venv first on PATH. pytest collecting no test fails too.
 #
@@ -29,6 +29,8 @@ if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
   packages=()
   [[ ${DARKROOM_BROWSER_TESTS:-1} == 1 ]] && ! command -v chromium >/dev/null \
     && packages+=(chromium chromium-driver)
+  # PostgreSQL 15's server programs, which the PostgreSQL store's tests start (harness/postgres.py)
+  [[ ! -x /usr/lib/postgresql/15/bin/initdb ]] && packages+=(postgresql)
   [[ ${DARKROOM_CONTAINER_TESTS:-0} == 1 ]] && ! command -v podman >/dev/null \
     && packages+=(podman buildah debootstrap uidmap slirp4netns fuse-overlayfs)
   if ((${#packages[@]})); then

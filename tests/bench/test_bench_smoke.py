@@ -74,3 +74,14 @@ def test_only_runs_the_chosen_workload_and_can_leave_thumbor_out(tmp_path):
     assert "[skipped] thumbnails: Darkroom jobs/s >= 1.0 x thumbor's requests/s" in out
     assert results["thumbnails"]["verified"] == 8
     assert not {"e2e", "polling", "large", "idle", "memory", "database"} & results.keys()
+
+
+def test_the_database_part_measures_postgresql_with_one_and_two_processes(
+    tmp_path, postgres_server
+):
+    """``postgres_server`` only for its skip (or CI failure) where PostgreSQL is missing."""
+    out, results = run_quick(tmp_path, "--only", "database")
+    runs = {(figure["store"], figure["processes"]) for figure in results["database"]}
+    assert runs == {("sqlite", 1), ("postgresql", 1), ("postgresql", 2)}, out
+    assert all(figure["jobs_per_s"] > 0 for figure in results["database"])
+    assert "postgresql x2" in out

@@ -23,7 +23,7 @@ from darkroom.storage.client import StorageClient
 from darkroom.storage.store import Folder
 from darkroom.worker.loop import TaskLoop
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
-from harness.chaos import ChaosSettings, run_chaos
+from harness.chaos import ChaosSettings, run_chaos, run_replicated_chaos
 from support.images import decode, png_bytes, same_pixels, swapped
 from support.inprocess import StaticRegistry, master_side
 from support.processes import free_port
@@ -77,3 +77,19 @@ def test_storage_outage_spends_no_attempts(config):
     version = result_version(tasks.get(task.id).lease_token)
     result = b"".join(storage.open(Folder.FINISHED, task.id, version).iter_content(None))
     assert same_pixels(decode(result), swapped(image))
+
+
+@pytest.mark.chaos
+def test_jobs_survive_killed_replicas_and_a_postgresql_crash(tmp_path, postgres_server, capsys):
+    """Two database and two storage replicas on PostgreSQL and one data directory: one of
+    each killed, and PostgreSQL crash-restarted, while jobs run."""
+    seed = int(os.environ.get("DARKROOM_CHAOS_SEED") or random.SystemRandom().randrange(10**6))
+    settings = ChaosSettings(jobs=120, corrupt=4, seconds=90, seed=seed, kill_interval=(1.5, 3))
+    report = run_replicated_chaos(settings, tmp_path, postgres_server)
+    with capsys.disabled():
+        print("\n" + report.summary())
+    assert not report.problems(), report.summary()
+    assert report.submitted == settings.jobs
+    assert report.finished == settings.jobs - settings.corrupt
+    assert report.failed == settings.corrupt
+    assert set(report.kills) == {"database", "storage", "postgresql"}

@@ -4,17 +4,28 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from falcon import testing
 
 from darkroom.database.app import create_app
-from darkroom.database.service import open_store
+from darkroom.database.pgstore import PostgresTaskStore, redacted
+from darkroom.database.service import open_store, run
+from darkroom.database.store import StoreUnavailable
+from harness.launch import wait_until
 
 
-@pytest.fixture
-def client(config) -> testing.TestClient:
-    return testing.TestClient(create_app(config, open_store(config)))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def client(request, config) -> Iterator[testing.TestClient]:
+    """The app on either store (``DATABASE_URL`` set or not)."""
+    if request.param == "postgresql":
+        config = config.replace(database_url=request.getfixturevalue("postgres_url"))
+    store = open_store(config)
+    try:
+        yield testing.TestClient(create_app(config, store))
+    finally:
+        store.close()
 
 
 def new_queued(client) -> str:
@@ -325,3 +336,72 @@ def test_bad_events_params_are_400(client, params):
 
 def test_events_of_an_unknown_task_are_404(client):
     assert client.simulate_get("/events", params={"id": "A" * 22}).status_code == 404
+
+
+class Unreachable:
+    def create(self, pipeline):
+        raise StoreUnavailable("connection refused")
+
+
+def test_an_unreachable_database_is_503_with_a_retry_after(config):
+    client = testing.TestClient(create_app(config, Unreachable()))
+    result = client.simulate_post("/newTask")
+    assert result.status_code == 503
+    assert result.headers["Retry-After"] == "1"
+    assert result.json["title"] == "Database unavailable"
+
+
+def test_database_url_puts_the_tasks_in_postgresql(config, postgres_server, postgres_url):
+    config = config.replace(database_url=postgres_url)
+    store = open_store(config)
+    try:
+        assert isinstance(store, PostgresTaskStore)
+        client = testing.TestClient(create_app(config, store))
+        task_id = new_queued(client)
+        postgres_server.stop()
+        try:
+            down = client.simulate_get("/getById", params={"id": task_id})
+            assert down.status_code == 503, down.text
+            assert "127.0.0.1" not in down.text, "addresses are for the log only"
+        finally:
+            postgres_server.start()
+
+        def back() -> bool:  # the pool reconnects by itself, with a backoff
+            answer = client.simulate_get("/getById", params={"id": task_id})
+            return answer.status_code == 200 and answer.json["state"] == 0
+
+        wait_until(back, 15, "the store reconnected")
+    finally:
+        store.close()
+
+
+def test_the_database_url_is_logged_without_its_password(config, caplog):
+    url = "postgresql://darkroom:s3cret@127.0.0.1:1/tasks"
+    assert "s3cret" not in redacted(url) and "127.0.0.1" in redacted(url)
+    assert "s3cret" not in repr(config.replace(database_url=url))
+    with caplog.at_level("INFO"), pytest.raises(StoreUnavailable):
+        run(config.replace(database_url=url))  # nothing listens on port 1
+    logged = [str(record.__dict__) for record in caplog.records]
+    assert any("127.0.0.1" in line for line in logged), "where the tasks are is logged"
+    assert not any("s3cret" in line for line in logged)
+
+
+def test_a_malformed_database_url_is_refused_without_quoting_it(config):
+    with pytest.raises(ValueError, match="DARKROOM_DATABASE_URL") as refused:
+        open_store(config.replace(database_url="postgresql://darkroom:s3cret@[::1"))
+    assert "s3cret" not in str(refused.value)
+
+
+def test_nul_characters_never_reach_the_store(client):
+    """PostgreSQL's text holds none (the property test found it): a pipeline with one is
+    refused, a worker's error or note is kept without them, on either store."""
+    refused = client.simulate_post("/newTask", params={"pipeline": "swap\x00"})
+    assert refused.status_code == 400 and "NUL" in refused.json["description"]
+    task_id = new_queued(client)
+    lease = client.simulate_post("/getNewTask").json["lease"]
+    params = {"id": task_id, "lease": lease, "error": "bad\x00 byte", "retry": "true"}
+    assert client.simulate_post("/failTask", params=params).json["error"] == "bad byte"
+    lease = client.simulate_post("/getNewTask").json["lease"]
+    params = {"id": task_id, "lease": lease, "note": "kept\x00"}
+    assert client.simulate_post("/finishTask", params=params).text == "success"
+    assert client.simulate_get("/getById", params={"id": task_id}).json["notes"] == ["kept"]

@@ -1,10 +1,20 @@
+"""The task store's rules, run against both stores: SQLite and PostgreSQL (``store_kind``).
+
+The tests at the end are PostgreSQL's own: several stores on one database, as replicas.
+"""
+
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import psycopg
 import pytest
 
 from darkroom.contract.events import EventKind, Stage
@@ -12,6 +22,7 @@ from darkroom.contract.tasks import IdempotencyKeyUsed
 from darkroom.contract.webhooks import Attempt, DeliveryState
 from darkroom.core.config import Config
 from darkroom.core.ids import is_task_id
+from darkroom.database.pgstore import SCHEMA_VERSION, PostgresTaskStore, migrate
 from darkroom.database.store import (
     LeasePolicy,
     SqliteTaskStore,
@@ -19,7 +30,10 @@ from darkroom.database.store import (
     TaskCancelled,
     TaskConflict,
     TaskNotFound,
+    TaskStore,
 )
+
+POLICY = LeasePolicy(lease_seconds=10, max_attempts=2, upload_timeout_seconds=100)
 
 
 class Clock:
@@ -35,13 +49,65 @@ def clock() -> Clock:
     return Clock()
 
 
+class StoreOpener:
+    """Opens stores of one kind on one place (a file, a database), as often as a test asks;
+    closes them all at the end."""
+
+    def __init__(self, kind: str, place: str) -> None:
+        self.kind, self.place = kind, place
+        self.opened: list[TaskStore] = []
+
+    @property
+    def store_class(self) -> type:
+        return SqliteTaskStore if self.kind == "sqlite" else PostgresTaskStore
+
+    def open(self, policy: LeasePolicy = POLICY, mixin: type | None = None, **kwargs) -> TaskStore:
+        cls = self.store_class if mixin is None else type("Mixed", (mixin, self.store_class), {})
+        place = Path(self.place) if self.kind == "sqlite" else self.place
+        store = cls(place, policy, **kwargs)
+        self.opened.append(store)
+        return store
+
+    @contextlib.contextmanager
+    def write_locked(self) -> Iterator[None]:
+        """Another writer holds every task: SQLite's write lock, or every row lock in PostgreSQL."""
+        if self.kind == "sqlite":
+            other = sqlite3.connect(self.place, isolation_level=None, timeout=0)
+            other.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            return
+        with psycopg.connect(self.place) as other:
+            other.execute("SELECT id FROM tasks FOR UPDATE").fetchall()
+            yield
+            other.rollback()
+
+    def close_all(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_kind(request, tmp_path) -> Iterator[StoreOpener]:
+    if request.param == "sqlite":
+        opener = StoreOpener("sqlite", str(tmp_path / "tasks.sqlite3"))
+    else:
+        opener = StoreOpener("postgresql", request.getfixturevalue("postgres_url"))
+    try:
+        yield opener
+    finally:
+        opener.close_all()
+
+
 @pytest.fixture
-def store(tmp_path, clock) -> SqliteTaskStore:
-    policy = LeasePolicy(lease_seconds=10, max_attempts=2, upload_timeout_seconds=100)
-    return SqliteTaskStore(tmp_path / "tasks.sqlite3", policy, clock=clock)
+def store(store_kind, clock) -> TaskStore:
+    return store_kind.open(clock=clock)
 
 
-def queued(store: SqliteTaskStore, pipeline: str = "swap") -> str:
+def queued(store: TaskStore, pipeline: str = "swap") -> str:
     task = store.create(pipeline)
     store.enqueue(task.id)
     return task.id
@@ -188,12 +254,12 @@ def test_unknown_task(store):
         store.get("A" * 22)
 
 
-def test_state_survives_reopening(tmp_path, store, clock):
+def test_state_survives_reopening(store_kind, store, clock):
     task_id = queued(store)
     claim = store.claim()
     store.close()
-    policy = LeasePolicy(lease_seconds=10, max_attempts=2)
-    reopened = SqliteTaskStore(tmp_path / "tasks.sqlite3", policy, clock=clock)
+    store_kind.opened.remove(store)
+    reopened = store_kind.open(LeasePolicy(lease_seconds=10, max_attempts=2), clock=clock)
     assert reopened.finish(task_id, claim.lease_token).state == State.FINISHED
 
 
@@ -250,18 +316,19 @@ def test_watch_answers_at_once_when_the_state_already_differs(store):
     assert store.watch(task_id, {State.IN_PROGRESS}, 30).state == State.QUEUED
 
 
-class CountingStore(SqliteTaskStore):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.reads: collections.Counter[str] = collections.Counter()
+class CountingReads:
+    """Mixed into a store: counts its reads of each task."""
+
+    reads: collections.Counter[str]
 
     def get(self, task_id: str):
         self.reads[task_id] += 1
         return super().get(task_id)
 
 
-def test_a_change_wakes_only_the_watchers_of_its_task(tmp_path):
-    store = CountingStore(tmp_path / "tasks.sqlite3", LeasePolicy())
+def test_a_change_wakes_only_the_watchers_of_its_task(store_kind):
+    store = store_kind.open(LeasePolicy(), mixin=CountingReads)
+    store.reads = collections.Counter()
     watched, other = queued(store), queued(store)
     thread, result = _watch_in_thread(store, watched, {State.QUEUED}, 0.4)
     for _ in range(30):  # 60 state changes of the other task
@@ -294,24 +361,18 @@ def test_purge_removes_only_old_ended_tasks(store, clock):
     assert store.get(waiting).state == State.QUEUED
 
 
-def test_get_is_a_read_that_shows_a_lapsed_lease_as_its_expiry_will_write_it(tmp_path, clock):
-    path = tmp_path / "tasks.sqlite3"
-    store = SqliteTaskStore(path, LeasePolicy(lease_seconds=10, max_attempts=2), clock=clock)
+def test_get_is_a_read_that_shows_a_lapsed_lease_as_its_expiry_will_write_it(store_kind, clock):
+    store = store_kind.open(LeasePolicy(lease_seconds=10, max_attempts=2), clock=clock)
     requeued, failed = queued(store), queued(store)
     store.claim()
     store.fail(failed, store.claim().lease_token, "crashed", retryable=True)
     store.claim()  # the second attempt at `failed`
     clock.now += 11
-    # Another writer holds SQLite's write lock: a get that took it would wait, then fail.
-    other = sqlite3.connect(path, isolation_level=None, timeout=0)
-    other.execute("BEGIN IMMEDIATE")
-    try:
+    # Another writer holds the tasks: a get that wanted them would wait, then fail.
+    with store_kind.write_locked():
         started = time.monotonic()
         seen = {task_id: store.get(task_id) for task_id in (requeued, failed)}
         assert time.monotonic() - started < 1.0
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
     assert seen[requeued].state == State.QUEUED
     assert seen[requeued].error == "worker stopped responding"
     assert seen[failed].state == State.FAILED
@@ -355,9 +416,9 @@ class StallingClock(Clock):
         return self.now
 
 
-def test_reads_do_not_wait_for_a_write_transaction(tmp_path):
+def test_reads_do_not_wait_for_a_write_transaction(store_kind):
     clock = StallingClock()
-    store = SqliteTaskStore(tmp_path / "tasks.sqlite3", LeasePolicy(), clock=clock)
+    store = store_kind.open(LeasePolicy(), clock=clock)
     task_id = queued(store)
     claim = store.claim()
     finishing = threading.Thread(target=store.finish, args=(task_id, claim.lease_token))
@@ -842,3 +903,110 @@ def test_a_purged_tasks_events_go_with_it(tmp_path, clock):
     with sqlite3.connect(path) as db:
         rows = db.execute("SELECT DISTINCT task_id FROM events").fetchall()
     assert rows == [(kept,)]
+
+
+# -- PostgreSQL: several stores on one database, as replicas ----------------------------
+
+
+@pytest.fixture
+def replicas(postgres_url) -> Iterator[tuple[PostgresTaskStore, PostgresTaskStore]]:
+    opener = StoreOpener("postgresql", postgres_url)
+    try:
+        yield opener.open(LeasePolicy()), opener.open(LeasePolicy())
+    finally:
+        opener.close_all()
+
+
+def test_replicas_claim_disjoint_tasks_under_concurrency(replicas):
+    task_ids = {queued(replicas[0]) for _ in range(60)}
+    claimed: list[str] = []
+    claimed_lock = threading.Lock()
+
+    def claim_until_empty(store: PostgresTaskStore) -> None:
+        for _ in range(200):  # more than enough for 60 tasks; bounded all the same
+            task = store.claim()
+            if task is None:
+                return
+            with claimed_lock:
+                claimed.append(task.id)
+
+    claimers = [replica for replica in replicas for _ in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(len(claimers)) as pool:
+        list(pool.map(claim_until_empty, claimers, timeout=60))
+    assert len(claimed) == len(set(claimed)), "a task was claimed twice"
+    assert set(claimed) == task_ids
+
+
+def _timed_in_thread(call) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def run() -> None:
+        result["value"] = call()
+        result["at"] = time.monotonic()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def test_an_enqueue_on_one_replica_wakes_a_claim_waiting_on_the_other(replicas):
+    first, second = replicas
+    upload = first.create("swap")
+    thread, result = _timed_in_thread(lambda: second.claim(wait_seconds=10))
+    time.sleep(0.2)  # the claim is waiting: it found nothing at first
+    enqueued_at = time.monotonic()
+    first.enqueue(upload.id)
+    thread.join(15)
+    assert result["value"].id == upload.id
+    # its half-second tick would take up to 0.5 s: the NOTIFY came before
+    assert result["at"] - enqueued_at < 0.3
+
+
+def test_a_finish_on_one_replica_wakes_a_watch_on_the_other(replicas):
+    first, second = replicas
+    task_id = queued(first)
+    claim = first.claim()
+    thread, result = _timed_in_thread(lambda: second.watch(task_id, {State.IN_PROGRESS}, 10))
+    time.sleep(0.2)
+    finished_at = time.monotonic()
+    first.finish(task_id, claim.lease_token)
+    thread.join(15)
+    assert result["value"].state == State.FINISHED
+    assert result["at"] - finished_at < 0.3
+
+
+def test_migrations_run_from_two_places_at_once_are_safe(postgres_url):
+    start = threading.Barrier(2)
+
+    def migrate_now() -> int:
+        with psycopg.connect(postgres_url) as conn:
+            start.wait(10)
+            return migrate(conn)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        found = sorted(pool.map(lambda _: migrate_now(), range(2), timeout=60))
+    assert found == [0, SCHEMA_VERSION], "one migrated, the other found it done"
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_a_store_outlives_a_postgresql_restart(postgres_server, postgres_url, clock):
+    opener = StoreOpener("postgresql", postgres_url)
+    try:
+        store = opener.open(clock=clock)
+        task_id = queued(store)
+        postgres_server.restart()
+        assert store.get(task_id).state == State.QUEUED, "a dropped connection is replaced"
+        claim = store.claim()
+        assert claim.id == task_id
+        # the listener is back: a change wakes a watch at once again
+        assert store.wait_listening(10)
+        thread, result = _timed_in_thread(lambda: store.watch(task_id, {State.IN_PROGRESS}, 10))
+        time.sleep(0.2)
+        finished_at = time.monotonic()
+        store.finish(task_id, claim.lease_token)
+        thread.join(15)
+        assert result["value"].state == State.FINISHED
+        assert result["at"] - finished_at < 0.3
+    finally:
+        opener.close_all()

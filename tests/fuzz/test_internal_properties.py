@@ -13,10 +13,14 @@ import base64
 import json
 import string
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import quote, quote_from_bytes
 
 import falcon
+import psycopg
+import pytest
 from falcon import testing
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -35,7 +39,8 @@ from darkroom.contract.webhooks import MAX_WEBHOOK_URL_CHARS
 from darkroom.core.config import Config
 from darkroom.core.ids import TASK_ID_PATTERN
 from darkroom.database import app as database_app
-from darkroom.database.store import LeasePolicy, SqliteTaskStore, State
+from darkroom.database.pgstore import PostgresTaskStore
+from darkroom.database.store import LeasePolicy, SqliteTaskStore, State, TaskStore
 from darkroom.registry.app import create_app as create_registry_app
 from darkroom.registry.store import FileKeyValueStore
 from darkroom.storage.app import create_app as create_storage_app
@@ -280,7 +285,7 @@ class DatabaseMachine(AppMachine):
         policy = LeasePolicy(
             lease_seconds=LEASE_SECONDS, max_attempts=MAX_ATTEMPTS, upload_timeout_seconds=60
         )
-        self.store = SqliteTaskStore(Path(self._dir.name) / "tasks.sqlite3", policy, self.clock)
+        self.store = self.open_store(policy)
         # A claim on an empty queue waits up to the cap: keep it short so "inf" costs little.
         config = Config(data_dir=Path(self._dir.name), max_wait_seconds=0.05)
         self.client = testing.TestClient(database_app.create_app(config, self.store))
@@ -290,6 +295,9 @@ class DatabaseMachine(AppMachine):
         self.settled: dict[str, dict] = {}  # delivered or failed webhooks: they never change
         self.cancelled: dict[str, dict] = {}
         self.keyed: dict[str, set[str]] = {}  # idempotency key -> the tasks created with it
+
+    def open_store(self, policy: LeasePolicy) -> TaskStore:
+        return SqliteTaskStore(Path(self._dir.name) / "tasks.sqlite3", policy, self.clock)
 
     def teardown(self) -> None:
         self.store.close()
@@ -304,7 +312,7 @@ class DatabaseMachine(AppMachine):
     def create(self, pipeline, enqueue):
         created = self._call("POST", "/newTask", params={"pipeline": pipeline})
         if created.status_code != 201:
-            assert not pipeline.strip() or len(pipeline) > MAX_PIPELINE_CHARS
+            assert not pipeline.strip() or len(pipeline) > MAX_PIPELINE_CHARS or "\x00" in pipeline
             return multiple()
         task_id = created.text
         assert TASK_ID_PATTERN.fullmatch(task_id)
@@ -527,6 +535,31 @@ class DatabaseMachine(AppMachine):
 
 TestDatabaseProperties = DatabaseMachine.TestCase
 TestDatabaseProperties.settings = STATE_MACHINE_SETTINGS
+
+
+class PostgresDatabaseMachine(DatabaseMachine):
+    """The same, on the PostgreSQL store: one database for the test, emptied for each run."""
+
+    url: ClassVar[str] = ""
+
+    def open_store(self, policy: LeasePolicy) -> TaskStore:
+        store = PostgresTaskStore(self.url, policy, self.clock)
+        with psycopg.connect(self.url) as conn:
+            conn.execute("TRUNCATE tasks")
+        return store
+
+
+@pytest.fixture
+def postgres_machine(postgres_url) -> Iterator[None]:
+    PostgresDatabaseMachine.url = postgres_url
+    yield
+    PostgresDatabaseMachine.url = ""
+
+
+TestPostgresDatabaseProperties = pytest.mark.usefixtures("postgres_machine")(
+    PostgresDatabaseMachine.TestCase
+)
+TestPostgresDatabaseProperties.settings = STATE_MACHINE_SETTINGS
 
 
 # -- storage ------------------------------------------------------------------------------

@@ -39,6 +39,9 @@ class Config:
     # how long a watch may stay broken before /readyz says not ready (configmap backend)
     registry_watch_stale_seconds: float = 30.0
     data_dir: Path = Path("data")
+    # the database role's tasks in PostgreSQL (a libpq URL, postgresql://user:pw@host/db);
+    # empty: in SQLite, DATA_DIR/tasks.sqlite3
+    database_url: str = dataclasses.field(default="", repr=False)
     # how long a resolved address is trusted before asking the registry again
     discovery_ttl_seconds: float = 5.0
     # the master accepts only op=preset:NAME, presets kept in the registry (public deployments)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 import re
 import sqlite3
@@ -44,6 +45,7 @@ from darkroom.core.params import state_param, wait_param
 from darkroom.database.metrics import QueueCollector
 from darkroom.database.store import (
     Delivery,
+    StoreUnavailable,
     Task,
     TaskCancelled,
     TaskConflict,
@@ -51,6 +53,8 @@ from darkroom.database.store import (
     TaskNotFound,
     TaskStore,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _timestamp(seconds: float | None) -> str | None:
@@ -142,6 +146,12 @@ def _matching_param(
     return value
 
 
+def _text(value: str) -> str:
+    """A worker's free text (an error, a note) as every store keeps it: PostgreSQL's text
+    holds no NUL character, so none is kept (they say nothing to a reader anyway)."""
+    return value.replace("\x00", "").strip()
+
+
 def _success(resp: falcon.Response) -> None:
     resp.content_type = falcon.MEDIA_TEXT
     resp.text = "success"
@@ -157,10 +167,10 @@ class Tasks:
 
     def on_post_new(self, req: falcon.Request, resp: falcon.Response) -> None:
         pipeline = req.get_param("pipeline", default="swap")
-        if not pipeline or len(pipeline) > MAX_PIPELINE_CHARS:
+        if not pipeline or len(pipeline) > MAX_PIPELINE_CHARS or "\x00" in pipeline:
             raise falcon.HTTPBadRequest(
                 title="Invalid pipeline",
-                description=f"pipeline must be 1 to {MAX_PIPELINE_CHARS} characters",
+                description=f"pipeline must be 1 to {MAX_PIPELINE_CHARS} characters, none NUL",
             )
         webhook_url = req.get_param("webhook")
         if webhook_url is not None and not 0 < len(webhook_url) <= MAX_WEBHOOK_URL_CHARS:
@@ -224,7 +234,7 @@ class Tasks:
     def on_post_finish(self, req: falcon.Request, resp: falcon.Response) -> None:
         # What the task's status should tell (what of the image was skipped, kept or removed),
         # a ``note`` parameter each: /status lists them.
-        notes = [n.strip()[:MAX_NOTE_LENGTH] for n in req.get_param_as_list("note") or []]
+        notes = [_text(n)[:MAX_NOTE_LENGTH] for n in req.get_param_as_list("note") or []]
         notes = [note for note in notes if note][:MAX_NOTES]
         self._store.finish(require_task_id(req), _lease(req), notes, stages=_stages(req))
         _success(resp)
@@ -232,7 +242,7 @@ class Tasks:
     def on_post_fail(self, req: falcon.Request, resp: falcon.Response) -> None:
         task_id = require_task_id(req)
         lease = req.get_param("lease")
-        error = (req.get_param("error") or "").strip()
+        error = _text(req.get_param("error") or "")
         if not error:
             raise falcon.HTTPBadRequest(title="Missing error", description="say why it failed")
         retryable = req.get_param_as_bool("retry", default=False)
@@ -368,11 +378,24 @@ def _database_error(
     raise ex
 
 
+def _unavailable(
+    req: falcon.Request, resp: falcon.Response, ex: StoreUnavailable, params: Any
+) -> None:
+    # What failed (addresses included) is for the operator's log, not the caller.
+    log.warning("task database unavailable", extra={"error": str(ex), "route": req.uri_template})
+    raise falcon.HTTPServiceUnavailable(
+        title="Database unavailable",
+        description="The task database cannot be reached; try again shortly.",
+        headers={"Retry-After": "1"},
+    ) from ex
+
+
 def create_app(config: Config, store: TaskStore) -> falcon.App:
     registry = CollectorRegistry()
     registry.register(QueueCollector(store))
     app = create_base_app(config, registry=registry)
     app.add_error_handler(sqlite3.OperationalError, _database_error)
+    app.add_error_handler(StoreUnavailable, _unavailable)
     app.add_error_handler(TaskNotFound, _not_found)
     app.add_error_handler(TaskConflict, _conflict)
     app.add_error_handler(TaskCancelled, _cancelled)

@@ -1,25 +1,44 @@
-"""Running the database on its SQLite file."""
+"""Running the database on its SQLite file, or on PostgreSQL (``DARKROOM_DATABASE_URL``)."""
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
 
 from darkroom.core.config import Config
 from darkroom.core.periodic import expire_periodically, run_periodically
 from darkroom.core.runtime import Runtime
 from darkroom.core.server import serve
 from darkroom.database.app import create_app
-from darkroom.database.store import LeasePolicy, SqliteTaskStore
+from darkroom.database.pgstore import PostgresTaskStore, redacted
+from darkroom.database.store import LeasePolicy, SqliteTaskStore, TaskStore
+
+log = logging.getLogger(__name__)
 
 # Leases and uploads that ran out are written this often (claims write them too); reads show
 # them as expired at once, so this bounds only how stale the stored rows may be.
 LEASE_SWEEP_SECONDS = 1.0
 
 
-def open_store(config: Config) -> SqliteTaskStore:
+def open_store(config: Config) -> TaskStore:
+    """PostgreSQL when ``database_url`` is set, else SQLite in the data directory."""
     policy = config.settings_for(LeasePolicy)
-    return SqliteTaskStore(config.data_dir / "tasks.sqlite3", policy)
+    if config.database_url:
+        return PostgresTaskStore(config.database_url, policy)
+    return SqliteTaskStore(_sqlite_path(config), policy)
+
+
+def _sqlite_path(config: Config) -> Path:
+    return config.data_dir / "tasks.sqlite3"
+
+
+def _where(config: Config) -> str:
+    """Where the tasks are, fit for a log: a PostgreSQL URL without its password."""
+    return redacted(config.database_url) if config.database_url else str(_sqlite_path(config))
 
 
 def run(config: Config) -> None:
+    log.info("opening the task store", extra={"database": _where(config)})
     store = open_store(config)
     runtime = Runtime(config, "database")
     expire_periodically(

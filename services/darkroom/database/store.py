@@ -102,6 +102,10 @@ class TaskCancelled(TaskConflict):
         super().__init__(f"task {task_id} was cancelled by its client")
 
 
+class StoreUnavailable(Exception):
+    """The database behind the store cannot be reached now (a PostgreSQL restart): retry."""
+
+
 class TaskStore(Protocol):
     # Leases that expired since the store opened (a requeue or a final failure each).
     lease_expiries: int
