@@ -2,20 +2,56 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
+import socketserver
 import threading
+import time
 import uuid
 from collections.abc import Iterator
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from contextlib import contextmanager
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import falcon
 import pytest
 
 from darkroom.submit import cancel, submit
 from harness.launch import free_port
+from support.images import png_bytes
+from support.processes import Services
+
+STAGES = [("download", 0.6), ("decode", 12.0), ("grayscale", 3.31), ("encode", 1500.0)]
+# how submit words them, as the web page does
+STAGE_LINES = [
+    "    download 0.6 ms",
+    "    decode 12 ms",
+    "    grayscale 3.3 ms",
+    "    encode 1.5 s",
+]
+
+
+# A /events answer: the job has ended and no event follows Last-Event-ID.
+NOTHING_MORE = falcon.HTTP_204
+
+
+@dataclasses.dataclass
+class Stream:
+    """How the stand-in answers one GET /events: the events after Last-Event-ID, ``count`` of
+    them at most (None: all), then the end of the stream (``torn``: halfway through the next
+    event), or a cut connection (``drop``: fewer bytes than its Content-Length), or
+    ``idle_seconds`` more with a comment line every ``keepalive_seconds`` (None: silence)."""
+
+    count: int | None = None
+    torn: bool = False
+    drop: bool = False
+    idle_seconds: float = 0.0
+    keepalive_seconds: float | None = None
 
 
 class FakeMaster:
-    """Takes any upload as job ``job-1``, finishes it at once, answers a PNG result."""
+    """Takes any upload as job ``job-1``, finishes it at once, answers a PNG result; its
+    /events streams the job's events as ``streams`` say, one per connection."""
 
     def __init__(self, result_type: str = "image/png") -> None:
         self.result_type = result_type
@@ -27,6 +63,10 @@ class FakeMaster:
         self.refusals: list[falcon.HTTPError] = []
         self.state = "finished"
         self.cancelled: list[str] = []
+        self.status_params: list[dict[str, str]] = []
+        # how each GET /events is answered, in turn (then: every event, to the end)
+        self.streams: list[Stream | falcon.HTTPError | str] = []
+        self.last_event_ids: list[str | None] = []  # each GET /events' Last-Event-ID
 
     def on_post_new(self, req: falcon.Request, resp: falcon.Response) -> None:
         self.uploads.append((req.content_length, len(req.bounded_stream.read())))
@@ -38,6 +78,7 @@ class FakeMaster:
         resp.text = "job-1"
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.status_params.append(dict(req.params))
         resp.media = {"stateName": self.state, "attempts": 1, "error": None, "notes": self.notes}
 
     def on_post_cancel(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -50,28 +91,92 @@ class FakeMaster:
         resp.content_type = self.result_type
         resp.data = b"result bytes"
 
+    def events(self) -> list[tuple[str, dict]]:
+        """The job's events as the master numbers them from 1: (kind, data)."""
+        states = [{"state": state} for state in ("uploading", "queued", "in progress")]
+        events = [("state", data) for data in states]
+        if self.state in ("finished", "failed"):
+            for number, (stage, took) in enumerate(STAGES):
+                events.append(("stage", {"stage": stage, "startMs": number, "durationMs": took}))
+        if self.state in ("finished", "failed", "cancelled"):
+            events.append(("state", {"state": self.state}))
+        return events
+
+    def on_get_events(self, req: falcon.Request, resp: falcon.Response) -> None:
+        last_id = req.get_header("Last-Event-ID")
+        self.last_event_ids.append(last_id)
+        plan = self.streams.pop(0) if self.streams else Stream()
+        if isinstance(plan, falcon.HTTPError):
+            raise plan
+        if plan == NOTHING_MORE:
+            resp.status = falcon.HTTP_204
+            return
+        events = list(enumerate(self.events(), 1))[int(last_id or 0) :]
+        messages = [
+            f"id: {number}\nevent: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+            for number, (kind, data) in events[: plan.count]
+        ]
+        if plan.torn:
+            messages, cut = messages[:-1], messages[-1]
+            messages.append(cut[: len(cut) // 2])
+        resp.content_type = "text/event-stream"
+        if plan.drop:
+            resp.content_length = 10_000 + sum(len(message) for message in messages)
+        resp.stream = _sent(messages, plan)
+
+
+def _sent(messages: list[bytes], plan: Stream) -> Iterator[bytes]:
+    yield b"retry: 1000\n\n"
+    yield from messages
+    idle_until = time.monotonic() + plan.idle_seconds
+    while (left := idle_until - time.monotonic()) > 0:
+        time.sleep(min(plan.keepalive_seconds or left, left))
+        if plan.keepalive_seconds:
+            yield b": keep-alive\n\n"
+
+
+class PostOnlyEvents(FakeMaster):
+    """A master whose /events takes no GET (405): some other, older route of that name."""
+
+    on_get_events = None
+
+    def on_post_events(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {}
+
 
 class _Quiet(WSGIRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
 
-@pytest.fixture
-def master() -> Iterator[tuple[FakeMaster, str]]:
-    fake = FakeMaster()
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a stream still open does not hold up the next request
+
+
+@contextmanager
+def served(fake: FakeMaster, routes: tuple[str, ...]) -> Iterator[str]:
+    """The stand-in on 127.0.0.1 (its address), each route its responders of that suffix."""
     app = falcon.App()
-    app.add_route("/new", fake, suffix="new")
-    app.add_route("/status", fake, suffix="status")
-    app.add_route("/get", fake, suffix="get")
-    app.add_route("/cancel", fake, suffix="cancel")
-    server = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    for route in routes:
+        app.add_route(f"/{route}", fake, suffix=route)
+    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
-        yield fake, f"127.0.0.1:{server.server_port}"
+        yield f"127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+ROUTES = ("new", "status", "get", "cancel")
+
+
+@pytest.fixture
+def master() -> Iterator[tuple[FakeMaster, str]]:
+    fake = FakeMaster()
+    with served(fake, (*ROUTES, "events")) as address:
+        yield fake, address
 
 
 @pytest.fixture
@@ -110,7 +215,7 @@ def test_upload_progress_counts_the_bytes_and_the_body_keeps_its_length(photo, c
 def test_no_progress_bars_when_not_on_a_terminal(photo, capsys, master):
     assert submit(photo, None, master[1], None, 5, progress=False) == 0
     err = capsys.readouterr().err
-    assert "upload" not in err and "job job-1" in err and "finished" in err
+    assert "upload:" not in err and "job job-1" in err and "finished" in err
 
 
 def test_an_output_named_for_another_format_is_warned_about(photo, tmp_path, capsys, master):
@@ -213,3 +318,153 @@ def test_cancel_prints_the_new_state_or_why_not(capsys, master):
     )
     assert cancel("job-1", f"127.0.0.1:{free_port()}") == 1
     assert "is unreachable" in capsys.readouterr().err
+
+
+def test_each_state_and_stage_is_printed_in_order_from_the_events(photo, capsys, master):
+    fake, address = master
+    assert submit(photo, None, address, None, 5, progress=False) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "job job-1",
+        "  uploading",
+        "  queued",
+        "  in progress",
+        *STAGE_LINES,
+        "  finished",
+    ]
+    assert fake.last_event_ids == [None]
+    # the end's facts (its notes) from one /status, no long poll
+    assert fake.status_params == [{"id": "job-1", "wait": "0", "state": "finished"}]
+
+
+def test_the_bar_names_the_state_and_the_stage_reached(photo, capsys, master):
+    assert submit(photo, None, master[1], None, 5, progress=True) == 0
+    err = capsys.readouterr().err
+    assert "in progress: encode" in err and "    encode 1.5 s" in err
+    assert "finished" in err
+
+
+@pytest.mark.parametrize(
+    "end",
+    [{}, {"drop": True}, {"torn": True}],
+    ids=["ended early", "connection cut", "ended mid-event"],
+)
+def test_a_stream_that_ends_early_is_resumed_with_last_event_id(photo, capsys, master, end):
+    fake, address = master
+    # torn: an event more, of which half is sent
+    more = 1 if end.get("torn") else 0
+    fake.streams = [Stream(count=3 + more, **end), Stream(count=2 + more, **end)]
+    delays = (0.01, 0.01)  # one in a row each time: a stream that brought events resets them
+    assert submit(photo, None, address, None, 5, progress=False, event_retry_delays=delays) == 0
+    assert fake.last_event_ids == [None, "3", "5"]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[1:] == ["  uploading", "  queued", "  in progress", *STAGE_LINES, "  finished"]
+
+
+def test_a_stream_that_keeps_failing_gives_way_to_long_polls(photo, capsys, master):
+    fake, address = master
+    fake.state = "queued"
+    fake.streams = [Stream(count=2), Stream(count=0), Stream(count=0), Stream(count=0)]
+    code = submit(photo, None, address, None, 0.5, progress=False, event_retry_delays=(0, 0))
+    assert code == 1
+    assert fake.last_event_ids == [None, "2", "2"], "twice more, then no more"
+    err = capsys.readouterr().err
+    assert "  the event stream keeps failing: following the job with long polls" in err
+    assert err.count("  queued") == 1, "the state already shown is not shown again"
+    assert {"id": "job-1", "wait": "0", "state": "queued"} in fake.status_params
+    assert "darkroom: still queued after 0.5 s" in err
+
+
+def test_nothing_more_to_stream_leaves_the_end_to_the_status(photo, capsys, master):
+    fake, address = master
+    fake.notes = ["metadata removed: EXIF"]
+    fake.streams = [Stream(count=3), NOTHING_MORE]
+    assert submit(photo, None, address, None, 5, progress=False, event_retry_delays=(0,)) == 0
+    assert fake.last_event_ids == [None, "3"]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[1:] == [
+        "  uploading",
+        "  queued",
+        "  in progress",
+        "  finished (attempt 1)",
+        "  metadata removed: EXIF",
+    ]
+    assert fake.status_params == [{"id": "job-1", "wait": "0", "state": "in progress"}]
+
+
+@pytest.fixture(params=["404", "405"])
+def older_master(request) -> Iterator[tuple[FakeMaster, str]]:
+    """A master without /events: no such route (404), or one that takes no GET (405)."""
+    fake, routes = (
+        (FakeMaster(), ROUTES)
+        if request.param == "404"
+        else (
+            PostOnlyEvents(),
+            (*ROUTES, "events"),
+        )
+    )
+    with served(fake, routes) as address:
+        yield fake, address
+
+
+def test_an_older_master_without_events_is_long_polled(photo, capsys, older_master):
+    fake, address = older_master
+    assert submit(photo, None, address, None, 5, progress=False) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["job job-1", "  finished (attempt 1)"]  # no word of /events
+    assert fake.status_params == [{"id": "job-1", "wait": "0"}]
+
+
+def test_a_master_with_no_stream_free_is_long_polled(photo, capsys, master):
+    fake, address = master
+    busy = falcon.HTTPServiceUnavailable(title="Too many event streams", description="later")
+    fake.streams = [busy]
+    assert submit(photo, None, address, None, 5, progress=False) == 0
+    err = capsys.readouterr().err
+    assert "  no event stream free (503 Too many event streams: later):" in err
+    assert "  finished (attempt 1)" in err
+    assert fake.last_event_ids == [None], "asked once"
+
+
+@pytest.mark.parametrize("keepalive", [0.1, None], ids=["keep-alive comments", "silence"])
+def test_the_timeout_is_honoured_while_the_stream_stays_open(photo, capsys, master, keepalive):
+    fake, address = master
+    fake.state = "in progress"
+    # the stand-in's stream outlasts the timeout (bounded: 5 s)
+    fake.streams = [Stream(idle_seconds=5, keepalive_seconds=keepalive)]
+    started = time.monotonic()
+    assert submit(photo, None, address, None, 1, progress=False) == 1
+    took = time.monotonic() - started
+    assert "darkroom: still in progress after 1 s" in capsys.readouterr().err
+    assert 1 <= took < 2.5
+
+
+E2E_PIPELINE = "grayscale,resize:8x8,flip"
+
+
+@pytest.mark.e2e
+def test_the_real_system_streams_every_state_and_stage_to_submit(tmp_path, capsys):
+    services = Services(tmp_path / "data", tmp_path, lease_seconds="3", concurrency="2")
+    try:
+        services.start_all()
+        photo = tmp_path / "photo.png"
+        photo.write_bytes(png_bytes((32, 24), "RGB"))
+        master = services.url("master").removeprefix("http://")
+        assert submit(photo, None, master, E2E_PIPELINE, 30, progress=False) == 0
+    finally:
+        services.stop_all()
+    lines = capsys.readouterr().err.splitlines()
+    stages = ["download", "decode", "grayscale", "resize:8x8", "flip", "encode", "store"]
+    took = r"\d+(\.\d)? (ms|s)"
+    expected = [
+        "job .+",
+        "  uploading",
+        "  queued",
+        "  in progress",
+        *(f"    {re.escape(stage)} {took}" for stage in stages),
+        "  finished",
+    ]
+    assert len(lines) == len(expected), lines
+    for line, pattern in zip(lines, expected, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    assert (tmp_path / "photo-darkroom.png").stat().st_size > 0

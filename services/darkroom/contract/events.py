@@ -19,6 +19,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+# The media type of the master's (and the frontend's) ``/events``.
+MEDIA_EVENT_STREAM = "text/event-stream"
+
 
 class EventKind(enum.StrEnum):
     """What an event tells; the value is its name on the wire (the SSE ``event:`` field)."""

@@ -26,15 +26,13 @@ from typing import Any
 import falcon
 
 from darkroom.contract.errors import ServiceError, ServiceUnavailable
-from darkroom.contract.events import MAX_EVENT_NUMBER, EventKind
+from darkroom.contract.events import MAX_EVENT_NUMBER, MEDIA_EVENT_STREAM, EventKind
 from darkroom.contract.tasks import TaskState
 from darkroom.core.auth import CLIENT
 from darkroom.core.ids import require_task_id
 from darkroom.database.client import DatabaseClient
 
 log = logging.getLogger(__name__)
-
-MEDIA_EVENT_STREAM = "text/event-stream"
 
 
 @dataclasses.dataclass(frozen=True)
