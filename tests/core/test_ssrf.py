@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import ipaddress
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import urllib3
@@ -23,6 +21,7 @@ from darkroom.core.ssrf import (
     parse_target,
     post,
 )
+from support.certificates import self_signed_certificate
 from support.receiver import Receiver
 
 POLICY = AddressPolicy.build(deny="10.96.0.0/12 10.244.0.0/16")
@@ -263,41 +262,8 @@ def test_a_slow_name_server_holds_the_caller_no_longer_than_the_timeout():
     assert resolver("fast.example", 443) == ["93.184.215.14"]
 
 
-def certificate_for(name: str, directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for ``name`` (its own authority) and its key."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_https_to_the_checked_address_sends_the_name_and_checks_the_certificate(tmp_path):
-    cert, key = certificate_for("hooks.example", tmp_path)
+    cert, key = self_signed_certificate(tmp_path, "hooks.example")
     receiver = Receiver(tls=(cert, key))
     try:
         loopback = [ipaddress.ip_address("127.0.0.1")]

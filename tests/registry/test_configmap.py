@@ -6,8 +6,6 @@ Every wait polls a condition with a deadline; nothing sleeps for a guessed durat
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import ipaddress
 import itertools
 import ssl
 import threading
@@ -24,6 +22,7 @@ from darkroom.registry.kubeapi import json_lines
 from darkroom.registry.kubeconfig import load_api_client, pod_namespace
 from darkroom.registry.store import InvalidEntry, StoreFull, StoreUnavailable
 from darkroom.registry.watching import Snapshot, WatchPolicy
+from support.certificates import self_signed_certificate
 from support.kube_api_double import KubeApiDouble
 
 NS = "darkroom"
@@ -432,7 +431,7 @@ current-context: dev
 @pytest.fixture
 def tls_double(tmp_path: Path) -> Iterator[tuple[KubeApiDouble, Path]]:
     """The double over https with a self-signed certificate for 127.0.0.1."""
-    cert, key = self_signed_certificate(tmp_path)
+    cert, key = self_signed_certificate(tmp_path, "127.0.0.1")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     with KubeApiDouble(tls=context) as api:
@@ -462,38 +461,3 @@ def test_in_cluster_uses_the_service_account(tls_double, tmp_path):
     assert load_api_client(environ, serviceaccount_dir=account).configuration.ssl_ca_cert == str(
         account / "ca.crt"
     )
-
-
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    x509 = pytest.importorskip("cryptography.x509")
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "kube-apiserver")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "server.crt", directory / "server.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
