@@ -298,7 +298,9 @@ class _Fingerprint:
 
 
 class WorkerApi:
-    """The routes workers use; each relays the database's answer with its real status."""
+    """The seed's worker routes, for seed-style workers (Darkroom's own make the same calls at
+    the database: ``darkroom.core.leases``); each relays the database's answer with its real
+    status."""
 
     def __init__(self, database: DatabaseClient, config: Config, finished: FinishedTasks) -> None:
         self._database = database
