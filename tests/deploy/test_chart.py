@@ -588,8 +588,8 @@ def test_network_policies_allow_exactly_the_flows_used() -> None:
         *((role, "registry", 3000) for role in ROLES if role != "registry"),
         ("master", "database", 3001),
         ("master", "storage", 3002),
+        ("worker", "database", 3001),
         ("worker", "storage", 3002),
-        ("worker", "master", 3003),
         ("frontend", "master", 3003),
         ("test", "master", 3003),
     }

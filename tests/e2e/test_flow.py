@@ -191,3 +191,23 @@ def test_sigterm_lets_the_worker_finish_its_task_and_exit(services):
     services.start("worker", concurrency="1")
     wait_state(services, task_id, "finished", timeout=30)
     assert same_pixels(decode(download(services, task_id)), swapped(image))
+
+
+def _routes_answered(services: Services, role: str) -> set[str]:
+    """The routes ``role`` has answered requests on, from its ``/metrics``."""
+    text = requests.get(services.url(role, "/metrics"), timeout=5).text
+    return {
+        line.split('route="', 1)[1].split('"', 1)[0]
+        for line in text.splitlines()
+        if line.startswith("darkroom_http_requests_total{")
+    }
+
+
+def test_workers_claim_and_finish_at_the_database_not_through_the_master(services):
+    """Issue 12: one exchange per leased call instead of the master's relay of it."""
+    services.start_all()
+    task_id = upload(services, png_bytes((9, 9)))
+    wait_state(services, task_id, "finished")
+    assert {"/getNewTask", "/finishTask"} <= _routes_answered(services, "database")
+    relayed = {"/getNewTask", "/registerTaskFinished", "/heartbeat", "/failTask", "/releaseTask"}
+    assert not relayed & _routes_answered(services, "master")

@@ -29,7 +29,7 @@ from darkroom.contract.pipeline import (
     normalize_pipeline,
 )
 from darkroom.database.app import create_app as create_database_app
-from darkroom.database.client import DatabaseClient
+from darkroom.database.client import DatabaseClient, DatabaseLeases
 from darkroom.database.service import open_store
 from darkroom.frontend.app import MAX_OP_BYTES, create_app
 from darkroom.master.app import create_app as create_master_app
@@ -59,8 +59,9 @@ def system(config):
         check_pipeline=lambda text: normalize_pipeline(text, settings),
     )
     master = MasterClient(service_client(master_app, "masterAddress", "master:3"))
+    leases = DatabaseLeases(database)  # what a worker calls
     worker = TaskLoop(
-        master=master,
+        tasks=leases,
         storage=storage,
         process=functools.partial(process_image, settings=settings),
         rejected=ImageRejected,
@@ -71,7 +72,7 @@ def system(config):
     )
 
     def work() -> None:
-        claim = master.claim(0, 5)
+        claim = leases.claim(0, 5)
         assert claim is not None, "a task is queued"
         worker.handle(claim)
 

@@ -257,10 +257,11 @@ class CountingApp:
     """A WSGI app that records the path of every request before passing it on."""
 
     def __init__(self, app) -> None:
-        self.app, self.paths = app, []
+        self.app, self.paths, self.requests = app, [], []
 
     def __call__(self, environ, start_response):
         self.paths.append(environ["PATH_INFO"])
+        self.requests.append((environ["REQUEST_METHOD"], environ["PATH_INFO"]))
         return self.app(environ, start_response)
 
 
@@ -323,6 +324,43 @@ def test_a_job_seen_finished_once_is_not_asked_about_again(config, tasks, png):
     assert client.simulate_get("/isReady", params={"id": task_id}).text == "1"
     assert client.simulate_get("/get", params={"id": task_id}).content == png
     assert database.paths == ["/getById"]
+
+
+def test_a_job_a_worker_finished_at_the_database_moments_ago_needs_no_storage_check(
+    config, tasks, png
+):
+    """Workers finish at the database: the master's first read of the finished task answers
+    /isReady without asking the storage whether the result it just stored is there."""
+    database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
+    storage_app = CountingApp(create_storage_app(config, FileImageStore(config.data_dir)))
+    storage = service_client(storage_app, "storageAddress", "storage:2")
+    app = create_app(config, DatabaseClient(database), StorageClient(storage), check_pipeline)
+    client = testing.TestClient(app)
+    task_id = upload(client, png)
+    claim = tasks.claim()
+    result = config.data_dir / "finished" / f"{task_id}.{result_version(claim.lease_token)}"
+    result.write_bytes(png)
+    tasks.finish(task_id, claim.lease_token)  # what a worker's /finishTask does
+    storage_app.requests.clear()
+    assert client.simulate_get("/isReady", params={"id": task_id}).text == "1"
+    assert client.simulate_get("/get", params={"id": task_id}).content == png
+    assert storage_app.requests == [("GET", "/getImage")], "no HEAD before the download"
+
+
+def test_only_a_job_finished_moments_ago_is_trusted_to_have_its_result():
+    wall = [100_000.0]
+    finished = FinishedTasks(3600, max_age=60, clock=lambda: 0.0, wall_clock=lambda: wall[0])
+
+    def document(state: str, seconds_ago: float) -> dict:
+        at = datetime.datetime.fromtimestamp(wall[0] - seconds_ago, datetime.UTC).isoformat()
+        return {"id": "t", "stateName": state, "finishedAt": at, "result": "v"}
+
+    assert finished.finished_just_now(document("finished", 5))
+    assert not finished.finished_just_now(document("finished", 61))  # ask the storage
+    assert not finished.finished_just_now(document("failed", 5))
+    assert not finished.finished_just_now({"id": "t", "stateName": "finished"})
+    short = FinishedTasks(RETENTION_MARGIN_SECONDS + 10, wall_clock=lambda: wall[0])
+    assert not short.finished_just_now(document("finished", 20)), "its retention nearly over"
 
 
 def test_finished_tasks_are_forgotten_after_their_age_or_beyond_capacity():

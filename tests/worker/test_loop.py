@@ -12,7 +12,7 @@ from darkroom.contract.errors import ServiceConflict
 from darkroom.contract.events import EventKind
 from darkroom.contract.folders import result_version
 from darkroom.database.app import create_app as create_database_app
-from darkroom.database.client import DatabaseClient
+from darkroom.database.client import DatabaseClient, DatabaseLeases
 from darkroom.database.service import open_store
 from darkroom.database.store import State
 from darkroom.master.app import create_app as create_master_app
@@ -38,12 +38,21 @@ def reverse_bytes(source: BinaryIO, destination: BinaryIO, pipeline: str, **_: o
     return "application/octet-stream"
 
 
-@pytest.fixture
-def system(config):
-    return build_system(config, FileImageStore(config.data_dir))
+# Darkroom's workers call the database; seed-style workers the master's routes, which relay.
+LEASE_ROUTES = {
+    "database": lambda database, master_app: DatabaseLeases(database),
+    "master": lambda database, master_app: MasterClient(
+        service_client(master_app, "masterAddress", "master:3")
+    ),
+}
 
 
-def build_system(config, images: FileImageStore):
+@pytest.fixture(params=sorted(LEASE_ROUTES))
+def system(config, request):
+    return build_system(config, FileImageStore(config.data_dir), request.param)
+
+
+def build_system(config, images: FileImageStore, lease_route: str = "database"):
     tasks = open_store(config)
     database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
     storage_service = service_client(
@@ -53,10 +62,11 @@ def build_system(config, images: FileImageStore):
     master_app = create_master_app(
         config, DatabaseClient(database), storage, check_pipeline=lambda text: text or "swap"
     )
-    master = MasterClient(service_client(master_app, "masterAddress", "master:3"))
+    leases = LEASE_ROUTES[lease_route](database, master_app)
     stop = threading.Event()
-    loop = TaskLoop(master, storage, reverse_bytes, Rejected, 0, 5, 5, stop)
-    return tasks, storage, master, loop
+    loop = TaskLoop(leases, storage, reverse_bytes, Rejected, 0, 5, 5, stop)
+    api = MasterClient(service_client(master_app, "masterAddress", "master:3"))  # clients' routes
+    return tasks, storage, leases, loop, api
 
 
 def submit(tasks, storage, body: bytes) -> str:
@@ -73,66 +83,67 @@ def result_path(config, tasks, task_id: str):
     )
 
 
-def claim_and_handle(master, loop) -> None:
-    claim = master.claim(0, 5)
+def claim_and_handle(leases, loop) -> None:
+    claim = leases.claim(0, 5)
     assert claim is not None
     loop.handle(claim)
 
 
 def test_success_stores_result_and_finishes(system, config):
-    tasks, storage, master, loop = system
+    tasks, storage, leases, loop, _ = system
     task_id = submit(tasks, storage, b"\x89PNG-abc")
-    claim_and_handle(master, loop)
+    claim_and_handle(leases, loop)
     assert tasks.get(task_id).state == State.FINISHED
     assert result_path(config, tasks, task_id).read_bytes() == b"cba-GNP\x89"
     assert loop.completed == 1
 
 
 def test_rejected_image_fails_permanently_with_reason(system):
-    tasks, storage, master, loop = system
+    tasks, storage, leases, loop, _ = system
     task_id = submit(tasks, storage, b"bad bytes")
-    claim_and_handle(master, loop)
+    claim_and_handle(leases, loop)
     task = tasks.get(task_id)
     assert task.state == State.FAILED and task.error == "not an image"
     assert task.attempts == 1
 
 
 def test_unexpected_error_is_retried(system):
-    tasks, storage, master, loop = system
+    tasks, storage, leases, loop, _ = system
     task_id = submit(tasks, storage, b"flaky")
-    claim_and_handle(master, loop)
+    claim_and_handle(leases, loop)
     task = tasks.get(task_id)
     assert task.state == State.QUEUED
     assert "disk hiccup" in task.error
 
 
 def test_missing_working_image_fails_the_task_with_reason(system):
-    tasks, _, master, loop = system
+    tasks, _, leases, loop, _ = system
     task = tasks.create("swap")
     tasks.enqueue(task.id)
-    claim_and_handle(master, loop)
+    claim_and_handle(leases, loop)
     failed = tasks.get(task.id)
     assert failed.state == State.FAILED
     assert "image is gone" in failed.error
 
 
 def test_storage_outage_is_retried(system, config):
-    tasks, storage, master, loop = system
+    tasks, storage, leases, loop, _ = system
     task_id = submit(tasks, storage, b"\x89PNG-abc")
     (config.data_dir / "finished").rmdir()  # the result cannot be written
-    claim_and_handle(master, loop)
+    claim_and_handle(leases, loop)
     task = tasks.get(task_id)
     assert task.state == State.QUEUED and task.error
 
 
 def test_a_lost_lease_is_a_conflict_the_loop_leaves_alone(system):
-    tasks, storage, master, loop = system
+    tasks, storage, leases, loop, _ = system
+    route = "database" if isinstance(leases, DatabaseLeases) else "master"
     task_id = submit(tasks, storage, b"\x89PNG-abc")
-    claim = master.claim(0, 5)
+    claim = leases.claim(0, 5)
     stolen = dataclasses.replace(claim, lease="someone-else")
     with pytest.raises(LeaseLost) as caught:
-        master.heartbeat(stolen)
-    assert isinstance(caught.value, ServiceConflict) and caught.value.service == "master"
+        leases.heartbeat(stolen)
+    assert isinstance(caught.value, ServiceConflict) and caught.value.service == route
     loop.handle(stolen)
     task = tasks.get(task_id)
     assert task.state == State.IN_PROGRESS and task.error is None  # not failed by the loser
@@ -140,7 +151,7 @@ def test_a_lost_lease_is_a_conflict_the_loop_leaves_alone(system):
 
 
 def test_run_stops_when_asked(system):
-    _, _, _, loop = system
+    _, _, _, loop, _ = system
     loop._stop.set()
     loop.run()  # returns at once instead of claiming
 
@@ -166,7 +177,7 @@ class StoreAfterNextTaskStarts:
 
 
 def test_run_stores_each_result_while_processing_the_next_task(system, config):
-    tasks, storage, master, _ = system
+    tasks, storage, leases, _, _ = system
     first = submit(tasks, storage, b"one")
     second = submit(tasks, storage, b"two")
     second_started = threading.Event()
@@ -181,7 +192,7 @@ def test_run_stores_each_result_while_processing_the_next_task(system, config):
         return "application/octet-stream"
 
     slow_storage = StoreAfterNextTaskStarts(storage, second_started)
-    TaskLoop(master, slow_storage, process, Rejected, 0, 5, 5, stop).run()
+    TaskLoop(leases, slow_storage, process, Rejected, 0, 5, 5, stop).run()
     assert slow_storage.overlapped, "the first result was stored only after the next task"
     # run() returned only once the last result was stored: nothing is left half done.
     assert tasks.get(first).state == State.FINISHED
@@ -191,7 +202,7 @@ def test_run_stores_each_result_while_processing_the_next_task(system, config):
 
 def test_a_task_given_back_by_a_stopping_worker_keeps_its_attempt(system, config):
     """Ctrl-C used to leave tasks to their lease: an attempt spent, "worker stopped responding"."""
-    tasks, storage, master, _ = system
+    tasks, storage, leases, _, _ = system
     task_id = submit(tasks, storage, b"\x89PNG-abc")
     processing, resume = threading.Event(), threading.Event()
 
@@ -200,8 +211,8 @@ def test_a_task_given_back_by_a_stopping_worker_keeps_its_attempt(system, config
         resume.wait(10)
         return reverse_bytes(source, destination, pipeline)
 
-    loop = TaskLoop(master, storage, slow, Rejected, 0, 5, 5, threading.Event())
-    handling = threading.Thread(target=claim_and_handle, args=(master, loop))
+    loop = TaskLoop(leases, storage, slow, Rejected, 0, 5, 5, threading.Event())
+    handling = threading.Thread(target=claim_and_handle, args=(leases, loop))
     handling.start()
     assert processing.wait(10)
     assert loop.give_back_held() == 1
@@ -216,19 +227,19 @@ def test_a_task_given_back_by_a_stopping_worker_keeps_its_attempt(system, config
 def test_a_worker_that_lost_its_lease_never_replaces_the_result(system):
     """A stale worker (frozen after its claim, resumed after another worker finished) used to
     store over the finished result: /get then served its bytes instead."""
-    tasks, storage, master, loop = system
+    tasks, storage, leases, loop, api = system
     task_id = submit(tasks, storage, b"\x89PNG-abc")
-    stale_claim = master.claim(0, 5)
+    stale_claim = leases.claim(0, 5)
     tasks.release(task_id, stale_claim.lease)  # its lease is gone; it does not know
-    claim_and_handle(master, loop)  # another worker finishes the task
+    claim_and_handle(leases, loop)  # another worker finishes the task
     assert tasks.get(task_id).state == State.FINISHED
 
     def other_bytes(source: BinaryIO, destination: BinaryIO, pipeline: str, **_: object) -> str:
         destination.write(b"the stale worker's result")
         return "application/octet-stream"
 
-    TaskLoop(master, storage, other_bytes, Rejected, 0, 5, 5, threading.Event()).handle(stale_claim)
-    served = master.service.request("GET", "/get", params={"id": task_id})
+    TaskLoop(leases, storage, other_bytes, Rejected, 0, 5, 5, threading.Event()).handle(stale_claim)
+    served = api.service.request("GET", "/get", params={"id": task_id})
     assert served.status_code == 200 and served.content == b"cba-GNP\x89"
     assert tasks.get(task_id).state == State.FINISHED
 
@@ -249,11 +260,11 @@ class FullForAWhile(FileImageStore):
 
 def test_a_full_disk_on_the_result_is_waited_out_keeping_the_attempt(config):
     """A 507 on the result write used to spend the task's attempts within a second."""
-    tasks, storage, master, _ = build_system(config, FullForAWhile(config.data_dir, 4))
-    loop = TaskLoop(master, storage, reverse_bytes, Rejected, 0, 5, 5, threading.Event())
+    tasks, storage, leases, _, _ = build_system(config, FullForAWhile(config.data_dir, 4))
+    loop = TaskLoop(leases, storage, reverse_bytes, Rejected, 0, 5, 5, threading.Event())
     task_id = submit(tasks, storage, b"\x89PNG-abc")
     started = time.monotonic()
-    claim_and_handle(master, loop)
+    claim_and_handle(leases, loop)
     task = tasks.get(task_id)
     assert task.state == State.FINISHED and task.attempts == 1
     assert time.monotonic() - started >= 0.5 + 1 + 2, "backed off between the writes"
@@ -261,21 +272,21 @@ def test_a_full_disk_on_the_result_is_waited_out_keeping_the_attempt(config):
 
 
 def test_a_disk_that_stays_full_fails_the_task_after_the_deadline_saying_why(config):
-    tasks, storage, master, _ = build_system(config, FullForAWhile(config.data_dir, 10**6))
+    tasks, storage, leases, _, _ = build_system(config, FullForAWhile(config.data_dir, 10**6))
     loop = TaskLoop(
-        master, storage, reverse_bytes, Rejected, 0, 5, 5, threading.Event(), disk_full_deadline=1
+        leases, storage, reverse_bytes, Rejected, 0, 5, 5, threading.Event(), disk_full_deadline=1
     )
     task_id = submit(tasks, storage, b"\x89PNG-abc")
     started = time.monotonic()
-    claim_and_handle(master, loop)
+    claim_and_handle(leases, loop)
     task = tasks.get(task_id)
     assert time.monotonic() - started >= 1
     assert task.state == State.FAILED and task.attempts == 1
     assert "stayed full for 1 s" in task.error and "no space left" in task.error
 
 
-class HeartbeatWatch(MasterClient):
-    """The master client, noting when a heartbeat is refused because the task was cancelled."""
+class HeartbeatWatch(DatabaseLeases):
+    """A worker's database calls, noting a heartbeat refused because the task was cancelled."""
 
     def __init__(self, service) -> None:
         super().__init__(service)
@@ -301,8 +312,8 @@ class CountedResults(FileImageStore):
 
 def test_a_task_cancelled_while_processing_stops_at_the_next_heartbeat(config):
     images = CountedResults(config.data_dir)
-    tasks, storage, master, _ = build_system(config, images)
-    watched = HeartbeatWatch(master.service)
+    tasks, storage, leases, _, _ = build_system(config, images)
+    watched = HeartbeatWatch(leases.service)
     task_id = submit(tasks, storage, b"\x89PNG-abc")
 
     def cancelled_meanwhile(
@@ -350,7 +361,7 @@ def test_a_cancelled_task_runs_no_step_after_the_one_in_progress(config):
 
 
 def test_a_task_cancelled_after_its_last_heartbeat_has_its_sent_result_removed(system, config):
-    tasks, storage, master, _ = system
+    tasks, storage, leases, _, api = system
     task_id = submit(tasks, storage, b"\x89PNG-abc")
 
     def cancelled_at_the_end(
@@ -360,12 +371,12 @@ def test_a_task_cancelled_after_its_last_heartbeat_has_its_sent_result_removed(s
         tasks.cancel(task_id)  # after the last heartbeat: the finish is what is refused
         return "application/octet-stream"
 
-    loop = TaskLoop(master, storage, cancelled_at_the_end, Rejected, 0, 60, 5, threading.Event())
-    claim_and_handle(master, loop)
+    loop = TaskLoop(leases, storage, cancelled_at_the_end, Rejected, 0, 60, 5, threading.Event())
+    claim_and_handle(leases, loop)
     assert tasks.get(task_id).state == State.CANCELLED
     assert list((config.data_dir / "finished").iterdir()) == [], "the sent result is removed"
     assert (loop.completed, loop.failed) == (0, 0)
-    served = master.service.request("GET", "/get", params={"id": task_id})
+    served = api.service.request("GET", "/get", params={"id": task_id})
     assert served.status_code == 410
 
 
@@ -373,7 +384,7 @@ def test_a_task_cancelled_after_its_last_heartbeat_has_its_sent_result_removed(s
 
 
 def test_stages_go_with_the_heartbeat_then_the_rest_with_the_finish(system):
-    tasks, storage, master, _ = system
+    tasks, storage, leases, _, _ = system
     task_id = submit(tasks, storage, b"\x89PNG-abc")
 
     def stage_names() -> list[str]:
@@ -392,9 +403,9 @@ def test_stages_go_with_the_heartbeat_then_the_rest_with_the_finish(system):
 
     # a lease of 0.15 s: a heartbeat every 0.05 s
     loop = TaskLoop(
-        master, storage, decode_then_wait_for_a_heartbeat, Rejected, 0, 0.15, 5, threading.Event()
+        leases, storage, decode_then_wait_for_a_heartbeat, Rejected, 0, 0.15, 5, threading.Event()
     )
-    claim_and_handle(master, loop)
+    claim_and_handle(leases, loop)
     assert seen_before_the_finish == ["download", "decode"]
     events = tasks.events(task_id)
     assert tasks.get(task_id).state == State.FINISHED
@@ -405,9 +416,9 @@ def test_stages_go_with_the_heartbeat_then_the_rest_with_the_finish(system):
 
 
 def test_a_failed_attempt_sends_its_stages_with_the_failure(system):
-    tasks, storage, master, loop = system
+    tasks, storage, leases, loop, _ = system
     task_id = submit(tasks, storage, b"bad image")
-    claim_and_handle(master, loop)
+    claim_and_handle(leases, loop)
     events = tasks.events(task_id)
     assert tasks.get(task_id).state == State.FAILED
     assert [(e.kind, e.data.get("stage") or e.data.get("state")) for e in events[-2:]] == [

@@ -49,7 +49,7 @@ every other role calls. Templates range over it: include "darkroom.roles" . | fr
 - {name: database, port: 3001, healthPort: 3101, kind: stateful, registryKey: databaseAddress, calls: []}
 - {name: storage, port: 3002, healthPort: 3102, kind: stateful, registryKey: storageAddress, calls: []}
 - {name: master, port: 3003, healthPort: 3103, kind: public, registryKey: masterAddress, calls: [database, storage]}
-- {name: worker, port: 9100, healthPort: 9101, kind: background, registryKey: "", calls: [master, storage]}
+- {name: worker, port: 9100, healthPort: 9101, kind: background, registryKey: "", calls: [database, storage]}
 - {name: frontend, port: 8080, healthPort: 8180, kind: public, registryKey: frontendAddress, calls: [master]}
 {{- end }}
 

@@ -35,7 +35,7 @@ ROLE_TABLE = (
     Role("database", 3001, 3101, RoleKind.STATEFUL, "databaseAddress"),
     Role("storage", 3002, 3102, RoleKind.STATEFUL, "storageAddress"),
     Role("master", 3003, 3103, RoleKind.PUBLIC, "masterAddress", calls=("database", "storage")),
-    Role("worker", 9100, 9101, RoleKind.BACKGROUND, "", calls=("master", "storage")),
+    Role("worker", 9100, 9101, RoleKind.BACKGROUND, "", calls=("database", "storage")),
     Role("frontend", 8080, 8180, RoleKind.PUBLIC, "frontendAddress", calls=("master",)),
 )
 ROLES = tuple(role.name for role in ROLE_TABLE)

@@ -1,4 +1,4 @@
-"""Calling the database service (used by the master).
+"""Calling the database service (used by the master; ``DatabaseLeases`` by the workers).
 
 Error answers are raised as ``darkroom.contract.errors`` types.
 """
@@ -13,6 +13,15 @@ from darkroom.contract.tasks import IdempotencyKeyUsed, KeyHolder
 from darkroom.contract.webhooks import Attempt
 from darkroom.core.discovery import ServiceClient
 from darkroom.core.errors import raise_for_upstream
+from darkroom.core.leases import LeaseRoutes, TaskLeases
+
+
+class DatabaseLeases(TaskLeases):
+    """A worker's leased calls, straight to the database: one exchange each, where the
+    master's seed routes take two (docs/benchmarks.md)."""
+
+    def __init__(self, service: ServiceClient) -> None:
+        super().__init__(service, "database", LeaseRoutes())
 
 
 class DatabaseClient:

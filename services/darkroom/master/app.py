@@ -201,8 +201,11 @@ class Jobs:
             task = self._database.get(task_id, wait, state)
         if task["stateName"] == TaskState.FINISHED:
             # The database and the storage remove old jobs each on its own timer: a finished
-            # job whose result is gone is gone, for every route alike.
-            if not self._storage.exists(Folder.FINISHED, task_id, task.get("result")):
+            # job whose result is gone is gone, for every route alike. A result stored moments
+            # ago cannot be gone yet: no exchange to ask.
+            if not self._finished.finished_just_now(task) and not self._storage.exists(
+                Folder.FINISHED, task_id, task.get("result")
+            ):
                 raise falcon.HTTPNotFound(title="Unknown task", description="No task has this id.")
             self._finished.seen(task)
         return task
@@ -295,7 +298,9 @@ class _Fingerprint:
 
 
 class WorkerApi:
-    """The routes workers use; each relays the database's answer with its real status."""
+    """The seed's worker routes, for seed-style workers (Darkroom's own make the same calls at
+    the database: ``darkroom.core.leases``); each relays the database's answer with its real
+    status."""
 
     def __init__(self, database: DatabaseClient, config: Config, finished: FinishedTasks) -> None:
         self._database = database

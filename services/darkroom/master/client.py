@@ -1,80 +1,21 @@
-"""Calling the master (used by workers, the frontend and ``darkroom submit``).
+"""Calling the master (used by the frontend, ``darkroom submit`` and seed-style workers).
 
 Error answers are raised as ``darkroom.contract.errors`` types.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-import requests
-
-from darkroom.contract.errors import ServiceConflict
-from darkroom.contract.events import Stage, encode_stages
-from darkroom.contract.tasks import TASK_CANCELLED_TITLE, Claim
 from darkroom.core.discovery import ServiceClient
-from darkroom.core.errors import raise_for_upstream
+from darkroom.core.leases import LeaseLost, LeaseRoutes, TaskLeases, TaskWasCancelled
+
+__all__ = ["LeaseLost", "MasterClient", "TaskWasCancelled"]
+
+# The seed's worker routes: the master relays each to the database.
+SEED_WORKER_ROUTES = LeaseRoutes(finish="/registerTaskFinished")
 
 
-class LeaseLost(ServiceConflict):
-    """The master says this worker no longer holds the task (a conflict on a leased call)."""
+class MasterClient(TaskLeases):
+    """The master's service; its leased calls are the seed's worker routes."""
 
-
-class TaskWasCancelled(LeaseLost):
-    """The task's client cancelled it: the worker stops and stores nothing as finished."""
-
-
-class MasterClient:
     def __init__(self, service: ServiceClient) -> None:
-        self.service = service
-
-    def _post(self, path: str, params: dict[str, Any], **kwargs: Any) -> requests.Response:
-        response = self.service.request("POST", path, params=params, **kwargs)
-        try:
-            raise_for_upstream(response, "master")
-        except ServiceConflict as exc:
-            response.close()
-            lost = TaskWasCancelled if exc.title == TASK_CANCELLED_TITLE else LeaseLost
-            raise lost(exc.service, exc.status, exc.title, exc.description) from exc
-        return response
-
-    def claim(self, wait_seconds: float, timeout: float) -> Claim | None:
-        with self._post(
-            "/getNewTask", {"wait": wait_seconds}, timeout=wait_seconds + timeout
-        ) as response:
-            if response.status_code == 204:
-                return None
-            return Claim.from_document(response.json())
-
-    def heartbeat(self, claim: Claim, *, stages: Sequence[Stage] = ()) -> None:
-        """Extend the lease; ``stages``: the processing stages done since the last call."""
-        params = _with_stages({"id": claim.task_id, "lease": claim.lease}, stages)
-        self._post("/heartbeat", params).close()
-
-    def finish(
-        self, claim: Claim, notes: Sequence[str] = (), *, stages: Sequence[Stage] = ()
-    ) -> None:
-        """The task is done; ``notes`` (what of the image was skipped, kept or removed) go to
-        its status (its ``notes``, and joined in its ``error`` field), the last ``stages`` to
-        its events."""
-        params: dict[str, Any] = _with_stages({"id": claim.task_id, "lease": claim.lease}, stages)
-        if notes:
-            params["note"] = list(notes)
-        self._post("/registerTaskFinished", params).close()
-
-    def fail(
-        self, claim: Claim, error: str, retryable: bool, *, stages: Sequence[Stage] = ()
-    ) -> None:
-        params = {"id": claim.task_id, "lease": claim.lease, "error": error, "retry": retryable}
-        self._post("/failTask", _with_stages(params, stages)).close()
-
-    def release(self, claim: Claim) -> None:
-        self._post("/releaseTask", {"id": claim.task_id, "lease": claim.lease}).close()
-
-
-def _with_stages(params: dict[str, Any], stages: Sequence[Stage]) -> dict[str, Any]:
-    """``params`` with the ``stages`` parameter when there are any (the master relays it)."""
-    if stages:
-        params["stages"] = encode_stages(stages)
-    return params
+        super().__init__(service, "master", SEED_WORKER_ROUTES)

@@ -52,6 +52,18 @@ class FinishedTasks:
         left = finished_at + self._retention - self._wall_clock()
         self._remember(task["id"], task.get("result"), left)
 
+    def finished_just_now(self, task: dict) -> bool:
+        """Whether ``task``, a document read from the database, was finished less than
+        ``max_age`` ago with its retention far from over: its result, stored just before the
+        finish, is trusted to be there as a finish this master relayed is (``just_finished``),
+        without asking the storage. Workers finish at the database, so a master learns of a
+        finish from such a read (docs/benchmarks.md)."""
+        finished_at = _epoch(task.get("finishedAt"))
+        if task.get("stateName") != "finished" or finished_at is None:
+            return False
+        age = self._wall_clock() - finished_at
+        return age < self._max_age and self._retention - age > RETENTION_MARGIN_SECONDS
+
     def version(self, task_id: str) -> tuple[bool, str | None]:
         """(known finished, its result version)."""
         with self._lock:

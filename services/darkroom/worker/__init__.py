@@ -1,1 +1,1 @@
-"""The worker: claims tasks from the master, processes images, stores results."""
+"""The worker: claims tasks from the database, processes images, stores results."""

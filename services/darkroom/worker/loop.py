@@ -20,8 +20,8 @@ from darkroom.contract.folders import Folder, result_version
 from darkroom.contract.tasks import TASK_CANCELLED_TITLE, Claim
 from darkroom.core import requestid
 from darkroom.core.backoff import Backoff
+from darkroom.core.leases import LeaseLost, TaskLeases, TaskWasCancelled
 from darkroom.core.streams import iter_chunks
-from darkroom.master.client import LeaseLost, MasterClient, TaskWasCancelled
 from darkroom.storage.client import StorageClient
 from darkroom.worker.metrics import Outcome, TaskMetrics
 from darkroom.worker.stages import StageDone, StageLog
@@ -70,7 +70,7 @@ class StorageFull(Exception):
 class TaskLoop:
     def __init__(
         self,
-        master: MasterClient,
+        tasks: TaskLeases,
         storage: StorageClient,
         process: Processor,
         rejected: type[Exception],
@@ -81,7 +81,7 @@ class TaskLoop:
         metrics: TaskMetrics | None = None,
         disk_full_deadline: float = DISK_FULL_DEADLINE_SECONDS,
     ) -> None:
-        self._master = master
+        self._tasks = tasks
         self._disk_full_deadline = disk_full_deadline
         self._metrics = metrics or TaskMetrics()
         self._storage = storage
@@ -110,7 +110,7 @@ class TaskLoop:
         with _Finisher() as finisher:
             while not self._stop.is_set():
                 try:
-                    claim = self._master.claim(self._claim_wait, self._http_timeout)
+                    claim = self._tasks.claim(self._claim_wait, self._http_timeout)
                 except Exception as exc:
                     delay = backoff.next()
                     log.warning("claim failed", extra={"error": str(exc), "retry_in": delay})
@@ -125,7 +125,7 @@ class TaskLoop:
                 self.handle(claim, finisher)
 
     def handle(self, claim: Claim, finisher: _Finisher | None = None) -> None:
-        """Process one claimed task; every outcome is reported to the master.
+        """Process one claimed task; every outcome is reported to the database.
 
         With ``finisher``, storing the result and reporting it run there, in the background,
         while this loop claims and processes the next task: the CPU does not wait for the
@@ -137,7 +137,7 @@ class TaskLoop:
             log.info("task claimed", extra={"task": claim.task_id, "attempt": claim.attempts})
             self._hold(claim)
             heartbeat = _Heartbeat(
-                self._master, claim, self._heartbeat_every, self._stages_of(claim)
+                self._tasks, claim, self._heartbeat_every, self._stages_of(claim)
             )
             heartbeat.start()
             # Busy: the loop's time on the task, up to handing its result over (storing it
@@ -279,7 +279,7 @@ class TaskLoop:
         self._metrics.observe("upload", stored - store_started)
         stages.add("store", store_started, stored)
         try:
-            self._master.finish(claim, images.notes, stages=stages.take_new())
+            self._tasks.finish(claim, images.notes, stages=stages.take_new())
         except TaskWasCancelled:
             # Cancelled since the last heartbeat: the stored file is never served (the task
             # is not finished), and removing it frees its space before the retention would.
@@ -339,7 +339,7 @@ class TaskLoop:
             "task failed", extra={"task": claim.task_id, "error": error, "retryable": retryable}
         )
         try:
-            self._master.fail(claim, error, retryable, stages=self._stages_of(claim).take_new())
+            self._tasks.fail(claim, error, retryable, stages=self._stages_of(claim).take_new())
         except Exception as exc:
             # The lease will expire and the task will be retried: nothing is lost.
             log.warning(
@@ -365,7 +365,7 @@ class TaskLoop:
 
     def _give_back(self, claim: Claim) -> None:
         try:
-            self._master.release(claim)
+            self._tasks.release(claim)
         except Exception as exc:
             log.warning("could not release task", extra={"task": claim.task_id, "error": str(exc)})
 
@@ -381,8 +381,8 @@ def _copy_body(response: requests.Response, target: BinaryIO) -> None:
 class _Heartbeat:
     """Extends the lease in the background while a task is processed."""
 
-    def __init__(self, master: MasterClient, claim: Claim, every: float, stages: StageLog) -> None:
-        self._master, self._claim, self._every = master, claim, every
+    def __init__(self, tasks: TaskLeases, claim: Claim, every: float, stages: StageLog) -> None:
+        self._tasks, self._claim, self._every = tasks, claim, every
         self._stages = stages
         self._done = threading.Event()
         # Set when a heartbeat learns that the task's client cancelled it.
@@ -403,7 +403,7 @@ class _Heartbeat:
         while not self._done.wait(self._every):
             try:
                 # A heartbeat that fails loses the stages it carried: progress, not the result.
-                self._master.heartbeat(self._claim, stages=self._stages.take_new())
+                self._tasks.heartbeat(self._claim, stages=self._stages.take_new())
             except TaskWasCancelled:
                 self.cancelled.set()
                 return

@@ -26,7 +26,7 @@ from darkroom.core.lifecycle import stop_with_parent
 from darkroom.core.restart import RestartPolicy
 from darkroom.core.runtime import Runtime, configure_logging
 from darkroom.core.server import serve
-from darkroom.master.client import MasterClient
+from darkroom.database.client import DatabaseLeases
 from darkroom.storage.client import StorageClient
 from darkroom.worker.loop import Processed, Processor, TaskLoop
 from darkroom.worker.metrics import (
@@ -74,7 +74,7 @@ def build_loop(config: Config, runtime: Runtime, metrics: TaskMetrics | None = N
     use_pixel_limit(settings)
     metrics = metrics or TaskMetrics()
     return TaskLoop(
-        master=MasterClient(runtime.client("master")),
+        tasks=DatabaseLeases(runtime.client("database")),
         storage=StorageClient(runtime.client("storage")),
         process=timed_processor(settings, metrics),
         rejected=ImageRejected,

@@ -1,7 +1,7 @@
 """The processing stages of one attempt at a task, timed for its live progress (``/events``).
 
 The task loop and ``process_image`` report each stage done (download, decode, each pipeline
-step, encode, store); the stages go to the master in parts, with each heartbeat, and the rest
+step, encode, store); the stages go to the database in parts, with each heartbeat, and the rest
 with the finish or fail call: no exchange of their own.
 """
 
