@@ -42,6 +42,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
+from darkroom.contract.events import EventKind
 from darkroom.contract.tasks import ENDED_STATES
 from darkroom.contract.webhooks import DeliveryState
 from darkroom.core.backoff import Backoff
@@ -54,7 +55,9 @@ from darkroom.database.store import (
     StoreUnavailable,
     Task,
     TaskNotFound,
+    _event_data,
     _lapsed,
+    _state_event,
     _task,
 )
 
@@ -428,24 +431,45 @@ class PostgresTaskStore(SqliteTaskStore):
 
     def _claim_once(self) -> Task | None:
         """Lapses written first (as in SQLite), then the claim and its state event in one
-        transaction. The event is a statement of its own: it is numbered from what the task's
-        row lock, taken by the claim, lets it see (a statement's snapshot predates its locks)."""
+        transaction, pipelined: sent at once, so one round trip, as a lone statement would be.
+
+        The event is a statement of its own, which finds the claimed row by its new lease
+        token: it is numbered from what the claim's row lock lets it see (a statement's
+        snapshot predates the locks it takes, so in the claim's own statement a change
+        committed meanwhile by the row's previous holder could be missed)."""
         now = self._clock()
         self.expire()
-        with self._transaction():
-            row = self._cursor.execute(
+        token = self._new_token()
+        with (
+            _unavailable_as_store_error(),
+            self._pool.connection() as conn,
+            conn.pipeline(),
+            conn.transaction(),
+        ):
+            claimed = conn.execute(
                 "WITH next AS (SELECT id FROM tasks WHERE state = %s ORDER BY created_at, seq"
                 " LIMIT 1 FOR UPDATE SKIP LOCKED)"
                 " UPDATE tasks SET state = %s, attempts = tasks.attempts + 1, lease_token = %s,"
                 " lease_expires_at = %s, updated_at = %s"
                 f" FROM next WHERE tasks.id = next.id RETURNING {_TASK_COLUMNS}",
-                (_QUEUED, _IN_PROGRESS, self._new_token(), now + self._policy.lease_seconds, now),
-            ).fetchone()
-            if row is None:
-                return None
-            task = _task(row)
-            self._append_state_event(task.id, task.state)
-        return task
+                (_QUEUED, _IN_PROGRESS, token, now + self._policy.lease_seconds, now),
+            )
+            conn.execute(
+                "INSERT INTO events (task_id, seq, at, kind, data)"
+                " SELECT id, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events"
+                " WHERE events.task_id = tasks.id), %s, %s, %s"
+                # the partial index of tasks in progress: as many rows as task loops run
+                " FROM tasks WHERE state = %s AND lease_token = %s",
+                (
+                    now,
+                    EventKind.STATE.value,
+                    _event_data(_state_event(State.IN_PROGRESS)),
+                    _IN_PROGRESS,
+                    token,
+                ),
+            )
+        row = claimed.fetchone()
+        return _task(row) if row else None
 
     # -- wake-ups -----------------------------------------------------------------------
     def _notify_claimers(self) -> None:
@@ -523,5 +547,5 @@ def _placeholders(query: str) -> str:
 
 def _params(params: Sequence[object]) -> tuple:
     """Task states as their codes, as SQLite's adapter stores them (psycopg would send a
-    ``StrEnum``'s name)."""
+    ``StrEnum``'s value, the state's wire name)."""
     return tuple(value.code if isinstance(value, State) else value for value in params)

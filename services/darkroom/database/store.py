@@ -491,7 +491,7 @@ class SqliteTaskStore:
         ]
 
     def _append_state_event(self, task_id: str, state: State) -> None:
-        self._append_events(task_id, EventKind.STATE, [{"state": state.value}])
+        self._append_events(task_id, EventKind.STATE, [_state_event(state)])
 
     def _append_stage_events(self, task_id: str, stages: Sequence[Stage]) -> None:
         """The stages as events, the last one's name as the task's stage reached."""
@@ -511,7 +511,7 @@ class SqliteTaskStore:
             self._execute(
                 "INSERT INTO events (task_id, seq, at, kind, data)"
                 " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ? FROM events WHERE task_id = ?",
-                (task_id, now, kind.value, json.dumps(item, separators=(",", ":")), task_id),
+                (task_id, now, kind.value, _event_data(item), task_id),
             )
         if data:
             self._mark_changed(task_id)  # its watchers wake once the transaction is committed
@@ -956,6 +956,14 @@ def _lapsed(task: Task, now: float, policy: LeasePolicy) -> Task:
 
 def _before(moment: float | None, now: float) -> bool:
     return moment is not None and moment < now
+
+
+def _event_data(item: dict[str, Any]) -> str:
+    return json.dumps(item, separators=(",", ":"))
+
+
+def _state_event(state: State) -> dict[str, Any]:
+    return {"state": state.value}
 
 
 def _delivery(row: tuple) -> Delivery:
