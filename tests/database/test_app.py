@@ -339,7 +339,7 @@ def test_events_of_an_unknown_task_are_404(client):
 
 
 class Unreachable:
-    def create(self, pipeline):
+    def create(self, pipeline, **options):
         raise StoreUnavailable("connection refused")
 
 

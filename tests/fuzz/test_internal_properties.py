@@ -545,7 +545,7 @@ class PostgresDatabaseMachine(DatabaseMachine):
     def open_store(self, policy: LeasePolicy) -> TaskStore:
         store = PostgresTaskStore(self.url, policy, self.clock)
         with psycopg.connect(self.url) as conn:
-            conn.execute("TRUNCATE tasks")
+            conn.execute("TRUNCATE tasks, idempotency_keys CASCADE")
         return store
 
 

@@ -1,21 +1,25 @@
 """Tasks in PostgreSQL: the SQLite store's rules on a database several replicas share.
 
-The life-cycle rules (``enqueue``, ``heartbeat``, ``finish``, ``fail``, ``release``, ``retry``,
-``cancel``) and the long polls (``claim``, ``watch``) are ``SqliteTaskStore``'s, inherited: they
-are written over a few primitives (``_transaction``, ``_row``, ``_update``, ``_lapsed_rows``,
-``_write_lapse``, ``_claim_once``) that this class implements on PostgreSQL, so each rule is
-stated once for both stores.
+The life-cycle rules (``create``, ``enqueue``, ``heartbeat``, ``finish``, ``fail``,
+``release``, ``retry``, ``cancel``, ``purge``), idempotency keys, webhook deliveries, events and
+the long polls (``claim``, ``watch``, ``events``) are ``SqliteTaskStore``'s, inherited: they are
+written over a few primitives (``_transaction``, ``_execute``, ``_read``, ``_row``,
+``_write_row``, ``_lapsed_rows``, ``_claim_once``) that this class implements on PostgreSQL, and
+in portable SQL, so each rule is stated once for both stores.
 
 What differs:
 
 * Claims take the oldest queued row ``FOR UPDATE SKIP LOCKED``: replicas claiming at once
-  never wait for each other nor get the same task. Every change locks its row first.
-* Wake-ups cross replicas: a trigger sends ``NOTIFY`` when a task's state changes (on the
-  ``darkroom_task`` channel, the task id as payload) and when one becomes claimable
-  (``darkroom_queue``). PostgreSQL delivers them at commit, so a woken watcher reads the change.
-  One listener connection per store dispatches them to the same per-task events and claim
-  condition the SQLite store uses; if it is cut off, the half-second ticks of the long polls
-  still notice every change, only later.
+  never wait for each other nor get the same task; webhook deliveries are claimed the same way.
+  Every change locks its row first (``_FOR_UPDATE``), so the events a change writes are
+  numbered after the task's last without a race. An idempotency key is claimed by inserting
+  it: of two replicas at once, the second waits on the unique index, then finds the first's.
+* Wake-ups cross replicas: a trigger sends ``NOTIFY`` when a task's state changes or it gets an
+  event (a processing stage: on the ``darkroom_task`` channel, the task id as payload) and when
+  one becomes claimable (``darkroom_queue``). PostgreSQL delivers them at commit, so a woken
+  watcher reads the change. One listener connection per store dispatches them to the same
+  per-task events and claim condition the SQLite store uses; if it is cut off, the half-second
+  ticks of the long polls still notice every change, only later.
 * The schema is created and migrated at start under an advisory lock, so replicas starting at
   once take turns; ``schema_version`` says which migrations ran.
 * Times are the injected clock's epoch seconds (double precision), as in SQLite: all replicas
@@ -31,13 +35,16 @@ import logging
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
+from darkroom.contract.events import EventKind
+from darkroom.contract.tasks import ENDED_STATES
+from darkroom.contract.webhooks import DeliveryState
 from darkroom.core.backoff import Backoff
 from darkroom.core.ids import new_lease_token, new_task_id
 from darkroom.database.store import (
@@ -48,7 +55,9 @@ from darkroom.database.store import (
     StoreUnavailable,
     Task,
     TaskNotFound,
+    _event_data,
     _lapsed,
+    _state_event,
     _task,
 )
 
@@ -59,10 +68,11 @@ QUEUE_CHANNEL = "darkroom_queue"
 # Any constant both replicas agree on: the key of the advisory lock migrations run under.
 _MIGRATION_LOCK = 0x6461726B726F6F6D  # "darkroom"
 _UPLOADING, _QUEUED, _IN_PROGRESS = State.UPLOADING.code, State.QUEUED.code, State.IN_PROGRESS.code
-_ENDED = (State.FINISHED.code, State.FAILED.code)
+_ENDED = (State.FINISHED.code, State.FAILED.code)  # before issue 16 (the first migration)
+_ALL_ENDED = tuple(sorted(state.code for state in ENDED_STATES))
 
 # Each entry runs once, in order, in the migration's transaction; never edit one that shipped,
-# append a new one (issue 16's columns come as the next entries).
+# append a new one.
 _MIGRATIONS = (
     f"""
     CREATE TABLE tasks (
@@ -110,6 +120,58 @@ _MIGRATIONS = (
     END $$;
     CREATE TRIGGER tasks_changed AFTER UPDATE OF state ON tasks FOR EACH ROW
         WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION darkroom_task_changed();
+    """,
+    # Issue 16: cancelled tasks, idempotency keys, webhook deliveries, progress events.
+    f"""
+    ALTER TABLE tasks ADD COLUMN idempotency_key text, ADD COLUMN stage text;
+    -- retention purges cancelled tasks too
+    DROP INDEX tasks_ended;
+    CREATE INDEX tasks_ended ON tasks (finished_at) WHERE state IN {_ALL_ENDED};
+
+    CREATE TABLE webhooks (
+        task_id text PRIMARY KEY REFERENCES tasks (id) ON DELETE CASCADE,
+        url text NOT NULL,
+        state text NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        sequence integer NOT NULL DEFAULT 0,
+        ended_at double precision,
+        due_at double precision,
+        lease_token text,
+        lease_expires_at double precision,
+        last text
+    ) WITH (fillfactor = 80);
+    -- only the deliveries a master may claim: the rows of jobs not ended have no due_at
+    CREATE INDEX webhooks_due ON webhooks (due_at)
+        WHERE state = '{DeliveryState.PENDING}' AND due_at IS NOT NULL;
+
+    CREATE TABLE idempotency_keys (
+        key text PRIMARY KEY,
+        task_id text NOT NULL,
+        body_sha256 text,
+        created_at double precision NOT NULL
+    );
+    CREATE INDEX idempotency_keys_by_task ON idempotency_keys (task_id);
+    CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+
+    -- SQLite deletes a task's events with a trigger; here the foreign key does
+    CREATE TABLE events (
+        task_id text NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+        seq integer NOT NULL,
+        at double precision NOT NULL,
+        kind text NOT NULL,
+        data text NOT NULL,
+        PRIMARY KEY (task_id, seq)
+    );
+    -- A stage event changes no state: its NOTIFY wakes the events() long polls of every
+    -- replica. PostgreSQL sends one of equal notifications per transaction, so a state change
+    -- with its event costs one.
+    CREATE FUNCTION darkroom_event_added() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('{TASK_CHANNEL}', NEW.task_id);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER events_added AFTER INSERT ON events FOR EACH ROW
+        EXECUTE FUNCTION darkroom_event_added();
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -315,6 +377,22 @@ class PostgresTaskStore(SqliteTaskStore):
         with self._counters_lock:
             self.lease_expiries += expiries
 
+    _FOR_UPDATE = " FOR UPDATE"
+    _SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+
+    def _execute(self, query: str, params: Sequence[object] = ()) -> psycopg.Cursor:
+        """A shared statement (``?`` placeholders, no ``%``) in the transaction in progress."""
+        return self._cursor.execute(_placeholders(query), _params(params))
+
+    def _read(self, query: str, params: Sequence[object] = ()) -> list[tuple]:
+        return self._statement(_placeholders(query), _params(params))
+
+    def _mark_changed(self, task_id: str) -> None:
+        """Nothing to do: the triggers' NOTIFY wakes the watchers of every replica at commit."""
+
+    def _count_expiry(self) -> None:
+        self._local.expiries += 1  # counted once committed
+
     @property
     def _cursor(self) -> psycopg.Cursor:
         cursor = getattr(self._local, "cursor", None)
@@ -337,16 +415,6 @@ class PostgresTaskStore(SqliteTaskStore):
         self._local.rows[task.id] = task
         return task
 
-    def _update(self, task_id: str, **fields: object) -> Task:
-        fields["updated_at"] = self._clock()
-        values = [value.code if isinstance(value, State) else value for value in fields.values()]
-        assignments = ", ".join(f"{name} = %s" for name in fields)
-        row = self._cursor.execute(
-            f"UPDATE tasks SET {assignments} WHERE id = %s RETURNING {_COLUMNS}",
-            (*values, task_id),
-        ).fetchone()
-        return self._seen(_task(row))
-
     def _lapsed_rows(self, now: float, db: object = None) -> list[Task]:
         """Tasks whose lease or upload ran out, locked; rows another replica holds are skipped
         (it is changing them, so they are its business)."""
@@ -361,37 +429,47 @@ class PostgresTaskStore(SqliteTaskStore):
     def _lapse_bounds(self, now: float) -> tuple[int, float, int, float]:
         return (_IN_PROGRESS, now, _UPLOADING, now - self._policy.upload_timeout_seconds)
 
-    def _write_lapse(self, task: Task, lapsed: Task) -> Task:
-        self._cursor.execute(
-            "UPDATE tasks SET state = %s, error = %s, finished_at = %s, updated_at = %s,"
-            " lease_expires_at = %s WHERE id = %s",
-            (
-                lapsed.state.code,
-                lapsed.error,
-                lapsed.finished_at,
-                lapsed.updated_at,
-                lapsed.lease_expires_at,
-                task.id,
-            ),
-        )
-        if task.state == State.IN_PROGRESS:
-            self._local.expiries += 1  # counted once committed
-        return self._seen(lapsed)
-
     def _claim_once(self) -> Task | None:
-        """Lapses written first (as in SQLite), then one statement, atomic on its own: two round
-        trips when nothing lapsed, where a transaction around both would take four."""
+        """Lapses written first (as in SQLite), then the claim and its state event in one
+        transaction, pipelined: sent at once, so one round trip, as a lone statement would be.
+
+        The event is a statement of its own, which finds the claimed row by its new lease
+        token: it is numbered from what the claim's row lock lets it see (a statement's
+        snapshot predates the locks it takes, so in the claim's own statement a change
+        committed meanwhile by the row's previous holder could be missed)."""
         now = self._clock()
         self.expire()
-        rows = self._statement(
-            "WITH next AS (SELECT id FROM tasks WHERE state = %s ORDER BY created_at, seq"
-            " LIMIT 1 FOR UPDATE SKIP LOCKED)"
-            " UPDATE tasks SET state = %s, attempts = tasks.attempts + 1, lease_token = %s,"
-            " lease_expires_at = %s, updated_at = %s"
-            f" FROM next WHERE tasks.id = next.id RETURNING {_TASK_COLUMNS}",
-            (_QUEUED, _IN_PROGRESS, self._new_token(), now + self._policy.lease_seconds, now),
-        )
-        return _task(rows[0]) if rows else None
+        token = self._new_token()
+        with (
+            _unavailable_as_store_error(),
+            self._pool.connection() as conn,
+            conn.pipeline(),
+            conn.transaction(),
+        ):
+            claimed = conn.execute(
+                "WITH next AS (SELECT id FROM tasks WHERE state = %s ORDER BY created_at, seq"
+                " LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                " UPDATE tasks SET state = %s, attempts = tasks.attempts + 1, lease_token = %s,"
+                " lease_expires_at = %s, updated_at = %s"
+                f" FROM next WHERE tasks.id = next.id RETURNING {_TASK_COLUMNS}",
+                (_QUEUED, _IN_PROGRESS, token, now + self._policy.lease_seconds, now),
+            )
+            conn.execute(
+                "INSERT INTO events (task_id, seq, at, kind, data)"
+                " SELECT id, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events"
+                " WHERE events.task_id = tasks.id), %s, %s, %s"
+                # the partial index of tasks in progress: as many rows as task loops run
+                " FROM tasks WHERE state = %s AND lease_token = %s",
+                (
+                    now,
+                    EventKind.STATE.value,
+                    _event_data(_state_event(State.IN_PROGRESS)),
+                    _IN_PROGRESS,
+                    token,
+                ),
+            )
+        row = claimed.fetchone()
+        return _task(row) if row else None
 
     # -- wake-ups -----------------------------------------------------------------------
     def _notify_claimers(self) -> None:
@@ -417,16 +495,6 @@ class PostgresTaskStore(SqliteTaskStore):
         return self._listener.listening.wait(timeout)
 
     # -- the rest of the interface ------------------------------------------------------
-    def create(self, pipeline: str) -> Task:
-        now = self._clock()
-        with self._transaction():
-            row = self._cursor.execute(
-                "INSERT INTO tasks (id, state, pipeline, created_at, updated_at)"
-                f" VALUES (%s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
-                (self._new_id(), _UPLOADING, pipeline, now, now),
-            ).fetchone()
-        return _task(row)
-
     def _statement(self, query: str, params: tuple = ()) -> list[tuple]:
         """One statement on a pooled connection, in autocommit (a transaction of its own)."""
         with _unavailable_as_store_error(), self._pool.connection() as conn:
@@ -450,13 +518,6 @@ class PostgresTaskStore(SqliteTaskStore):
         )
         return [_task(row) for row in rows]
 
-    def purge(self, older_than: float) -> int:
-        with self._transaction():
-            return self._cursor.execute(
-                "DELETE FROM tasks WHERE state IN (%s, %s) AND finished_at < %s",
-                (*_ENDED, older_than),
-            ).rowcount
-
     def expire(self) -> int:
         now = self._clock()
         lapsed = self._statement(
@@ -476,3 +537,15 @@ class PostgresTaskStore(SqliteTaskStore):
             self._statement("SELECT pg_notify(%s, '')", (TASK_CHANNEL,))
         self._listener.join(5)
         self._pool.close()
+
+
+def _placeholders(query: str) -> str:
+    """Shared SQL's ``?`` placeholders as psycopg's ``%s`` (the shared SQL has no ``?`` nor
+    ``%`` of its own)."""
+    return query.replace("?", "%s")
+
+
+def _params(params: Sequence[object]) -> tuple:
+    """Task states as their codes, as SQLite's adapter stores them (psycopg would send a
+    ``StrEnum``'s value, the state's wire name)."""
+    return tuple(value.code if isinstance(value, State) else value for value in params)

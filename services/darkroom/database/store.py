@@ -295,6 +295,34 @@ class SqliteTaskStore:
         for task_id in dict.fromkeys(changed):  # once each
             self._notify_watchers(task_id)
 
+    # -- primitives: the rules below are written over these, which PostgreSQL's store
+    # implements its own way. Shared SQL is portable, with ``?`` placeholders.
+
+    # Added to a read inside a transaction of the rows it will write. SQLite needs nothing:
+    # BEGIN IMMEDIATE holds the whole database; PostgreSQL locks the rows.
+    _FOR_UPDATE = ""
+    _SKIP_LOCKED = ""
+
+    def _execute(self, query: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        """One statement of the transaction in progress."""
+        return self._db.execute(query, params)
+
+    def _read(self, query: str, params: Sequence[object] = ()) -> list[tuple]:
+        """One read outside any transaction: it sees the last commit."""
+        with self._read_lock:
+            return self._reader.execute(query, params).fetchall()
+
+    def _mark_changed(self, task_id: str) -> None:
+        """The transaction in progress changes ``task_id``: wake its watchers after it."""
+        self._changed.append(task_id)
+
+    def _count_expiry(self) -> None:
+        self.lease_expiries += 1
+
+    def _seen(self, task: Task) -> Task:
+        """``task`` as the transaction in progress read or wrote it."""
+        return task
+
     def _row(self, task_id: str, db: sqlite3.Connection | None = None) -> Task:
         query = f"SELECT {_COLUMNS} FROM tasks WHERE id = ?"
         row = (db or self._db).execute(query, (task_id,)).fetchone()
@@ -309,17 +337,24 @@ class SqliteTaskStore:
                 self._db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
 
     def _update(self, task_id: str, **fields: object) -> Task:
-        if "state" in fields:
-            self._changed.append(task_id)
-            self._make_delivery_due_if_ended(task_id, State(fields["state"]))
-        fields["updated_at"] = self._clock()
+        """Change the task's ``fields``; a change of state makes its event and, when the task
+        ends, its webhook delivery due, in the same transaction."""
+        state = fields.get("state")
+        if state is not None:
+            self._mark_changed(task_id)
+            self._make_delivery_due_if_ended(task_id, State(state))
+        task = self._write_row(task_id, {**fields, "updated_at": self._clock()})
+        if state is not None:
+            self._append_state_event(task_id, task.state)
+        return task
+
+    def _write_row(self, task_id: str, fields: dict[str, object]) -> Task:
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        self._db.execute(
-            f"UPDATE tasks SET {assignments} WHERE id = ?", (*fields.values(), task_id)
-        )
-        if "state" in fields:
-            self._append_state_event(task_id, fields["state"])  # type: ignore[arg-type]
-        return self._row(task_id)
+        row = self._execute(
+            f"UPDATE tasks SET {assignments} WHERE id = ? RETURNING {_COLUMNS}",
+            (*fields.values(), task_id),
+        ).fetchone()
+        return self._seen(_task(row))
 
     def _notify_watchers(self, task_id: str | None = None) -> None:
         """Wake the watchers of ``task_id``, or of every task."""
@@ -357,18 +392,18 @@ class SqliteTaskStore:
         with self._transaction():
             if idempotency_key is not None:
                 self._claim_key(idempotency_key, task_id, now)
-            self._db.execute(
+            row = self._execute(
                 "INSERT INTO tasks (id, state, pipeline, created_at, updated_at, idempotency_key)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                f" VALUES (?, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}",
                 (task_id, State.UPLOADING, pipeline, now, now, idempotency_key),
-            )
+            ).fetchone()
             if webhook_url is not None:
-                self._db.execute(
+                self._execute(
                     "INSERT INTO webhooks (task_id, url, state) VALUES (?, ?, ?)",
                     (task_id, webhook_url, DeliveryState.PENDING),
                 )
             self._append_state_event(task_id, State.UPLOADING)
-            return self._row(task_id)
+            return _task(row)
 
     def enqueue(self, task_id: str, *, body_sha256: str | None = None) -> Task:
         """Queue an uploaded task; ``body_sha256`` fixes its idempotency key's fingerprint."""
@@ -383,7 +418,7 @@ class SqliteTaskStore:
                     f"task is {task.state.value}; only an uploading task is enqueued"
                 )
             if body_sha256 is not None:
-                self._db.execute(
+                self._execute(
                     "UPDATE idempotency_keys SET body_sha256 = ? WHERE task_id = ?",
                     (body_sha256, task_id),
                 )
@@ -443,44 +478,43 @@ class SqliteTaskStore:
                 changed.wait(remaining)
 
     def _events_after(self, task_id: str, after: int) -> list[TaskEvent]:
-        with self._read_lock:
-            rows = self._reader.execute(
-                "SELECT seq, at, kind, data FROM events WHERE task_id = ? AND seq > ?"
-                " ORDER BY seq LIMIT ?",
-                (task_id, after, EVENTS_PER_READ),
-            ).fetchall()
-            if not rows:
-                self._row(task_id, self._reader)  # TaskNotFound for a task that is not there
+        rows = self._read(
+            "SELECT seq, at, kind, data FROM events WHERE task_id = ? AND seq > ?"
+            " ORDER BY seq LIMIT ?",
+            (task_id, after, EVENTS_PER_READ),
+        )
+        if not rows and not self._read("SELECT 1 FROM tasks WHERE id = ?", (task_id,)):
+            raise TaskNotFound(task_id)
         return [
             TaskEvent(task_id, seq, at, EventKind(kind), json.loads(data))
             for seq, at, kind, data in rows
         ]
 
     def _append_state_event(self, task_id: str, state: State) -> None:
-        self._append_events(task_id, EventKind.STATE, [{"state": state.value}])
+        self._append_events(task_id, EventKind.STATE, [_state_event(state)])
 
     def _append_stage_events(self, task_id: str, stages: Sequence[Stage]) -> None:
         """The stages as events, the last one's name as the task's stage reached."""
         if stages:
             self._append_events(task_id, EventKind.STAGE, [stage.document() for stage in stages])
-            self._db.execute("UPDATE tasks SET stage = ? WHERE id = ?", (stages[-1].name, task_id))
+            self._execute("UPDATE tasks SET stage = ? WHERE id = ?", (stages[-1].name, task_id))
 
     def _append_events(self, task_id: str, kind: EventKind, data: Sequence[dict]) -> None:
-        """Number and write events of ``task_id``; inside the transaction that makes them."""
-        if not data:
-            return
-        (last,) = self._db.execute(
-            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE task_id = ?", (task_id,)
-        ).fetchone()
+        """Number and write events of ``task_id``; inside the transaction that makes them.
+
+        Each is numbered after the task's last: no two writers race for a number, since every
+        change that writes an event holds the task's row (SQLite's whole database; on
+        PostgreSQL the row lock its rule took first, or the task is new in this transaction).
+        """
         now = self._clock()
-        self._db.executemany(
-            "INSERT INTO events (task_id, seq, at, kind, data) VALUES (?, ?, ?, ?, ?)",
-            [
-                (task_id, last + n, now, kind.value, json.dumps(item, separators=(",", ":")))
-                for n, item in enumerate(data, start=1)
-            ],
-        )
-        self._changed.append(task_id)  # its watchers wake once the transaction is committed
+        for item in data:
+            self._execute(
+                "INSERT INTO events (task_id, seq, at, kind, data)"
+                " SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ? FROM events WHERE task_id = ?",
+                (task_id, now, kind.value, _event_data(item), task_id),
+            )
+        if data:
+            self._mark_changed(task_id)  # its watchers wake once the transaction is committed
 
     def claim(self, wait_seconds: float = 0.0) -> Task | None:
         """The oldest queued task, leased to the caller; waits up to ``wait_seconds`` for one."""
@@ -634,14 +668,14 @@ class SqliteTaskStore:
         idempotency keys older than ``idempotency_seconds`` or whose task is gone."""
         ended = tuple(ENDED_STATES)
         with self._transaction():
-            purged = self._db.execute(
+            purged = self._execute(
                 f"DELETE FROM tasks WHERE state IN ({', '.join('?' * len(ended))})"
                 " AND finished_at < ?",
                 (*ended, older_than),
             ).rowcount
-            self._db.execute(
+            self._execute(
                 "DELETE FROM idempotency_keys WHERE created_at < ?"
-                " OR task_id NOT IN (SELECT id FROM tasks)",
+                " OR NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = idempotency_keys.task_id)",
                 (self._clock() - self._policy.idempotency_seconds,),
             )
             return purged
@@ -669,30 +703,45 @@ class SqliteTaskStore:
     # -- idempotency keys ---------------------------------------------------------------
     def _claim_key(self, key: str, task_id: str, now: float) -> None:
         """Tie ``key`` to the new task ``task_id``, or raise IdempotencyKeyUsed when it is kept
-        for another. Inside a transaction."""
+        for another. Inside a transaction.
+
+        The insert comes first: of two stores claiming a new key at once (PostgreSQL), the
+        second waits on the key's unique index until the first commits, then finds its row.
+        """
+        inserted = self._execute(
+            "INSERT INTO idempotency_keys (key, task_id, body_sha256, created_at)"
+            " VALUES (?, ?, NULL, ?) ON CONFLICT (key) DO NOTHING",
+            (key, task_id, now),
+        ).rowcount
+        if inserted:
+            return
         holder = self._key_holder(key, now)
         if holder is not None:
             raise IdempotencyKeyUsed(holder)
-        self._db.execute(
-            "INSERT OR REPLACE INTO idempotency_keys (key, task_id, body_sha256, created_at)"
-            " VALUES (?, ?, NULL, ?)",
-            (key, task_id, now),
+        self._execute(
+            "UPDATE idempotency_keys SET task_id = ?, body_sha256 = NULL, created_at = ?"
+            " WHERE key = ?",
+            (task_id, now, key),
         )
 
     def _key_holder(self, key: str, now: float) -> KeyHolder | None:
         """The task ``key`` is kept for, or None when it is free: never used, older than
         ``idempotency_seconds``, its task purged, or its first upload never completed
-        (abandoned, timed out or cancelled before its body was stored)."""
-        row = self._db.execute(
-            "SELECT task_id, body_sha256, created_at FROM idempotency_keys WHERE key = ?", (key,)
+        (abandoned, timed out or cancelled before its body was stored). The key's row is
+        locked until the transaction ends; its task's is only read (``enqueue`` locks the
+        task, then the key: taking both here in the other order could deadlock)."""
+        row = self._execute(
+            "SELECT task_id, body_sha256, created_at FROM idempotency_keys WHERE key = ?"
+            + self._FOR_UPDATE,
+            (key,),
         ).fetchone()
         if row is None or row[2] < now - self._policy.idempotency_seconds:
             return None
         task_id, body_sha256, _ = row
-        try:
-            task = _lapsed(self._row(task_id), now, self._policy)
-        except TaskNotFound:
+        found = self._execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if found is None:
             return None
+        task = _lapsed(_task(found), now, self._policy)
         if body_sha256 is None and task.state != State.UPLOADING:
             return None
         return KeyHolder(task.id, task.pipeline, task.state, body_sha256)
@@ -775,24 +824,24 @@ class SqliteTaskStore:
         return task if lapsed == task else self._write_lapse(task, lapsed)
 
     def _write_lapse(self, task: Task, lapsed: Task) -> Task:
-        self._db.execute(
-            "UPDATE tasks SET state = ?, error = ?, finished_at = ?, updated_at = ?,"
-            " lease_expires_at = ? WHERE id = ?",
-            (
-                lapsed.state,
-                lapsed.error,
-                lapsed.finished_at,
-                lapsed.updated_at,
-                lapsed.lease_expires_at,
-                task.id,
-            ),
+        """Write what ``_lapsed`` made of ``task`` (its state changed), with its event and
+        delivery as ``_update`` writes them."""
+        self._mark_changed(task.id)
+        self._make_delivery_due_if_ended(task.id, lapsed.state)
+        written = self._write_row(
+            task.id,
+            {
+                "state": lapsed.state,
+                "error": lapsed.error,
+                "finished_at": lapsed.finished_at,
+                "updated_at": lapsed.updated_at,
+                "lease_expires_at": lapsed.lease_expires_at,
+            },
         )
         if task.state == State.IN_PROGRESS:
-            self.lease_expiries += 1
-        self._changed.append(task.id)
-        self._make_delivery_due_if_ended(task.id, lapsed.state)
+            self._count_expiry()
         self._append_state_event(task.id, lapsed.state)
-        return lapsed
+        return written
 
     # -- webhook deliveries -------------------------------------------------------------
     def _make_delivery_due_if_ended(self, task_id: str, state: State) -> None:
@@ -802,7 +851,7 @@ class SqliteTaskStore:
         if not state.ended:
             return
         now = self._clock()
-        self._db.execute(
+        self._execute(
             "UPDATE webhooks SET state = ?, due_at = ?, ended_at = ?, sequence = sequence + 1,"
             " attempts = 0, lease_token = NULL, lease_expires_at = NULL"
             " WHERE task_id = ? AND NOT (state = ? AND due_at IS NOT NULL)",
@@ -811,26 +860,21 @@ class SqliteTaskStore:
 
     def delivery(self, task_id: str) -> Delivery | None:
         """The job's webhook delivery; None when it asked for none (or is unknown)."""
-        with self._read_lock:
-            return self._delivery(task_id, self._reader)
+        rows = self._read(f"SELECT {_DELIVERY_COLUMNS} FROM webhooks WHERE task_id = ?", (task_id,))
+        return _delivery(rows[0]) if rows else None
 
-    def _delivery(self, task_id: str, db: sqlite3.Connection | None = None) -> Delivery | None:
-        query = f"SELECT {_DELIVERY_COLUMNS} FROM webhooks WHERE task_id = ?"
-        row = (db or self._db).execute(query, (task_id,)).fetchone()
+    def _locked_delivery(self, task_id: str) -> Delivery | None:
+        """The job's delivery, its row locked until the transaction ends."""
+        row = self._execute(
+            f"SELECT {_DELIVERY_COLUMNS} FROM webhooks WHERE task_id = ?" + self._FOR_UPDATE,
+            (task_id,),
+        ).fetchone()
         return None if row is None else _delivery(row)
 
-    def _due_delivery(self, now: float, db: sqlite3.Connection | None = None) -> str | None:
-        row = (
-            (db or self._db)
-            .execute(
-                "SELECT task_id FROM webhooks WHERE state = ? AND due_at <= ?"
-                " AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
-                " ORDER BY due_at LIMIT 1",
-                (DeliveryState.PENDING, now, now),
-            )
-            .fetchone()
-        )
-        return None if row is None else row[0]
+    _DUE_DELIVERY = (
+        "SELECT task_id FROM webhooks WHERE state = ? AND due_at <= ?"
+        " AND (lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY due_at LIMIT 1"
+    )
 
     def claim_delivery(self, lease_seconds: float) -> Delivery | None:
         """The delivery due longest, leased to the caller for ``lease_seconds``; None if none.
@@ -838,18 +882,20 @@ class SqliteTaskStore:
         Masters ask every second or so: when nothing is due, that is a read, no write.
         """
         now = self._clock()
-        with self._read_lock:
-            if self._due_delivery(now, self._reader) is None:
-                return None
+        due = (DeliveryState.PENDING, now, now)
+        if not self._read(self._DUE_DELIVERY, due):
+            return None
         with self._transaction():
-            task_id = self._due_delivery(now)
-            if task_id is None:
+            # Of masters claiming at once (PostgreSQL), each skips the rows another is taking.
+            row = self._execute(self._DUE_DELIVERY + self._SKIP_LOCKED, due).fetchone()
+            if row is None:
                 return None  # another master took it in between
-            self._db.execute(
-                "UPDATE webhooks SET lease_token = ?, lease_expires_at = ? WHERE task_id = ?",
-                (self._new_token(), now + lease_seconds, task_id),
-            )
-            return self._delivery(task_id)
+            claimed = self._execute(
+                "UPDATE webhooks SET lease_token = ?, lease_expires_at = ? WHERE task_id = ?"
+                f" RETURNING {_DELIVERY_COLUMNS}",
+                (self._new_token(), now + lease_seconds, row[0]),
+            ).fetchone()
+            return _delivery(claimed)
 
     def report_delivery(
         self, task_id: str, lease_token: str, attempt: Attempt, retry_in: float | None
@@ -857,7 +903,7 @@ class SqliteTaskStore:
         """Record an attempt: delivered on a 2xx, else due again in ``retry_in`` seconds, or
         failed for good when that is None (a 410, or the retry period is over)."""
         with self._transaction():
-            delivery = self._delivery(task_id)
+            delivery = self._locked_delivery(task_id)
             if delivery is None:
                 raise TaskNotFound(task_id)
             if delivery.lease_token != lease_token or delivery.state != DeliveryState.PENDING:
@@ -869,14 +915,13 @@ class SqliteTaskStore:
             else:
                 state, due_at = DeliveryState.PENDING, self._clock() + retry_in
             last = [a.to_json() for a in (*delivery.last, attempt)[-KEPT_ATTEMPTS:]]
-            self._db.execute(
+            updated = self._execute(
                 "UPDATE webhooks SET state = ?, due_at = ?, attempts = attempts + 1, last = ?,"
-                " lease_token = NULL, lease_expires_at = NULL WHERE task_id = ?",
+                " lease_token = NULL, lease_expires_at = NULL WHERE task_id = ?"
+                f" RETURNING {_DELIVERY_COLUMNS}",
                 (state, due_at, json.dumps(last), task_id),
-            )
-            updated = self._delivery(task_id)
-            assert updated is not None
-            return updated
+            ).fetchone()
+            return _delivery(updated)
 
 
 def _lapsed(task: Task, now: float, policy: LeasePolicy) -> Task:
@@ -911,6 +956,14 @@ def _lapsed(task: Task, now: float, policy: LeasePolicy) -> Task:
 
 def _before(moment: float | None, now: float) -> bool:
     return moment is not None and moment < now
+
+
+def _event_data(item: dict[str, Any]) -> str:
+    return json.dumps(item, separators=(",", ":"))
+
+
+def _state_event(state: State) -> dict[str, Any]:
+    return {"state": state.value}
 
 
 def _delivery(row: tuple) -> Delivery:
