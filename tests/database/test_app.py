@@ -276,30 +276,44 @@ def test_events_long_poll_answers_empty_at_its_deadline(client):
     assert time.monotonic() - started >= 0.2
 
 
+class WaitSignalled:
+    """A store that says when a request is waiting in ``events`` (so it holds the slot)."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+        self.waiting = threading.Event()
+
+    def events(self, task_id, after=0, wait_seconds=0.0):
+        if wait_seconds > 0:
+            self.waiting.set()
+        return self._store.events(task_id, after, wait_seconds)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
 def test_events_long_poll_without_a_slot_is_503(config):
-    client = testing.TestClient(create_app(config.replace(threads=2), open_store(config)))
+    store = WaitSignalled(open_store(config))
+    client = testing.TestClient(create_app(config.replace(threads=2), store))  # one slot
     task_id = new_queued(client)
     lease = client.simulate_post("/getNewTask").json["lease"]
-    deadline = time.monotonic() + 10
     params = {"id": task_id, "after": 3}
+    held = {}
 
-    def hold_the_slot() -> None:  # until a new event ends the wait; refused while we hold it
-        while time.monotonic() < deadline:
-            if client.simulate_get("/events", params={**params, "wait": 10}).status_code == 200:
-                return
+    def hold_the_slot() -> None:  # until a new event ends the wait
+        held["answer"] = client.simulate_get("/events", params={**params, "wait": 30})
 
     waiting = threading.Thread(target=hold_the_slot)
     waiting.start()
     try:
-        while time.monotonic() < deadline:
-            asked = client.simulate_get("/events", params={**params, "wait": 0.01})
-            if asked.status_code == 503:
-                break
+        assert store.waiting.wait(10), "the first request waits, holding the only slot"
+        asked = client.simulate_get("/events", params={**params, "wait": 0.01})
         assert asked.status_code == 503 and asked.headers["retry-after"] == "1"
     finally:
         stage = '[{"stage": "download", "startMs": 0, "durationMs": 1}]'
         client.simulate_post("/heartbeat", params={"id": task_id, "lease": lease, "stages": stage})
-        waiting.join()
+        waiting.join(30)
+    assert held["answer"].status_code == 200 and len(held["answer"].json) == 1
 
 
 @pytest.mark.parametrize(
