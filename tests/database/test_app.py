@@ -407,10 +407,11 @@ def test_a_malformed_database_url_is_refused_without_quoting_it(config):
 
 
 def test_nul_characters_never_reach_the_store(client):
-    """PostgreSQL's text holds none (the property test found it): a pipeline with one is
-    refused, a worker's error or note is kept without them, on either store."""
-    refused = client.simulate_post("/newTask", params={"pipeline": "swap\x00"})
-    assert refused.status_code == 400 and "NUL" in refused.json["description"]
+    """PostgreSQL's text holds none (the property test found it): a pipeline or webhook URL
+    with one is refused, a worker's error or note is kept without them, on either store."""
+    for params in ({"pipeline": "swap\x00"}, {"webhook": "https://hooks.example/\x00"}):
+        refused = client.simulate_post("/newTask", params=params)
+        assert refused.status_code == 400 and "NUL" in refused.json["description"]
     task_id = new_queued(client)
     lease = client.simulate_post("/getNewTask").json["lease"]
     params = {"id": task_id, "lease": lease, "error": "bad\x00 byte", "retry": "true"}

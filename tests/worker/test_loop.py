@@ -337,8 +337,8 @@ def test_a_task_cancelled_while_processing_stops_at_the_next_heartbeat(config):
 
 
 def test_a_cancelled_task_runs_no_step_after_the_one_in_progress(config):
-    tasks, storage, master, _ = build_system(config, CountedResults(config.data_dir))
-    watched = HeartbeatWatch(master.service)
+    tasks, storage, leases, _, _ = build_system(config, CountedResults(config.data_dir))
+    watched = HeartbeatWatch(leases.service)
     task_id = submit(tasks, storage, b"\x89PNG-abc")
     steps_run = []
 

@@ -146,6 +146,17 @@ def _matching_param(
     return value
 
 
+def _kept_text(req: falcon.Request, name: str, title: str, limit: int) -> str | None:
+    """The optional text parameter ``name`` as a store keeps it: 400 unless it is 1 to ``limit``
+    characters with no NUL (which PostgreSQL's text cannot hold)."""
+    value = req.get_param(name)
+    if value is not None and (not 0 < len(value) <= limit or "\x00" in value):
+        raise falcon.HTTPBadRequest(
+            title=title, description=f"{name} must be 1 to {limit} characters, none NUL"
+        )
+    return value
+
+
 def _text(value: str) -> str:
     """A worker's free text (an error, a note) as every store keeps it: PostgreSQL's text
     holds no NUL character, so none is kept (they say nothing to a reader anyway)."""
@@ -166,18 +177,8 @@ class Tasks:
         self._long_polls = long_polls
 
     def on_post_new(self, req: falcon.Request, resp: falcon.Response) -> None:
-        pipeline = req.get_param("pipeline", default="swap")
-        if not pipeline or len(pipeline) > MAX_PIPELINE_CHARS or "\x00" in pipeline:
-            raise falcon.HTTPBadRequest(
-                title="Invalid pipeline",
-                description=f"pipeline must be 1 to {MAX_PIPELINE_CHARS} characters, none NUL",
-            )
-        webhook_url = req.get_param("webhook")
-        if webhook_url is not None and not 0 < len(webhook_url) <= MAX_WEBHOOK_URL_CHARS:
-            raise falcon.HTTPBadRequest(
-                title="Invalid webhook",
-                description=f"webhook must be 1 to {MAX_WEBHOOK_URL_CHARS} characters",
-            )
+        pipeline = _kept_text(req, "pipeline", "Invalid pipeline", MAX_PIPELINE_CHARS) or "swap"
+        webhook_url = _kept_text(req, "webhook", "Invalid webhook", MAX_WEBHOOK_URL_CHARS)
         key = _matching_param(
             req, "idempotencyKey", IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_DESCRIPTION
         )
