@@ -11,7 +11,7 @@ from darkroom.core.runtime import Runtime
 from darkroom.core.server import serve
 from darkroom.database.app import create_app
 from darkroom.database.pgstore import PostgresTaskStore, redacted
-from darkroom.database.store import LeasePolicy, SqliteTaskStore, TaskStore
+from darkroom.database.store import LeasePolicy, SqliteTaskStore, StoreUnavailable, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,13 @@ def _where(config: Config) -> str:
 
 def run(config: Config) -> None:
     log.info("opening the task store", extra={"database": _where(config)})
-    store = open_store(config)
+    try:
+        store = open_store(config)
+    except StoreUnavailable as exc:
+        # One line saying why instead of a traceback; the supervisor (or Kubernetes) starts the
+        # role again, which retries the connection.
+        log.error("task store unreachable", extra={"database": _where(config), "error": str(exc)})
+        raise SystemExit(1) from None
     runtime = Runtime(config, "database")
     expire_periodically(
         store.purge, config.retention_seconds, config.sweep_interval_seconds, runtime.stop
