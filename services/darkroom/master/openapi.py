@@ -254,7 +254,9 @@ _DOCUMENT: dict[str, Any] = {
         "version": __version__,
         "description": (
             "Asynchronous image processing: upload an image with `POST /new` and get a job id at "
-            "once, ask `/isReady` or `/status` until it is finished, then download it from `/get`."
+            "once, ask `/isReady` or `/status` until it is finished (or follow it live on "
+            "`/events`, or be called back with `webhook`), then download it from `/get`; "
+            "`/cancel` stops it."
             " Errors are JSON `{title, description}` with the right status. The client routes "
             "need an API key only when the server is configured with some."
         ),
@@ -332,7 +334,9 @@ _DOCUMENT: dict[str, Any] = {
         "/status": _job_operation(
             "status",
             "The job's state",
-            "The job's state, attempts, error and timestamps.",
+            "The job's state, attempts, error, notes, the stage reached, its timestamps, whether"
+            " its upload came with an Idempotency-Key and, when it was uploaded with `webhook`,"
+            " the delivery's state and last attempts.",
             {
                 "description": "The job.",
                 "content": {JSON: {"schema": {"$ref": "#/components/schemas/Task"}}},
