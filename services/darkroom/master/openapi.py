@@ -160,7 +160,8 @@ _IDEMPOTENCY_KEY_PARAMETER = {
         f"Makes the upload safe to send again: 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII "
         "characters (a UUID, say), new for each image. The same key within 24 hours with the "
         "same body and `op` answers the first upload's job id (200, with "
-        f"`{REPLAYED_HEADER}: true`) and creates nothing; with another body or `op`, 422; "
+        f"`{REPLAYED_HEADER}: true`) and creates nothing (a `webhook` given again is not "
+        "compared: the first upload's stands); with another body or `op`, 422; "
         "while the first upload with the key is still being stored, 409. A key whose upload "
         "failed may be used again."
     ),
