@@ -177,7 +177,9 @@ def parse_target(url: str, allow_http: bool = False) -> Target:
     try:
         port = parts.port
     except ValueError:
-        raise InvalidTarget("The URL's port is not a number from 0 to 65535.") from None
+        port = 0
+    if port == 0:  # nothing listens on port 0: every attempt would fail, for a day
+        raise InvalidTarget("The URL's port is not a number from 1 to 65535.")
     host = (parts.hostname or "").rstrip(".")
     if not host:
         raise InvalidTarget("The URL has no host.")
