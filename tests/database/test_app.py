@@ -397,6 +397,8 @@ def test_nul_characters_never_reach_the_store(client):
     refused, a worker's error or note is kept without them, on either store."""
     refused = client.simulate_post("/newTask", params={"pipeline": "swap\x00"})
     assert refused.status_code == 400 and "NUL" in refused.json["description"]
+    refused = client.simulate_post("/newTask", params={"webhook": "https://a.example/\x00"})
+    assert refused.status_code == 400 and "NUL" in refused.json["description"]
     task_id = new_queued(client)
     lease = client.simulate_post("/getNewTask").json["lease"]
     params = {"id": task_id, "lease": lease, "error": "bad\x00 byte", "retry": "true"}

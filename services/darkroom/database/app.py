@@ -173,10 +173,12 @@ class Tasks:
                 description=f"pipeline must be 1 to {MAX_PIPELINE_CHARS} characters, none NUL",
             )
         webhook_url = req.get_param("webhook")
-        if webhook_url is not None and not 0 < len(webhook_url) <= MAX_WEBHOOK_URL_CHARS:
+        if webhook_url is not None and (
+            not 0 < len(webhook_url) <= MAX_WEBHOOK_URL_CHARS or "\x00" in webhook_url
+        ):
             raise falcon.HTTPBadRequest(
                 title="Invalid webhook",
-                description=f"webhook must be 1 to {MAX_WEBHOOK_URL_CHARS} characters",
+                description=f"webhook must be 1 to {MAX_WEBHOOK_URL_CHARS} characters, none NUL",
             )
         key = _matching_param(
             req, "idempotencyKey", IDEMPOTENCY_KEY_PATTERN, IDEMPOTENCY_KEY_DESCRIPTION
