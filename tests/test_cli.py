@@ -77,6 +77,14 @@ def test_verify_webhook_says_valid_or_why_not(tmp_path):
     assert no_secret.returncode == 1 and b"DARKROOM_WEBHOOK_SECRET is empty" in no_secret.stderr
 
 
+def test_verify_webhook_of_a_missing_file_says_so_without_a_traceback(tmp_path):
+    flags = {"webhook-id": "msg_x", "webhook-timestamp": "1", "webhook-signature": "v1,x"}
+    missing = _verify("whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB", flags, b"", tmp_path / "no")
+    assert missing.returncode == 1
+    assert missing.stderr.decode().strip().endswith("no: No such file or directory")
+    assert b"Traceback" not in missing.stderr
+
+
 def test_cancel_is_a_command_taking_the_job_id():
     args = build_parser().parse_args(["cancel", "A" * 22, "--master", "127.0.0.1:4003"])
     assert (args.id, args.master, args.func.__name__) == ("A" * 22, "127.0.0.1:4003", "_cancel")

@@ -78,7 +78,11 @@ def _verify_webhook(args: argparse.Namespace) -> int:
     if not signer:
         print("darkroom: DARKROOM_WEBHOOK_SECRET is empty: set it to the secret", file=sys.stderr)
         return 1
-    body = args.body.read_bytes() if args.body else sys.stdin.buffer.read()
+    try:
+        body = args.body.read_bytes() if args.body else sys.stdin.buffer.read()
+    except OSError as exc:
+        print(f"darkroom: cannot read {args.body}: {exc.strerror}", file=sys.stderr)
+        return 1
     headers = {
         "webhook-id": args.webhook_id,
         "webhook-timestamp": args.webhook_timestamp,

@@ -55,6 +55,15 @@ def test_an_error_answer_becomes_its_type(status: int, kind: type, answered: int
         assert (caught.value.title, caught.value.description) == ("T", "D")
 
 
+@pytest.mark.parametrize(("header", "kept"), [("1", 1), (" 30 ", 30), ("soon", None), ("", None)])
+def test_an_error_keeps_the_answers_retry_after(header: str, kept: int | None) -> None:
+    answer = _answer(409)
+    answer.headers["Retry-After"] = header
+    with pytest.raises(ServiceConflict) as caught:
+        raise_for_upstream(answer, "master")
+    assert caught.value.retry_after == kept
+
+
 def test_a_success_raises_nothing() -> None:
     raise_for_upstream(_answer(204, b""), "storage")
 

@@ -161,8 +161,15 @@ def test_routine_requests_are_debug_events_are_info(lines, config):
     registry.simulate_get("/get", params={"key": "masterAddress"})
     database = testing.TestClient(create_database_app(config, open_store(config)))
     assert database.simulate_post("/getNewTask", params={"wait": "0"}).status_code == 204
+    idle_delivery = database.simulate_post("/claimDelivery", params={"lease_seconds": "30"})
+    assert idle_delivery.status_code == 204
     levels = {(line["route"], line["status"]): line["level"] for line in lines()}
-    assert levels == {("/set", 200): "INFO", ("/get", 200): "DEBUG", ("/getNewTask", 204): "DEBUG"}
+    assert levels == {
+        ("/set", 200): "INFO",
+        ("/get", 200): "DEBUG",
+        ("/getNewTask", 204): "DEBUG",
+        ("/claimDelivery", 204): "DEBUG",
+    }
 
 
 def test_text_lines_are_readable_with_the_fields_after_the_message():

@@ -518,6 +518,7 @@ def test_get_image_streams_the_result_as_an_attachment(system):
     task_id = submitted_id(system.client, image, op="resize:4x3,jpeg:90")
     early = system.client.simulate_get("/getImage", params={"id": task_id})
     assert early.status_code == 409 and "isReady" in early.json["description"]
+    assert early.headers["Retry-After"] == "1", "the master's Retry-After is passed on"
     system.work()
     result = system.client.simulate_get("/getImage", params={"id": task_id})
     assert result.status_code == 200

@@ -521,3 +521,14 @@ def test_an_upload_that_could_not_be_stored_fails_at_once_and_frees_its_key(conf
     retried = keyed_upload(working, png, "key-1")
     assert retried.status_code == 200 and retried.text != abandoned.id
     assert "Idempotent-Replayed" not in retried.headers
+
+
+def test_the_openapi_task_schema_requires_every_field_status_always_answers(client, png):
+    """notes, hasIdempotencyKey and stage are always there but were not listed as required."""
+    from darkroom.master.openapi import document
+
+    schema = document()["components"]["schemas"]["Task"]
+    task_id = client.simulate_post("/new", body=png).text
+    answer = client.simulate_get("/status", params={"id": task_id}).json
+    assert set(schema["required"]) == set(answer), "webhook only with a webhook"
+    assert set(schema["properties"]) == set(answer) | {"webhook"}

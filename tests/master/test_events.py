@@ -177,3 +177,38 @@ def test_a_stream_outlives_a_busy_database():
         "/events", params={"id": "A" * 22}, headers={"Last-Event-ID": "3"}
     )
     assert [event["data"]["state"] for event in events_in(result.text)] == ["finished"]
+
+
+class EndsWhileStreamingDatabase:
+    """A job in progress with no event after Last-Event-ID, that ends while it is streamed."""
+
+    def __init__(self) -> None:
+        self.states = ["in progress", "finished"]
+
+    def events(self, task_id: str, after: int = 0, wait: float = 0.0) -> list[dict]:
+        return []
+
+    def get(self, task_id: str) -> dict:
+        return {"stateName": self.states.pop(0) if len(self.states) > 1 else self.states[0]}
+
+
+class TickingClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_last_event_id_past_the_jobs_last_event_ends_the_stream_when_the_job_ends():
+    """It kept the stream (and its slot) open with keep-alives until max_stream_seconds."""
+    policy = EventStreamPolicy(keepalive_seconds=1, max_stream_seconds=100)
+    streams = EventStreams(EndsWhileStreamingDatabase(), policy, threads=8, clock=TickingClock())
+    app = falcon.App()
+    app.add_route("/events", streams)
+    result = testing.TestClient(app).simulate_get(
+        "/events", params={"id": "A" * 22}, headers={"Last-Event-ID": "50"}
+    )
+    assert result.status_code == 200
+    assert result.text.count(": keep-alive") == 0, "closed once the job had ended"

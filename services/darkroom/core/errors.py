@@ -88,7 +88,15 @@ def raise_for_upstream(response: requests.Response, service: str) -> None:
             "Upstream error",
             f"The {service} service failed ({response.status_code}): {description}",
         ) from cause
-    raise kind(service, response.status_code, title, description) from cause
+    retry_after = _retry_after(response)
+    raise kind(service, response.status_code, title, description, retry_after) from cause
+
+
+def _retry_after(response: requests.Response) -> int | None:
+    """The answer's ``Retry-After`` in seconds, passed on so that a relayed 409 or 503 still
+    tells the client when to come back; None without one (or with an HTTP date)."""
+    value = response.headers.get("Retry-After", "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def service_error(req: falcon.Request, resp: falcon.Response, ex: ServiceError, params: Any):

@@ -38,8 +38,9 @@ _SECRET_NAME = re.compile(
 REDACTED = "[redacted]"
 # Health probes and scrapes come every few seconds: their lines are DEBUG.
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
-# An idle worker's claim ends with 204 every claim wait: DEBUG too.
-QUIET_ANSWERS = frozenset({("/getNewTask", 204)})
+# An idle worker's claim ends with 204 every claim wait, an idle webhook loop's claim every
+# second (four loops a master): DEBUG too.
+QUIET_ANSWERS = frozenset({("/getNewTask", 204), ("/claimDelivery", 204)})
 # A resource lists here the methods whose lines are DEBUG (e.g. the registry's look-ups, made
 # on every address resolution), as ``auth`` says who may call it.
 QUIET_METHODS_ATTRIBUTE = "quiet_methods"

@@ -128,8 +128,14 @@ class AddressPolicy:
             for network, name in self.refused:
                 if _within(candidate, network):
                     shown = address if candidate == address else f"{address} ({candidate})"
-                    return f"{shown}, a {name} address"
+                    return f"{shown}, {_with_article(name)} address"
         return None
+
+
+def _with_article(name: str) -> str:
+    """``an unspecified``, ``a unique-local``: the article as the name is spoken."""
+    spoken_with_a_vowel = name[0] in "aeiouAEIOU" and not name.startswith("uni")
+    return f"{'an' if spoken_with_a_vowel else 'a'} {name}"
 
 
 def _within(address: IPAddress, network: IPNetwork) -> bool:
@@ -171,7 +177,9 @@ def parse_target(url: str, allow_http: bool = False) -> Target:
     try:
         port = parts.port
     except ValueError:
-        raise InvalidTarget("The URL's port is not a number from 0 to 65535.") from None
+        port = 0
+    if port == 0:  # nothing listens on port 0: every attempt would fail, for a day
+        raise InvalidTarget("The URL's port is not a number from 1 to 65535.")
     host = (parts.hostname or "").rstrip(".")
     if not host:
         raise InvalidTarget("The URL has no host.")

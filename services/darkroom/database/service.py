@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from darkroom.core.runtime import Runtime
 from darkroom.core.server import serve
 from darkroom.database.app import create_app
 from darkroom.database.pgstore import PostgresTaskStore, redacted
-from darkroom.database.store import LeasePolicy, SqliteTaskStore, TaskStore
+from darkroom.database.store import LeasePolicy, SqliteTaskStore, StoreUnavailable, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,29 @@ def _where(config: Config) -> str:
     return redacted(config.database_url) if config.database_url else str(_sqlite_path(config))
 
 
+def sweep_leases(store: TaskStore) -> None:
+    """Write the leases that ran out; while PostgreSQL is away, a warning line instead of a
+    traceback every second (the requests' own warnings say the same)."""
+    try:
+        store.expire()
+    except StoreUnavailable as exc:
+        log.warning("lease sweep skipped: task database unavailable", extra={"error": str(exc)})
+
+
 def run(config: Config) -> None:
     log.info("opening the task store", extra={"database": _where(config)})
-    store = open_store(config)
+    try:
+        store = open_store(config)
+    except StoreUnavailable as exc:
+        # One line saying why instead of a traceback; the supervisor (or Kubernetes) starts the
+        # role again, which retries the connection.
+        log.error("task store unreachable", extra={"database": _where(config), "error": str(exc)})
+        raise SystemExit(1) from None
     runtime = Runtime(config, "database")
     expire_periodically(
         store.purge, config.retention_seconds, config.sweep_interval_seconds, runtime.stop
     )
-    run_periodically(store.expire, LEASE_SWEEP_SECONDS, runtime.stop, "lease-sweep")
+    run_periodically(
+        functools.partial(sweep_leases, store), LEASE_SWEEP_SECONDS, runtime.stop, "lease-sweep"
+    )
     serve(create_app(config, store), config, "database", on_listening=runtime.register)

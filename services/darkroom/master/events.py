@@ -139,6 +139,13 @@ class EventStreams:
             try:
                 wait = min(self._policy.keepalive_seconds, remaining)
                 events = self._database.events(task_id, after, wait)
+                if not events and self._ended(task_id):
+                    # The job ended and nothing came: Last-Event-ID named an event past its
+                    # last, which no wait would bring (a stream held for its whole time). Asked
+                    # again after the end, so no event written before it is missed.
+                    events = self._database.events(task_id, after)
+                    if not events:
+                        return
             except ServiceUnavailable:
                 # The database is busy or restarting: a stream outlives that.
                 events = []

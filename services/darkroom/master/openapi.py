@@ -160,7 +160,8 @@ _IDEMPOTENCY_KEY_PARAMETER = {
         f"Makes the upload safe to send again: 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII "
         "characters (a UUID, say), new for each image. The same key within 24 hours with the "
         "same body and `op` answers the first upload's job id (200, with "
-        f"`{REPLAYED_HEADER}: true`) and creates nothing; with another body or `op`, 422; "
+        f"`{REPLAYED_HEADER}: true`) and creates nothing (a `webhook` given again is not "
+        "compared: the first upload's stands); with another body or `op`, 422; "
         "while the first upload with the key is still being stored, 409. A key whose upload "
         "failed may be used again."
     ),
@@ -254,7 +255,9 @@ _DOCUMENT: dict[str, Any] = {
         "version": __version__,
         "description": (
             "Asynchronous image processing: upload an image with `POST /new` and get a job id at "
-            "once, ask `/isReady` or `/status` until it is finished, then download it from `/get`."
+            "once, ask `/isReady` or `/status` until it is finished (or follow it live on "
+            "`/events`, or be called back with `webhook`), then download it from `/get`; "
+            "`/cancel` stops it."
             " Errors are JSON `{title, description}` with the right status. The client routes "
             "need an API key only when the server is configured with some."
         ),
@@ -332,7 +335,9 @@ _DOCUMENT: dict[str, Any] = {
         "/status": _job_operation(
             "status",
             "The job's state",
-            "The job's state, attempts, error and timestamps.",
+            "The job's state, attempts, error, notes, the stage reached, its timestamps, whether"
+            " its upload came with an Idempotency-Key and, when it was uploaded with `webhook`,"
+            " the delivery's state and last attempts.",
             {
                 "description": "The job.",
                 "content": {JSON: {"schema": {"$ref": "#/components/schemas/Task"}}},
@@ -438,6 +443,9 @@ _DOCUMENT: dict[str, Any] = {
                     "pipeline",
                     "attempts",
                     "error",
+                    "notes",
+                    "hasIdempotencyKey",
+                    "stage",
                     "createdAt",
                     "updatedAt",
                     "finishedAt",
