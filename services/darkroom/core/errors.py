@@ -88,7 +88,17 @@ def raise_for_upstream(response: requests.Response, service: str) -> None:
             "Upstream error",
             f"The {service} service failed ({response.status_code}): {description}",
         ) from cause
-    raise kind(service, response.status_code, title, description) from cause
+    retry_after = _retry_after(response)
+    raise kind(service, response.status_code, title, description, retry_after) from cause
+
+
+def _retry_after(response: requests.Response) -> int | None:
+    """The answer's ``Retry-After`` in seconds, passed on (a relayed 503 without it made
+    clients retry at once); None when absent or not a small number of seconds."""
+    raw = (response.headers.get("Retry-After") or "").strip()
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6:
+        return None
+    return int(raw)
 
 
 def service_error(req: falcon.Request, resp: falcon.Response, ex: ServiceError, params: Any):
