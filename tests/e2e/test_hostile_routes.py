@@ -30,9 +30,10 @@ from support.receiver import Receiver
 pytestmark = [pytest.mark.e2e, pytest.mark.hostile]
 
 ROLES = ("registry", "database", "storage", "master", "frontend")
-# 8 threads: two event-stream slots on the master (a quarter of its threads)
-THREADS = 8
-STREAM_SLOTS = THREADS // 4
+# Event-stream slots are a quarter of the threads: four on the master, two on the frontend,
+# which must bound its relayed streams itself (a frontend may stand before several masters).
+THREADS = {"master": 16, "frontend": 8}
+STREAM_SLOTS = {role: threads // 4 for role, threads in THREADS.items()}
 # A stream ends after this and its client reconnects: one that reads nothing holds no longer.
 EVENT_STREAM_SECONDS = 4
 PROBE_SECONDS = 1.0
@@ -59,7 +60,7 @@ def stack(tmp_path_factory, health_ports) -> Iterator[Services]:
         root / "data",
         root,
         api_keys="",
-        threads=str(THREADS),
+        threads="8",
         http_timeout_seconds="5",
         event_stream_seconds=str(EVENT_STREAM_SECONDS),
         webhook_secret=SECRET,
@@ -71,7 +72,8 @@ def stack(tmp_path_factory, health_ports) -> Iterator[Services]:
     )
     try:
         for role in ROLES:
-            running.start(role, health_port=str(health_ports[role]))
+            threads = {"threads": str(THREADS[role])} if role in THREADS else {}
+            running.start(role, health_port=str(health_ports[role]), **threads)
         yield running
     finally:
         running.stop_all()
@@ -95,6 +97,11 @@ def probes(stack, health_ports) -> Callable[[], None]:
         )
         assert answer.status_code == 200, answer.text
         assert took < API_SECONDS, f"/status took {took:.2f} s"
+        answer, took = timed(
+            requests.get, stack.url("frontend", "/status"), params={"id": task_id}, timeout=10
+        )
+        assert answer.status_code == 200, answer.text
+        assert took < API_SECONDS, f"the frontend's /status took {took:.2f} s"
 
     return assert_answering
 
@@ -177,12 +184,16 @@ def test_held_unread_and_trickled_streams_are_bounded_and_come_back(stack, probe
     url = stack.url(role, "/events")
     port = stack.ports[role]
     with contextlib.ExitStack() as held:
-        # the two slots: a client that reads nothing (its window a few KiB), one that trickles
+        # the slots: a client that reads nothing (its window a few KiB), the others trickle
         unread = held.enter_context(open_stream(port, task_id, receive_buffer=4096))
-        trickled = TrickleReader(open_stream(port, task_id))
-        held.callback(trickled.close)
         opened = time.monotonic()
-        wait_until(lambda: len(trickled.received) > 20, 10, "the trickled stream to begin")
+        trickled = [
+            TrickleReader(open_stream(port, task_id)) for _ in range(STREAM_SLOTS[role] - 1)
+        ]
+        for reader in trickled:
+            held.callback(reader.close)
+        began_reading = lambda: all(len(reader.received) > 20 for reader in trickled)  # noqa: E731
+        wait_until(began_reading, 10, "the trickled streams to begin")
         # more streams than the bound, opened and never read
         for _ in range(HELD_OVER_THE_BOUND):
             held.enter_context(open_stream(port, task_id, receive_buffer=4096))
@@ -194,17 +205,22 @@ def test_held_unread_and_trickled_streams_are_bounded_and_come_back(stack, probe
             if over % 10 == 0:
                 probes()
         probes()
-        trickled.close()
+        if role == "frontend":
+            # the frontend refused those itself: the master's slots beyond its two stayed free
+            master_free = STREAM_SLOTS["master"] - STREAM_SLOTS["frontend"]
+            assert streams_accepted(stack.url("master", "/events"), task_id, master_free)
+        for reader in trickled:
+            reader.close()
         # The unread client still holds its connection: its stream is cut by its time bound,
-        # and both slots come back.
+        # and every slot comes back.
         wait_until(
-            lambda: streams_accepted(url, task_id, STREAM_SLOTS),
+            lambda: streams_accepted(url, task_id, STREAM_SLOTS[role]),
             EVENT_STREAM_SECONDS + 10,
             "the slots to come back",
             0.5,
         )
         assert unread.fileno() != -1, "the unread client held its connection throughout"
-        print(f"{role}: both slots back {time.monotonic() - opened:.1f} s after they were taken")
+        print(f"{role}: every slot back {time.monotonic() - opened:.1f} s after they were taken")
     probes()
 
 
