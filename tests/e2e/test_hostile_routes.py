@@ -180,10 +180,12 @@ def assert_no_slot(url: str, task_id: str) -> None:
 
 @pytest.mark.parametrize("role", ["master", "frontend"])
 def test_held_unread_and_trickled_streams_are_bounded_and_come_back(stack, probes, role):
+    wait_until(lambda: all_slots_free(stack, "master"), 10, "the master's slots to be free", 0.5)
     task_id = upload(stack)  # no worker: it stays queued, its stream stays open
     url = stack.url(role, "/events")
     port = stack.ports[role]
     with contextlib.ExitStack() as held:
+        held.callback(cancel, stack, task_id)  # last: every stream of the job ends at once
         # the slots: a client that reads nothing (its window a few KiB), the others trickle
         unread = held.enter_context(open_stream(port, task_id, receive_buffer=4096))
         opened = time.monotonic()
@@ -222,6 +224,16 @@ def test_held_unread_and_trickled_streams_are_bounded_and_come_back(stack, probe
         assert unread.fileno() != -1, "the unread client held its connection throughout"
         print(f"{role}: every slot back {time.monotonic() - opened:.1f} s after they were taken")
     probes()
+
+
+def all_slots_free(stack: Services, role: str) -> bool:
+    """Whether every stream slot of ``role`` is free (streams whose client left hold theirs
+    until their next write or their time bound), on a job cancelled after, which ends them."""
+    task_id = upload(stack)
+    try:
+        return streams_accepted(stack.url(role, "/events"), task_id, STREAM_SLOTS[role])
+    finally:
+        cancel(stack, task_id)
 
 
 def streams_accepted(url: str, task_id: str, count: int) -> bool:
