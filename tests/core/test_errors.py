@@ -74,6 +74,20 @@ def test_a_text_error_keeps_its_text() -> None:
     assert (caught.value.title, caught.value.description) == ("Reason", "no such thing")
 
 
+@pytest.mark.parametrize(
+    ("header", "retry_after"),
+    [("1", 1), (" 30 ", 30), (None, None), ("soon", None), ("Wed, 21 Oct 2026 07:28:00 GMT", None)],
+)
+def test_a_503_keeps_its_retry_after(header: str | None, retry_after: int | None) -> None:
+    # the frontend relayed the master's "Too many event streams" 503 without it
+    answer = _answer(503)
+    if header is not None:
+        answer.headers["Retry-After"] = header
+    with pytest.raises(ServiceUnavailable) as caught:
+        raise_for_upstream(answer, "master")
+    assert caught.value.retry_after == retry_after
+
+
 class _Raises:
     def __init__(self, error: Exception) -> None:
         self._error = error

@@ -64,6 +64,9 @@ class Config:
     # an upload's Idempotency-Key names its job for this long: a retry within it gets the same
     # job; the sweep forgets older keys (24 h, as the job APIs clients know from elsewhere)
     idempotency_seconds: float = 24 * 3600.0
+    # an event stream (/events) ends after this long and its client reconnects: a stream
+    # holds a server thread, and one whose client reads nothing must not hold it for good
+    event_stream_seconds: float = 300.0
     http_timeout_seconds: float = 30.0
     # a request line and headers must arrive within this long, however steadily they trickle
     request_header_seconds: float = 10.0
@@ -126,6 +129,7 @@ class Config:
             "max_image_pixels",
             "max_frames",
             "request_header_seconds",
+            "event_stream_seconds",
             "webhook_timeout_seconds",
             "webhook_concurrency",
             "webhook_backoff_seconds",

@@ -93,10 +93,12 @@ def raise_for_upstream(response: requests.Response, service: str) -> None:
 
 
 def _retry_after(response: requests.Response) -> int | None:
-    """The answer's ``Retry-After`` in seconds, passed on so that a relayed 409 or 503 still
-    tells the client when to come back; None without one (or with an HTTP date)."""
-    value = response.headers.get("Retry-After", "").strip()
-    return int(value) if value.isascii() and value.isdigit() else None
+    """The answer's ``Retry-After`` in seconds, passed on (a relayed 503 without it made
+    clients retry at once); None when absent or not a small number of seconds."""
+    raw = (response.headers.get("Retry-After") or "").strip()
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6:
+        return None
+    return int(raw)
 
 
 def service_error(req: falcon.Request, resp: falcon.Response, ex: ServiceError, params: Any):

@@ -1,9 +1,12 @@
-"""Reading request bodies in chunks, never whole."""
+"""Reading request bodies in chunks, never whole; long-lived response streams, bounded."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Generator, Iterator
 from typing import BinaryIO
+
+import falcon
 
 CHUNK_BYTES = 256 * 1024
 
@@ -11,3 +14,60 @@ CHUNK_BYTES = 256 * 1024
 def iter_chunks(stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
     while chunk := stream.read(chunk_bytes):
         yield chunk
+
+
+class StreamSlots:
+    """At most ``limit`` long-lived response streams at once (an event stream holds a server
+    thread for minutes): over it, 503 with Retry-After."""
+
+    def __init__(self, limit: int) -> None:
+        self._slots = threading.BoundedSemaphore(max(limit, 1))
+
+    def take(self) -> None:
+        """Take a slot, or raise 503; give it back with ``release`` or through ``body``."""
+        if not self._slots.acquire(blocking=False):
+            raise falcon.HTTPServiceUnavailable(
+                title="Too many event streams",
+                description="Every event stream slot is taken; connect again shortly.",
+                headers={"Retry-After": "1"},
+            )
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def body(
+        self, chunks: Generator[bytes, None, None], on_close: Callable[[], None] | None = None
+    ) -> SlotBody:
+        """``chunks`` as a response body that gives the slot back when it is closed."""
+
+        def release() -> None:
+            try:
+                if on_close is not None:
+                    on_close()
+            finally:
+                self.release()
+
+        return SlotBody(chunks, release)
+
+
+class SlotBody:
+    """A stream as the response body: the server calls ``close`` when it ends, or when the
+    client went away, and the slot is given back then, once."""
+
+    def __init__(self, chunks: Generator[bytes, None, None], release: Callable[[], None]) -> None:
+        self._chunks = chunks
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        if self._release is not None:
+            release, self._release = self._release, None
+            try:
+                self._chunks.close()
+            finally:
+                release()

@@ -21,7 +21,7 @@ from darkroom.core.errors import raise_for_upstream
 from darkroom.core.ids import require_task_id
 from darkroom.core.params import single_param, wait_param
 from darkroom.core.relay import relay, relay_stream
-from darkroom.core.streams import CHUNK_BYTES, iter_chunks
+from darkroom.core.streams import CHUNK_BYTES, StreamSlots, iter_chunks
 from darkroom.master.client import MasterClient
 
 STATIC = resources.files("darkroom.frontend") / "static"
@@ -82,9 +82,10 @@ class StaticFile:
 class Jobs:
     auth = CLIENT
 
-    def __init__(self, master: MasterClient, max_wait: float) -> None:
+    def __init__(self, master: MasterClient, max_wait: float, stream_slots: StreamSlots) -> None:
         self._master = master.service
         self._max_wait = max_wait
+        self._stream_slots = stream_slots
 
     def on_post_submit(self, req: falcon.Request, resp: falcon.Response) -> None:
         """The seed's form post: sends the ``uploadfile`` part to the master, answers the id.
@@ -142,21 +143,40 @@ class Jobs:
         relay(self._poll(req, "/status"), resp, "master")
 
     def on_get_events(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """The master's event stream of the job (``/events``), passed on as each event comes."""
+        """The master's event stream of the job (``/events``), passed on as each event comes.
+
+        A relayed stream holds one of this role's threads too, and the frontend may stand in
+        front of several masters: it bounds its own streams, as a master does.
+        """
+        task_id = require_task_id(req)
         headers = {}
         if (last := req.get_header("Last-Event-ID")) is not None:
             headers["Last-Event-ID"] = last
+        self._stream_slots.take()
+        try:
+            upstream = self._master_events(task_id, headers)
+        except BaseException:
+            self._stream_slots.release()
+            raise
+        if upstream is None:
+            self._stream_slots.release()
+            resp.status = falcon.HTTP_204  # the job ended and nothing follows: EventSource stops
+            return
+        relay_stream(upstream, resp)
+        resp.stream = self._stream_slots.body(resp.stream, on_close=upstream.close)
+        resp.cache_control = ["no-cache"]
+        resp.set_header("X-Accel-Buffering", "no")
+
+    def _master_events(self, task_id: str, headers: dict[str, str]) -> requests.Response | None:
+        """The master's open event stream; None when it answered 204; its error raised."""
         upstream = self._master.request(
-            "GET", "/events", params={"id": require_task_id(req)}, headers=headers, stream=True
+            "GET", "/events", params={"id": task_id}, headers=headers, stream=True
         )
         if upstream.status_code >= 400 or upstream.status_code == 204:
             with upstream:
                 raise_for_upstream(upstream, "master")
-            resp.status = falcon.HTTP_204  # the job ended and nothing follows: EventSource stops
-            return
-        relay_stream(upstream, resp)
-        resp.cache_control = ["no-cache"]
-        resp.set_header("X-Accel-Buffering", "no")
+            return None
+        return upstream
 
     def on_get_image(self, req: falcon.Request, resp: falcon.Response) -> None:
         task_id = require_task_id(req)
@@ -247,7 +267,8 @@ def _field_text(stream: BinaryIO) -> str:
 
 def create_app(config: Config, master: MasterClient, readiness: list | None = None) -> falcon.App:
     app = create_base_app(config, readiness=readiness or [], challenge=BASIC_CHALLENGE)
-    jobs = Jobs(master, config.max_wait_seconds)
+    # a quarter of the threads, as the master's own bound (core/streams.py)
+    jobs = Jobs(master, config.max_wait_seconds, StreamSlots(config.threads // 4))
     app.add_route("/", Page())
     app.add_route("/static/{name}", StaticFile())
     app.add_route("/submitTask", jobs, suffix="submit")

@@ -18,9 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import falcon
@@ -30,6 +29,7 @@ from darkroom.contract.events import MAX_EVENT_NUMBER, MEDIA_EVENT_STREAM, Event
 from darkroom.contract.tasks import TaskState
 from darkroom.core.auth import CLIENT
 from darkroom.core.ids import require_task_id
+from darkroom.core.streams import StreamSlots
 from darkroom.database.client import DatabaseClient
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class EventStreams:
         self._database = database
         self._policy = policy
         limit = policy.max_streams if policy.max_streams is not None else threads // 4
-        self._slots = threading.BoundedSemaphore(max(limit, 1))
+        self._slots = StreamSlots(limit)
         self._clock = clock
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -106,19 +106,14 @@ class EventStreams:
         if not events and self._ended(task_id):
             resp.status = falcon.HTTP_204  # nothing more will come: EventSource stops here
             return
-        if not self._slots.acquire(blocking=False):
-            raise falcon.HTTPServiceUnavailable(
-                title="Too many event streams",
-                description="Every event stream slot is taken; connect again shortly.",
-                headers={"Retry-After": "1"},
-            )
+        self._slots.take()
         resp.content_type = MEDIA_EVENT_STREAM
         resp.cache_control = ["no-cache"]
         resp.set_header("X-Accel-Buffering", "no")  # nginx (an ingress) would hold the events
         chunks = self._stream(
             task_id, after, events, self._clock() + self._policy.max_stream_seconds
         )
-        resp.stream = _Body(chunks, self._slots.release)
+        resp.stream = self._slots.body(chunks)
 
     def _ended(self, task_id: str) -> bool:
         return TaskState.parse(self._database.get(task_id)["stateName"]).ended
@@ -155,26 +150,3 @@ class EventStreams:
                 return
             if not events:
                 yield b": keep-alive\n\n"
-
-
-class _Body:
-    """The stream as the response body: the server calls ``close`` when it ends, or when the
-    client went away, and the slot is given back then, once."""
-
-    def __init__(self, chunks: Generator[bytes, None, None], release: Callable[[], None]) -> None:
-        self._chunks = chunks
-        self._release: Callable[[], None] | None = release
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        return next(self._chunks)
-
-    def close(self) -> None:
-        if self._release is not None:
-            release, self._release = self._release, None
-            try:
-                self._chunks.close()
-            finally:
-                release()

@@ -8,6 +8,7 @@ from darkroom.core.runtime import Runtime
 from darkroom.core.server import serve
 from darkroom.database.client import DatabaseClient
 from darkroom.master.app import create_app
+from darkroom.master.events import EventStreamPolicy
 from darkroom.master.presets import PipelineResolver
 from darkroom.master.webhooks import Deliveries, WebhookGuard, WebhookSender, WebhookSettings
 from darkroom.storage.client import StorageClient
@@ -28,6 +29,7 @@ def run(config: Config) -> None:
         ),
         readiness=runtime.readiness_checks(),
         webhooks=webhooks,
+        event_streams=EventStreamPolicy(max_stream_seconds=config.event_stream_seconds),
     )
     # Without a secret no webhook is taken, and none could be signed.
     deliveries = None

@@ -1,0 +1,51 @@
+"""Bounded long-lived response streams (``StreamSlots``): the master's and the frontend's
+``/events``."""
+
+from __future__ import annotations
+
+import io
+
+import falcon
+import pytest
+
+from darkroom.core.streams import StreamSlots, iter_chunks
+
+
+def chunks():
+    yield b"a"
+    yield b"b"
+
+
+def test_over_the_limit_is_503_with_retry_after_and_a_closed_body_gives_its_slot_back():
+    slots = StreamSlots(1)
+    slots.take()
+    with pytest.raises(falcon.HTTPServiceUnavailable) as refused:
+        slots.take()
+    assert refused.value.headers["Retry-After"] == "1"
+    closed = []
+    body = slots.body(chunks(), on_close=lambda: closed.append(True))
+    assert next(body) == b"a"
+    body.close()
+    body.close()  # the server may close twice: the slot comes back once
+    assert closed == [True]
+    slots.take()  # back
+    with pytest.raises(falcon.HTTPServiceUnavailable):
+        slots.take()
+
+
+def test_a_body_closed_before_it_was_read_still_gives_its_slot_back():
+    slots = StreamSlots(1)
+    slots.take()
+    slots.body(chunks()).close()
+    slots.take()
+
+
+def test_a_limit_below_one_still_lets_one_stream_in():
+    slots = StreamSlots(0)  # a quarter of 2 threads
+    slots.take()
+    with pytest.raises(falcon.HTTPServiceUnavailable):
+        slots.take()
+
+
+def test_iter_chunks_reads_in_chunks():
+    assert list(iter_chunks(io.BytesIO(b"abcde"), 2)) == [b"ab", b"cd", b"e"]
