@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -127,7 +128,16 @@ def host_settings(work: Path) -> tuple[dict[str, str], list[str]]:
                 volumes.add(f"{path}:{HOST_MOUNTS}{path}:ro")
                 tokens[n] = token.replace(path, HOST_MOUNTS + path, 1)
         settings[name] = " ".join(tokens)
-    volumes.update(f"{p}:{p}:ro" for p in APT_CONFIG if os.path.exists(p))
+    # This machine's apt sources, as copies: packages write there (postgresql-common adds a
+    # file to apt.conf.d), which a read-only mount would fail and a writable one would change.
+    for path in filter(os.path.exists, APT_CONFIG):
+        copy = work / "apt" / path.removeprefix("/etc/apt/")
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.isdir(path):
+            shutil.copytree(path, copy, symlinks=True)
+        else:
+            shutil.copy2(path, copy)
+        volumes.add(f"{copy}:{path}")
     if not os.path.exists("/etc/apt/sources.list"):  # the container's own would add a second
         (work / "sources.list").write_text("")
         volumes.add(f"{work / 'sources.list'}:/etc/apt/sources.list:ro")
