@@ -243,7 +243,7 @@ class TaskLoop:
             stages.add(name, started, ended)
             if cancelled.is_set():
                 raise TaskWasCancelled(
-                    "master", 409, TASK_CANCELLED_TITLE, "cancelled while it was processed"
+                    "database", 409, TASK_CANCELLED_TITLE, "cancelled while it was processed"
                 )
 
         try:
