@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from falcon import testing
 
+from darkroom.contract.folders import result_version
 from darkroom.database.app import create_app
 from darkroom.database.pgstore import PostgresTaskStore, redacted
 from darkroom.database.service import open_store, run
@@ -420,3 +421,42 @@ def test_nul_characters_never_reach_the_store(client):
     params = {"id": task_id, "lease": lease, "note": "kept\x00"}
     assert client.simulate_post("/finishTask", params=params).text == "success"
     assert client.simulate_get("/getById", params={"id": task_id}).json["notes"] == ["kept"]
+
+
+# -- the feed of ended tasks ---------------------------------------------------------------
+def test_the_feed_tells_the_ends_after_a_followers_position(client):
+    start = client.simulate_get("/endedTasks").json
+    assert start["reset"] and start["ended"] == []
+    task_id = new_queued(client)
+    claim = client.simulate_post("/getNewTask").json
+    client.simulate_post("/finishTask", params={"id": task_id, "lease": claim["lease"]})
+    params = {"epoch": start["epoch"], "after": start["position"], "wait": 10}
+    answer = client.simulate_get("/endedTasks", params=params).json
+    assert answer == {
+        "epoch": start["epoch"],
+        "position": start["position"] + 1,
+        "ended": [
+            {"id": task_id, "stateName": "finished", "result": result_version(claim["lease"])}
+        ],
+        "reset": False,
+    }
+
+
+def test_a_follower_of_another_epoch_is_told_to_start_over(client):
+    answer = client.simulate_get("/endedTasks", params={"epoch": "0123456789abcdef", "after": 3})
+    assert answer.status_code == 200 and answer.json["reset"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"epoch": "xyz"},
+        {"epoch": "0123456789ABCDEF"},
+        {"after": "-1"},
+        {"after": "a"},
+        {"wait": "x"},
+    ],
+)
+def test_bad_feed_params_are_400(client, params):
+    answer = client.simulate_get("/endedTasks", params=params)
+    assert answer.status_code == 400 and answer.json["title"]

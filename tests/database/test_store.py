@@ -18,7 +18,8 @@ import psycopg
 import pytest
 
 from darkroom.contract.events import EventKind, Stage
-from darkroom.contract.tasks import IdempotencyKeyUsed
+from darkroom.contract.folders import result_version
+from darkroom.contract.tasks import EndedTask, EndedTasks, IdempotencyKeyUsed
 from darkroom.contract.webhooks import Attempt, DeliveryState
 from darkroom.core.config import Config
 from darkroom.core.ids import is_task_id
@@ -900,6 +901,78 @@ def test_a_purged_tasks_events_go_with_it(store, clock):
     assert store._read("SELECT DISTINCT task_id FROM events") == [(kept,)]
 
 
+# -- the feed of ended tasks ---------------------------------------------------------------
+def ends_after(store: TaskStore, start: EndedTasks, count: int, wait: float = 5.0) -> list:
+    """The first ``count`` ends after ``start`` (PostgreSQL's come by NOTIFY, a moment later)."""
+    ended, position, deadline = [], start.position, time.monotonic() + wait
+    while len(ended) < count and time.monotonic() < deadline:
+        answer = store.ended(start.epoch, position, deadline - time.monotonic())
+        assert not answer.reset and answer.epoch == start.epoch
+        ended += answer.ended
+        position = answer.position
+    return ended
+
+
+@pytest.mark.parametrize(
+    ("ending", "state"),
+    [
+        ("finished", State.FINISHED),
+        ("failed", State.FAILED),
+        ("lease expired", State.FAILED),
+        ("upload abandoned", State.FAILED),
+        ("cancelled", State.CANCELLED),
+    ],
+)
+def test_every_ending_is_in_the_feed_of_ended_tasks(store, clock, ending, state):
+    start = store.ended(None, 0)
+    assert start.reset  # a new follower starts where the feed is
+    task = store.create("swap")
+    lease = None
+    if ending == "cancelled":
+        store.cancel(task.id)
+    elif ending == "upload abandoned":
+        clock.now += 101
+        store.expire()
+    else:
+        store.enqueue(task.id)
+        lease = store.claim().lease_token
+        if ending == "finished":
+            store.finish(task.id, lease)
+        elif ending == "failed":
+            store.fail(task.id, lease, "bad", retryable=False)
+        else:
+            for _ in range(2):
+                clock.now += 11
+                store.claim()
+            clock.now += 11
+            store.expire()
+    assert ends_after(store, start, 1) == [
+        EndedTask(task.id, state, result_version(lease) if state == State.FINISHED else None)
+    ]
+
+
+def test_the_feed_has_the_ends_in_order_and_no_other_change(store):
+    start = store.ended(None, 0)
+    first, second, third = queued(store), queued(store), queued(store)
+    leases = {}
+    for _ in range(3):
+        claim = store.claim()
+        leases[claim.id] = claim.lease_token
+    store.release(third, leases[third])  # queued again: not an end
+    store.heartbeat(first, leases[first])
+    store.finish(second, leases[second])
+    store.fail(first, leases[first], "bad", retryable=False)
+    assert [task.task_id for task in ends_after(store, start, 2)] == [second, first]
+    answer = store.ended(start.epoch, start.position + 2, wait_seconds=0.3)
+    assert answer.ended == () and answer.position == start.position + 2
+
+
+def test_a_follower_of_another_epoch_starts_over(store):
+    queued(store)
+    answer = store.ended("0123456789abcdef", 0)
+    assert answer.reset and answer.ended == ()
+
+
 # -- PostgreSQL: several stores on one database, as replicas ----------------------------
 
 
@@ -1112,3 +1185,14 @@ def test_a_store_outlives_a_postgresql_restart(postgres_server, postgres_url, cl
         assert result["at"] - finished_at < 0.3
     finally:
         opener.close_all()
+
+
+def test_each_replicas_feed_has_every_replicas_ends(replicas):
+    first, second = replicas
+    starts = [replica.ended(None, 0) for replica in replicas]
+    by_first, by_second = queued(first), queued(second)
+    first.cancel(by_first)
+    second.cancel(by_second)
+    for replica, start in zip(replicas, starts, strict=True):
+        ended = [task.task_id for task in ends_after(replica, start, 2)]
+        assert ended == [by_first, by_second]

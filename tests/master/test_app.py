@@ -17,9 +17,11 @@ from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
 from darkroom.master.app import create_app
 from darkroom.master.finished import RETENTION_MARGIN_SECONDS, FinishedTasks
+from darkroom.master.unfinished import UnfinishedTasks
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import FileImageStore
+from harness.launch import wait_until
 from support.inprocess import service_client
 
 
@@ -532,3 +534,111 @@ def test_the_openapi_task_schema_requires_every_field_status_always_answers(clie
     answer = client.simulate_get("/status", params={"id": task_id}).json
     assert set(schema["required"]) == set(answer), "webhook only with a webhook"
     assert set(schema["properties"]) == set(answer) | {"webhook"}
+
+
+# -- polls answered from memory (the feed of ended tasks) --------------------------------
+class CountingReads:
+    """The database's store, counting the reads of one task (``get`` and ``watch``)."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+        self.reads = 0
+
+    def get(self, task_id):
+        self.reads += 1
+        return self._store.get(task_id)
+
+    def watch(self, task_id, while_in, wait_seconds):
+        self.reads += 1
+        return self._store.watch(task_id, while_in, wait_seconds)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+@pytest.fixture
+def following(config, tasks):
+    """A master following the database's feed, and the database's counted store."""
+    counted = CountingReads(tasks)
+    database = DatabaseClient(
+        service_client(create_database_app(config, counted), "databaseAddress", "db:1")
+    )
+    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
+    storage = StorageClient(service_client(storage_app, "storageAddress", "storage:2"))
+    finished = FinishedTasks(config.retention_seconds)
+    stop = threading.Event()
+    unfinished = UnfinishedTasks(database, finished, stop, wait_seconds=1)
+    unfinished.start()
+    wait_until(lambda: unfinished.following, 10, "the master following the feed")
+    app = create_app(
+        config,
+        database,
+        storage,
+        check_pipeline,
+        finished=finished,
+        unfinished=unfinished,
+    )
+    yield testing.TestClient(app), counted
+    stop.set()
+
+
+def finish_with_result(config, tasks, task_id: str, png: bytes) -> None:
+    claim = tasks.claim()
+    assert claim.id == task_id
+    result = config.data_dir / "finished" / f"{task_id}.{result_version(claim.lease_token)}"
+    result.write_bytes(png)
+    tasks.finish(task_id, claim.lease_token)
+
+
+def test_the_polls_of_a_running_job_read_nothing_and_its_end_is_told(following, config, tasks, png):
+    client, counted = following
+    task_id = upload(client, png)
+    for _ in range(5):
+        assert client.simulate_get("/isReady", params={"id": task_id}).text == "0"
+    assert counted.reads == 0, "the upload told the master the job is queued"
+    finish_with_result(config, tasks, task_id, png)
+    wait_until(
+        lambda: client.simulate_get("/isReady", params={"id": task_id}).text == "1",
+        10,
+        "the feed telling the finish",
+    )
+    assert client.simulate_get("/get", params={"id": task_id}).content == png
+    assert counted.reads == 0, "the feed told the finish with its result's version"
+
+
+def test_a_long_poll_of_a_running_job_waits_on_the_feed(following, config, tasks, png):
+    client, counted = following
+    task_id = upload(client, png)
+    threading.Timer(0.2, finish_with_result, [config, tasks, task_id, png]).start()
+    began = time.monotonic()
+    answer = client.simulate_get("/isReady", params={"id": task_id, "wait": 10})
+    assert answer.text == "1" and time.monotonic() - began < 5
+    assert counted.reads == 0
+
+
+def test_a_job_the_master_did_not_upload_is_read_once_then_followed(following, tasks, png):
+    client, counted = following
+    task = tasks.create("swap")
+    tasks.enqueue(task.id)
+    for _ in range(3):
+        assert client.simulate_get("/isReady", params={"id": task.id}).text == "0"
+    assert counted.reads == 1
+
+
+@pytest.mark.parametrize(("ending", "status"), [("fail", 422), ("cancel", 410)])
+def test_a_job_that_failed_or_was_cancelled_is_read_for_its_answer(
+    following, tasks, png, ending, status
+):
+    client, counted = following
+    task_id = upload(client, png)
+    assert client.simulate_get("/isReady", params={"id": task_id}).text == "0"
+    if ending == "fail":
+        tasks.fail(task_id, tasks.claim().lease_token, "bad image", retryable=False)
+    else:
+        tasks.cancel(task_id)
+
+    def answered() -> bool:
+        return client.simulate_get("/isReady", params={"id": task_id}).status_code == status
+
+    wait_until(answered, 10, f"/isReady answering {status}")
+    assert counted.reads >= 1

@@ -123,3 +123,51 @@ class IdempotencyKeyUsed(Exception):
     def __init__(self, holder: KeyHolder) -> None:
         super().__init__(f"idempotency key already used for task {holder.task_id}")
         self.holder = holder
+
+
+# -- the feed of ended tasks ---------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class EndedTask:
+    """A task that has just ended, as the feed tells it: its state, and for a finished one the
+    version its result is stored as."""
+
+    task_id: str
+    state: TaskState
+    result: str | None = None
+
+    def to_document(self) -> dict[str, Any]:
+        return {"id": self.task_id, "stateName": self.state.value, "result": self.result}
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> EndedTask:
+        return cls(document["id"], TaskState.parse(document["stateName"]), document["result"])
+
+
+@dataclasses.dataclass(frozen=True)
+class EndedTasks:
+    """One answer of the database's feed of ended tasks (``GET /endedTasks``): the tasks that
+    ended after a position, in the order the database process learnt of them.
+
+    Positions count within one ``epoch``: a database process's life, or on PostgreSQL its
+    listener's connection (notifications sent while it was away are lost). ``reset`` says the
+    position asked for cannot be continued (another epoch, or too far behind): nothing is
+    known of what ended before ``position``, which the caller goes on from.
+    """
+
+    epoch: str
+    position: int
+    ended: tuple[EndedTask, ...] = ()
+    reset: bool = False
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "ended": [task.to_document() for task in self.ended],
+            "reset": self.reset,
+        }
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> EndedTasks:
+        ended = tuple(EndedTask.from_document(item) for item in document["ended"])
+        return cls(document["epoch"], document["position"], ended, document["reset"])

@@ -56,6 +56,8 @@ from darkroom.database.store import (
 
 log = logging.getLogger(__name__)
 
+FEED_EPOCH_PATTERN = re.compile(r"[0-9a-f]{16}")
+
 
 def _timestamp(seconds: float | None) -> str | None:
     if seconds is None:
@@ -296,6 +298,18 @@ class Tasks:
             raise _no_wait_slot()  # as a claim: an empty answer would be asked again at once
         resp.media = [event_document(event) for event in events]
 
+    def on_get_ended(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The feed of ended tasks after position ``after`` of ``epoch`` (none: where it is
+        now); with ``wait``, long-polls until there is one. A master follows it."""
+        epoch = _matching_param(req, "epoch", FEED_EPOCH_PATTERN, "16 lowercase hex digits")
+        after = req.get_param_as_int("after", min_value=0, max_value=MAX_EVENT_NUMBER, default=0)
+        asked = wait_param(req, self._max_wait)
+        with self._long_polls.wait(asked) as wait:
+            ended = self._store.ended(epoch, after, wait)
+        if not ended.ended and not ended.reset and wait < asked:
+            raise _no_wait_slot()
+        resp.media = ended.to_document()
+
     def on_get_list(self, req: falcon.Request, resp: falcon.Response) -> None:
         limit = req.get_param_as_int("limit", min_value=1, max_value=10_000, default=100)
         tasks = self._store.recent(limit)
@@ -417,6 +431,7 @@ def create_app(config: Config, store: TaskStore) -> falcon.App:
         "/cancelTask": "cancel",
         "/list": "list",
         "/events": "events",
+        "/endedTasks": "ended",
     }
     for path, suffix in routes.items():
         app.add_route(path, tasks, suffix=suffix)

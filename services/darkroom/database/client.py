@@ -9,7 +9,7 @@ from typing import Any
 
 import requests
 
-from darkroom.contract.tasks import IdempotencyKeyUsed, KeyHolder
+from darkroom.contract.tasks import EndedTasks, IdempotencyKeyUsed, KeyHolder
 from darkroom.contract.webhooks import Attempt
 from darkroom.core.discovery import ServiceClient
 from darkroom.core.errors import raise_for_upstream
@@ -74,6 +74,17 @@ class DatabaseClient:
             kwargs["timeout"] = self._service.timeout + wait
         with self._checked("GET", "/getById", params=params, **kwargs) as response:
             return response.json()
+
+    def ended_tasks(self, epoch: str | None, after: int, wait: float = 0.0) -> EndedTasks:
+        """The feed of ended tasks after position ``after`` of ``epoch``; with ``wait``, once
+        there is one or after it."""
+        params: dict[str, Any] = {"epoch": epoch, "after": after}
+        kwargs: dict[str, Any] = {}
+        if wait > 0:
+            params["wait"] = wait
+            kwargs["timeout"] = self._service.timeout + wait
+        with self._checked("GET", "/endedTasks", params=params, **kwargs) as response:
+            return EndedTasks.from_document(response.json())
 
     # -- webhook deliveries ---------------------------------------------------------------
     def claim_delivery(self, lease_seconds: float) -> dict[str, Any] | None:

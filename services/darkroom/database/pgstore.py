@@ -20,6 +20,10 @@ What differs:
   watcher reads the change. One listener connection per store dispatches them to the same
   per-task events and claim condition the SQLite store uses; if it is cut off, the half-second
   ticks of the long polls still notice every change, only later.
+* The feed of ended tasks (``ended``) comes from a third channel, ``darkroom_ended``, whose
+  trigger sends each end as ``id state lease``: every replica's feed has every replica's ends,
+  in commit order. A listener that reconnects starts a new epoch of its feed (followers start
+  over), since what was sent while it was away is lost.
 * The schema is created and migrated at start under an advisory lock, so replicas starting at
   once take turns; ``schema_version`` says which migrations ran.
 * Times are the injected clock's epoch seconds (double precision), as in SQLite: all replicas
@@ -43,10 +47,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from darkroom.contract.events import EventKind
-from darkroom.contract.tasks import ENDED_STATES
+from darkroom.contract.tasks import ENDED_STATES, EndedTask
 from darkroom.contract.webhooks import DeliveryState
 from darkroom.core.backoff import Backoff
 from darkroom.core.ids import new_lease_token, new_task_id
+from darkroom.database.feed import EndedFeed
 from darkroom.database.store import (
     _COLUMNS,
     LeasePolicy,
@@ -59,12 +64,14 @@ from darkroom.database.store import (
     _lapsed,
     _state_event,
     _task,
+    ended_task,
 )
 
 log = logging.getLogger(__name__)
 
 TASK_CHANNEL = "darkroom_task"
 QUEUE_CHANNEL = "darkroom_queue"
+ENDED_CHANNEL = "darkroom_ended"
 # Any constant both replicas agree on: the key of the advisory lock migrations run under.
 _MIGRATION_LOCK = 0x6461726B726F6F6D  # "darkroom"
 _UPLOADING, _QUEUED, _IN_PROGRESS = State.UPLOADING.code, State.QUEUED.code, State.IN_PROGRESS.code
@@ -173,6 +180,19 @@ _MIGRATIONS = (
     CREATE TRIGGER events_added AFTER INSERT ON events FOR EACH ROW
         EXECUTE FUNCTION darkroom_event_added();
     """,
+    # Issue 12: the feed of ended tasks, which the masters follow to answer polls from memory.
+    f"""
+    CREATE FUNCTION darkroom_task_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify(
+            '{ENDED_CHANNEL}', NEW.id || ' ' || NEW.state || ' ' || coalesce(NEW.lease_token, '')
+        );
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER tasks_ended AFTER UPDATE OF state ON tasks FOR EACH ROW
+        WHEN (OLD.state IS DISTINCT FROM NEW.state AND NEW.state IN {_ALL_ENDED})
+        EXECUTE FUNCTION darkroom_task_ended();
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 # The columns as the claim's UPDATE ... FROM returns them (its subquery has an id too).
@@ -266,10 +286,12 @@ class _Listener(threading.Thread):
         on_task: Callable[[str], None],
         on_queue: Callable[[], None],
         on_connected: Callable[[], None],
+        on_ended: Callable[[EndedTask], None],
     ) -> None:
         super().__init__(name="task-notifications", daemon=True)
         self._url = url
         self._on_task, self._on_queue, self._on_connected = on_task, on_queue, on_connected
+        self._on_ended = on_ended
         self._stopping = threading.Event()
         self.listening = threading.Event()
 
@@ -295,15 +317,18 @@ class _Listener(threading.Thread):
         with psycopg.connect(self._url, autocommit=True) as conn:
             conn.execute(f"LISTEN {TASK_CHANNEL}")
             conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+            conn.execute(f"LISTEN {ENDED_CHANNEL}")
+            self._on_connected()  # before listening is told: the feed's epoch is the new one
             self.listening.set()
             backoff.reset()
-            self._on_connected()
             while not self._stopping.is_set():
                 for notification in conn.notifies(timeout=0.5):
                     if self._stopping.is_set():
                         return
                     if notification.channel == QUEUE_CHANNEL:
                         self._on_queue()
+                    elif notification.channel == ENDED_CHANNEL:
+                        self._on_ended(_ended_from_payload(notification.payload))
                     else:
                         self._on_task(notification.payload)
 
@@ -335,6 +360,7 @@ class PostgresTaskStore(SqliteTaskStore):
         self._counters_lock = threading.Lock()
         self.lease_expiries = 0
         self.finishes_refused = 0
+        self.ended_feed = EndedFeed()
         url = _with_defaults(url)
         with _unavailable_as_store_error(), psycopg.connect(url) as conn:
             migrate(conn)
@@ -349,7 +375,11 @@ class PostgresTaskStore(SqliteTaskStore):
             name="darkroom-tasks",
         )
         self._listener = _Listener(
-            url, self._notify_watchers, self._wake_claimer, self._reconnected
+            url,
+            self._notify_watchers,
+            self._wake_claimer,
+            self._reconnected,
+            lambda ended: self.ended_feed.add([ended]),
         )
         self._listener.start()
         self.wait_listening(listen_timeout)
@@ -389,6 +419,9 @@ class PostgresTaskStore(SqliteTaskStore):
 
     def _mark_changed(self, task_id: str) -> None:
         """Nothing to do: the triggers' NOTIFY wakes the watchers of every replica at commit."""
+
+    def _mark_ended(self, task: Task) -> None:
+        """Nothing to do: the ``darkroom_ended`` NOTIFY brings it to every replica's feed."""
 
     def _count_expiry(self) -> None:
         self._local.expiries += 1  # counted once committed
@@ -485,6 +518,7 @@ class PostgresTaskStore(SqliteTaskStore):
         too: all are checked now, rather than each by the request that draws it (the pool
         waits a growing backoff between two failed checks)."""
         self._pool.check()
+        self.ended_feed.reset()
         self._notify_watchers()
         with self._queue_changed:
             self._generation += 1
@@ -537,6 +571,13 @@ class PostgresTaskStore(SqliteTaskStore):
             self._statement("SELECT pg_notify(%s, '')", (TASK_CHANNEL,))
         self._listener.join(5)
         self._pool.close()
+
+
+def _ended_from_payload(payload: str) -> EndedTask:
+    """The ``darkroom_ended`` trigger's ``id state lease`` as the feed tells it."""
+    task_id, code, lease = payload.split(" ")
+    state = State.from_code(int(code))
+    return ended_task(task_id, state, lease or None)
 
 
 def _placeholders(query: str) -> str:

@@ -24,12 +24,21 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from darkroom.contract.events import EventKind, Stage
+from darkroom.contract.folders import result_version
 from darkroom.contract.limits import MAX_ERROR_LENGTH
-from darkroom.contract.tasks import ENDED_STATES, IdempotencyKeyUsed, KeyHolder, TaskState
+from darkroom.contract.tasks import (
+    ENDED_STATES,
+    EndedTask,
+    EndedTasks,
+    IdempotencyKeyUsed,
+    KeyHolder,
+    TaskState,
+)
 from darkroom.contract.webhooks import KEPT_ATTEMPTS, Attempt, DeliveryState
 from darkroom.core.atomicfile import create_private_file, make_private_directory
 from darkroom.core.config import Config
 from darkroom.core.ids import new_lease_token, new_task_id
+from darkroom.database.feed import EndedFeed
 
 # The store's name for the contract's task states; stored as their codes (the seed's numbers).
 State = TaskState
@@ -150,6 +159,7 @@ class TaskStore(Protocol):
     def expire(self) -> int: ...
     def purge(self, older_than: float) -> int: ...
     def recent(self, limit: int) -> list[Task]: ...
+    def ended(self, epoch: str | None, after: int, wait_seconds: float = 0.0) -> EndedTasks: ...
     def events(
         self, task_id: str, after: int = 0, wait_seconds: float = 0.0
     ) -> list[TaskEvent]: ...
@@ -271,6 +281,8 @@ class SqliteTaskStore:
         # Tasks changed by the transaction in progress: their watchers wake after its commit,
         # so a woken watcher's read (on the other connection) sees the change.
         self._changed: list[str] = []
+        self.ended_feed = EndedFeed()
+        self._ended: list[EndedTask] = []  # tasks the transaction in progress ends
         self.lease_expiries = 0
         self.finishes_refused = 0
 
@@ -288,10 +300,14 @@ class SqliteTaskStore:
                 self._db.execute("COMMIT")
             except BaseException:
                 self._changed.clear()
+                self._ended.clear()
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
             changed, self._changed = self._changed, []
+            ended, self._ended = self._ended, []
+            # under the lock, so the feed has the ends in the order they were committed
+            self.ended_feed.add(ended)
         for task_id in dict.fromkeys(changed):  # once each
             self._notify_watchers(task_id)
 
@@ -315,6 +331,10 @@ class SqliteTaskStore:
     def _mark_changed(self, task_id: str) -> None:
         """The transaction in progress changes ``task_id``: wake its watchers after it."""
         self._changed.append(task_id)
+
+    def _mark_ended(self, task: Task) -> None:
+        """The transaction in progress ends ``task``: the feed has it once it is committed."""
+        self._ended.append(ended_task(task.id, task.state, task.lease_token))
 
     def _count_expiry(self) -> None:
         self.lease_expiries += 1
@@ -345,8 +365,14 @@ class SqliteTaskStore:
             self._make_delivery_due_if_ended(task_id, State(state))
         task = self._write_row(task_id, {**fields, "updated_at": self._clock()})
         if state is not None:
-            self._append_state_event(task_id, task.state)
+            self._record_state(task)
         return task
+
+    def _record_state(self, task: Task) -> None:
+        """After a change of ``task``'s state: its event, and the feed's entry if it ended."""
+        self._append_state_event(task.id, task.state)
+        if task.state.ended:
+            self._mark_ended(task)
 
     def _write_row(self, task_id: str, fields: dict[str, object]) -> Task:
         assignments = ", ".join(f"{name} = ?" for name in fields)
@@ -462,6 +488,11 @@ class SqliteTaskStore:
                 group.discard(changed)
                 if not group:
                     del self._watchers[task_id]
+
+    # -- the feed of ended tasks --------------------------------------------------------
+    def ended(self, epoch: str | None, after: int, wait_seconds: float = 0.0) -> EndedTasks:
+        """The tasks that ended after position ``after`` of ``epoch`` (``EndedFeed.after``)."""
+        return self.ended_feed.after(epoch, after, wait_seconds)
 
     # -- events -------------------------------------------------------------------------
     def events(self, task_id: str, after: int = 0, wait_seconds: float = 0.0) -> list[TaskEvent]:
@@ -840,7 +871,7 @@ class SqliteTaskStore:
         )
         if task.state == State.IN_PROGRESS:
             self._count_expiry()
-        self._append_state_event(task.id, lapsed.state)
+        self._record_state(written)
         return written
 
     # -- webhook deliveries -------------------------------------------------------------
@@ -956,6 +987,12 @@ def _lapsed(task: Task, now: float, policy: LeasePolicy) -> Task:
 
 def _before(moment: float | None, now: float) -> bool:
     return moment is not None and moment < now
+
+
+def ended_task(task_id: str, state: State, lease_token: str | None) -> EndedTask:
+    """An ended task as the feed tells it, a finished one with its result's version."""
+    finished = state == State.FINISHED and lease_token is not None
+    return EndedTask(task_id, state, result_version(lease_token) if finished else None)
 
 
 def _event_data(item: dict[str, Any]) -> str:

@@ -35,6 +35,7 @@ from darkroom.database.client import DatabaseClient
 from darkroom.master.events import EventStreamPolicy, EventStreams
 from darkroom.master.finished import FinishedTasks
 from darkroom.master.openapi import OpenApiDocument
+from darkroom.master.unfinished import UnfinishedTasks
 from darkroom.master.webhooks import WebhookGuard, WebhookSettings
 from darkroom.storage.client import StorageClient
 
@@ -68,8 +69,10 @@ class Jobs:
         finished: FinishedTasks,
         *,
         webhooks: WebhookGuard | None = None,
+        unfinished: UnfinishedTasks | None = None,
     ) -> None:
         self._database = database
+        self._unfinished = unfinished
         self._webhooks = webhooks or WebhookGuard(config.settings_for(WebhookSettings))
         self._finished = finished
         self._storage = storage
@@ -107,6 +110,7 @@ class Jobs:
         # creating the task queued saves a call but leaves an orphan when the master dies in
         # between: measured and given up (docs/benchmarks.md).
         body = itertools.chain([head], iter_chunks(stream))
+        mark = self._unfinished.mark() if self._unfinished else None
         try:
             task_id = self._database.create(pipeline, webhook_url=webhook_url, idempotency_key=key)
         except IdempotencyKeyUsed as used:
@@ -123,6 +127,8 @@ class Jobs:
             raise
         body_sha256 = None if fingerprint is None else fingerprint.hexdigest()
         self._database.enqueue(task_id, body_sha256=body_sha256)
+        if self._unfinished is not None:
+            self._unfinished.remember(task_id, mark)  # its first polls need no read
         # The worker logs under the task id: this line links the upload's request id to it.
         log.info("job queued", extra={"task": task_id, "pipeline": pipeline})
         resp.content_type = falcon.MEDIA_TEXT
@@ -196,8 +202,10 @@ class Jobs:
             self._database.abandon_upload(task_id, f"upload failed: {reason}")
 
     def _task(self, req: falcon.Request, state: str | None = None) -> dict[str, Any]:
-        task_id = require_task_id(req)
-        with self._long_polls.wait(wait_param(req, self._max_wait)) as wait:
+        return self._read(require_task_id(req), wait_param(req, self._max_wait), state)
+
+    def _read(self, task_id: str, wait: float = 0.0, state: str | None = None) -> dict[str, Any]:
+        with self._long_polls.wait(wait) as wait:
             task = self._database.get(task_id, wait, state)
         if task["stateName"] == TaskState.FINISHED:
             # The database and the storage remove old jobs each on its own timer: a finished
@@ -211,14 +219,30 @@ class Jobs:
         return task
 
     def on_get_is_ready(self, req: falcon.Request, resp: falcon.Response) -> None:
+        task_id = require_task_id(req)
         resp.content_type = falcon.MEDIA_TEXT
-        known, _ = self._finished.version(require_task_id(req))
-        if known:
-            resp.text = "1"
-            return
-        task = self._task(req)
-        _raise_if_failed_or_cancelled(task)
-        resp.text = "1" if task["stateName"] == TaskState.FINISHED else "0"
+        resp.text = "1" if self._is_ready(task_id, wait_param(req, self._max_wait)) else "0"
+
+    def _is_ready(self, task_id: str, wait: float) -> bool:
+        """Whether the job is finished (waiting up to ``wait`` for it to end); 422 or 410 for
+        a failed or cancelled one. From memory while the job is known to be running."""
+        if self._finished.version(task_id)[0]:
+            return True
+        unfinished = self._unfinished
+        if unfinished is not None and unfinished.following:
+            if not unfinished.still_running(task_id):
+                mark = unfinished.mark()
+                task = self._read(task_id)
+                if TaskState(task["stateName"]).ended:
+                    return _finished(task)
+                unfinished.remember(task_id, mark)
+            with self._long_polls.wait(wait) as held:
+                if unfinished.still_running(task_id, held):
+                    return False
+            if self._finished.version(task_id)[0]:  # the feed told it finished
+                return True
+            wait = 0.0  # waited already: what it is now
+        return _finished(self._read(task_id, wait))
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
         state = state_param(req)
@@ -256,6 +280,12 @@ class Jobs:
             raise falcon.HTTPConflict(title="Job has ended", description=exc.description) from exc
         task.pop("result", None)
         resp.media = task
+
+
+def _finished(task: dict[str, Any]) -> bool:
+    """Whether the job is finished; 422 when it failed, 410 when it was cancelled."""
+    _raise_if_failed_or_cancelled(task)
+    return task["stateName"] == TaskState.FINISHED
 
 
 def _raise_if_failed_or_cancelled(task: dict[str, Any]) -> None:
@@ -344,10 +374,22 @@ def create_app(
     *,
     webhooks: WebhookGuard | None = None,
     event_streams: EventStreamPolicy | None = None,
+    finished: FinishedTasks | None = None,
+    unfinished: UnfinishedTasks | None = None,
 ) -> falcon.App:
+    """The master's app; ``unfinished`` (which shares ``finished``) answers the polls of jobs
+    still running from memory, without it each poll reads the database."""
     app = create_base_app(config, readiness=readiness or [])
-    finished = FinishedTasks(config.retention_seconds)
-    jobs = Jobs(database, storage, check_pipeline, config, finished, webhooks=webhooks)
+    finished = finished or FinishedTasks(config.retention_seconds)
+    jobs = Jobs(
+        database,
+        storage,
+        check_pipeline,
+        config,
+        finished,
+        webhooks=webhooks,
+        unfinished=unfinished,
+    )
     app.add_route("/openapi.json", OpenApiDocument())
     app.add_route("/new", jobs, suffix="new")
     app.add_route("/isReady", jobs, suffix="is_ready")

@@ -9,7 +9,9 @@ from darkroom.core.server import serve
 from darkroom.database.client import DatabaseClient
 from darkroom.master.app import create_app
 from darkroom.master.events import EventStreamPolicy
+from darkroom.master.finished import FinishedTasks
 from darkroom.master.presets import PipelineResolver
+from darkroom.master.unfinished import UnfinishedTasks
 from darkroom.master.webhooks import Deliveries, WebhookGuard, WebhookSender, WebhookSettings
 from darkroom.storage.client import StorageClient
 
@@ -20,6 +22,9 @@ def run(config: Config) -> None:
     database = DatabaseClient(runtime.client("database"))
     webhook_settings = config.settings_for(WebhookSettings)
     webhooks = WebhookGuard(webhook_settings)
+    finished = FinishedTasks(config.retention_seconds)
+    unfinished = UnfinishedTasks(database, finished, runtime.stop)
+    unfinished.start()
     app = create_app(
         config,
         database,
@@ -30,6 +35,8 @@ def run(config: Config) -> None:
         readiness=runtime.readiness_checks(),
         webhooks=webhooks,
         event_streams=EventStreamPolicy(max_stream_seconds=config.event_stream_seconds),
+        finished=finished,
+        unfinished=unfinished,
     )
     # Without a secret no webhook is taken, and none could be signed.
     deliveries = None
