@@ -901,6 +901,29 @@ def test_a_purged_tasks_events_go_with_it(store, clock):
     assert store._read("SELECT DISTINCT task_id FROM events") == [(kept,)]
 
 
+class SynchronousRecorded(SqliteTaskStore):
+    """SQLite's store, noting ``PRAGMA synchronous`` as each state change is written."""
+
+    def _append_state_event(self, task_id: str, state: State) -> None:
+        self.synchronous.append((state, self._db.execute("PRAGMA synchronous").fetchone()[0]))
+        super()._append_state_event(task_id, state)
+
+
+def test_only_the_changes_a_reply_promises_wait_for_the_disk(tmp_path, clock):
+    store = SynchronousRecorded(tmp_path / "tasks.sqlite3", POLICY, clock=clock)
+    store.synchronous = []
+    task_id = queued(store)
+    store.finish(task_id, store.claim().lease_token)
+    full, normal = 2, 1
+    assert store.synchronous == [
+        (State.UPLOADING, normal),  # durable with the enqueue that acknowledges the upload
+        (State.QUEUED, full),
+        (State.IN_PROGRESS, normal),  # a claim lost in a power cut: queued again
+        (State.FINISHED, full),
+    ]
+    store.close()
+
+
 # -- the feed of ended tasks ---------------------------------------------------------------
 def ends_after(store: TaskStore, start: EndedTasks, count: int, wait: float = 5.0) -> list:
     """The first ``count`` ends after ``start`` (PostgreSQL's come by NOTIFY, a moment later)."""

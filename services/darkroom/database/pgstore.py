@@ -386,9 +386,13 @@ class PostgresTaskStore(SqliteTaskStore):
 
     # -- primitives the inherited rules use ---------------------------------------------
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self, durable: bool = True) -> Iterator[None]:
         """One transaction on a pooled connection, for this thread's ``_row``/``_update`` calls;
-        rolled back on any error. Its NOTIFYs reach the listeners (this store's too) at commit."""
+        rolled back on any error. Its NOTIFYs reach the listeners (this store's too) at commit.
+
+        Every one is durable (``durable`` is SQLite's): PostgreSQL flushes the commits of
+        concurrent transactions together, and ``SET LOCAL synchronous_commit`` would cost a
+        round trip of its own."""
         expiries = 0
         with (
             _unavailable_as_store_error(),
