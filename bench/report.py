@@ -46,6 +46,12 @@ def report_jobs(label: str, figure: dict[str, Any]) -> None:
         + ", ".join(f"{role} {cpu[role]:.1f}" for role in CPU_ROLES if role in cpu)
         + f"; total {sum(cpu.values()):.1f} ({figure['cpu_share']:.2f} cores busy)"
     )
+    if answered := figure.get("requests_per_job"):
+        say(
+            "      requests answered per job: "
+            + ", ".join(f"{role} {count:.1f}" for role, count in answered.items())
+            + f"; total {sum(answered.values()):.1f}"
+        )
 
 
 def report_overhead(overhead: dict[str, float], processing_ms: float, figure: dict) -> None:

@@ -106,8 +106,27 @@ class _Sessions(threading.local):
             self.session.headers["Authorization"] = f"Bearer {token}"
 
 
-def _metric_samples(system: BenchedUp) -> Samples:
-    return samples(system.session.get(system.url("worker", "/metrics"), timeout=10).text)
+def _metric_samples(system: BenchedUp, role: str = "worker") -> Samples:
+    return samples(system.session.get(system.url(role, "/metrics"), timeout=10).text)
+
+
+# The roles whose answered requests are counted per job: every exchange of a job is answered
+# by one of them (the workers answer none).
+SERVING_ROLES = ("master", "database", "storage")
+
+
+def _requests_answered(system: BenchedUp) -> dict[str, float]:
+    """Requests each serving role has answered so far, but its /metrics scrapes."""
+    answered = {}
+    for role in SERVING_ROLES:
+        found = _metric_samples(system, role)
+        scrapes = sum(
+            count
+            for (name, labels), count in found.items()
+            if name == "darkroom_http_requests_total" and ("route", "/metrics") in labels
+        )
+        answered[role] = total(found, "darkroom_http_requests_total") - scrapes
+    return answered
 
 
 def end_to_end(
@@ -228,6 +247,7 @@ class _Usage:
     def __init__(self, system: BenchedUp) -> None:
         self.system = system
         self.metrics = _metric_samples(system)
+        self.answered = _requests_answered(system)
         self.cpu, self.client = system.cpu_seconds(), time.process_time()
         self.started = time.perf_counter()
 
@@ -235,7 +255,12 @@ class _Usage:
         wall = time.perf_counter() - self.started
         cpu_after, client_after = self.system.cpu_seconds(), time.process_time()
         metrics = _metric_samples(self.system)
+        answered = _requests_answered(self.system)
         figures = _worker_figures(self.metrics, metrics, self.system.workers, jobs, wall)
+        # how many exchanges a job costs, by the role answering them (the client's included)
+        figures["requests_per_job"] = {
+            role: (answered[role] - self.answered[role]) / jobs for role in SERVING_ROLES
+        }
         # CPU per job is what the machine's load changes least: the figure to compare runs by.
         cpu = {
             role: 1000 * (after - self.cpu.get(role, 0.0)) / jobs

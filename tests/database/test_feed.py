@@ -76,3 +76,12 @@ def test_a_reset_begins_a_new_epoch_its_followers_start_over_from():
     feed.reset()
     answer = feed.after(start.epoch, start.position)
     assert answer.reset and answer.epoch != start.epoch
+
+
+def test_a_waiting_follower_is_answered_soon_after_the_feed_closes():
+    feed = EndedFeed()
+    start = feed.after(None, 0)
+    threading.Timer(0.1, feed.close).start()
+    began = time.monotonic()
+    answer = feed.after(start.epoch, start.position, wait_seconds=30)
+    assert answer.ended == () and time.monotonic() - began < 2, "no server thread held on"

@@ -152,3 +152,13 @@ def test_following_goes_on_from_each_answer_and_stops_while_the_database_is_away
         stop.set()
     assert feed.calls[:4] == [(None, 0), (EPOCH, 4), (EPOCH, 5), (EPOCH, 5)], "goes on"
     assert feed.following[:5] == [False, True, True, False, True], "not while it was away"
+
+
+def test_a_waiting_poll_is_answered_soon_after_the_master_starts_stopping(finished):
+    memory = UnfinishedTasks(ScriptedFeed(), finished, threading.Event())
+    memory.take(EndedTasks(EPOCH, 0, reset=True))
+    memory.remember("a", memory.mark())
+    threading.Timer(0.1, memory.close).start()
+    began = time.monotonic()
+    assert memory.still_running("a", wait_seconds=30)
+    assert time.monotonic() - began < 2

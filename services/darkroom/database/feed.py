@@ -28,6 +28,13 @@ class EndedFeed:
         self._position = 0  # the number of the newest entry
         self._epoch = secrets.token_hex(8)
         self._changed = threading.Condition()
+        self._closing = False
+
+    def close(self) -> None:
+        """The process is stopping: waiting followers are answered within half a second (a
+        follower's wait would hold a server thread past the stop). Only sets a flag: it is
+        called from a signal handler."""
+        self._closing = True
 
     def add(self, ended: Iterable[EndedTask]) -> None:
         with self._changed:
@@ -55,9 +62,9 @@ class EndedFeed:
                 if epoch != self._epoch or not oldest <= position <= self._position:
                     return EndedTasks(self._epoch, self._position, reset=True)
                 remaining = deadline - time.monotonic()
-                if position < self._position or remaining <= 0:
+                if position < self._position or remaining <= 0 or self._closing:
                     return self._answer(position)
-                self._changed.wait(remaining)
+                self._changed.wait(min(remaining, 0.5))
 
     def _answer(self, position: int) -> EndedTasks:
         """The entries after ``position`` (kept, and in this epoch), at most ENDS_PER_ANSWER."""

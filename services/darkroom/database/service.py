@@ -63,4 +63,10 @@ def run(config: Config) -> None:
     run_periodically(
         functools.partial(sweep_leases, store), LEASE_SWEEP_SECONDS, runtime.stop, "lease-sweep"
     )
-    serve(create_app(config, store), config, "database", on_listening=runtime.register)
+    serve(
+        create_app(config, store),
+        config,
+        "database",
+        on_listening=runtime.register,
+        on_stopping=store.ended_feed.close,
+    )

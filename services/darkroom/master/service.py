@@ -51,6 +51,7 @@ def run(config: Config) -> None:
             "master",
             upload_limits={"/new": config.max_upload_bytes},
             on_listening=runtime.register,
+            on_stopping=unfinished.close,
         )
     finally:
         if deliveries is not None:

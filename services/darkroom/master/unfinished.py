@@ -75,6 +75,7 @@ class UnfinishedTasks:
         self._ended: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._ended_before = 0  # ends at or before this position are forgotten
         self._thread: threading.Thread | None = None
+        self._closing = False
 
     # -- what the routes ask ------------------------------------------------------------
     @property
@@ -113,9 +114,14 @@ class UnfinishedTasks:
                     self._unfinished.pop(task_id, None)
                     return False
                 remaining = min(deadline, trusted_until) - now
-                if remaining <= 0:
+                if remaining <= 0 or self._closing:
                     return True
-                self._changed.wait(remaining)
+                self._changed.wait(min(remaining, 0.5))
+
+    def close(self) -> None:
+        """The master is stopping: waiting polls are answered within half a second. Only sets
+        a flag: it is called from a signal handler."""
+        self._closing = True
 
     # -- following the feed -------------------------------------------------------------
     def start(self) -> None:
