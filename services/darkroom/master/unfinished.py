@@ -36,6 +36,10 @@ from darkroom.master.finished import FinishedTasks
 
 log = logging.getLogger(__name__)
 
+# Ends kept to tell a read that began before one (a read takes milliseconds): at 1,000 jobs/s,
+# 10 s of them. A read older than the oldest kept is not remembered.
+RECENT_ENDS = 10_000
+
 
 @dataclasses.dataclass(frozen=True)
 class FeedMark:
@@ -71,7 +75,7 @@ class UnfinishedTasks:
         self._position = 0
         # job id -> when its memory stops being trusted
         self._unfinished: collections.OrderedDict[str, float] = collections.OrderedDict()
-        # job id -> the feed position of its end, for the last ``capacity`` ends
+        # job id -> the feed position of its end, for the last RECENT_ENDS ends
         self._ended: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._ended_before = 0  # ends at or before this position are forgotten
         self._thread: threading.Thread | None = None
@@ -165,7 +169,7 @@ class UnfinishedTasks:
     def _ended_at(self, task_id: str, position: int) -> None:
         self._ended[task_id] = position
         self._ended.move_to_end(task_id)
-        while len(self._ended) > self._capacity:
+        while len(self._ended) > RECENT_ENDS:
             _, self._ended_before = self._ended.popitem(last=False)
 
     def _lost(self) -> bool:
