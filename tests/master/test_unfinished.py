@@ -162,3 +162,14 @@ def test_a_waiting_poll_is_answered_soon_after_the_master_starts_stopping(finish
     began = time.monotonic()
     assert memory.still_running("a", wait_seconds=30)
     assert time.monotonic() - began < 2
+
+
+def test_a_read_older_than_the_ends_kept_is_not_remembered(finished):
+    memory = UnfinishedTasks(ScriptedFeed(), finished, threading.Event(), recent_ends=2)
+    memory.take(EndedTasks(EPOCH, 0, reset=True))
+    mark = memory.mark()
+    memory.take(ended(3, *(EndedTask(name, TaskState.FAILED) for name in "xyz")))
+    memory.remember("a", mark)  # "a" may have ended among the ends no longer kept
+    assert not memory.still_running("a")
+    memory.remember("a", memory.mark())
+    assert memory.still_running("a")

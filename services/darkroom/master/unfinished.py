@@ -59,6 +59,7 @@ class UnfinishedTasks:
         wait_seconds: float = 10.0,
         trust_seconds: float = 5.0,
         capacity: int = 100_000,
+        recent_ends: int = RECENT_ENDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._database = database
@@ -66,7 +67,7 @@ class UnfinishedTasks:
         self._stop = stop
         self._wait_seconds = wait_seconds
         self._trust_seconds = trust_seconds
-        self._capacity = capacity
+        self._capacity, self._recent_ends = capacity, recent_ends
         self._clock = clock
         self._changed = threading.Condition()
         self._following = False
@@ -75,7 +76,7 @@ class UnfinishedTasks:
         self._position = 0
         # job id -> when its memory stops being trusted
         self._unfinished: collections.OrderedDict[str, float] = collections.OrderedDict()
-        # job id -> the feed position of its end, for the last RECENT_ENDS ends
+        # job id -> the feed position of its end, for the last ``recent_ends`` ends
         self._ended: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._ended_before = 0  # ends at or before this position are forgotten
         self._thread: threading.Thread | None = None
@@ -169,7 +170,7 @@ class UnfinishedTasks:
     def _ended_at(self, task_id: str, position: int) -> None:
         self._ended[task_id] = position
         self._ended.move_to_end(task_id)
-        while len(self._ended) > RECENT_ENDS:
+        while len(self._ended) > self._recent_ends:
             _, self._ended_before = self._ended.popitem(last=False)
 
     def _lost(self) -> bool:
