@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +189,18 @@ def test_a_streamed_upload_is_not_sent_twice(transport) -> None:
     with pytest.raises(UpstreamUnavailable):
         _client(registry, transport, 2).request("POST", "/sendImage", data=_chunks())
     assert registry.lookups == 1
+
+
+@pytest.mark.parametrize("role", ["database", "storage", "worker", "frontend"])
+def test_roles_calling_services_do_not_load_requests(role: str) -> None:
+    """Their calls go through urllib3 alone (the master loads requests for its webhook
+    sender's CA bundle only; pyproject.toml's import contract covers its own modules)."""
+    code = f"import sys, darkroom.{role}.service; sys.exit(10 if 'requests' in sys.modules else 0)"
+    services = Path(__file__).resolve().parents[2] / "services"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(services)},
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
