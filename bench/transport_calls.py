@@ -113,19 +113,19 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
     try:
         wait_until(lambda: answers(f"http://127.0.0.1:{port}/get_json"), 30, "the server")
-        results: dict[str, list[dict]] = {path: [] for path in args.services}
+        results: list[list[dict]] = [[] for _ in args.services]
         for _ in range(args.rounds):
-            for path in args.services:
+            for path, runs in zip(args.services, results, strict=True):
                 env = {**os.environ, "PYTHONPATH": str(Path(path).resolve())}
                 command = [sys.executable, __file__, "--client", f"127.0.0.1:{port}"]
                 command += [str(args.calls), str(server.pid)]
                 output = subprocess.run(command, env=env, check=True, capture_output=True)
-                results[path].append(json.loads(output.stdout))
+                runs.append(json.loads(output.stdout))
     finally:
         server.terminate()
         server.wait(10)
     print(f"CPU ms per call, {args.calls} calls of each kind, best of {args.rounds} rounds")
-    for path, runs in results.items():
+    for path, runs in zip(args.services, results, strict=True):
         print(f"  {path}")
         for kind in KINDS:
             client_ms = min(run[kind]["client"] for run in runs)
