@@ -85,3 +85,18 @@ def test_the_database_part_measures_postgresql_with_one_and_two_processes(
     assert runs == {("sqlite", 1), ("postgresql", 1), ("postgresql", 2)}, out
     assert all(figure["jobs_per_s"] > 0 for figure in results["database"])
     assert "postgresql x2" in out
+
+
+def test_the_transport_comparison_runs_both_copies(tmp_path):
+    services = str(RUN.parents[1] / "services")
+    copies = ["--services", services, "--services", services]
+    result = subprocess.run(
+        [sys.executable, str(RUN.with_name("transport_calls.py")), *copies, "--calls", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for kind in ("get_json", "post_params", "stream_image"):
+        assert result.stdout.count(f"{kind} ") == 2, result.stdout

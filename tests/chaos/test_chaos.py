@@ -13,10 +13,10 @@ import random
 import threading
 
 import pytest
-import requests
 
 from darkroom.contract.folders import result_version
 from darkroom.core.discovery import ServiceClient, ServiceLocator
+from darkroom.core.transport import Transport
 from darkroom.database.service import open_store
 from darkroom.database.store import State
 from darkroom.storage.client import StorageClient
@@ -56,7 +56,7 @@ def test_storage_outage_spends_no_attempts(config):
     system = master_side(config, open_store(config))
     tasks, storage, master = system.tasks, system.storage, system.master
     nobody = ServiceLocator(StaticRegistry({"storageAddress": f"127.0.0.1:{free_port()}"}), 60)
-    storage_down = StorageClient(ServiceClient(nobody, "storageAddress", requests.Session(), 2))
+    storage_down = StorageClient(ServiceClient(nobody, "storageAddress", Transport(), 2))
     no_waiting = threading.Event()
     no_waiting.set()
     image = png_bytes((5, 4))
@@ -75,7 +75,7 @@ def test_storage_outage_spends_no_attempts(config):
     TaskLoop(master, storage, _swap, ImageRejected, 0, 5, 5, no_waiting).handle(master.claim(0, 5))
     assert tasks.get(task.id).state == State.FINISHED
     version = result_version(tasks.get(task.id).lease_token)
-    result = b"".join(storage.open(Folder.FINISHED, task.id, version).iter_content(None))
+    result = b"".join(storage.open(Folder.FINISHED, task.id, version).stream(None))
     assert same_pixels(decode(result), swapped(image))
 
 

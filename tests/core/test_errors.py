@@ -5,7 +5,7 @@ from __future__ import annotations
 import falcon
 import falcon.testing
 import pytest
-import requests
+import urllib3
 
 from darkroom.contract.errors import (
     ServiceConflict,
@@ -17,15 +17,12 @@ from darkroom.contract.errors import (
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
 from darkroom.core.errors import UpstreamUnavailable, raise_for_upstream
+from darkroom.core.transport import ErrorAnswer, Response
 
 
-def _answer(status: int, body: bytes = b'{"title": "T", "description": "D"}') -> requests.Response:
-    response = requests.Response()
-    response.status_code = status
-    response.reason = "Reason"
-    response._content = body
-    response.headers["Content-Type"] = "application/json"
-    return response
+def _answer(status: int, body: bytes = b'{"title": "T", "description": "D"}') -> Response:
+    headers = {"Content-Type": "application/json"}
+    return Response(urllib3.HTTPResponse(body, headers, status, reason="Reason"))
 
 
 @pytest.mark.parametrize(
@@ -45,7 +42,7 @@ def test_an_error_answer_becomes_its_type(status: int, kind: type, answered: int
     with pytest.raises(ServiceError) as caught:
         raise_for_upstream(_answer(status), "storage")
     assert type(caught.value) is kind
-    assert isinstance(caught.value.__cause__, requests.HTTPError)
+    assert isinstance(caught.value.__cause__, ErrorAnswer)
     assert caught.value.__cause__.response.status_code == status
     assert (caught.value.service, caught.value.status) == ("storage", answered)
     if kind is ServiceFailed:

@@ -6,12 +6,12 @@ import logging
 
 import falcon
 import pytest
-import requests
 from falcon import testing
 
 from darkroom.core.app import create_base_app
 from darkroom.core.discovery import ServiceClient, ServiceLocator
 from darkroom.core.errors import UpstreamUnavailable, redact_secrets
+from darkroom.core.transport import Transport
 from harness.launch import HOST, free_port
 from support.inprocess import StaticRegistry
 
@@ -32,7 +32,7 @@ class Heartbeat:
 def client(config) -> testing.TestClient:
     address = f"{HOST}:{free_port()}"  # nothing listens there
     locator = ServiceLocator(StaticRegistry({"databaseAddress": address}), ttl=60)
-    database = ServiceClient(locator, "databaseAddress", requests.Session(), timeout=2)
+    database = ServiceClient(locator, "databaseAddress", Transport(), timeout=2)
     app = create_base_app(config)
     app.add_route("/heartbeat", Heartbeat(database))
     return testing.TestClient(app)
@@ -44,7 +44,8 @@ def test_public_503_names_the_service_not_its_address_or_url(client, caplog):
     assert result.status_code == 503
     assert result.json == {
         "title": "Service unavailable",
-        "description": "The database service is not reachable (connection failed).",
+        # The kind is said (requests' longer message had it cut off by the 200-character cap).
+        "description": "The database service is not reachable (connection refused).",
     }
     assert HOST not in result.text and LEASE not in result.text
     [record] = [r for r in caplog.records if r.getMessage() == "service unavailable"]

@@ -28,6 +28,8 @@ from darkroom.contract.pipeline import (
     WATERMARK_TEXT_CHARS,
     normalize_pipeline,
 )
+from darkroom.core.discovery import ServiceClient, ServiceLocator
+from darkroom.core.transport import Transport
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient, DatabaseLeases
 from darkroom.database.service import open_store
@@ -40,7 +42,8 @@ from darkroom.storage.store import FileImageStore
 from darkroom.worker.loop import TaskLoop
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
 from support.images import decode, encode, png_bytes
-from support.inprocess import service_client
+from support.inprocess import StaticRegistry, service_client
+from support.recording import RecordingServer
 from support.sse import events_in
 
 
@@ -636,3 +639,31 @@ def test_events_pass_the_masters_refusals_on_as_json(system, png):
         "/events", params={"id": task_id}, headers={"Last-Event-ID": "x"}
     )
     assert bad.status_code == 400 and bad.json["title"] == "Invalid Last-Event-ID"
+
+
+@pytest.mark.parametrize(
+    ("fields", "framing"),
+    [
+        # the file first: kept on disk until the op is read, so its length is known
+        ([("uploadfile", ("photo.png", b"P" * 5000, "image/png")), ("op", "swap")], "length"),
+        # the op first: the file streams straight through, its length unknown
+        ([("op", "swap"), ("uploadfile", ("photo.png", b"P" * 5000, "image/png"))], "chunked"),
+    ],
+)
+def test_submit_sends_a_file_on_disk_with_its_length(config, fields, framing):
+    master = RecordingServer()
+    try:
+        transport = Transport()
+        locator = ServiceLocator(StaticRegistry({"masterAddress": master.address}), ttl=60)
+        client = MasterClient(ServiceClient(locator, "masterAddress", transport, timeout=5))
+        frontend = testing.TestClient(create_app(config, client))
+        assert post_form(frontend, fields).status_code == 200
+    finally:
+        master.close()
+    (upload,) = master.received
+    assert upload.path == "/new" and upload.body == b"P" * 5000
+    if framing == "length":
+        assert upload.headers["content-length"] == "5000"
+        assert "transfer-encoding" not in upload.headers
+    else:
+        assert upload.headers["transfer-encoding"] == "chunked"

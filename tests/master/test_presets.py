@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import requests
 from falcon import testing
 
 from darkroom.contract.pipeline import InvalidPipeline, PipelineLimits, preset_name
 from darkroom.core.config import Config
 from darkroom.core.discovery import RegistryClient, ServiceLocator
+from darkroom.core.transport import Transport
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
@@ -19,7 +19,7 @@ from darkroom.registry.store import FileKeyValueStore
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import FileImageStore
-from support.inprocess import WsgiAdapter, service_client
+from support.inprocess import InProcessPool, service_client
 
 LIMITS = PipelineLimits(max_image_pixels=Config.max_image_pixels)
 
@@ -45,9 +45,11 @@ def clock() -> Clock:
 @pytest.fixture
 def locator(config, registry, clock) -> ServiceLocator:
     """The master's discovery cache, reading a real registry app in-process."""
-    session = requests.Session()
-    session.mount("http://registry:9/", WsgiAdapter(create_registry_app(config, registry)))
-    return ServiceLocator(RegistryClient("registry:9", session), ttl=5, clock=clock)
+    transport = Transport()
+    transport.mount(
+        "registry:9", InProcessPool(create_registry_app(config, registry), "registry:9")
+    )
+    return ServiceLocator(RegistryClient("registry:9", transport), ttl=5, clock=clock)
 
 
 def master(config, locator: ServiceLocator, presets_only: bool = False) -> testing.TestClient:

@@ -1,4 +1,4 @@
-"""Calling Falcon apps in-process through a real ``requests.Session``.
+"""Calling Falcon apps in-process through a real ``Transport``.
 
 Unit tests of one role then use the real clients of the roles it calls, wired to those roles'
 real apps, with no sockets and no monkeypatching.
@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from urllib.parse import urlsplit
+from typing import Any
 
 import falcon
-import requests
+import urllib3
 from falcon import testing
 
 from darkroom.core.config import Config
 from darkroom.core.discovery import RegistryClient, ServiceClient, ServiceLocator
+from darkroom.core.transport import Transport
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.store import LeasePolicy, SqliteTaskStore
@@ -26,34 +27,49 @@ from darkroom.storage.client import StorageClient
 from darkroom.storage.store import FileImageStore
 
 
-class WsgiAdapter(requests.adapters.BaseAdapter):
-    def __init__(self, app: falcon.App) -> None:
-        super().__init__()
+class _Body(io.BytesIO):
+    """An answer's body that closes itself once read to its end, as a socket's does."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if not data:
+            self.close()
+        return data
+
+
+class InProcessPool(urllib3.HTTPConnectionPool):
+    """A connection pool whose calls reach ``app`` through falcon.testing, not a socket."""
+
+    def __init__(self, app: falcon.App, address: str) -> None:
+        url = urllib3.util.parse_url(f"http://{address}")
+        super().__init__(url.host, url.port)
         self._client = testing.TestClient(app)
 
-    def send(self, request: requests.PreparedRequest, **kwargs) -> requests.Response:
-        url = urlsplit(request.url)
-        body = request.body
-        if body is not None and not isinstance(body, bytes | str):
+    def urlopen(  # type: ignore[override]
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        headers: Any = None,
+        preload_content: bool = True,
+        **_: Any,
+    ) -> urllib3.HTTPResponse:
+        path, _, query = url.partition("?")
+        if hasattr(body, "read"):
+            body = body.read()
+        elif body is not None and not isinstance(body, bytes | str):
             body = b"".join(body)  # a streamed upload
         result = self._client.simulate_request(
-            request.method,
-            url.path,
-            query_string=url.query,
-            headers=dict(request.headers),
-            body=body,
+            method, path, query_string=query, headers=dict(headers or {}), body=body
         )
-        response = requests.Response()
-        response.status_code = result.status_code
-        response.headers = requests.structures.CaseInsensitiveDict(result.headers)
-        response.raw = io.BytesIO(result.content)
-        response.url = request.url
-        response.request = request
-        response.reason = result.status.split(" ", 1)[1] if " " in result.status else ""
-        return response
-
-    def close(self) -> None:
-        pass
+        return urllib3.HTTPResponse(
+            body=_Body(result.content),
+            headers=dict(result.headers),
+            status=result.status_code,
+            reason=result.status.split(" ", 1)[1] if " " in result.status else "",
+            preload_content=preload_content,
+            decode_content=False,
+        )
 
 
 class StaticRegistry(RegistryClient):
@@ -66,10 +82,10 @@ class StaticRegistry(RegistryClient):
 
 def service_client(app: falcon.App, key: str, host: str) -> ServiceClient:
     """A real ServiceClient whose requests reach ``app`` in-process at ``host``."""
-    session = requests.Session()
-    session.mount(f"http://{host}/", WsgiAdapter(app))
+    transport = Transport()
+    transport.mount(host, InProcessPool(app, host))
     locator = ServiceLocator(StaticRegistry({key: host}), ttl=60)
-    return ServiceClient(locator, key, session, timeout=5)
+    return ServiceClient(locator, key, transport, timeout=5)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Finding other services through the registry, and calling them.
 
-How a call goes on the wire (sessions, pools, ``send``) is ``core/transport.py``; the retry
+How a call goes on the wire (pools, ``Transport.send``) is ``core/transport.py``; the retry
 pacing is ``core/backoff.py``.
 
 Addresses are cached briefly and resolved again after a failed call, so a service that moved
@@ -16,46 +16,55 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import requests
-
+from darkroom.contract.errors import ServiceError
 from darkroom.core import requestid
 from darkroom.core.backoff import Backoff
-from darkroom.core.errors import UpstreamUnavailable
-from darkroom.core.transport import bearer, send
+from darkroom.core.errors import UpstreamUnavailable, raise_for_upstream
+from darkroom.core.transport import (
+    CallFailed,
+    ConnectionFailed,
+    Response,
+    Seconds,
+    TimedOut,
+    Transport,
+    bearer,
+)
 
 log = logging.getLogger(__name__)
 
 
+# What a failed call to the registry raises: no answer, or an error answer.
+REGISTRY_ERRORS = (CallFailed, ServiceError)
+
+
 class RegistryClient:
-    """The registry's own API: ``/get``, ``/set``."""
+    """The registry's own API: ``/get``, ``/set``; failures raise ``REGISTRY_ERRORS``."""
 
     def __init__(
-        self, address: str, session: requests.Session, timeout: float = 5.0, token: str = ""
+        self, address: str, transport: Transport, timeout: float = 5.0, token: str = ""
     ) -> None:
-        self.base_url = f"http://{address}"
-        self._session = session
+        self.address = address
+        self._transport = transport
         self._timeout = timeout
         self._headers = bearer(token)
 
     def get(self, key: str) -> str | None:
-        response = self._session.get(
-            f"{self.base_url}/get", params={"key": key}, timeout=self._timeout
-        )
-        with response:
+        with self._call("GET", "/get", {"key": key}, {}) as response:
             if response.status_code == 404:
                 return None
-            response.raise_for_status()
+            raise_for_upstream(response, "registry")
             return response.text
 
     def set(self, key: str, value: str) -> None:
-        response = self._session.post(
-            f"{self.base_url}/set",
-            params={"key": key, "value": value},
-            headers=self._headers,
-            timeout=self._timeout,
+        with self._call("POST", "/set", {"key": key, "value": value}, self._headers) as response:
+            raise_for_upstream(response, "registry")
+
+    def _call(
+        self, method: str, path: str, params: dict[str, str], headers: dict[str, str]
+    ) -> Response:
+        return self._transport.send(
+            method, self.address, path, headers, params=params, timeout=self._timeout
         )
-        with response:
-            response.raise_for_status()
 
 
 def keep_registered(
@@ -79,7 +88,7 @@ def keep_registered(
                     log.info("registered", extra={"key": key, "value": value})
                 backoff.reset()
                 stop.wait(refresh_seconds)
-            except requests.RequestException as exc:
+            except REGISTRY_ERRORS as exc:
                 delay = backoff.next()
                 log.warning(
                     "registry unreachable, retrying",
@@ -113,7 +122,7 @@ class ServiceLocator:
             return cached[0]
         try:
             value = self._registry.get(key) or None
-        except requests.RequestException as exc:
+        except REGISTRY_ERRORS as exc:
             if cached:  # a stale value beats none while the registry restarts
                 return cached[0]
             raise UpstreamUnavailable("registry", str(exc)) from exc
@@ -140,14 +149,14 @@ class ServiceClient:
         self,
         locator: ServiceLocator,
         key: str,
-        session: requests.Session,
+        transport: Transport,
         timeout: float,
         headers: dict[str, str] | None = None,
     ) -> None:
         self.name = key.removesuffix("Address")
         self._locator = locator
         self._key = key
-        self._session = session
+        self._transport = transport
         self._timeout = timeout
         self._headers = headers or {}
 
@@ -155,25 +164,38 @@ class ServiceClient:
     def timeout(self) -> float:
         return self._timeout
 
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: Seconds = None,
+        stream: bool = False,
+    ) -> Response:
         """Send a request; on a connection failure resolve the address again and retry once.
 
-        A streamed body cannot be sent twice, so it is retried only when it is absent or bytes.
+        ``timeout`` defaults to the client's. A streamed body cannot be sent twice, so it is
+        retried only when it is absent or bytes.
         """
-        kwargs.setdefault("timeout", self._timeout)
-        headers = {**self._headers, **kwargs.pop("headers", {})}
+        headers = {**self._headers, **headers} if headers else dict(self._headers)
         if request_id := requestid.current.get():
             headers[requestid.HEADER] = request_id
-        replayable = isinstance(kwargs.get("data"), bytes | str | None)
+        timeout = self._timeout if timeout is None else timeout
+        replayable = isinstance(data, bytes | str | None)
         for attempt in (1, 2):
-            url = f"http://{self._locator.address(self._key)}{path}"
+            address = self._locator.address(self._key)
             try:
-                return send(self._session, method, url, headers, **kwargs)
-            except requests.ConnectionError as exc:
+                return self._transport.send(
+                    method, address, path, headers, params, data, timeout, stream
+                )
+            except ConnectionFailed as exc:
                 self._locator.forget(self._key)
                 if attempt == 2 or not replayable:
                     raise UpstreamUnavailable(self.name, _short(exc)) from exc
-            except requests.Timeout as exc:
+            except TimedOut as exc:
                 raise UpstreamUnavailable(self.name, "timed out") from exc
         raise AssertionError("unreachable")
 

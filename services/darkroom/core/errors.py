@@ -9,7 +9,6 @@ import re
 from typing import Any
 
 import falcon
-import requests
 
 from darkroom.contract.errors import (
     ServiceError,
@@ -17,6 +16,7 @@ from darkroom.contract.errors import (
     ServiceUnavailable,
     error_for_status,
 )
+from darkroom.core.transport import ErrorAnswer, Response
 
 log = logging.getLogger("darkroom.app")
 
@@ -72,14 +72,14 @@ def disk_full(what: str) -> falcon.HTTPError:
     )
 
 
-def raise_for_upstream(response: requests.Response, service: str) -> None:
+def raise_for_upstream(response: Response, service: str) -> None:
     """Raise an error answer as its ``ServiceError`` type, keeping its status and message."""
     if response.status_code < 400:
         return
     title, description = _error_text(response)
     kind = error_for_status(response.status_code)
-    # The library's own error, with the answer, as the cause.
-    cause = requests.HTTPError(f"{response.status_code} {response.reason}", response=response)
+    # The answer itself as the cause, for whoever debugs it.
+    cause = ErrorAnswer(response)
     if kind is ServiceFailed:
         # The upstream's internals are its own business: say which hop failed.
         raise ServiceFailed(
@@ -92,7 +92,7 @@ def raise_for_upstream(response: requests.Response, service: str) -> None:
     raise kind(service, response.status_code, title, description, retry_after) from cause
 
 
-def _retry_after(response: requests.Response) -> int | None:
+def _retry_after(response: Response) -> int | None:
     """The answer's ``Retry-After`` in seconds, passed on (a relayed 503 without it made
     clients retry at once); None when absent or not a small number of seconds."""
     raw = (response.headers.get("Retry-After") or "").strip()
@@ -118,7 +118,7 @@ def service_error(req: falcon.Request, resp: falcon.Response, ex: ServiceError, 
     ) from ex
 
 
-def _error_text(response: requests.Response) -> tuple[str, str]:
+def _error_text(response: Response) -> tuple[str, str]:
     try:
         body = response.json()
     except ValueError:

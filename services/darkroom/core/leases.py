@@ -12,13 +12,12 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import requests
-
 from darkroom.contract.errors import ServiceConflict
 from darkroom.contract.events import Stage, encode_stages
 from darkroom.contract.tasks import TASK_CANCELLED_TITLE, Claim
 from darkroom.core.discovery import ServiceClient
 from darkroom.core.errors import raise_for_upstream
+from darkroom.core.transport import Response
 
 
 class LeaseLost(ServiceConflict):
@@ -48,7 +47,7 @@ class TaskLeases:
         self._name = name
         self._routes = routes
 
-    def _post(self, path: str, params: dict[str, Any], **kwargs: Any) -> requests.Response:
+    def _post(self, path: str, params: dict[str, Any], **kwargs: Any) -> Response:
         response = self.service.request("POST", path, params=params, **kwargs)
         try:
             raise_for_upstream(response, self._name)

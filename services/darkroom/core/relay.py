@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import falcon
-import requests
 
 from darkroom.core.errors import raise_for_upstream
+from darkroom.core.transport import STREAM_CHUNK_BYTES, Response
 
 
-def relay(upstream: requests.Response, resp: falcon.Response, service: str) -> None:
+def relay(upstream: Response, resp: falcon.Response, service: str) -> None:
     """Copy a small upstream answer (status, type, body); errors keep their status."""
     with upstream:
         raise_for_upstream(upstream, service)
@@ -20,16 +22,30 @@ def relay(upstream: requests.Response, resp: falcon.Response, service: str) -> N
 
 
 def relay_stream(
-    upstream: requests.Response, resp: falcon.Response, chunk_bytes: int = 256 * 1024
+    upstream: Response, resp: falcon.Response, chunk_bytes: int = STREAM_CHUNK_BYTES
 ) -> None:
-    """Stream a large upstream body through without holding it; closes the upstream at the end."""
+    """Stream a large upstream body through without holding it; the upstream is closed when
+    the server closes the body (at its end, or when our client went away, even before the
+    first chunk)."""
     resp.content_type = upstream.headers.get("Content-Type", "application/octet-stream")
     length = upstream.headers.get("Content-Length")
     if length is not None:
         resp.content_length = int(length)
+    resp.stream = UpstreamBody(upstream, chunk_bytes)
 
-    def chunks():
-        with upstream:
-            yield from upstream.iter_content(chunk_bytes)
 
-    resp.stream = chunks()
+class UpstreamBody:
+    """An upstream answer's body as a response body: the WSGI server calls ``close``."""
+
+    def __init__(self, upstream: Response, chunk_bytes: int) -> None:
+        self._upstream = upstream
+        self._chunks = upstream.stream(chunk_bytes)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._upstream.close()

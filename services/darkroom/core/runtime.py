@@ -1,4 +1,5 @@
-"""What a running role needs around its app: a session, the registry, discovery, logging."""
+"""What a running role needs around its app: connection pools, the registry, discovery,
+logging."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from darkroom.core.config import Config
 from darkroom.core.discovery import RegistryClient, ServiceClient, ServiceLocator, keep_registered
 from darkroom.core.errors import UpstreamUnavailable
 from darkroom.core.health import ReadinessCheck
-from darkroom.core.transport import bearer, new_session
+from darkroom.core.transport import Transport, bearer
 
 PROBE_TIMEOUT_SECONDS = 1.0
 
@@ -35,9 +36,9 @@ class Runtime:
         self.config = config
         self.role = role
         self.stop = threading.Event()
-        self.session = new_session(pool_size=max(config.threads, 8))
+        self.transport = Transport(pool_size=max(config.threads, 8))
         self.registry = RegistryClient(
-            config.registry_address, self.session, token=config.internal_token
+            config.registry_address, self.transport, token=config.internal_token
         )
         self.locator = ServiceLocator(self.registry, ttl=config.discovery_ttl_seconds)
 
@@ -45,7 +46,7 @@ class Runtime:
         return ServiceClient(
             self.locator,
             ADDRESS_KEYS[role],
-            self.session,
+            self.transport,
             timeout=timeout or self.config.http_timeout_seconds,
             headers=bearer(self.config.internal_token),
         )

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import requests
-
 from darkroom.contract.tasks import EndedTasks, IdempotencyKeyUsed, KeyHolder
 from darkroom.contract.webhooks import Attempt
 from darkroom.core.discovery import ServiceClient
 from darkroom.core.errors import raise_for_upstream
 from darkroom.core.leases import LeaseRoutes, TaskLeases
+from darkroom.core.transport import Response
 
 
 class DatabaseLeases(TaskLeases):
@@ -28,11 +27,11 @@ class DatabaseClient:
     def __init__(self, service: ServiceClient) -> None:
         self._service = service
 
-    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def call(self, method: str, path: str, **kwargs: Any) -> Response:
         """The raw answer, for routes the master relays as they are."""
         return self._service.request(method, path, **kwargs)
 
-    def _checked(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def _checked(self, method: str, path: str, **kwargs: Any) -> Response:
         response = self._service.request(method, path, **kwargs)
         raise_for_upstream(response, "database")
         return response

@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import requests
-
 from darkroom.contract.errors import ServiceNotFound
 from darkroom.contract.folders import Folder
 from darkroom.core.discovery import ServiceClient
 from darkroom.core.errors import raise_for_upstream
+from darkroom.core.transport import Response
 
 
 def _params(folder: Folder, task_id: str, version: str | None) -> dict[str, Any]:
@@ -48,7 +47,7 @@ class StorageClient:
         with response:
             raise_for_upstream(response, "storage")
 
-    def open(self, folder: Folder, task_id: str, version: str | None = None) -> requests.Response:
+    def open(self, folder: Folder, task_id: str, version: str | None = None) -> Response:
         """The image as a streaming response (close it); ServiceNotFound if there is none."""
         response = self._service.request(
             "GET", "/getImage", params=_params(folder, task_id, version), stream=True
@@ -71,7 +70,7 @@ class StorageClient:
         return self._found(response)
 
     @staticmethod
-    def _found(response: requests.Response) -> bool:
+    def _found(response: Response) -> bool:
         with response:
             try:
                 raise_for_upstream(response, "storage")
