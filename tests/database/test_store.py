@@ -33,6 +33,7 @@ from darkroom.database.store import (
     TaskNotFound,
     TaskStore,
 )
+from harness.launch import wait_until
 
 POLICY = LeasePolicy(lease_seconds=10, max_attempts=2, upload_timeout_seconds=100)
 
@@ -1193,12 +1194,15 @@ def test_a_store_outlives_a_postgresql_restart(postgres_server, postgres_url, cl
     try:
         store = opener.open(clock=clock)
         task_id = queued(store)
+        before = store.ended(None, 0)
         postgres_server.restart()
         assert store.get(task_id).state == State.QUEUED, "a dropped connection is replaced"
         claim = store.claim()
         assert claim.id == task_id
         # the listener is back: a change wakes a watch at once again
         assert store.wait_listening(10)
+        # and ends sent while it was away may be lost: the feed's followers start over
+        wait_until(lambda: store.ended(before.epoch, before.position).reset, 10, "a new epoch")
         thread, result = _timed_in_thread(lambda: store.watch(task_id, {State.IN_PROGRESS}, 10))
         time.sleep(0.2)
         finished_at = time.monotonic()

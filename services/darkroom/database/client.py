@@ -67,23 +67,24 @@ class DatabaseClient:
     def get(self, task_id: str, wait: float = 0.0, state: str | None = None) -> dict[str, Any]:
         """The task; with ``wait``, once it leaves ``state`` (default: once it ends) or after it."""
         params: dict[str, Any] = {"id": task_id}
-        kwargs: dict[str, Any] = {}
         if wait > 0:
-            params.update(wait=wait, state=state)
-            kwargs["timeout"] = self._service.timeout + wait
-        with self._checked("GET", "/getById", params=params, **kwargs) as response:
+            params["state"] = state
+        with self._long_poll("/getById", params, wait) as response:
             return response.json()
 
     def ended_tasks(self, epoch: str | None, after: int, wait: float = 0.0) -> EndedTasks:
         """The feed of ended tasks after position ``after`` of ``epoch``; with ``wait``, once
         there is one or after it."""
         params: dict[str, Any] = {"epoch": epoch, "after": after}
-        kwargs: dict[str, Any] = {}
-        if wait > 0:
-            params["wait"] = wait
-            kwargs["timeout"] = self._service.timeout + wait
-        with self._checked("GET", "/endedTasks", params=params, **kwargs) as response:
+        with self._long_poll("/endedTasks", params, wait) as response:
             return EndedTasks.from_document(response.json())
+
+    def _long_poll(self, path: str, params: dict[str, Any], wait: float) -> Response:
+        """``GET path`` that the database may hold up to ``wait`` seconds (0: answered at once)."""
+        if wait <= 0:
+            return self._checked("GET", path, params=params)
+        timeout = self._service.timeout + wait
+        return self._checked("GET", path, params={**params, "wait": wait}, timeout=timeout)
 
     # -- webhook deliveries ---------------------------------------------------------------
     def claim_delivery(self, lease_seconds: float) -> dict[str, Any] | None:
@@ -104,10 +105,5 @@ class DatabaseClient:
     def events(self, task_id: str, after: int = 0, wait: float = 0.0) -> list[dict[str, Any]]:
         """The task's events numbered above ``after``; with ``wait``, once there is one or after
         it (then an empty list). ServiceUnavailable when the database has no slot to wait in."""
-        params: dict[str, Any] = {"id": task_id, "after": after}
-        kwargs: dict[str, Any] = {}
-        if wait > 0:
-            params["wait"] = wait
-            kwargs["timeout"] = self._service.timeout + wait
-        with self._checked("GET", "/events", params=params, **kwargs) as response:
+        with self._long_poll("/events", {"id": task_id, "after": after}, wait) as response:
             return response.json()
