@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
@@ -204,3 +205,14 @@ def test_auto_format_is_text_on_a_terminal_only():
     assert logs.resolve_format("auto", Terminal()) == "text"
     assert logs.resolve_format("auto", io.StringIO()) == "json"
     assert logs.resolve_format("json", Terminal()) == "json"
+
+
+def test_the_time_is_utc_to_the_millisecond_as_datetime_writes_it():
+    """The formatter makes the seconds' text once per second: a later line, or one of an
+    earlier second (another thread's), still gets its own."""
+    formatter = logs.JsonFormatter()
+    record = logging.LogRecord("darkroom.test", logging.INFO, "", 0, "message", None, None)
+    for created in (1_764_600_000.0, 1_764_600_000.9994, 1_764_600_001.0005, 1_764_599_999.25):
+        record.created = created
+        expected = datetime.datetime.fromtimestamp(created, datetime.UTC)
+        assert formatter.document(record)["time"] == expected.isoformat(timespec="milliseconds")

@@ -15,6 +15,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
+from darkroom.core.metrics import RequestMetrics
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.store import LeasePolicy, SqliteTaskStore, State, TaskConflict
 from darkroom.storage.store import Folder
@@ -95,6 +96,26 @@ def test_label_values_come_from_a_fixed_set_whatever_the_client_sends(tmp_path):
     ]
     assert sum(other) == 100
     assert len(other) <= 4  # by route and status only: a few series, not one per request
+
+
+@pytest.mark.filterwarnings("ignore::wsgiref.validate.WSGIWarning")  # the made-up methods
+def test_the_series_kept_for_quick_look_ups_are_one_per_label_set():
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry)
+    app = falcon.App(middleware=[metrics])
+    app.add_route("/items/{item_id:int}", Item())
+    client = testing.TestClient(app)
+    for n in range(50):
+        assert client.simulate_request(f"FROB{n}", f"/items/{n}").status_code == 400
+        assert client.simulate_get(f"/items/{n}").status_code == 200
+    # keyed by the label values, not by what the client sent
+    assert sorted(metrics._children) == [
+        ("GET", "/items/{item_id:int}", 200),
+        ("other", "/items/{item_id:int}", 400),
+    ]
+    found = samples(generate_latest(registry).decode())
+    ok = labels(method="GET", route="/items/{item_id:int}", status="200")
+    assert found[("darkroom_http_requests_total", ok)] == 50
 
 
 def test_every_role_serves_metrics_without_credentials(config):

@@ -228,3 +228,44 @@ def test_a_channel_whose_headers_are_overdue_stops_reading() -> None:
     stub = channel.__new__(channel)
     stub.request, stub.will_close = request, False
     assert stub.readable() is False and stub.will_close
+
+
+class RecordingSocket:
+    """A socket that has ``data`` to give and records the buffer sizes asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.asked: list[int] = []
+
+    def recv(self, size: int) -> bytes:
+        self.asked.append(size)
+        given, self.data = self.data[:size], self.data[size:]
+        return given
+
+
+def reads_asked(head: bytes, body: bytes) -> list[int]:
+    """The recv() sizes a channel asks for while a request of ``head`` and ``body`` arrives."""
+    channel = channel_class({"/new": UPLOAD_LIMIT}, spool_budget=0)
+    stub = channel.__new__(channel)
+    stub.socket = RecordingSocket(head + body)
+    stub.request = channel.parser_class(Adjustments(max_request_body_size=UPLOAD_LIMIT + 1))
+    while stub.socket.data and not stub.request.completed:
+        data = stub.recv(RECV_BYTES)
+        while data and not stub.request.completed:
+            data = data[stub.request.received(data) :]
+    return stub.socket.asked
+
+
+def test_reads_are_small_for_headers_and_large_only_for_the_rest_of_a_large_body():
+    # recv(256 KiB) maps and unmaps its buffer on every call (past glibc's mmap threshold):
+    # 12 us more than a small read, for each request line and headers
+    small = server.SMALL_RECV_BYTES
+    assert reads_asked(b"GET /getById?id=1 HTTP/1.1\r\nHost: x\r\n\r\n", b"") == [small]
+    assert reads_asked(post("/heartbeat", 300), b"x" * 300) == [small]
+    three_mb = 3 * SMALL_BODY_BYTES
+    asked = reads_asked(post("/new", three_mb), b"x" * three_mb)
+    assert asked[0] == small and len(asked) <= 2 + three_mb // RECV_BYTES  # 13 reads, not 48
+    chunked = b"POST /new HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+    asked = reads_asked(chunked, chunk * 16 + b"0\r\n\r\n")
+    assert asked[0] == small and set(asked[1:]) == {RECV_BYTES}

@@ -19,9 +19,10 @@ BEARER_CHALLENGE = 'Bearer realm="darkroom"'
 BASIC_CHALLENGE = 'Basic realm="darkroom", charset="UTF-8"'
 
 
-def _matches(given: str, secrets: Collection[str]) -> bool:
+def _matches(given: str, secrets: Collection[bytes]) -> bool:
     # Compare against every secret so the time taken does not tell which one nearly matched.
-    results = [hmac.compare_digest(given.encode(), secret.encode()) for secret in secrets]
+    presented = given.encode()
+    results = [hmac.compare_digest(presented, secret) for secret in secrets]
     return any(results)
 
 
@@ -46,8 +47,9 @@ class AuthMiddleware:
     def __init__(
         self, internal_token: str, api_keys: Collection[str], challenge: str = BEARER_CHALLENGE
     ) -> None:
-        self._internal = [internal_token] if internal_token else []
-        self._api_keys = [*api_keys, *self._internal]
+        # encoded once here, not on every request
+        self._internal = [internal_token.encode()] if internal_token else []
+        self._api_keys = [*(key.encode() for key in api_keys), *self._internal]
         self._client_protected = bool(api_keys)
         self._challenge = challenge
 
@@ -66,7 +68,7 @@ class AuthMiddleware:
         if self._internal:
             self._check(req, self._internal, "the internal service token")
 
-    def _check(self, req: falcon.Request, accepted: list[str], what: str) -> None:
+    def _check(self, req: falcon.Request, accepted: list[bytes], what: str) -> None:
         secret = presented_secret(req)
         if not secret:
             raise falcon.HTTPUnauthorized(
@@ -82,7 +84,7 @@ class AuthMiddleware:
 
 def _level(resource: object, method: str) -> str:
     level = getattr(resource, "auth", INTERNAL)
-    if isinstance(level, Mapping):
+    if type(level) is not str and isinstance(level, Mapping):  # str: most routes, no ABC check
         return level.get(method, INTERNAL)
     return level
 

@@ -14,7 +14,7 @@ written as ``"[redacted]"``, also inside dicts, so a header dict can be logged s
 
 from __future__ import annotations
 
-import datetime
+import functools
 import json
 import logging
 import re
@@ -48,11 +48,23 @@ QUIET_METHODS_ATTRIBUTE = "quiet_methods"
 
 def redact(name: str, value: Any) -> Any:
     """``value``, or REDACTED when ``name`` says it is a secret; dicts are redacted per key."""
-    if _SECRET_NAME.search(name):
+    if type(value) in _SCALARS:  # most fields: no ABC check needed
+        return REDACTED if _is_secret(name) else value
+    if _is_secret(name):
         return REDACTED
     if isinstance(value, Mapping):
         return {str(key): redact(str(key), item) for key, item in value.items()}
     return value
+
+
+# Field names come from the code's own ``extra`` keys (and the keys of dicts logged): a few
+# dozen, each judged once rather than searched for on every line.
+@functools.lru_cache(maxsize=1024)
+def _is_secret(name: str) -> bool:
+    return _SECRET_NAME.search(name) is not None
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _plain(value: Any) -> Any:
@@ -64,20 +76,39 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+# One encoder for every line: json.dumps with arguments builds a new one per call.
+_ENCODER = json.JSONEncoder(default=_plain, ensure_ascii=False)
+
+
+class _UtcSeconds:
+    """``2026-12-01T15:32:50`` for a timestamp, made once per second rather than per line."""
+
+    def __init__(self) -> None:
+        self._latest = (-1, "")  # one tuple, so that threads never see one half updated
+
+    def __call__(self, second: int) -> str:
+        cached_second, text = self._latest
+        if second != cached_second:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._latest = (second, text)
+        return text
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, static: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self._static = dict(static or {})
+        self._utc_seconds = _UtcSeconds()
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(self.document(record), default=_plain, ensure_ascii=False)
+        return _ENCODER.encode(self.document(record))
 
     def document(self, record: logging.LogRecord) -> dict[str, Any]:
         """Every field of the line, in order: time, level, logger, message, then the rest."""
+        second = int(record.created)
+        millis = int((record.created - second) * 1000)
         document: dict[str, Any] = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "time": f"{self._utc_seconds(second)}.{millis:03d}+00:00",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -74,6 +74,7 @@ class RequestMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.metrics_started = time.perf_counter()
@@ -82,10 +83,24 @@ class RequestMetrics:
         self, req: falcon.Request, resp: falcon.Response, resource: object, succeeded: bool
     ) -> None:
         started = getattr(req.context, "metrics_started", None)
-        method, route = method_label(req.method), route_label(req)
-        self._requests.labels(method, route, str(resp.status_code)).inc()
+        count, latency = self._series(method_label(req.method), route_label(req), resp.status_code)
+        count.inc()
         if started is not None:
-            self._latency.labels(method, route).observe(time.perf_counter() - started)
+            latency.observe(time.perf_counter() - started)
+
+    def _series(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+        """The counter and histogram children of these labels, looked up once per label set.
+
+        ``labels()`` validates, converts and locks on every call; the label sets are few (see
+        the module's docstring), so the children are kept here, keyed by the label values.
+        """
+        key = (method, route, status)
+        series = self._children.get(key)
+        if series is None:
+            # two threads may both get here: labels() gives both the same children
+            count = self._requests.labels(method, route, str(status))
+            series = self._children[key] = count, self._latency.labels(method, route)
+        return series
 
 
 def method_label(method: str) -> str:
