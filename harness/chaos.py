@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import psutil  # the processes seen, for telling a reused pid apart
 import requests
@@ -461,15 +461,30 @@ def make_jobs(settings: ChaosSettings, rng: random.Random) -> list[Job]:
     return jobs
 
 
+class _Run(NamedTuple):
+    """What every chaos run starts from: its seeded random source, its report, its clock and
+    its jobs (made from the seed, so a failing run can be repeated)."""
+
+    rng: random.Random
+    report: Report
+    started: float
+    end: float
+    jobs: list[Job]
+
+    @classmethod
+    def begin(cls, settings: ChaosSettings) -> _Run:
+        rng = random.Random(settings.seed)
+        report = Report(seed=settings.seed)
+        started = time.monotonic()
+        jobs = make_jobs(settings, rng)
+        report.corrupt_submitted = sum(job.corrupt for job in jobs)
+        return cls(rng, report, started, started + settings.seconds, jobs)
+
+
 def run_chaos(settings: ChaosSettings, workdir: Path, log: Log = print) -> Report:
     if (workdir / "data").exists():
         raise ValueError(f"{workdir / 'data'} exists: a run needs a fresh data directory")
-    rng = random.Random(settings.seed)
-    report = Report(seed=settings.seed)
-    started = time.monotonic()
-    end = started + settings.seconds
-    jobs = make_jobs(settings, rng)
-    report.corrupt_submitted = sum(job.corrupt for job in jobs)
+    rng, report, started, end, jobs = _Run.begin(settings)
     system = Darkroom(
         workdir / "data",
         workdir / "darkroom.log",
@@ -719,12 +734,7 @@ def run_replicated_chaos(
     stores through B's storage. The finishes the database refused are not counted here (each
     replica counts its own).
     """
-    rng = random.Random(settings.seed)
-    report = Report(seed=settings.seed)
-    started = time.monotonic()
-    end = started + settings.seconds
-    jobs = make_jobs(settings, rng)
-    report.corrupt_submitted = sum(job.corrupt for job in jobs)
+    rng, report, started, end, jobs = _Run.begin(settings)
     system = ReplicatedDarkroom(
         server.create_database(f"chaos_{settings.seed}"),
         workdir / "data",

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from support.images import png_bytes
-from support.processes import Services
+from support.jobs import upload
 from support.sse import events_in, messages
 
 pytestmark = pytest.mark.e2e
@@ -62,14 +62,6 @@ class RawStream:
         self._connection.close()
 
 
-def upload(services: Services, body: bytes, op: str) -> str:
-    response = requests.post(
-        services.url("master", "/new"), data=body, params={"op": op}, timeout=10
-    )
-    assert response.status_code == 200, response.text
-    return response.text
-
-
 def described(events: list[dict]) -> list[tuple[str, str]]:
     return [(e["event"], e["data"].get("state") or e["data"]["stage"]) for e in events]
 
@@ -78,7 +70,7 @@ def test_the_stream_shows_each_state_and_stage_live_in_order_then_closes(service
     # Everything but the worker: the job cannot end until it starts.
     for role in ("registry", "database", "storage", "master", "frontend"):
         services.start(role)
-    task_id = upload(services, png_bytes((32, 24), "RGB"), PIPELINE)
+    task_id = upload(services, png_bytes((32, 24), "RGB"), op=PIPELINE)
     from_master = RawStream(services.url("master", f"/events?id={task_id}"))
     through_frontend = RawStream(services.url("frontend", f"/events?id={task_id}"))
     try:
@@ -109,7 +101,7 @@ def test_the_stream_shows_each_state_and_stage_live_in_order_then_closes(service
 
 def test_an_ended_job_replays_and_closes_and_last_event_id_resumes(services):
     services.start_all()
-    task_id = upload(services, png_bytes((16, 16), "RGB"), PIPELINE)
+    task_id = upload(services, png_bytes((16, 16), "RGB"), op=PIPELINE)
     ended = requests.get(
         services.url("master", "/status"), params={"id": task_id, "wait": 30}, timeout=40
     ).json()

@@ -8,35 +8,10 @@ import pytest
 import requests
 
 from support.images import decode, noise_png, png_bytes, same_pixels, swapped
-from support.processes import Services, wait_until
+from support.jobs import download, status, upload, wait_state
+from support.processes import Services
 
 pytestmark = pytest.mark.e2e
-
-
-def upload(services: Services, body: bytes, **params: str) -> str:
-    response = requests.post(services.url("master", "/new"), data=body, params=params, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.text
-
-
-def status(services: Services, task_id: str) -> dict:
-    response = requests.get(services.url("master", "/status"), params={"id": task_id}, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def wait_state(services: Services, task_id: str, *states: str, timeout: float = 30) -> dict:
-    def reached() -> dict | None:
-        task = status(services, task_id)
-        return task if task["stateName"] in states else None
-
-    return wait_until(reached, timeout, f"task {task_id} to reach {states}")
-
-
-def download(services: Services, task_id: str) -> bytes:
-    response = requests.get(services.url("master", "/get"), params={"id": task_id}, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.content
 
 
 def test_upload_ready_download_pixel_by_pixel(services):

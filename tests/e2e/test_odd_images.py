@@ -9,16 +9,11 @@ import pytest
 import requests
 from PIL import Image
 
+from support.jobs import download, upload
 from support.pngfiles import GREY, RGB, png
 from support.processes import Services, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def upload(services: Services, body: bytes) -> str:
-    response = requests.post(services.url("master", "/new"), data=body, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.text
 
 
 def settled(services: Services, task_id: str) -> dict:
@@ -28,12 +23,6 @@ def settled(services: Services, task_id: str) -> dict:
         return task if task["stateName"] in ("finished", "failed") else None
 
     return wait_until(done, 30, f"task {task_id} to settle")
-
-
-def download(services: Services, task_id: str) -> bytes:
-    response = requests.get(services.url("master", "/get"), params={"id": task_id}, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.content
 
 
 def test_odd_images_through_the_services(services):

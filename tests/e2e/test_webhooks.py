@@ -15,6 +15,7 @@ import standardwebhooks
 
 from darkroom.contract.roles import ROLES
 from support.images import png_bytes
+from support.jobs import status
 from support.processes import Services, wait_until
 from support.receiver import Receiver
 
@@ -65,12 +66,6 @@ def upload(services: Services, webhook: str) -> str:
     )
     assert response.status_code == 200, response.text
     return response.text
-
-
-def status(services: Services, task_id: str) -> dict:
-    response = requests.get(services.url("master", "/status"), params={"id": task_id}, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def delivery_settles(services: Services, task_id: str, timeout: float = 30) -> dict:
