@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import threading
 import time
 from typing import BinaryIO
@@ -11,6 +12,7 @@ import pytest
 from darkroom.contract.errors import ServiceConflict
 from darkroom.contract.events import EventKind
 from darkroom.contract.folders import result_version
+from darkroom.core.config import Config
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient, DatabaseLeases
 from darkroom.database.service import open_store
@@ -20,7 +22,7 @@ from darkroom.master.client import LeaseLost, MasterClient, TaskWasCancelled
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
 from darkroom.storage.store import FileImageStore, Folder
-from darkroom.worker.loop import TaskLoop
+from darkroom.worker.loop import SPOOL_BYTES, TaskLoop, _Finisher, _read_body
 from support.inprocess import service_client
 
 
@@ -425,3 +427,121 @@ def test_a_failed_attempt_sends_its_stages_with_the_failure(system):
         (EventKind.STAGE, "download"),
         (EventKind.STATE, "failed"),
     ]
+
+
+# -- the loop's own threads (issue 12: a thread started and joined per task cost CPU) ----------
+
+
+def test_a_loop_runs_on_the_same_two_threads_whatever_the_number_of_tasks(system):
+    tasks, storage, leases, _, _ = system
+    for n in range(4):
+        submit(tasks, storage, b"task %d" % n)
+    before = set(threading.enumerate())
+    seen: set[threading.Thread] = set()
+    stop = threading.Event()
+    handled = []
+
+    def process(source: BinaryIO, destination: BinaryIO, pipeline: str, **_: object) -> str:
+        seen.update(set(threading.enumerate()) - before - {threading.current_thread()})
+        handled.append(pipeline)
+        if len(handled) == 4:
+            stop.set()
+        return reverse_bytes(source, destination, pipeline)
+
+    TaskLoop(leases, storage, process, Rejected, 0, 5, 5, stop).run()
+    assert len(handled) == 4
+    # One storing results, one sending heartbeats: not a heartbeat thread per task.
+    assert len(seen) == 2, sorted(thread.name for thread in seen)
+    assert not set(threading.enumerate()) - before, "the loop's threads end with its run"
+
+
+def test_one_heartbeat_thread_keeps_the_leases_of_a_task_stored_and_the_next_processed(tmp_path):
+    """Both tasks are held past their lease (0.3 s): only heartbeats keep them."""
+    config = Config(data_dir=tmp_path, lease_seconds=0.3, max_upload_bytes=1024 * 1024)
+    tasks, storage, leases, _, _ = build_system(config, FileImageStore(config.data_dir))
+    first = submit(tasks, storage, b"one")
+    second = submit(tasks, storage, b"two")
+    second_started = threading.Event()
+    stop = threading.Event()
+
+    def process(source: BinaryIO, destination: BinaryIO, pipeline: str, **_: object) -> str:
+        data = source.read()
+        if data == b"two":
+            second_started.set()
+            stop.set()
+            time.sleep(1.0)  # processing outlasts the lease three times
+        destination.write(data[::-1])
+        return "application/octet-stream"
+
+    slow_storage = StoreAfterNextTaskStarts(storage, second_started)
+    TaskLoop(leases, slow_storage, process, Rejected, 0, 0.3, 5, stop).run()
+    assert slow_storage.overlapped
+    for task_id in (first, second):
+        task = tasks.get(task_id)
+        assert task.state == State.FINISHED and task.attempts == 1, task
+
+
+class SlowFirstStore(StoreAfterNextTaskStarts):
+    """The first result is stored only once the next task has been processed past its lease."""
+
+    def send(self, folder, task_id, body, size=None, version=None) -> None:
+        if folder == Folder.FINISHED and self.overlapped is None:
+            self.overlapped = self._processing_started.wait(5)
+            time.sleep(1.0)  # storing outlasts the lease three times
+        self._storage.send(folder, task_id, body, size, version)
+
+
+def test_the_lease_of_a_result_being_stored_is_kept_while_the_next_task_is_processed(tmp_path):
+    config = Config(data_dir=tmp_path, lease_seconds=0.3, max_upload_bytes=1024 * 1024)
+    tasks, storage, leases, _, _ = build_system(config, FileImageStore(config.data_dir))
+    first = submit(tasks, storage, b"one")
+    second = submit(tasks, storage, b"two")
+    second_started = threading.Event()
+    stop = threading.Event()
+
+    def process(source: BinaryIO, destination: BinaryIO, pipeline: str, **_: object) -> str:
+        data = source.read()
+        if data == b"two":
+            second_started.set()
+            stop.set()
+        destination.write(data[::-1])
+        return "application/octet-stream"
+
+    slow_storage = SlowFirstStore(storage, second_started)
+    TaskLoop(leases, slow_storage, process, Rejected, 0, 0.3, 5, stop).run()
+    assert slow_storage.overlapped
+    for task_id in (first, second):
+        task = tasks.get(task_id)
+        assert task.state == State.FINISHED and task.attempts == 1, task
+
+
+class Body:
+    """A download's answer: its Content-Length (when given) and its bytes in chunks."""
+
+    def __init__(self, data: bytes, with_length: bool = True) -> None:
+        self.data = data
+        self.headers = {"Content-Length": str(len(data))} if with_length else {}
+
+    def stream(self, chunk_bytes: int):
+        for start in range(0, len(self.data), chunk_bytes):
+            yield self.data[start : start + chunk_bytes]
+
+    @property
+    def content(self) -> bytes:
+        return self.data
+
+
+def test_a_download_that_fits_is_read_once_into_memory_a_larger_one_spills_to_disk():
+    small = _read_body(Body(b"x" * 1000))
+    assert isinstance(small, io.BytesIO) and small.read() == b"x" * 1000
+    large = _read_body(Body(b"y" * (SPOOL_BYTES + 1)))
+    assert not isinstance(large, io.BytesIO)
+    assert large._rolled and large.read() == b"y" * (SPOOL_BYTES + 1)  # on disk, not in memory
+    unknown = _read_body(Body(b"z" * 1000, with_length=False))
+    assert unknown.read() == b"z" * 1000
+
+
+def test_an_error_of_the_step_in_the_background_is_raised_by_the_loop():
+    with pytest.raises(RuntimeError, match="bug"), _Finisher() as finisher:
+        finisher.run(lambda: 1 / 1)
+        finisher.run(lambda: (_ for _ in ()).throw(RuntimeError("bug")))

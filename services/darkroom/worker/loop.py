@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import contextvars
 import functools
+import io
 import logging
+import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from darkroom.contract.errors import ServiceError, ServiceNotFound, ServiceUnavailable
@@ -67,6 +69,14 @@ class StorageFull(Exception):
 
 
 class TaskLoop:
+    """Claims tasks and handles them one at a time, in the calling thread.
+
+    Two threads of its own, each for the loop's whole run, not one per task: one stores each
+    result while the next task is processed (``_Finisher``), one extends the leases of the
+    tasks it holds (``_Heartbeats``). Starting a thread per task cost more CPU than the rest of
+    the loop's own work (docs/benchmarks.md).
+    """
+
     def __init__(
         self,
         tasks: TaskLeases,
@@ -87,21 +97,19 @@ class TaskLoop:
         self._process = process
         self._rejected = rejected
         self._claim_wait = claim_wait_seconds
-        self._heartbeat_every = max(lease_seconds / 3, 0.05)
         self._http_timeout = http_timeout
         self._stop = stop
         self.completed = 0
         self.failed = 0
         # Waits between tasks given back because a service they need is down.
         self._outage = Backoff(first=0.5, cap=5.0)
-        # Claims being processed or stored, by task id: what a stopping worker gives back.
-        self._held: dict[str, Claim] = {}
-        # Their stages so far, by task id: sent with the heartbeats, the finish or the fail.
-        self._stages: dict[str, StageLog] = {}
+        # Tasks being processed or stored, by id: what a stopping worker gives back.
+        self._held: dict[str, _Held] = {}
         self._held_lock = threading.Lock()
+        self._heartbeats = _Heartbeats(tasks, max(lease_seconds / 3, 0.05), self._holding)
 
     def run(self) -> None:
-        with self._metrics.running():
+        with self._metrics.running(), self._heartbeats.running():
             self._run()
 
     def _run(self) -> None:
@@ -121,12 +129,15 @@ class TaskLoop:
                 if self._stop.is_set():
                     self._give_back(claim)
                     return
-                self.handle(claim, finisher)
+                self._handle(claim, finisher)
 
-    def handle(self, claim: Claim, finisher: _Finisher | None = None) -> None:
-        """Process one claimed task; every outcome is reported to the database.
+    def handle(self, claim: Claim) -> None:
+        """Process one claimed task to its end; every outcome is reported to the database."""
+        with self._heartbeats.running():
+            self._handle(claim, None)
 
-        With ``finisher``, storing the result and reporting it run there, in the background,
+    def _handle(self, claim: Claim, finisher: _Finisher | None) -> None:
+        """With ``finisher``, storing the result and reporting it run there, in the background,
         while this loop claims and processes the next task: the CPU does not wait for the
         network. Without it, the task is done when this returns. The task id is the request id
         meanwhile: it is on every log line and downstream call.
@@ -134,28 +145,20 @@ class TaskLoop:
         token = requestid.current.set(claim.task_id)
         try:
             log.info("task claimed", extra={"task": claim.task_id, "attempt": claim.attempts})
-            self._hold(claim)
-            heartbeat = _Heartbeat(
-                self._tasks, claim, self._heartbeat_every, self._stages_of(claim)
-            )
-            heartbeat.start()
+            held = self._hold(claim)
             # Busy: the loop's time on the task, up to handing its result over (storing it
             # overlaps the next task, but waiting for the previous one to be stored counts).
             with self._metrics.busy():
-                images = self._run_step(
-                    claim,
-                    functools.partial(self._download_and_process, cancelled=heartbeat.cancelled),
-                )
-                if images is not None and heartbeat.cancelled.is_set():
+                images = self._run_step(held, self._download_and_process)
+                if images is not None and held.cancelled:
                     # Cancelled while it was processed: the result is never sent.
                     images.close()
                     images = None
                     self._cancelled(claim)
                 if images is None:
-                    heartbeat.stop()
-                    self._let_go(claim)
+                    self._let_go(held)
                     return
-                finish = functools.partial(self._finish, claim, images, heartbeat)
+                finish = functools.partial(self._finish, held, images)
                 if finisher is None:
                     finish()
                 else:
@@ -163,33 +166,33 @@ class TaskLoop:
         finally:
             requestid.current.reset(token)
 
-    def _finish(self, claim: Claim, images: _TaskImages, heartbeat: _Heartbeat) -> None:
+    def _finish(self, held: _Held, images: _TaskImages) -> None:
         try:
             # Not given back by a stopping worker, nor cancelled by its client, meanwhile.
-            if self._holds(claim) and not heartbeat.cancelled.is_set():
-                self._run_step(claim, functools.partial(self._store_result, images=images))
+            if self._holds(held) and not held.cancelled:
+                self._run_step(held, functools.partial(self._store_result, images=images))
         finally:
             images.close()
-            heartbeat.stop()
-            self._let_go(claim)
+            self._let_go(held)
 
-    def _hold(self, claim: Claim) -> None:
+    def _hold(self, claim: Claim) -> _Held:
+        held = _Held(claim, self._heartbeats.first_due())
         with self._held_lock:
-            self._held[claim.task_id] = claim
-            self._stages[claim.task_id] = StageLog()
+            self._held[claim.task_id] = held
+        return held
 
-    def _stages_of(self, claim: Claim) -> StageLog:
+    def _holding(self) -> list[_Held]:
         with self._held_lock:
-            return self._stages.get(claim.task_id) or StageLog()
+            return list(self._held.values())
 
-    def _holds(self, claim: Claim) -> bool:
+    def _holds(self, held: _Held) -> bool:
         with self._held_lock:
-            return claim.task_id in self._held
+            return self._held.get(held.claim.task_id) is held
 
-    def _let_go(self, claim: Claim) -> None:
+    def _let_go(self, held: _Held) -> None:
         with self._held_lock:
-            self._held.pop(claim.task_id, None)
-            self._stages.pop(claim.task_id, None)
+            if self._held.get(held.claim.task_id) is held:
+                del self._held[held.claim.task_id]
 
     def give_back_held(self) -> int:
         """Give back every task this loop holds, unspent: its worker stops before they are done.
@@ -198,15 +201,16 @@ class TaskLoop:
         """
         with self._held_lock:
             held, self._held = list(self._held.values()), {}
-        for claim in held:
-            log.info("worker stopping; task given back", extra={"task": claim.task_id})
-            self._give_back(claim)
+        for each in held:
+            log.info("worker stopping; task given back", extra={"task": each.claim.task_id})
+            self._give_back(each.claim)
         return len(held)
 
-    def _run_step(self, claim: Claim, step: Callable[[Claim], _T]) -> _T | None:
+    def _run_step(self, held: _Held, step: Callable[[_Held], _T]) -> _T | None:
         """Run one step of a task; a failure is reported (or waited out) and gives None."""
+        claim = held.claim
         try:
-            return step(claim)
+            return step(held)
         except TaskWasCancelled:
             self._cancelled(claim)
         except LeaseLost:
@@ -215,7 +219,7 @@ class TaskLoop:
         except (self._rejected, ImageGone, StorageFull) as exc:
             self.failed += 1
             self._metrics.outcome(Outcome.FAILED)
-            self._report_failure(claim, str(exc), retryable=False)
+            self._report_failure(held, str(exc), retryable=False)
         except ServiceUnavailable as exc:
             # A service is down or restarting (also when it could not be reached at all).
             self._metrics.outcome(Outcome.ERROR)
@@ -224,7 +228,7 @@ class TaskLoop:
             self._metrics.outcome(Outcome.ERROR)
             log.exception("task error", extra={"task": claim.task_id})
             reason = getattr(exc, "description", None) or f"{type(exc).__name__}: {exc}"
-            self._report_failure(claim, reason, retryable=True)
+            self._report_failure(held, reason, retryable=True)
         return None
 
     def _cancelled(self, claim: Claim) -> None:
@@ -232,32 +236,30 @@ class TaskLoop:
         self._metrics.outcome(Outcome.CANCELLED)
         log.info("task cancelled by its client; stopped", extra={"task": claim.task_id})
 
-    def _download_and_process(self, claim: Claim, cancelled: threading.Event) -> _TaskImages:
+    def _download_and_process(self, held: _Held) -> _TaskImages:
         """The task's image downloaded and processed; TaskWasCancelled at the end of the first
         stage after a heartbeat learned the task was cancelled (the next steps are not run)."""
-        images = _TaskImages()
-        stages = self._stages_of(claim)
+        claim, stages = held.claim, held.stages
 
         def stage_done(name: str, started: float, ended: float) -> None:
             stages.add(name, started, ended)
-            if cancelled.is_set():
+            if held.cancelled:
                 raise TaskWasCancelled(
                     "database", 409, TASK_CANCELLED_TITLE, "cancelled while it was processed"
                 )
 
+        download_started = time.perf_counter()
         try:
-            download_started = time.perf_counter()
-            try:
-                download = self._storage.open(Folder.WORKING, claim.task_id)
-            except ServiceNotFound as exc:
-                # Claimable tasks always have their image, so it was expired or deleted since.
-                raise ImageGone("the uploaded image is gone (expired or deleted)") from exc
-            with download:
-                _copy_body(download, images.source)
+            download = self._storage.open(Folder.WORKING, claim.task_id)
+        except ServiceNotFound as exc:
+            # Claimable tasks always have their image, so it was expired or deleted since.
+            raise ImageGone("the uploaded image is gone (expired or deleted)") from exc
+        with download:
+            images = _TaskImages(_read_body(download))
+        try:
             downloaded = time.perf_counter()
             self._metrics.observe("download", downloaded - download_started)
             stages.add("download", download_started, downloaded)
-            images.source.seek(0)
             processed = self._process(
                 images.source, images.result, claim.pipeline, stage_done=stage_done
             )
@@ -270,8 +272,8 @@ class TaskLoop:
             raise
         return images
 
-    def _store_result(self, claim: Claim, images: _TaskImages) -> None:
-        stages = self._stages_of(claim)
+    def _store_result(self, held: _Held, images: _TaskImages) -> None:
+        claim, stages = held.claim, held.stages
         store_started = time.perf_counter()
         self._send_result(claim, images.result)
         stored = time.perf_counter()
@@ -333,12 +335,13 @@ class TaskLoop:
                 extra={"task": claim.task_id, "error": str(exc)},
             )
 
-    def _report_failure(self, claim: Claim, error: str, retryable: bool) -> None:
+    def _report_failure(self, held: _Held, error: str, retryable: bool) -> None:
+        claim = held.claim
         log.warning(
             "task failed", extra={"task": claim.task_id, "error": error, "retryable": retryable}
         )
         try:
-            self._tasks.fail(claim, error, retryable, stages=self._stages_of(claim).take_new())
+            self._tasks.fail(claim, error, retryable, stages=held.stages.take_new())
         except Exception as exc:
             # The lease will expire and the task will be retried: nothing is lost.
             log.warning(
@@ -369,57 +372,115 @@ class TaskLoop:
             log.warning("could not release task", extra={"task": claim.task_id, "error": str(exc)})
 
 
-def _copy_body(response: Response, target: BinaryIO) -> None:
-    """Copy a streamed body, in one read when it fits in memory (256 KiB writes cost ~10 ms)."""
+def _read_body(response: Response) -> BinaryIO:
+    """The downloaded image, ready to be read: when its length says it fits in memory, the very
+    bytes received (one read, no copy); else spilled to a temporary file as it arrives."""
     length = response.headers.get("Content-Length", "")
-    chunk_size = min(int(length), SPOOL_BYTES) if length.isdigit() and length != "0" else 256 * 1024
-    for chunk in response.stream(chunk_size):
-        target.write(chunk)
+    if length.isdigit() and int(length) <= SPOOL_BYTES:
+        return io.BytesIO(response.content)
+    spooled = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115 (closed with the task)
+    try:
+        for chunk in response.stream(SPOOL_BYTES if length.isdigit() else 256 * 1024):
+            spooled.write(chunk)
+        spooled.seek(0)
+    except BaseException:
+        spooled.close()
+        raise
+    return spooled
 
 
-class _Heartbeat:
-    """Extends the lease in the background while a task is processed."""
+@dataclass(eq=False)
+class _Held:
+    """A task this loop holds, from its claim until it is done or given back."""
 
-    def __init__(self, tasks: TaskLeases, claim: Claim, every: float, stages: StageLog) -> None:
-        self._tasks, self._claim, self._every = tasks, claim, every
-        self._stages = stages
-        self._done = threading.Event()
-        # Set when a heartbeat learns that the task's client cancelled it.
-        self.cancelled = threading.Event()
-        # In the caller's context, so heartbeats carry the task's request id.
-        self._thread = threading.Thread(
-            target=contextvars.copy_context().run, args=(self._run,), daemon=True, name="heartbeat"
-        )
+    claim: Claim
+    # When the next heartbeat is due (time.monotonic()); only the heartbeat thread moves it.
+    heartbeat_due: float
+    # Its stages so far: sent with the heartbeats, the finish or the fail.
+    stages: StageLog = field(default_factory=StageLog)
+    # Set by a heartbeat that learned its client cancelled it: the loop stops at the next stage.
+    cancelled: bool = False
+    # Cleared once the database refused a heartbeat (cancelled, or the lease is lost).
+    beating: bool = True
 
-    def start(self) -> None:
-        self._thread.start()
 
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join()
+class _Heartbeats:
+    """One thread that extends the leases of the tasks a loop holds, each every ``every`` s.
 
-    def _run(self) -> None:
-        while not self._done.wait(self._every):
-            try:
-                # A heartbeat that fails loses the stages it carried: progress, not the result.
-                self._tasks.heartbeat(self._claim, stages=self._stages.take_new())
-            except TaskWasCancelled:
-                self.cancelled.set()
-                return
-            except LeaseLost:
-                return
-            except Exception as exc:
-                log.warning(
-                    "heartbeat failed", extra={"task": self._claim.task_id, "error": str(exc)}
+    It sleeps until the next heartbeat is due; a task claimed meanwhile needs no wake-up: its
+    first heartbeat is due ``every`` s after its claim, and the thread sleeps at most that long.
+    ``holding`` gives the tasks held now.
+    """
+
+    def __init__(self, tasks: TaskLeases, every: float, holding: Callable[[], list[_Held]]):
+        self._tasks, self._every, self._holding = tasks, every, holding
+        self._lock = threading.Lock()
+        self._users = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def first_due(self) -> float:
+        return time.monotonic() + self._every
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """The thread runs while any caller is inside (the loop's run, or one ``handle``)."""
+        with self._lock:
+            self._users += 1
+            if self._thread is None:
+                self._stopping = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._stopping,), daemon=True, name="heartbeats"
                 )
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                thread = self._thread if self._users == 0 else None
+                if thread is not None:
+                    self._thread = None
+                    self._stopping.set()
+            if thread is not None:
+                thread.join()
+
+    def _run(self, stopping: threading.Event) -> None:
+        wait = self._every
+        while not stopping.wait(wait):
+            # A task claimed after this look is due no sooner than the wait computed from it.
+            next_due = time.monotonic() + self._every
+            for held in self._holding():
+                if not held.beating:
+                    continue
+                if held.heartbeat_due <= time.monotonic():
+                    held.heartbeat_due = time.monotonic() + self._every
+                    self._beat(held)
+                next_due = min(next_due, held.heartbeat_due)
+            wait = max(next_due - time.monotonic(), 0.0)
+
+    def _beat(self, held: _Held) -> None:
+        claim = held.claim
+        token = requestid.current.set(claim.task_id)  # heartbeats carry the task's request id
+        try:
+            # A heartbeat that fails loses the stages it carried: progress, not the result.
+            self._tasks.heartbeat(claim, stages=held.stages.take_new())
+        except TaskWasCancelled:
+            held.cancelled, held.beating = True, False
+        except LeaseLost:
+            held.beating = False
+        except Exception as exc:
+            log.warning("heartbeat failed", extra={"task": claim.task_id, "error": str(exc)})
+        finally:
+            requestid.current.reset(token)
 
 
 class _TaskImages:
     """A task's image and its result, in memory or spilled to disk, until the result is stored."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: BinaryIO) -> None:
         # Closed by close(), which may run in another thread once the result is stored.
-        self.source = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115
+        self.source = source
         self.result = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115
         self.media_type = ""
         self.notes: tuple[str, ...] = ()
@@ -438,17 +499,32 @@ class _Finisher:
     """
 
     def __init__(self) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-result")
-        self._pending: concurrent.futures.Future[Any] | None = None
+        self._steps: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self._ended: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self._pending = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="store-result")
+        self._thread.start()
 
     def run(self, step: Callable[..., Any], *args: Any) -> None:
         self.wait()
-        self._pending = self._pool.submit(step, *args)
+        self._pending = True
+        self._steps.put(functools.partial(step, *args))
 
     def wait(self) -> None:
-        if self._pending is not None:
-            self._pending.result()
-            self._pending = None
+        """Until the step before has ended; its exception, if it raised one."""
+        if self._pending:
+            self._pending = False
+            if (error := self._ended.get()) is not None:
+                raise error
+
+    def _run(self) -> None:
+        while (step := self._steps.get()) is not None:
+            try:
+                step()
+            except BaseException as exc:  # handed to the loop, which raises it
+                self._ended.put(exc)
+            else:
+                self._ended.put(None)
 
     def __enter__(self) -> _Finisher:
         return self
@@ -457,4 +533,5 @@ class _Finisher:
         try:
             self.wait()
         finally:
-            self._pool.shutdown()
+            self._steps.put(None)
+            self._thread.join()

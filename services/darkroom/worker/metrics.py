@@ -79,16 +79,17 @@ class TaskMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
-        for outcome in Outcome:
-            self.tasks.labels(outcome)
-        for stage in STAGES:
-            self.stage_seconds.labels(stage)
+        # Every label made at the start (so each series shows from the first scrape) and kept:
+        # a task's half a dozen updates then skip the look-up under the metric's lock.
+        self._outcomes = {outcome: self.tasks.labels(outcome) for outcome in Outcome}
+        self._stages = {stage: self.stage_seconds.labels(stage) for stage in STAGES}
 
     def outcome(self, outcome: Outcome) -> None:
-        self.tasks.labels(outcome).inc()
+        self._outcomes[outcome].inc()
 
     def observe(self, stage: str, seconds: float) -> None:
-        self.stage_seconds.labels(stage).observe(seconds)
+        histogram = self._stages.get(stage)
+        (histogram or self.stage_seconds.labels(stage)).observe(seconds)
 
     def observe_all(self, timings: Mapping[str, float]) -> None:
         for stage, seconds in timings.items():
