@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,10 +23,51 @@ class Timeout(AssertionError, RuntimeError):
     """A wait ran out of time, or the process waited for exited: a failed assertion to pytest."""
 
 
+# Linux's default range of the local ports outgoing connections get (net.ipv4.ip_local_port_range).
+EPHEMERAL_PORTS = (32768, 60999)
+# How many ports below that range free_port picks from.
+PORTS_BELOW_EPHEMERAL = 12_000
+
+
+def ephemeral_ports(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in path.read_text().split())
+    except (OSError, ValueError):
+        return EPHEMERAL_PORTS
+    return low, high
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port nothing listens on, for a server started next, from below the ephemeral range.
+
+    A port from ``bind(0)`` is an ephemeral one, which the OS also hands to outgoing
+    connections: a client connecting before the server bound it took it once (EADDRINUSE, a
+    role that never started). Below the range only another listener can take it. Each is
+    handed out once per process (in a shuffled order), so two asked for in a row differ.
+    """
+    for _ in range(PORTS_BELOW_EPHEMERAL):
+        port = next(_PORTS, None)
+        if port is None:  # no room below the range
+            break
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # every one is taken: any free port
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def _shuffled_ports() -> Iterator[int]:
+    low, _ = ephemeral_ports()
+    ports = list(range(max(1024, low - PORTS_BELOW_EPHEMERAL), low))
+    random.shuffle(ports)
+    return itertools.cycle(ports)
+
+
+_PORTS = _shuffled_ports()
 
 
 def wait_until(

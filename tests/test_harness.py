@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ast
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from darkroom.contract.roles import ROLES
+from harness import launch
 from harness.environment import ROLES as HARNESS_ROLES
 from harness.environment import service_env
 from harness.launch import HOST
@@ -107,3 +109,13 @@ def test_proc_reads_this_process_and_answers_for_a_gone_one():
     memory = memory_kib(os.getpid())
     assert memory["VmHWM"] >= memory["VmRSS"] > 0
     assert not running(child.pid) and cpu_seconds(child.pid) == 0 and children(child.pid) == []
+
+
+def test_free_ports_are_below_the_range_outgoing_connections_take_theirs_from():
+    low, _ = launch.ephemeral_ports()
+    ports = {launch.free_port() for _ in range(20)}
+    assert len(ports) == 20, "two asked for in a row differ"
+    assert all(1024 <= port < low for port in ports)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind((launch.HOST, port))  # free, as promised
