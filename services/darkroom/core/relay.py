@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import falcon
 
 from darkroom.core.errors import raise_for_upstream
+from darkroom.core.streams import ClosingBody
 from darkroom.core.transport import STREAM_CHUNK_BYTES, Response
 
 
@@ -31,21 +30,4 @@ def relay_stream(
     length = upstream.headers.get("Content-Length")
     if length is not None:
         resp.content_length = int(length)
-    resp.stream = UpstreamBody(upstream, chunk_bytes)
-
-
-class UpstreamBody:
-    """An upstream answer's body as a response body: the WSGI server calls ``close``."""
-
-    def __init__(self, upstream: Response, chunk_bytes: int) -> None:
-        self._upstream = upstream
-        self._chunks = upstream.stream(chunk_bytes)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        return next(self._chunks)
-
-    def close(self) -> None:
-        self._upstream.close()
+    resp.stream = ClosingBody(upstream.stream(chunk_bytes), upstream.close)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import falcon
@@ -35,28 +35,19 @@ class StreamSlots:
     def release(self) -> None:
         self._slots.release()
 
-    def body(
-        self, chunks: Generator[bytes, None, None], on_close: Callable[[], None] | None = None
-    ) -> SlotBody:
+    def body(self, chunks: Iterator[bytes]) -> ClosingBody:
         """``chunks`` as a response body that gives the slot back when it is closed."""
-
-        def release() -> None:
-            try:
-                if on_close is not None:
-                    on_close()
-            finally:
-                self.release()
-
-        return SlotBody(chunks, release)
+        return ClosingBody(chunks, self.release)
 
 
-class SlotBody:
-    """A stream as the response body: the server calls ``close`` when it ends, or when the
-    client went away, and the slot is given back then, once."""
+class ClosingBody:
+    """Chunks as a response body: the server calls ``close`` when the body ends, or when its
+    client went away (even before the first chunk); that closes the chunks, then runs
+    ``on_close``, once."""
 
-    def __init__(self, chunks: Generator[bytes, None, None], release: Callable[[], None]) -> None:
+    def __init__(self, chunks: Iterator[bytes], on_close: Callable[[], None]) -> None:
         self._chunks = chunks
-        self._release: Callable[[], None] | None = release
+        self._on_close: Callable[[], None] | None = on_close
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -65,9 +56,10 @@ class SlotBody:
         return next(self._chunks)
 
     def close(self) -> None:
-        if self._release is not None:
-            release, self._release = self._release, None
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
             try:
-                self._chunks.close()
+                if (close_chunks := getattr(self._chunks, "close", None)) is not None:
+                    close_chunks()
             finally:
-                release()
+                on_close()
