@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import contextvars
 import functools
 import io
 import logging
-import queue
 import tempfile
 import threading
 import time
@@ -499,32 +499,19 @@ class _Finisher:
     """
 
     def __init__(self) -> None:
-        self._steps: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
-        self._ended: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
-        self._pending = False
-        self._thread = threading.Thread(target=self._run, daemon=True, name="store-result")
-        self._thread.start()
+        # one thread, made at the first step and kept for the loop's run
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-result")
+        self._pending: concurrent.futures.Future[Any] | None = None
 
     def run(self, step: Callable[..., Any], *args: Any) -> None:
         self.wait()
-        self._pending = True
-        self._steps.put(functools.partial(step, *args))
+        self._pending = self._pool.submit(step, *args)
 
     def wait(self) -> None:
         """Until the step before has ended; its exception, if it raised one."""
-        if self._pending:
-            self._pending = False
-            if (error := self._ended.get()) is not None:
-                raise error
-
-    def _run(self) -> None:
-        while (step := self._steps.get()) is not None:
-            try:
-                step()
-            except BaseException as exc:  # handed to the loop, which raises it
-                self._ended.put(exc)
-            else:
-                self._ended.put(None)
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def __enter__(self) -> _Finisher:
         return self
@@ -533,5 +520,4 @@ class _Finisher:
         try:
             self.wait()
         finally:
-            self._steps.put(None)
-            self._thread.join()
+            self._pool.shutdown()
