@@ -260,8 +260,9 @@ class SqliteTaskStore:
         create_private_file(path)  # SQLite gives its -wal and -shm files the same mode
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a reply means the change is on disk
-        self._synced_commits = True  # PRAGMA synchronous is FULL (see _transaction)
+        # FULL: a durable transaction's reply means its change is on disk (see _transaction)
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._synced_commits = True  # whether PRAGMA synchronous is FULL now
         self._db.execute("PRAGMA foreign_keys=ON")  # purged tasks take their webhooks along
         self._db.executescript(_SCHEMA)
         self._add_missing_columns()
@@ -299,7 +300,7 @@ class SqliteTaskStore:
         COMMIT waits for the disk (an fsync of the log, ~2 ms, with the lock held): its reply
         promises the change (an upload queued, a job finished, failed or cancelled). A change
         whose loss in a power cut is as if it was never asked for (a task created uploading, a
-        claim, a heartbeat, a release, a lapse written, a delivery leased) is not waited for:
+        claim, a heartbeat, a release, a lapse written) is not waited for:
         the log is written in order, so the next durable commit makes it durable with its own,
         and a process that dies loses nothing either way (the OS has the log).
         """

@@ -110,7 +110,7 @@ class Jobs:
         # creating the task queued saves a call but leaves an orphan when the master dies in
         # between: measured and given up (docs/benchmarks.md).
         body = itertools.chain([head], iter_chunks(stream))
-        mark = self._unfinished.mark() if self._unfinished else None
+        mark = self._unfinished.mark() if self._unfinished is not None else None
         try:
             task_id = self._database.create(pipeline, webhook_url=webhook_url, idempotency_key=key)
         except IdempotencyKeyUsed as used:
