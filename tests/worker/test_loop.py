@@ -455,8 +455,12 @@ def test_a_loop_runs_on_the_same_two_threads_whatever_the_number_of_tasks(system
     assert not set(threading.enumerate()) - before, "the loop's threads end with its run"
 
 
-def test_one_heartbeat_thread_keeps_the_leases_of_a_task_stored_and_the_next_processed(tmp_path):
-    """Both tasks are held past their lease (0.3 s): only heartbeats keep them."""
+def both_finish_on_their_first_attempt(
+    tmp_path, slow_store: type[StoreAfterNextTaskStarts], processing_seconds: float
+) -> None:
+    """Two tasks with a 0.3 s lease through one loop, the second processed for
+    ``processing_seconds`` while ``slow_store`` stores the first: past their lease, only
+    heartbeats keep them, so both finish on their first attempt."""
     config = Config(data_dir=tmp_path, lease_seconds=0.3, max_upload_bytes=1024 * 1024)
     tasks, storage, leases, _, _ = build_system(config, FileImageStore(config.data_dir))
     first = submit(tasks, storage, b"one")
@@ -469,16 +473,25 @@ def test_one_heartbeat_thread_keeps_the_leases_of_a_task_stored_and_the_next_pro
         if data == b"two":
             second_started.set()
             stop.set()
-            time.sleep(1.0)  # processing outlasts the lease three times
+            time.sleep(processing_seconds)
         destination.write(data[::-1])
         return "application/octet-stream"
 
-    slow_storage = StoreAfterNextTaskStarts(storage, second_started)
+    slow_storage = slow_store(storage, second_started)
     TaskLoop(leases, slow_storage, process, Rejected, 0, 0.3, 5, stop).run()
     assert slow_storage.overlapped
     for task_id in (first, second):
         task = tasks.get(task_id)
         assert task.state == State.FINISHED and task.attempts == 1, task
+
+
+def test_one_heartbeat_thread_keeps_the_leases_of_a_task_stored_and_the_next_processed(tmp_path):
+    """Both tasks are held past their lease (0.3 s): only heartbeats keep them."""
+    both_finish_on_their_first_attempt(
+        tmp_path,
+        StoreAfterNextTaskStarts,
+        processing_seconds=1.0,  # 3 leases
+    )
 
 
 class SlowFirstStore(StoreAfterNextTaskStarts):
@@ -492,27 +505,7 @@ class SlowFirstStore(StoreAfterNextTaskStarts):
 
 
 def test_the_lease_of_a_result_being_stored_is_kept_while_the_next_task_is_processed(tmp_path):
-    config = Config(data_dir=tmp_path, lease_seconds=0.3, max_upload_bytes=1024 * 1024)
-    tasks, storage, leases, _, _ = build_system(config, FileImageStore(config.data_dir))
-    first = submit(tasks, storage, b"one")
-    second = submit(tasks, storage, b"two")
-    second_started = threading.Event()
-    stop = threading.Event()
-
-    def process(source: BinaryIO, destination: BinaryIO, pipeline: str, **_: object) -> str:
-        data = source.read()
-        if data == b"two":
-            second_started.set()
-            stop.set()
-        destination.write(data[::-1])
-        return "application/octet-stream"
-
-    slow_storage = SlowFirstStore(storage, second_started)
-    TaskLoop(leases, slow_storage, process, Rejected, 0, 0.3, 5, stop).run()
-    assert slow_storage.overlapped
-    for task_id in (first, second):
-        task = tasks.get(task_id)
-        assert task.state == State.FINISHED and task.attempts == 1, task
+    both_finish_on_their_first_attempt(tmp_path, SlowFirstStore, processing_seconds=0.0)
 
 
 class Body:
