@@ -178,20 +178,31 @@ class StoreAfterNextTaskStarts:
         self._storage.send(folder, task_id, body, size, version)
 
 
+def reversing_until_the_second(
+    second_started: threading.Event, stop: threading.Event, processing_seconds: float = 0.0
+):
+    """A processor writing each body reversed; at the body ``two`` it says it started, stops
+    the loop (which claims nothing after this task) and takes ``processing_seconds``."""
+
+    def process(source: BinaryIO, destination: BinaryIO, pipeline: str, **_: object) -> str:
+        data = source.read()
+        if data == b"two":
+            second_started.set()
+            stop.set()
+            time.sleep(processing_seconds)
+        destination.write(data[::-1])
+        return "application/octet-stream"
+
+    return process
+
+
 def test_run_stores_each_result_while_processing_the_next_task(system, config):
     tasks, storage, leases, _, _ = system
     first = submit(tasks, storage, b"one")
     second = submit(tasks, storage, b"two")
     second_started = threading.Event()
     stop = threading.Event()
-
-    def process(source: BinaryIO, destination: BinaryIO, pipeline: str, **_: object) -> str:
-        data = source.read()
-        if data == b"two":
-            second_started.set()
-            stop.set()  # the loop claims nothing after this task
-        destination.write(data[::-1])
-        return "application/octet-stream"
+    process = reversing_until_the_second(second_started, stop)
 
     slow_storage = StoreAfterNextTaskStarts(storage, second_started)
     TaskLoop(leases, slow_storage, process, Rejected, 0, 5, 5, stop).run()
@@ -467,15 +478,7 @@ def both_finish_on_their_first_attempt(
     second = submit(tasks, storage, b"two")
     second_started = threading.Event()
     stop = threading.Event()
-
-    def process(source: BinaryIO, destination: BinaryIO, pipeline: str, **_: object) -> str:
-        data = source.read()
-        if data == b"two":
-            second_started.set()
-            stop.set()
-            time.sleep(processing_seconds)
-        destination.write(data[::-1])
-        return "application/octet-stream"
+    process = reversing_until_the_second(second_started, stop, processing_seconds)
 
     slow_storage = slow_store(storage, second_started)
     TaskLoop(leases, slow_storage, process, Rejected, 0, 0.3, 5, stop).run()
