@@ -24,7 +24,7 @@ import requests
 from darkroom.contract.limits import MAX_IDEMPOTENCY_KEY_CHARS
 from darkroom.core.ids import new_task_id
 from support.images import png_bytes
-from support.processes import HOST, Services, free_port, wait_until
+from support.processes import HOST, Services, wait_until
 from support.receiver import Receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.hostile]
@@ -38,7 +38,6 @@ THREADS = {"master": 16, "frontend": 8, "database": 16}
 STREAM_SLOTS = {role: THREADS[role] // 4 for role in ("master", "frontend")}
 # A stream ends after this and its client reconnects: one that reads nothing holds no longer.
 EVENT_STREAM_SECONDS = 4
-PROBE_SECONDS = 1.0
 API_SECONDS = 2.0
 # An attempt's connection and reads time out after this, the whole attempt after three times it.
 WEBHOOK_TIMEOUT_SECONDS = 1
@@ -51,12 +50,7 @@ SHARED_KEY = "flood-shared"
 
 
 @pytest.fixture(scope="module")
-def health_ports() -> dict[str, int]:
-    return {role: free_port() for role in ROLES}
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, health_ports) -> Iterator[Services]:
+def stack(tmp_path_factory) -> Iterator[Services]:
     root = tmp_path_factory.mktemp("hostile-routes")
     running = Services(
         root / "data",
@@ -73,26 +67,20 @@ def stack(tmp_path_factory, health_ports) -> Iterator[Services]:
         webhook_backoff_seconds="0.5",
     )
     try:
-        for role in ROLES:
-            threads = {"threads": str(THREADS[role])} if role in THREADS else {}
-            running.start(role, health_port=str(health_ports[role]), **threads)
+        threads = {role: {"threads": str(count)} for role, count in THREADS.items()}
+        running.start_with_health_ports(ROLES, threads)
         yield running
     finally:
         running.stop_all()
 
 
 @pytest.fixture(scope="module")
-def probes(stack, health_ports) -> Callable[[], None]:
+def probes(stack) -> Callable[[], None]:
     """Asserts every role's /healthz and /readyz, on its health port, answer within a second,
     and the master's /new and /status within API_SECONDS."""
 
     def assert_answering() -> None:
-        for role in ROLES:
-            for path in ("/healthz", "/readyz"):
-                url = f"http://{HOST}:{health_ports[role]}{path}"
-                answer, took = timed(requests.get, url, timeout=PROBE_SECONDS)
-                assert answer.status_code == 200, f"{role}{path}: {answer.text}"
-                assert took < PROBE_SECONDS, f"{role}{path} took {took:.2f} s"
+        stack.assert_probes_answer()
         task_id = upload(stack)
         answer, took = timed(
             requests.get, stack.url("master", "/status"), params={"id": task_id}, timeout=10

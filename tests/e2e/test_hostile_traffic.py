@@ -26,12 +26,11 @@ from PIL import Image
 
 from support.images import png_bytes
 from support.openfiles import open_files_for
-from support.processes import HOST, Services, free_port, wait_until
+from support.processes import HOST, PROBE_SECONDS, Services, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.hostile]
 
 ROLES = ("registry", "database", "storage", "master", "worker", "frontend")
-PROBE_SECONDS = 1.0
 TRICKLING_CONNECTIONS = 1000
 IDLE_CONNECTIONS = 1100  # past select()'s 1024 descriptors
 RANDOM_METHODS = 2000
@@ -45,13 +44,7 @@ JOB_SECONDS = 60
 
 
 @pytest.fixture(scope="module")
-def health_ports() -> dict[str, int]:
-    """Each role's health listener (DARKROOM_HEALTH_PORT), where the probes go."""
-    return {role: free_port() for role in ROLES}
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, health_ports) -> Iterator[Services]:
+def stack(tmp_path_factory) -> Iterator[Services]:
     root = tmp_path_factory.mktemp("hostile-traffic")
     running = Services(
         root / "data",
@@ -63,29 +56,16 @@ def stack(tmp_path_factory, health_ports) -> Iterator[Services]:
         lease_seconds="6",
     )
     try:
-        for role in ROLES:
-            running.start(role, health_port=str(health_ports[role]))
+        running.start_with_health_ports(ROLES)
         yield running
     finally:
         running.stop_all()
 
 
 @pytest.fixture(scope="module")
-def probes(stack, health_ports) -> Callable[[], None]:
+def probes(stack) -> Callable[[], None]:
     """Asserts every role's /healthz and /readyz, on its health port, answer within a second."""
-
-    def assert_probes_answer() -> None:
-        for role in ROLES:
-            for path in ("/healthz", "/readyz"):
-                started = time.monotonic()
-                answer = requests.get(
-                    f"http://{HOST}:{health_ports[role]}{path}", timeout=PROBE_SECONDS
-                )
-                took = time.monotonic() - started
-                assert answer.status_code == 200, f"{role}{path}: {answer.text}"
-                assert took < PROBE_SECONDS, f"{role}{path} took {took:.2f} s"
-
-    return assert_probes_answer
+    return stack.assert_probes_answer
 
 
 @pytest.fixture(scope="module")

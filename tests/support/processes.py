@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import secrets
 import signal
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import requests
 
 from darkroom.contract.roles import ROLES
 from harness.environment import serve_command, service_env, settings_env
@@ -19,6 +23,8 @@ from harness.launch import wait_until as wait_until
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
+# A probe slower than this would be a kubelet's timeout (the chart's is a second).
+PROBE_SECONDS = 1.0
 
 
 class Services:
@@ -28,6 +34,8 @@ class Services:
         self.data_dir = data_dir
         self.log_dir = log_dir
         self.ports = {role: free_port() for role in ROLES}
+        # the roles started with a health listener of their own (start_with_health_ports)
+        self.health_ports: dict[str, int] = {}
         self.processes: dict[str, Launched] = {}
         # the children run this checkout's code, whatever copy pip installed
         defaults = {
@@ -56,6 +64,27 @@ class Services:
     def start_all(self) -> None:
         for role in ROLES:
             self.start(role)
+
+    def start_with_health_ports(
+        self, roles: Iterable[str], settings: Mapping[str, Mapping[str, str]] | None = None
+    ) -> None:
+        """Start ``roles`` in turn, each with its probes on a port of their own (as in the
+        chart) and with its own ``settings[role]``."""
+        for role in roles:
+            self.health_ports[role] = free_port()
+            own = (settings or {}).get(role, {})
+            self.start(role, health_port=str(self.health_ports[role]), **own)
+
+    def assert_probes_answer(self) -> None:
+        """Every role started with a health port answers /healthz and /readyz there with 200
+        within PROBE_SECONDS."""
+        for role, port in self.health_ports.items():
+            for path in ("/healthz", "/readyz"):
+                started = time.monotonic()
+                answer = requests.get(f"http://{HOST}:{port}{path}", timeout=PROBE_SECONDS)
+                took = time.monotonic() - started
+                assert answer.status_code == 200, f"{role}{path}: {answer.text}"
+                assert took < PROBE_SECONDS, f"{role}{path} took {took:.2f} s"
 
     def stop(self, role: str, sig: int = signal.SIGTERM) -> int:
         return self.processes.pop(role).stop(STOP_TIMEOUT, sig)
