@@ -33,8 +33,8 @@ from support.processes import HOST, free_port
 
 
 def test_connection_limit_leaves_room_for_threads_and_files():
-    # 1024 descriptors (a common default) with 32 threads: what is left, two per connection
-    assert connection_limit(1024, 32) == (1024 - server.FDS_RESERVED - 32 * 3) // 2
+    # 1024 descriptors (a common default) with 32 threads: what is left, three per connection
+    assert connection_limit(1024, 32) == (1024 - server.FDS_RESERVED - 32 * 3) // 3
     limit = connection_limit(1024, 32)
     assert limit * server.FDS_PER_CONNECTION + server.FDS_RESERVED + 32 * 3 <= 1024
 

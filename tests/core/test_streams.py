@@ -6,9 +6,10 @@ from __future__ import annotations
 import io
 
 import falcon
+import falcon.testing
 import pytest
 
-from darkroom.core.streams import ClosingBody, StreamSlots, iter_chunks
+from darkroom.core.streams import ClosingBody, StreamSlots, client_departed, iter_chunks
 
 
 def chunks():
@@ -58,3 +59,14 @@ def test_a_limit_below_one_still_lets_one_stream_in():
 
 def test_iter_chunks_reads_in_chunks():
     assert list(iter_chunks(io.BytesIO(b"abcde"), 2)) == [b"ab", b"cd", b"e"]
+
+
+def test_a_departed_client_is_told_by_the_server_and_never_elsewhere():
+    environ = falcon.testing.create_environ()
+    assert client_departed(falcon.Request(environ))() is False, "no server to ask: never"
+    gone = {"connected": True}
+    environ["waitress.client_disconnected"] = lambda: not gone["connected"]
+    departed = client_departed(falcon.Request(environ))
+    assert departed() is False
+    gone["connected"] = False
+    assert departed() is True, "asked again, it tells the server's answer now"

@@ -38,6 +38,10 @@ THREADS = {"master": 16, "frontend": 8, "database": 16}
 STREAM_SLOTS = {role: THREADS[role] // 4 for role in ("master", "frontend")}
 # A stream ends after this and its client reconnects: one that reads nothing holds no longer.
 EVENT_STREAM_SECONDS = 4
+# The master's comment line on an idle stream (EventStreamPolicy): a client that left is
+# noticed at the next one.
+KEEPALIVE_SECONDS = 2
+assert KEEPALIVE_SECONDS + 1 < EVENT_STREAM_SECONDS, "a slot back by the keep-alive, not the bound"
 API_SECONDS = 2.0
 # An attempt's connection and reads time out after this, the whole attempt after three times it.
 WEBHOOK_TIMEOUT_SECONDS = 1
@@ -216,6 +220,54 @@ def test_held_unread_and_trickled_streams_are_bounded_and_come_back(stack, probe
         assert unread.fileno() != -1, "the unread client held its connection throughout"
         print(f"{role}: every slot back {time.monotonic() - opened:.1f} s after they were taken")
     probes()
+
+
+@pytest.mark.parametrize("role", ["master", "frontend"])
+def test_streams_whose_clients_left_give_their_slots_back_at_the_next_keep_alive(stack, role):
+    wait_until(lambda: all_slots_free(stack, role), 10, f"the {role}'s slots to be free", 0.5)
+    task_id = upload(stack)  # no worker: it stays queued, its streams stay open
+    try:
+        opened = time.monotonic()
+        assert streams_accepted(stack.url(role, "/events"), task_id, STREAM_SLOTS[role])
+        # Those clients left at once. Their streams are noticed at the keep-alive after
+        # KEEPALIVE_SECONDS, well before their time bound (EVENT_STREAM_SECONDS) would end them.
+        wait_until(
+            lambda: all_slots_free(stack, role),
+            KEEPALIVE_SECONDS + 1 - (time.monotonic() - opened),
+            "the slots of the clients that left to come back",
+            0.2,
+        )
+        print(f"{role}: the slots were back {time.monotonic() - opened:.1f} s after being taken")
+    finally:
+        cancel(stack, task_id)
+
+
+def test_long_polls_whose_clients_left_give_their_slots_back(stack):
+    task_id = upload(stack)  # stays queued: every /isReady?wait= waits its whole time
+    try:
+        # the master's long-poll slots are half its threads: all taken, then their clients go
+        for _ in range(THREADS["master"] // 2):
+            with socket.create_connection((HOST, stack.ports["master"]), timeout=10) as sock:
+                request = f"GET /isReady?id={task_id}&wait=30 HTTP/1.1\r\nHost: darkroom\r\n\r\n"
+                sock.sendall(request.encode())
+        left = time.monotonic()
+
+        def a_poll_waits() -> bool:  # with no slot free, it would be answered at once
+            answer, took = timed(
+                requests.get,
+                stack.url("master", "/isReady"),
+                params={"id": task_id, "wait": "1"},
+                timeout=10,
+            )
+            assert answer.status_code == 200, answer.text
+            return took >= 0.9
+
+        wait_until(a_poll_waits, 10, "a long poll to wait in a slot again", 0.1)
+        back = time.monotonic() - left
+        assert back < 5, "not after their 30 s"
+        print(f"the long polls' slots were back {back:.1f} s after their clients left")
+    finally:
+        cancel(stack, task_id)
 
 
 def all_slots_free(stack: Services, role: str) -> bool:

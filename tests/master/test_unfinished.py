@@ -137,6 +137,17 @@ def test_a_waiting_poll_answers_running_at_its_deadline(finished):
     assert memory.still_running("a", wait_seconds=0.1)
 
 
+def test_a_waiting_poll_whose_client_left_gives_its_thread_back(finished):
+    memory = UnfinishedTasks(ScriptedFeed(), finished, threading.Event())
+    memory.take(EndedTasks(EPOCH, 0, reset=True))
+    memory.remember("a", memory.mark())
+    left = threading.Event()
+    threading.Timer(0.1, left.set).start()
+    began = time.monotonic()
+    assert memory.still_running("a", wait_seconds=30, departed=left.is_set)
+    assert time.monotonic() - began < 2
+
+
 def test_following_goes_on_from_each_answer_and_stops_while_the_database_is_away(finished):
     feed = ScriptedFeed(
         EndedTasks(EPOCH, 4, reset=True),

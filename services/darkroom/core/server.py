@@ -38,8 +38,14 @@ OUTPUT_WATERMARK_BYTES = 16 * 1024 * 1024
 # spooled body and a file it serves; and the process's own (logs, SQLite, the listener, pipes).
 FDS_PER_THREAD = 3
 FDS_RESERVED = 64
-# A connection can hold two: its socket and a body waitress spooled to a temporary file.
-FDS_PER_CONNECTION = 2
+# A connection can hold three: its socket, the spooled body of the request in progress and
+# that of the one read ahead (REQUEST_LOOKAHEAD).
+FDS_PER_CONNECTION = 3
+# Requests read from a connection while one is in progress. With none, waitress does not read
+# the socket during a request, so a client that left is noticed only when a write to it fails
+# (two writes later): an event stream's slot, or a long poll's thread, stayed taken that long.
+# Reading ahead sees the end of the connection at once (streams.client_departed).
+REQUEST_LOOKAHEAD = 1
 # Past this, idle connections cost more memory than they are worth; the rest wait in the backlog.
 MAX_CONNECTIONS = 10_000
 # A read for a request line and headers, or a small body: a recv() buffer of 128 KiB or more is
@@ -324,6 +330,7 @@ def serve(
         asyncore_use_poll=True,
         connection_limit=connection_limit(open_files, config.threads),
         outbuf_high_watermark=OUTPUT_WATERMARK_BYTES,
+        channel_request_lookahead=REQUEST_LOOKAHEAD,
         # 8 KiB by default: a 3 MB body took 400 trips through the event loop (3x the CPU)
         recv_bytes=256 * 1024,
         ident="darkroom",

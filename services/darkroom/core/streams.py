@@ -11,6 +11,16 @@ import falcon
 CHUNK_BYTES = 256 * 1024
 
 
+def client_departed(req: falcon.Request) -> Callable[[], bool]:
+    """Whether ``req``'s client has closed its connection, asked at any time (waitress sees it
+    at once, reading ahead: ``core.server.REQUEST_LOOKAHEAD``; other servers: never)."""
+    return req.env.get("waitress.client_disconnected") or _never
+
+
+def _never() -> bool:
+    return False
+
+
 def iter_chunks(stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
     while chunk := stream.read(chunk_bytes):
         yield chunk

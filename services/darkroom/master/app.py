@@ -30,7 +30,7 @@ from darkroom.core.longpoll import LongPolls
 from darkroom.core.params import single_param, state_param, wait_param
 from darkroom.core.relay import relay, relay_stream
 from darkroom.core.ssrf import InvalidTarget, RefusedTarget
-from darkroom.core.streams import iter_chunks
+from darkroom.core.streams import client_departed, iter_chunks
 from darkroom.database.client import DatabaseClient
 from darkroom.master.events import EventStreamPolicy, EventStreams
 from darkroom.master.finished import FinishedTasks
@@ -221,9 +221,10 @@ class Jobs:
     def on_get_is_ready(self, req: falcon.Request, resp: falcon.Response) -> None:
         task_id = require_task_id(req)
         resp.content_type = falcon.MEDIA_TEXT
-        resp.text = "1" if self._is_ready(task_id, wait_param(req, self._max_wait)) else "0"
+        wait = wait_param(req, self._max_wait)
+        resp.text = "1" if self._is_ready(task_id, wait, client_departed(req)) else "0"
 
-    def _is_ready(self, task_id: str, wait: float) -> bool:
+    def _is_ready(self, task_id: str, wait: float, departed: Callable[[], bool]) -> bool:
         """Whether the job is finished (waiting up to ``wait`` for it to end); 422 or 410 for
         a failed or cancelled one. From memory while the job is known to be running."""
         if self._finished.version(task_id)[0]:
@@ -237,7 +238,7 @@ class Jobs:
                     return _finished(task)
                 unfinished.remember(task_id, mark)
             with self._long_polls.wait(wait) as held:
-                if unfinished.still_running(task_id, held):
+                if unfinished.still_running(task_id, held, departed):
                     return False
             if self._finished.version(task_id)[0]:  # the feed told it finished
                 return True

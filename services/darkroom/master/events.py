@@ -37,9 +37,11 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class EventStreamPolicy:
-    # a comment line this often on an idle stream: under the clients' and proxies' read
-    # timeouts (30 s here, 60 s for nginx), and the database's long poll holds it no longer
-    keepalive_seconds: float = 15.0
+    # a comment line this often on an idle stream, and the database's long poll holds it no
+    # longer: under the clients' and proxies' read timeouts (30 s here, 60 s for nginx), and a
+    # client that left is noticed at the next write, so its slot is back within this (and a
+    # frontend's relayed stream, and the master's under it, end then too)
+    keepalive_seconds: float = 2.0
     # a stream ends after this long and the client reconnects with Last-Event-ID: a thread is
     # never held for good, and a stream moves to a master that started since
     max_stream_seconds: float = 300.0

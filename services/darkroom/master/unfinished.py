@@ -107,9 +107,12 @@ class UnfinishedTasks:
             while len(self._unfinished) > self._capacity:
                 self._unfinished.popitem(last=False)
 
-    def still_running(self, task_id: str, wait_seconds: float = 0.0) -> bool:
+    def still_running(
+        self, task_id: str, wait_seconds: float = 0.0, departed: Callable[[], bool] | None = None
+    ) -> bool:
         """Whether ``task_id`` is known not to have ended, waiting up to ``wait_seconds`` for
-        the feed to say it did. False also when it is not known (read it)."""
+        the feed to say it did (no longer once ``departed()``: the client left, and the
+        thread is wanted). False also when it is not known (read it)."""
         deadline = self._clock() + wait_seconds
         with self._changed:
             while True:
@@ -119,7 +122,7 @@ class UnfinishedTasks:
                     self._unfinished.pop(task_id, None)
                     return False
                 remaining = min(deadline, trusted_until) - now
-                if remaining <= 0 or self._closing:
+                if remaining <= 0 or self._closing or (departed is not None and departed()):
                     return True
                 self._changed.wait(min(remaining, 0.5))
 
