@@ -367,10 +367,11 @@ def test_an_unreachable_database_is_503_with_a_retry_after(config):
 
 
 def test_database_url_puts_the_tasks_in_postgresql(config, postgres_server, postgres_url):
-    config = config.replace(database_url=postgres_url)
+    config = config.replace(database_url=postgres_url, database_pool_size=3)
     store = open_store(config)
     try:
         assert isinstance(store, PostgresTaskStore)
+        assert store.pool_size == 3
         client = testing.TestClient(create_app(config, store))
         task_id = new_queued(client)
         postgres_server.stop()

@@ -42,6 +42,10 @@ class Config:
     # the database role's tasks in PostgreSQL (a libpq URL, postgresql://user:pw@host/db);
     # empty: in SQLite, DATA_DIR/tasks.sqlite3
     database_url: str = dataclasses.field(default="", repr=False)
+    # PostgreSQL connections each database process keeps at most: a request waits up to 2 s
+    # for one, then answers 503. Replicas x this must stay under the server's max_connections
+    # (100 by default), less what else connects.
+    database_pool_size: int = 10
     # how long a resolved address is trusted before asking the registry again
     discovery_ttl_seconds: float = 5.0
     # the master accepts only op=preset:NAME, presets kept in the registry (public deployments)
@@ -126,6 +130,7 @@ class Config:
             "max_result_bytes",
             "max_attempts",
             "threads",
+            "database_pool_size",
             "max_image_pixels",
             "max_frames",
             "request_header_seconds",

@@ -568,6 +568,11 @@ class PostgresTaskStore(SqliteTaskStore):
         with self._transaction():
             return self._expire(now)
 
+    @property
+    def pool_size(self) -> int:
+        """The most connections this store opens to PostgreSQL (DATABASE_POOL_SIZE)."""
+        return self._pool.max_size
+
     def close(self) -> None:
         self._listener.stopping()
         with contextlib.suppress(StoreUnavailable):

@@ -25,7 +25,7 @@ def open_store(config: Config) -> TaskStore:
     """PostgreSQL when ``database_url`` is set, else SQLite in the data directory."""
     policy = config.settings_for(LeasePolicy)
     if config.database_url:
-        return PostgresTaskStore(config.database_url, policy)
+        return PostgresTaskStore(config.database_url, policy, pool_size=config.database_pool_size)
     return SqliteTaskStore(_sqlite_path(config), policy)
 
 
