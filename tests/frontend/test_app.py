@@ -29,6 +29,7 @@ from darkroom.contract.pipeline import (
     normalize_pipeline,
 )
 from darkroom.core.discovery import ServiceClient, ServiceLocator
+from darkroom.core.ids import new_task_id
 from darkroom.core.transport import Transport
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient, DatabaseLeases
@@ -43,6 +44,7 @@ from darkroom.worker.loop import TaskLoop
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
 from support.images import decode, encode, png_bytes
 from support.inprocess import StaticRegistry, service_client
+from support.processes import wait_until
 from support.recording import RecordingServer
 from support.sse import events_in
 
@@ -639,6 +641,33 @@ def test_events_pass_the_masters_refusals_on_as_json(system, png):
         "/events", params={"id": task_id}, headers={"Last-Event-ID": "x"}
     )
     assert bad.status_code == 400 and bad.json["title"] == "Invalid Last-Event-ID"
+
+
+def test_long_polls_past_half_the_threads_are_passed_on_without_waiting(config):
+    # the master(s) behind would let them all wait: the frontend's own threads are bounded
+    master = RecordingServer(held=lambda request: "wait" in request.query)
+    waiting: list[threading.Thread] = []
+    try:
+        transport = Transport()
+        locator = ServiceLocator(StaticRegistry({"masterAddress": master.address}), ttl=60)
+        client = MasterClient(ServiceClient(locator, "masterAddress", transport, timeout=5))
+        frontend = testing.TestClient(create_app(config.replace(threads=4), client))
+        poll = functools.partial(
+            frontend.simulate_get, "/isReady", params={"id": new_task_id(), "wait": "5"}
+        )
+        for _ in range(2):  # 4 threads: 2 may wait
+            waiting.append(threading.Thread(target=poll))
+            waiting[-1].start()
+        wait_until(lambda: len(master.received) == 2, 5, "two long polls at the master")
+        answered = poll()
+        assert answered.status_code == 200, answered.text
+        assert "wait" not in master.received[2].query, "over the bound: asked without waiting"
+    finally:
+        master.release.set()
+        for thread in waiting:
+            thread.join(10)
+        master.close()
+    assert all("wait" in request.query for request in master.received[:2])
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 """An HTTP/1.1 server on 127.0.0.1 for transport tests: records what it gets, answers by path.
 
 Paths: ``/json`` a small JSON answer; ``/big?size=N`` N bytes; ``/error`` a 503 with a JSON
-error and Retry-After; ``/slow`` answers once ``release`` is set (or after 10 s);
-``/hangup`` closes the connection without answering.
+error and Retry-After; ``/slow`` (or what ``held`` says) answers once ``release`` is set (or
+after 10 s); ``/hangup`` closes the connection without answering.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import dataclasses
 import http.server
 import json
 import threading
+from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from harness.launch import HOST
@@ -26,9 +27,14 @@ class Recorded:
     client_port: int  # one per connection: the same port means the connection was reused
 
 
+def _slow_path(request: Recorded) -> bool:
+    return request.path == "/slow"
+
+
 class RecordingServer:
-    def __init__(self) -> None:
+    def __init__(self, held: Callable[[Recorded], bool] = _slow_path) -> None:
         self.received: list[Recorded] = []
+        self._held = held
         self.release = threading.Event()
         server = self
 
@@ -62,16 +68,10 @@ class RecordingServer:
         url = urlsplit(handler.path)
         headers = {name.lower(): value for name, value in handler.headers.items()}
         body = _read_body(handler, headers)
-        self.received.append(
-            Recorded(
-                handler.command,
-                url.path,
-                parse_qs(url.query),
-                headers,
-                body,
-                handler.client_address[1],
-            )
+        request = Recorded(
+            handler.command, url.path, parse_qs(url.query), headers, body, handler.client_address[1]
         )
+        self.received.append(request)
         if url.path == "/hangup":
             handler.close_connection = True
             return
@@ -82,7 +82,7 @@ class RecordingServer:
             status, extra = 503, {"Retry-After": "2"}
             data = json.dumps({"title": "Busy", "description": "try later"}).encode()
         else:
-            if url.path == "/slow":
+            if self._held(request):
                 self.release.wait(10)
             data = json.dumps({"ok": True}).encode()
         handler.send_response(status)

@@ -2,8 +2,9 @@
 
 Beyond that, a request with ``wait`` is answered at once, as without it: the caller asks again,
 which always works, and the threads stay free for everything else. Every role that lets
-requests wait uses one (the master for its clients, the database for every master's polls and
-every worker's claims), so no number of callers can take all of a role's threads.
+requests wait uses one (the master for its clients, the frontend for the polls it relays, the
+database for every master's polls and every worker's claims), so no number of callers can
+take all of a role's threads.
 """
 
 from __future__ import annotations

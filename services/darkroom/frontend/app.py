@@ -19,6 +19,7 @@ from darkroom.core.auth import BASIC_CHALLENGE, CLIENT, PUBLIC
 from darkroom.core.config import Config
 from darkroom.core.errors import raise_for_upstream
 from darkroom.core.ids import require_task_id
+from darkroom.core.longpoll import LongPolls
 from darkroom.core.params import single_param, wait_param
 from darkroom.core.relay import relay, relay_stream
 from darkroom.core.streams import CHUNK_BYTES, StreamSlots, iter_chunks
@@ -88,9 +89,16 @@ class StaticFile:
 class Jobs:
     auth = CLIENT
 
-    def __init__(self, master: MasterClient, max_wait: float, stream_slots: StreamSlots) -> None:
+    def __init__(
+        self,
+        master: MasterClient,
+        max_wait: float,
+        long_polls: LongPolls,
+        stream_slots: StreamSlots,
+    ) -> None:
         self._master = master.service
         self._max_wait = max_wait
+        self._long_polls = long_polls
         self._stream_slots = stream_slots
 
     def on_post_submit(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -130,13 +138,21 @@ class Jobs:
         relay(self._master.request("POST", "/cancel", params=params), resp, "master")
 
     def _poll(self, req: falcon.Request, path: str) -> Response:
-        """Ask the master, passing on a long poll's ``wait`` and ``state`` (it checks them)."""
+        """Ask the master, passing on a long poll's ``wait`` and ``state`` (it checks them).
+
+        A long poll holds a thread here too, and the frontend may stand before several
+        masters, each with its own bound: it bounds its own, as a master does, and passes
+        the others on without ``wait`` (answered at once)."""
         params: dict[str, Any] = {"id": require_task_id(req)}
         timeout = self._master.timeout
-        if wait := wait_param(req, self._max_wait):
-            params.update(wait=wait, state=req.get_param("state"))
-            timeout += wait
-        return self._master.request("GET", path, params=params, timeout=timeout)
+        asked = wait_param(req, self._max_wait)
+        if asked:
+            params["state"] = req.get_param("state")
+        with self._long_polls.wait(asked) as wait:
+            if wait:
+                params["wait"] = wait
+                timeout += wait
+            return self._master.request("GET", path, params=params, timeout=timeout)
 
     def on_get_is_ready(self, req: falcon.Request, resp: falcon.Response) -> None:
         with self._poll(req, "/isReady") as upstream:
@@ -273,8 +289,9 @@ def _field_text(stream: BinaryIO) -> str:
 
 def create_app(config: Config, master: MasterClient, readiness: list | None = None) -> falcon.App:
     app = create_base_app(config, readiness=readiness or [], challenge=BASIC_CHALLENGE)
-    # a quarter of the threads, as the master's own bound (core/streams.py)
-    jobs = Jobs(master, config.max_wait_seconds, StreamSlots(config.threads // 4))
+    # as the master's own bounds: half the threads may wait, a quarter hold streams
+    long_polls, streams = LongPolls(config.threads // 2), StreamSlots(config.threads // 4)
+    jobs = Jobs(master, config.max_wait_seconds, long_polls, streams)
     app.add_route("/", Page())
     app.add_route("/static/{name}", StaticFile())
     app.add_route("/submitTask", jobs, suffix="submit")
