@@ -46,6 +46,11 @@ def report_jobs(label: str, figure: dict[str, Any]) -> None:
         + ", ".join(f"{role} {cpu[role]:.1f}" for role in CPU_ROLES if role in cpu)
         + f"; total {sum(cpu.values()):.1f} ({figure['cpu_share']:.2f} cores busy)"
     )
+    if kernel := figure.get("kernel_ms_per_job"):
+        say(
+            "      of which in the kernel (system time): "
+            + ", ".join(f"{role} {kernel[role]:.1f}" for role in CPU_ROLES if role in kernel)
+        )
     if answered := figure.get("requests_per_job"):
         say(
             "      requests answered per job: "

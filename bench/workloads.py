@@ -249,11 +249,13 @@ class _Usage:
         self.metrics = _metric_samples(system)
         self.answered = _requests_answered(system)
         self.cpu, self.client = system.cpu_seconds(), time.process_time()
+        self.kernel = system.cpu_seconds(kernel_only=True)
         self.started = time.perf_counter()
 
     def figures(self, jobs: int) -> dict[str, Any]:
         wall = time.perf_counter() - self.started
         cpu_after, client_after = self.system.cpu_seconds(), time.process_time()
+        kernel_after = self.system.cpu_seconds(kernel_only=True)
         metrics = _metric_samples(self.system)
         answered = _requests_answered(self.system)
         figures = _worker_figures(self.metrics, metrics, self.system.workers, jobs, wall)
@@ -268,6 +270,11 @@ class _Usage:
         }
         cpu["client"] = 1000 * (client_after - self.client) / jobs
         figures["cpu_ms_per_job"] = cpu
+        # of it, the kernel's work (moving bytes through sockets and files, fsync)
+        figures["kernel_ms_per_job"] = {
+            role: 1000 * (after - self.kernel.get(role, 0.0)) / jobs
+            for role, after in kernel_after.items()
+        }
         figures["cpu_share"] = (sum(cpu.values()) * jobs / 1000) / wall  # cores used
         return figures
 

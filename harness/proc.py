@@ -13,13 +13,14 @@ import psutil
 GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of a process (0 once it is gone)."""
+def cpu_seconds(pid: int, kernel_only: bool = False) -> float:
+    """User and system CPU seconds of a process, or with ``kernel_only`` its system seconds
+    (the kernel's work for it: copies through sockets and files, fsync); 0 once it is gone."""
     try:
         times = psutil.Process(pid).cpu_times()
     except GONE:
         return 0.0
-    return times.user + times.system
+    return times.system if kernel_only else times.user + times.system
 
 
 def children(parent: int) -> list[int]:

@@ -76,12 +76,14 @@ class DarkroomUp:
             return []
         return [pid for pid in children(worker) if _spawned(command_line(pid))]
 
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU time used so far by each role's process and its children (the worker's loops)."""
+    def cpu_seconds(self, kernel_only: bool = False) -> dict[str, float]:
+        """CPU time used so far by each role's process and its children (the worker's loops);
+        with ``kernel_only``, the system time of it only."""
         pids = self.role_pids()
-        found = {role: cpu_seconds(pid) for role, pid in pids.items()}
+        found = {role: cpu_seconds(pid, kernel_only) for role, pid in pids.items()}
         if "worker" in pids:
-            found["worker"] += sum(cpu_seconds(pid) for pid in children(pids["worker"]))
+            loops = children(pids["worker"])
+            found["worker"] += sum(cpu_seconds(pid, kernel_only) for pid in loops)
         return found
 
 
