@@ -113,6 +113,19 @@ def test_a_receiver_that_answers_500_twice_gets_it_on_the_third_try(services, re
     assert len({r.body for r in received}) == 1, "the same message each time"
     for request in received:
         standardwebhooks.Webhook(SECRET).verify(request.body, request.headers)
+    # the master's own figures (counted just after it reported the attempt): two refused, one
+    # delivered, and the delivery ended delivered
+    counted = (
+        'darkroom_webhook_attempts_total{result="refused"} 2.0',
+        'darkroom_webhook_attempts_total{result="delivered"} 1.0',
+        'darkroom_webhook_deliveries_ended_total{outcome="delivered"} 1.0',
+    )
+
+    def all_counted() -> bool:
+        scraped = requests.get(services.url("master", "/metrics"), timeout=10).text
+        return all(line in scraped for line in counted)
+
+    wait_until(all_counted, 10, "the master's webhook figures")
 
 
 def test_restarts_of_the_master_and_the_database_between_attempts_lose_nothing(services, receiver):

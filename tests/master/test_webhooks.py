@@ -13,6 +13,7 @@ import time
 import pytest
 import standardwebhooks
 from falcon import testing
+from prometheus_client import CollectorRegistry
 
 from darkroom.contract.folders import result_version
 from darkroom.database.app import create_app as create_database_app
@@ -23,6 +24,7 @@ from darkroom.master.webhooks import (
     MAX_BACKOFF_SECONDS,
     Deliveries,
     WebhookGuard,
+    WebhookMetrics,
     WebhookSender,
     WebhookSettings,
     retry_delay,
@@ -118,10 +120,50 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def deliveries(config, database, guard, clock) -> Deliveries:
+def registry() -> CollectorRegistry:
+    """Where the delivery loops count their attempts."""
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def deliveries(config, database, guard, clock, registry) -> Deliveries:
     sender = WebhookSender(guard, timeout=5, clock=clock)
     settings = config.settings_for(WebhookSettings)
-    return Deliveries(database, sender, settings, threading.Event(), random.Random(1), clock)
+    metrics = WebhookMetrics(registry)
+    return Deliveries(
+        database, sender, settings, threading.Event(), random.Random(1), clock, metrics
+    )
+
+
+ATTEMPT_RESULTS = ("delivered", "refused", "failed")
+ENDED_OUTCOMES = ("delivered", "gone", "given_up")
+
+
+def counted(registry: CollectorRegistry) -> dict[str, dict[str, float] | float]:
+    """The delivery counters by label, and how many attempts were timed."""
+    sample = registry.get_sample_value
+    return {
+        "attempts": {
+            result: sample("darkroom_webhook_attempts_total", {"result": result})
+            for result in ATTEMPT_RESULTS
+        },
+        "ended": {
+            outcome: sample("darkroom_webhook_deliveries_ended_total", {"outcome": outcome})
+            for outcome in ENDED_OUTCOMES
+        },
+        "timed": sample("darkroom_webhook_attempt_duration_seconds_count"),
+    }
+
+
+def counts(
+    attempts: dict[str, float], ended: dict[str, float] | None = None
+) -> dict[str, dict[str, float] | float]:
+    """What ``counted`` should give: these counts, every other label at 0, each attempt timed."""
+    return {
+        "attempts": {result: attempts.get(result, 0.0) for result in ATTEMPT_RESULTS},
+        "ended": {outcome: (ended or {}).get(outcome, 0.0) for outcome in ENDED_OUTCOMES},
+        "timed": float(sum(attempts.values())),
+    }
 
 
 def upload(client, png, url: str) -> str:
@@ -232,7 +274,7 @@ def test_a_failed_job_is_posted_too(client, tasks, deliveries, receiver, png):
 
 
 def test_errors_are_retried_with_the_same_message_id_until_delivered(
-    client, config, tasks, deliveries, receiver, clock, png
+    client, config, tasks, deliveries, receiver, clock, png, registry
 ):
     receiver.statuses = [500, 503, 200]
     task_id = upload(client, png, receiver.url())
@@ -247,9 +289,10 @@ def test_errors_are_retried_with_the_same_message_id_until_delivered(
     webhook = status(client, task_id)["webhook"]
     assert (webhook["state"], webhook["attempts"]) == ("delivered", 3)
     assert [a["status"] for a in webhook["last"]] == [500, 503, 200]
+    assert counted(registry) == counts({"refused": 2, "delivered": 1}, {"delivered": 1})
 
 
-def test_gone_gives_up_at_once(client, config, tasks, deliveries, receiver, png):
+def test_gone_gives_up_at_once(client, config, tasks, deliveries, receiver, png, registry):
     receiver.statuses = [410]
     task_id = upload(client, png, receiver.url())
     finish(client, config, tasks, task_id, png)
@@ -258,10 +301,11 @@ def test_gone_gives_up_at_once(client, config, tasks, deliveries, receiver, png)
     assert (webhook["state"], webhook["attempts"]) == ("failed", 1)
     time.sleep(0.05)  # past any backoff: nothing more is due
     assert not deliveries.deliver_one()
+    assert counted(registry) == counts({"refused": 1}, {"gone": 1})
 
 
 def test_retries_stop_when_the_retry_period_is_over(
-    client, config, tasks, deliveries, receiver, clock, png
+    client, config, tasks, deliveries, receiver, clock, png, registry
 ):
     receiver.statuses = [500]
     task_id = upload(client, png, receiver.url())
@@ -269,6 +313,7 @@ def test_retries_stop_when_the_retry_period_is_over(
     clock.now += 61  # webhook_retry_seconds is 60
     assert deliveries.deliver_one()
     assert status(client, task_id)["webhook"]["state"] == "failed"
+    assert counted(registry) == counts({"refused": 1}, {"given_up": 1})
 
 
 def test_the_address_is_checked_again_at_every_attempt(
@@ -284,7 +329,9 @@ def test_the_address_is_checked_again_at_every_attempt(
     assert "10.1.2.3, a private address" in webhook["last"][0]["error"]
 
 
-def test_an_unreachable_receiver_is_an_error_retried(client, config, tasks, deliveries, png):
+def test_an_unreachable_receiver_is_an_error_retried(
+    client, config, tasks, deliveries, png, registry
+):
     from harness.launch import free_port
 
     task_id = upload(client, png, f"http://127.0.0.1:{free_port()}/in")
@@ -292,6 +339,7 @@ def test_an_unreachable_receiver_is_an_error_retried(client, config, tasks, deli
     assert deliveries.deliver_one()
     webhook = status(client, task_id)["webhook"]
     assert webhook["state"] == "pending" and "connection" in webhook["last"][0]["error"]
+    assert counted(registry) == counts({"failed": 1})
 
 
 def test_the_retry_delay_is_exponential_with_full_jitter():
@@ -319,3 +367,16 @@ def test_the_loops_deliver_in_the_background_and_stop(
         loops.close(timeout=5)
     assert stop.is_set()
     assert all(not thread.is_alive() for thread in loops._threads)
+
+
+def test_the_masters_metrics_show_the_delivery_figures(config, database, registry):
+    WebhookMetrics(registry)
+    storage = service_client(
+        create_storage_app(config, FileImageStore(config.data_dir)), "storageAddress", "s:2"
+    )
+    app = create_app(
+        config, database, StorageClient(storage), lambda text: text or "swap", registry=registry
+    )
+    scraped = testing.TestClient(app).simulate_get("/metrics").text
+    assert 'darkroom_webhook_attempts_total{result="failed"} 0.0' in scraped
+    assert 'darkroom_webhook_deliveries_ended_total{outcome="given_up"} 0.0' in scraped

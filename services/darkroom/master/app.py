@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 import falcon
+from prometheus_client import CollectorRegistry
 
 from darkroom.contract.errors import ServiceConflict
 from darkroom.contract.folders import Folder, result_version
@@ -377,10 +378,12 @@ def create_app(
     event_streams: EventStreamPolicy | None = None,
     finished: FinishedTasks | None = None,
     unfinished: UnfinishedTasks | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> falcon.App:
     """The master's app; ``unfinished`` (which shares ``finished``) answers the polls of jobs
-    still running from memory, without it each poll reads the database."""
-    app = create_base_app(config, readiness=readiness or [])
+    still running from memory, without it each poll reads the database. ``registry`` is what
+    its ``/metrics`` serves (the delivery loops' figures are in it too)."""
+    app = create_base_app(config, readiness=readiness or [], registry=registry)
     finished = finished or FinishedTasks(config.retention_seconds)
     jobs = Jobs(
         database,

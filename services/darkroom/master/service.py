@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry
+
 from darkroom.contract.pipeline import PipelineLimits
 from darkroom.core.config import Config
 from darkroom.core.runtime import Runtime
@@ -12,7 +14,13 @@ from darkroom.master.events import EventStreamPolicy
 from darkroom.master.finished import FinishedTasks
 from darkroom.master.presets import PipelineResolver
 from darkroom.master.unfinished import UnfinishedTasks
-from darkroom.master.webhooks import Deliveries, WebhookGuard, WebhookSender, WebhookSettings
+from darkroom.master.webhooks import (
+    Deliveries,
+    WebhookGuard,
+    WebhookMetrics,
+    WebhookSender,
+    WebhookSettings,
+)
 from darkroom.storage.client import StorageClient
 
 
@@ -25,6 +33,7 @@ def run(config: Config) -> None:
     finished = FinishedTasks(config.retention_seconds)
     unfinished = UnfinishedTasks(database, finished, runtime.stop)
     unfinished.start()
+    registry = CollectorRegistry()
     app = create_app(
         config,
         database,
@@ -37,12 +46,14 @@ def run(config: Config) -> None:
         event_streams=EventStreamPolicy(max_stream_seconds=config.event_stream_seconds),
         finished=finished,
         unfinished=unfinished,
+        registry=registry,
     )
     # Without a secret no webhook is taken, and none could be signed.
     deliveries = None
     if webhooks.enabled:
         sender = WebhookSender(webhooks, webhook_settings.webhook_timeout_seconds)
-        deliveries = Deliveries(database, sender, webhook_settings, runtime.stop)
+        metrics = WebhookMetrics(registry)
+        deliveries = Deliveries(database, sender, webhook_settings, runtime.stop, metrics=metrics)
         deliveries.start()
     try:
         serve(

@@ -5,6 +5,12 @@ Every master runs a few delivery loops; each claims a due delivery under a lease
 job's status document, signed (``core/signatures.py``), to the URL checked again at that
 moment (``core/ssrf.py``), and reports the outcome. A master that dies mid-attempt leaves the
 delivery to be claimed again when the lease runs out: at least once, never lost.
+
+Each master counts its attempts and the deliveries it ended (``WebhookMetrics``):
+``darkroom_webhook_attempts_total{result}`` (delivered, refused: the receiver answered
+another status, failed: no answer), ``darkroom_webhook_attempt_duration_seconds`` and
+``darkroom_webhook_deliveries_ended_total{outcome}`` (delivered, gone: the receiver answered
+410, given_up: retried for ``webhook_retry_seconds``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import urllib3
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from darkroom import __version__
 from darkroom.contract.errors import ServiceConflict, ServiceError
@@ -147,6 +154,60 @@ def _short(text: str) -> str:
     return text[:MAX_ATTEMPT_ERROR_CHARS]
 
 
+# An attempt waits up to three webhook timeouts (10 s by default): buckets up to a minute.
+ATTEMPT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class WebhookMetrics:
+    """What a master's delivery loops report (every label from a fixed set)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = registry if registry is not None else CollectorRegistry()
+        self.attempts = Counter(
+            "darkroom_webhook_attempts",
+            "Webhook attempts by result: delivered (2xx), refused (another status), failed "
+            "(no answer: refused address, connection, TLS or time-out).",
+            ["result"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "darkroom_webhook_attempt_duration_seconds",
+            "Time an attempt took, from its address check to the receiver's status.",
+            buckets=ATTEMPT_BUCKETS,
+            registry=registry,
+        )
+        self.ended = Counter(
+            "darkroom_webhook_deliveries_ended",
+            "Deliveries this master ended: delivered, gone (the receiver answered 410) or "
+            "given_up (failed until the retry period ran out).",
+            ["outcome"],
+            registry=registry,
+        )
+        for result in ("delivered", "refused", "failed"):
+            self.attempts.labels(result)  # shown at 0 from the start, for rate() and alerts
+        for outcome in ("delivered", "gone", "given_up"):
+            self.ended.labels(outcome)
+
+    def attempted(self, attempt: Attempt, seconds: float, retry_in: float | None) -> None:
+        """One attempt made and reported; ``retry_in`` None: the delivery ended with it."""
+        if attempt.delivered:
+            result = "delivered"
+        elif attempt.status is None:
+            result = "failed"
+        else:
+            result = "refused"
+        self.attempts.labels(result).inc()
+        self.duration.observe(max(seconds, 0.0))
+        if retry_in is not None:
+            return
+        if attempt.delivered:
+            self.ended.labels("delivered").inc()
+        elif attempt.status == GONE:
+            self.ended.labels("gone").inc()
+        else:
+            self.ended.labels("given_up").inc()
+
+
 class Deliveries:
     """The master's delivery loops: ``concurrency`` threads, each claiming one due delivery at
     a time, until ``stop``."""
@@ -159,9 +220,11 @@ class Deliveries:
         stop: threading.Event,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: WebhookMetrics | None = None,
     ) -> None:
         self._database = database
         self._sender = sender
+        self._metrics = metrics or WebhookMetrics()
         self._retry_seconds = settings.webhook_retry_seconds
         self._backoff_seconds = settings.webhook_backoff_seconds
         self._concurrency = settings.webhook_concurrency
@@ -181,6 +244,7 @@ class Deliveries:
         attempt = self._sender.send(
             delivery["url"], delivery["messageId"], status_body(delivery["task"])
         )
+        took = self._clock() - attempt.at
         retry_in = self._retry_in(delivery, attempt)
         try:
             self._database.report_delivery(task_id, delivery["lease"], attempt, retry_in)
@@ -188,6 +252,7 @@ class Deliveries:
             # The attempt outlived its lease and another master took the delivery over.
             log.warning("webhook lease lost", extra={"task": task_id})
             return True
+        self._metrics.attempted(attempt, took, retry_in)
         log.info(
             "webhook attempt",
             extra={
