@@ -248,8 +248,9 @@ class _Usage:
         self.system = system
         self.metrics = _metric_samples(system)
         self.answered = _requests_answered(system)
-        self.cpu, self.client = system.cpu_seconds(), time.process_time()
+        # the kernel's share first, so that reading it is not counted as the client's CPU
         self.kernel = system.cpu_seconds(kernel_only=True)
+        self.cpu, self.client = system.cpu_seconds(), time.process_time()
         self.started = time.perf_counter()
 
     def figures(self, jobs: int) -> dict[str, Any]:

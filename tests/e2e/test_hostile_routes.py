@@ -23,6 +23,7 @@ import requests
 
 from darkroom.contract.limits import MAX_IDEMPOTENCY_KEY_CHARS
 from darkroom.core.ids import new_task_id
+from darkroom.master.events import EventStreamPolicy
 from support.images import png_bytes
 from support.processes import HOST, Services, wait_until
 from support.receiver import Receiver
@@ -38,9 +39,8 @@ THREADS = {"master": 16, "frontend": 8, "database": 16}
 STREAM_SLOTS = {role: THREADS[role] // 4 for role in ("master", "frontend")}
 # A stream ends after this and its client reconnects: one that reads nothing holds no longer.
 EVENT_STREAM_SECONDS = 4
-# The master's comment line on an idle stream (EventStreamPolicy): a client that left is
-# noticed at the next one.
-KEEPALIVE_SECONDS = 2
+# The master's comment line on an idle stream: a client that left is noticed at the next one.
+KEEPALIVE_SECONDS = EventStreamPolicy().keepalive_seconds
 assert KEEPALIVE_SECONDS + 1 < EVENT_STREAM_SECONDS, "a slot back by the keep-alive, not the bound"
 API_SECONDS = 2.0
 # An attempt's connection and reads time out after this, the whole attempt after three times it.

@@ -197,7 +197,7 @@ class WebhookMetrics:
         else:
             result = "refused"
         self.attempts.labels(result).inc()
-        self.duration.observe(max(seconds, 0.0))
+        self.duration.observe(seconds)
         if retry_in is not None:
             return
         if attempt.delivered:
@@ -241,10 +241,11 @@ class Deliveries:
         if delivery is None:
             return False
         task_id = delivery["id"]
+        started = time.monotonic()  # not the attempt's epoch time: the wall clock may step
         attempt = self._sender.send(
             delivery["url"], delivery["messageId"], status_body(delivery["task"])
         )
-        took = self._clock() - attempt.at
+        took = time.monotonic() - started
         retry_in = self._retry_in(delivery, attempt)
         try:
             self._database.report_delivery(task_id, delivery["lease"], attempt, retry_in)
