@@ -24,6 +24,7 @@ import pytest
 import requests
 from PIL import Image
 
+from support import jobs
 from support.images import png_bytes
 from support.openfiles import open_files_for
 from support.processes import HOST, PROBE_SECONDS, Services, wait_until
@@ -102,24 +103,13 @@ def peak_rss_bytes(pid: int) -> int:
 
 
 def upload(stack: Services, body: bytes, accepted: list[str], **params: str) -> str:
-    answer = requests.post(stack.url("master", "/new"), data=body, params=params, timeout=10)
-    assert answer.status_code == 200, answer.text
-    accepted.append(answer.text)
-    return answer.text
-
-
-def job(stack: Services, task_id: str) -> dict:
-    answer = requests.get(stack.url("master", "/status"), params={"id": task_id}, timeout=10)
-    assert answer.status_code == 200, answer.text
-    return answer.json()
+    task_id = jobs.upload(stack, body, **params)
+    accepted.append(task_id)
+    return task_id
 
 
 def wait_done(stack: Services, task_id: str) -> dict:
-    def done() -> dict | None:
-        task = job(stack, task_id)
-        return task if task["stateName"] in ("finished", "failed") else None
-
-    return wait_until(done, JOB_SECONDS, f"job {task_id} to finish or fail", 0.1)
+    return jobs.wait_state(stack, task_id, "finished", "failed", timeout=JOB_SECONDS)
 
 
 def encoded(image: Image.Image) -> bytes:
