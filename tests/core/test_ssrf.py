@@ -308,3 +308,34 @@ def test_an_answer_trickled_a_byte_at_a_time_is_cut_at_the_attempts_deadline():
     finally:
         stop.set()
         server.close()
+
+
+def test_a_tls_handshake_trickled_a_byte_at_a_time_is_cut_within_the_timeout():
+    # The handshake happens inside urllib3's connect, before _Deadline knows the connection;
+    # CPython's ssl module bounds the whole handshake by the socket's timeout (one deadline
+    # over all its reads), so a receiver trickling it cannot hold a delivery slot.
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)  # the ClientHello
+            # a handshake record's header announcing 16 KiB, then its body a byte at a time
+            connection.sendall(b"\x16\x03\x03\x40\x00")
+            while not stop.wait(0.05):  # always within the read timeout, never done
+                with contextlib.suppress(OSError):
+                    connection.sendall(b"\x00")
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    target = parse_target(f"https://slow.example:{server.getsockname()[1]}/")
+    started = time.monotonic()
+    try:
+        with pytest.raises(urllib3.exceptions.ReadTimeoutError):
+            post(target, [ipaddress.ip_address("127.0.0.1")], b"{}", {}, timeout=0.3)
+        assert time.monotonic() - started < 1.5
+        assert thread.is_alive(), "the receiver was still trickling when the attempt ended"
+    finally:
+        stop.set()
+        server.close()

@@ -4,8 +4,9 @@ A URL is checked as text (scheme, host, no credentials), then its host is resolv
 address it resolves to is checked against the refused networks; the request then goes to a
 checked address itself, with the host name kept for the Host header, TLS's SNI and the
 certificate check, so nothing is resolved twice (DNS rebinding finds nothing to change).
-Redirects are not followed, timeouts bound the connection, each read and the whole attempt, and
-only a few bytes of the answer are read: its status is all that counts.
+Redirects are not followed, timeouts bound the connection, the TLS handshake as a whole (CPython's
+ssl module waits for it against one deadline), each read and the whole attempt, and only a few
+bytes of the answer are read: its status is all that counts.
 """
 
 from __future__ import annotations
