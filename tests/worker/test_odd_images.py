@@ -392,13 +392,33 @@ PRESS_TOLERANCE = 3
 PATCH = 16  # pixels: two JPEG blocks, so each patch's centre is flat
 
 
-def _patches_jpeg(**options: object) -> bytes:
-    """The patches side by side in one CMYK JPEG (Pillow writes it Adobe-style, inverted)."""
+def _patches_sheet() -> Image.Image:
     sheet = Image.new("CMYK", (PATCH * len(FOGRA39_PATCHES), PATCH))
     for index, (inks, _) in enumerate(FOGRA39_PATCHES.values()):
         ink_levels = tuple(round(percent * 255 / 100) for percent in inks)
         sheet.paste(ink_levels, (index * PATCH, 0, (index + 1) * PATCH, PATCH))
-    return encode(sheet, "JPEG", quality=100, subsampling=0, **options).getvalue()
+    return sheet
+
+
+def _patches_jpeg(**options: object) -> bytes:
+    """The patches side by side in one CMYK JPEG (Pillow writes it Adobe-style, inverted)."""
+    return encode(_patches_sheet(), "JPEG", quality=100, subsampling=0, **options).getvalue()
+
+
+def _adobe_ycck_jpeg(inks: Image.Image, transform: int = 2) -> bytes:
+    """``inks`` as an Adobe YCCK JPEG (what Photoshop writes for CMYK), which Pillow cannot
+    write: the C, M, Y inks taken as R, G, B to the JPEG standard's YCbCr (a decoder turns
+    YCC to RGB and stores 255 minus each, Adobe's inverted inks), K inverted, all written as
+    if CMYK, then the Adobe marker's transform flag set from 0 (none) to ``transform``."""
+    cyan, magenta, yellow, black = inks.split()
+    ycc = Image.merge("RGB", (cyan, magenta, yellow)).convert("YCbCr").split()
+    # Pillow writes a CMYK image's samples inverted, Adobe-style: invert them here first
+    samples = Image.merge("CMYK", [*(ImageChops.invert(band) for band in ycc), black])
+    data = bytearray(encode(samples, "JPEG", quality=100, subsampling=0).getvalue())
+    adobe = data.index(b"\xff\xee") + 4  # APP14: marker, length, then "Adobe"
+    assert data[adobe : adobe + 5] == b"Adobe" and data[adobe + 11] == 0
+    data[adobe + 11] = transform  # after "Adobe": version, flags0, flags1 (two bytes each)
+    return bytes(data)
 
 
 def _patch_colours(image: Image.Image) -> dict[str, tuple[int, ...]]:
@@ -432,6 +452,23 @@ def test_a_cmyk_jpeg_without_a_profile_shows_fogra39_press_colour() -> None:
     plain = _patch_colours(Image.open(io.BytesIO(data)))
     assert _farthest(plain["cyan"], expected["cyan"]) > 60
     assert "icc_profile" not in result.info
+
+
+def test_a_ycck_jpeg_without_a_profile_shows_fogra39_press_colour_too() -> None:
+    data = _adobe_ycck_jpeg(_patches_sheet())
+    assert Image.open(io.BytesIO(data)).info["adobe_transform"] == 2
+    result, _ = run(data, "png")
+    cmyk_result, _ = run(_patches_jpeg(), "png")
+    colours, cmyk_colours = _patch_colours(result), _patch_colours(cmyk_result)
+    misses = {
+        name: (colours[name], cmyk_colours[name])
+        for name in FOGRA39_PATCHES
+        if _farthest(colours[name], cmyk_colours[name]) > 2  # YCC's rounding, a level or two
+    }
+    assert not misses
+    # the same samples taken for inks (the transform flag cleared) are far off
+    as_inks, _ = run(_adobe_ycck_jpeg(_patches_sheet(), transform=0), "png")
+    assert _farthest(_patch_colours(as_inks)["cyan"], cmyk_colours["cyan"]) > 60
 
 
 def test_an_embedded_cmyk_profile_wins_over_the_standard_one() -> None:
