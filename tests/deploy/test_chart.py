@@ -879,6 +879,20 @@ def test_postgresql_from_a_cnpg_cluster_reads_the_operators_secret() -> None:
     assert url["valueFrom"]["secretKeyRef"] == {"name": "tasks-db", "key": "dsn"}
 
 
+def test_postgresql_pool_size_reaches_the_database_pods() -> None:
+    assert "DARKROOM_DATABASE_POOL_SIZE" not in env_of(_container(render({}), "database"))
+    pool = env_of(_container(render(POSTGRESQL_SECRET), "database"))["DARKROOM_DATABASE_POOL_SIZE"]
+    assert pool == {"name": "DARKROOM_DATABASE_POOL_SIZE", "value": "10"}
+    # 3 pods and one rolling in at 49 each fit 200 connections less 3: the edge passes
+    values = {**POSTGRESQL_CNPG, "database": {"backend": "postgresql", "replicas": 3}}
+    values["database"]["postgresql"] = {"poolSize": 49}
+    pool = env_of(_container(render(values), "database"))["DARKROOM_DATABASE_POOL_SIZE"]
+    assert pool["value"] == "49"
+    # an existing Secret names a server the chart does not size: no check
+    values["database"]["postgresql"] = {"poolSize": 500, "existingSecret": "tasks-db"}
+    render(values)
+
+
 def test_cnpg_cluster() -> None:
     (cluster,) = of_kind(render(POSTGRESQL_CNPG), "Cluster")
     assert cluster["apiVersion"] == "postgresql.cnpg.io/v1"
@@ -1035,6 +1049,18 @@ def test_keda_query_counts_the_tasks_the_database_exports(tmp_path: Path) -> Non
         ),
         (["worker.keda.enabled=true"], "at '/worker/keda/serverAddress': minLength: got 0, want 1"),
         (["worker.keda.serverAddress=prometheus:9090"], "/worker/keda/serverAddress"),
+        # the database pods' PostgreSQL pools must fit the chart's own Cluster
+        (
+            [
+                "database.backend=postgresql",
+                "postgresql.cnpg.enabled=true",
+                "database.replicas=3",
+                "database.postgresql.poolSize=25",
+            ],
+            "database.postgresql.poolSize=25 on 4 database pods (database.replicas, and one more"
+            " while rolling) needs 100 PostgreSQL connections; the CloudNativePG Cluster takes 97",
+        ),
+        (["database.postgresql.poolSize=0"], "/database/postgresql/poolSize"),
         (
             [
                 "worker.keda.enabled=true",

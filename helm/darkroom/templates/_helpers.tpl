@@ -187,13 +187,24 @@ Call with (dict "root" $ "role" ROLE).
 
 {{/*
 DARKROOM_DATABASE_URL with backend postgresql: from database.postgresql.existingSecret, else from
-the Secret CloudNativePG makes for its Cluster's application user ("<cluster>-app", key uri).
-Call with the root.
+the Secret CloudNativePG makes for its Cluster's application user ("<cluster>-app", key uri);
+and DARKROOM_DATABASE_POOL_SIZE. With the chart's CloudNativePG Cluster, the pools of all database
+pods, one more during a rolling update (maxSurge 1), must fit its max_connections less the 3
+PostgreSQL keeps for superusers (superuser_reserved_connections): past it, a pod's connections are
+refused at start or under load. Call with the root.
 */}}
 {{- define "darkroom.databaseUrlEnv" -}}
 {{- $postgresql := .Values.database.postgresql }}
 {{- if not (or $postgresql.existingSecret .Values.postgresql.cnpg.enabled) }}
 {{- fail "database.backend=postgresql needs the URL's Secret: set database.postgresql.existingSecret, or postgresql.cnpg.enabled=true for a CloudNativePG Cluster" }}
+{{- end }}
+{{- if and .Values.postgresql.cnpg.enabled (not $postgresql.existingSecret) }}
+{{- $limit := int (.Values.postgresql.cnpg.parameters.max_connections | default "100") }}
+{{- $pods := add (int .Values.database.replicas) 1 }}
+{{- $wanted := mul $pods (int $postgresql.poolSize) }}
+{{- if gt $wanted (sub $limit 3) }}
+{{- fail (printf "database.postgresql.poolSize=%d on %d database pods (database.replicas, and one more while rolling) needs %d PostgreSQL connections; the CloudNativePG Cluster takes %d (postgresql.cnpg.parameters.max_connections, less 3 kept for superusers): lower the pool or raise max_connections" (int $postgresql.poolSize) $pods $wanted (sub $limit 3)) }}
+{{- end }}
 {{- end }}
 - name: DARKROOM_DATABASE_URL
   valueFrom:
@@ -205,6 +216,8 @@ Call with the root.
       name: {{ include "darkroom.cnpgClusterName" . }}-app
       key: uri
       {{- end }}
+- name: DARKROOM_DATABASE_POOL_SIZE
+  value: {{ $postgresql.poolSize | quote }}
 {{- end }}
 
 {{/* Pod-level security context: the `restricted` Pod Security profile. Call with the root. */}}
