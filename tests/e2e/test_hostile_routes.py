@@ -242,30 +242,37 @@ def test_streams_whose_clients_left_give_their_slots_back_at_the_next_keep_alive
         cancel(stack, task_id)
 
 
-def test_long_polls_whose_clients_left_give_their_slots_back(stack):
+@pytest.mark.parametrize("role", ["master", "frontend"])
+def test_long_polls_whose_clients_left_give_their_slots_back(stack, role):
+    # The master sees its client leave at once; the frontend, which relays long polls in
+    # slices, at the end of the slice in progress (its call to the master is still waiting).
     task_id = upload(stack)  # stays queued: every /isReady?wait= waits its whole time
+
+    def a_poll_waits() -> bool:  # with no slot free, it is answered at once
+        answer, took = timed(
+            requests.get,
+            stack.url(role, "/isReady"),
+            params={"id": task_id, "wait": "1"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        return took >= 0.9
+
     try:
-        # the master's long-poll slots are half its threads: all taken, then their clients go
-        for _ in range(THREADS["master"] // 2):
-            with socket.create_connection((HOST, stack.ports["master"]), timeout=10) as sock:
+        with contextlib.ExitStack() as held:
+            # the long-poll slots are half the role's threads: all taken...
+            for _ in range(THREADS[role] // 2):
+                sock = held.enter_context(socket.create_connection((HOST, stack.ports[role])))
                 request = f"GET /isReady?id={task_id}&wait=30 HTTP/1.1\r\nHost: darkroom\r\n\r\n"
                 sock.sendall(request.encode())
+            # (a request whose client left before it began is never run: wait until they run)
+            wait_until(lambda: not a_poll_waits(), 10, "the polls to take every slot", 0.1)
+        # ... then their clients go
         left = time.monotonic()
-
-        def a_poll_waits() -> bool:  # with no slot free, it would be answered at once
-            answer, took = timed(
-                requests.get,
-                stack.url("master", "/isReady"),
-                params={"id": task_id, "wait": "1"},
-                timeout=10,
-            )
-            assert answer.status_code == 200, answer.text
-            return took >= 0.9
-
         wait_until(a_poll_waits, 10, "a long poll to wait in a slot again", 0.1)
         back = time.monotonic() - left
         assert back < 5, "not after their 30 s"
-        print(f"the long polls' slots were back {back:.1f} s after their clients left")
+        print(f"{role}: the long polls' slots were back {back:.1f} s after their clients left")
     finally:
         cancel(stack, task_id)
 

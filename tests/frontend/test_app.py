@@ -5,10 +5,14 @@ from __future__ import annotations
 import functools
 import inspect
 import io
+import json
 import re
 import threading
+import time
+from collections.abc import Callable
 from html.parser import HTMLParser
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from falcon import testing
@@ -34,7 +38,7 @@ from darkroom.core.transport import Transport
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient, DatabaseLeases
 from darkroom.database.service import open_store
-from darkroom.frontend.app import MAX_OP_BYTES, create_app
+from darkroom.frontend.app import MAX_OP_BYTES, POLL_SLICE_SECONDS, create_app
 from darkroom.master.app import create_app as create_master_app
 from darkroom.master.client import MasterClient
 from darkroom.storage.app import create_app as create_storage_app
@@ -45,7 +49,7 @@ from darkroom.worker.operations import ImageRejected, ProcessingSettings, proces
 from support.images import decode, encode, png_bytes
 from support.inprocess import StaticRegistry, service_client
 from support.processes import wait_until
-from support.recording import RecordingServer
+from support.recording import Recorded, RecordingServer
 from support.sse import events_in
 
 
@@ -643,15 +647,38 @@ def test_events_pass_the_masters_refusals_on_as_json(system, png):
     assert bad.status_code == 400 and bad.json["title"] == "Invalid Last-Event-ID"
 
 
+def _frontend_before(master: RecordingServer, config) -> testing.TestClient:
+    locator = ServiceLocator(StaticRegistry({"masterAddress": master.address}), ttl=60)
+    client = MasterClient(ServiceClient(locator, "masterAddress", Transport(), timeout=5))
+    return testing.TestClient(create_app(config, client))
+
+
+def _waits_then(answers: list[bytes], changed: bytes | None = None) -> Callable[[Recorded], bytes]:
+    """A master's long poll: waits what it is asked to, then gives the next of ``answers``;
+    once they are given, ``changed`` at once (the task moved on during that slice)."""
+    given = iter(answers)
+
+    def answer(request: Recorded) -> bytes:
+        if (following := next(given, None)) is None and changed is not None:
+            return changed
+        time.sleep(float(request.query.get("wait", ["0"])[0]))
+        return following if following is not None else answers[-1]
+
+    return answer
+
+
+def _timed(call: Callable[..., testing.Result], *args: Any, **kwargs: Any):
+    started = time.monotonic()
+    result = call(*args, **kwargs)
+    return result, time.monotonic() - started
+
+
 def test_long_polls_past_half_the_threads_are_passed_on_without_waiting(config):
     # the master(s) behind would let them all wait: the frontend's own threads are bounded
     master = RecordingServer(held=lambda request: "wait" in request.query)
     waiting: list[threading.Thread] = []
     try:
-        transport = Transport()
-        locator = ServiceLocator(StaticRegistry({"masterAddress": master.address}), ttl=60)
-        client = MasterClient(ServiceClient(locator, "masterAddress", transport, timeout=5))
-        frontend = testing.TestClient(create_app(config.replace(threads=4), client))
+        frontend = _frontend_before(master, config.replace(threads=4))
         poll = functools.partial(
             frontend.simulate_get, "/isReady", params={"id": new_task_id(), "wait": "5"}
         )
@@ -668,6 +695,49 @@ def test_long_polls_past_half_the_threads_are_passed_on_without_waiting(config):
             thread.join(10)
         master.close()
     assert all("wait" in request.query for request in master.received[:2])
+
+
+def test_a_relayed_long_poll_is_asked_in_slices_for_its_whole_wait(config):
+    master = RecordingServer(answer=_waits_then([b"0", b"0", b"0"]))
+    try:
+        frontend = _frontend_before(master, config)
+        wait = POLL_SLICE_SECONDS + 0.5
+        params = {"id": new_task_id(), "wait": str(wait)}
+        answered, took = _timed(frontend.simulate_get, "/isReady", params=params)
+    finally:
+        master.close()
+    assert answered.status_code == 200 and answered.text == "Your image is not ready yet."
+    slices = [float(request.query["wait"][0]) for request in master.received]
+    assert len(slices) == 2 and slices[0] == POLL_SLICE_SECONDS
+    assert sum(slices) == pytest.approx(wait, abs=0.1)
+    assert took == pytest.approx(wait, abs=0.5)
+
+
+def test_a_relayed_long_poll_answers_as_soon_as_a_slice_ends_its_wait(config):
+    queued = json.dumps({"stateName": "queued"}).encode()
+    running = json.dumps({"stateName": "in progress"}).encode()
+    master = RecordingServer(answer=_waits_then([queued], changed=running))
+    try:
+        frontend = _frontend_before(master, config)
+        params = {"id": new_task_id(), "wait": "20", "state": "queued"}
+        answered = frontend.simulate_get("/status", params=params)
+    finally:
+        master.close()
+    assert answered.status_code == 200 and answered.json == {"stateName": "in progress"}
+    assert len(master.received) == 2, "the second slice's answer ended the wait"
+    assert all(request.query["state"] == ["queued"] for request in master.received)
+
+
+def test_a_relayed_long_poll_answered_at_once_by_a_master_without_a_slot_is_passed_on(config):
+    master = RecordingServer(answer=lambda request: b"0")  # no slot: it does not wait
+    try:
+        frontend = _frontend_before(master, config)
+        params = {"id": new_task_id(), "wait": "20"}
+        answered, took = _timed(frontend.simulate_get, "/isReady", params=params)
+    finally:
+        master.close()
+    assert answered.text == "Your image is not ready yet."
+    assert len(master.received) == 1 and took < 1, "not asked again and again"
 
 
 @pytest.mark.parametrize(

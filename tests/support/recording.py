@@ -2,7 +2,8 @@
 
 Paths: ``/json`` a small JSON answer; ``/big?size=N`` N bytes; ``/error`` a 503 with a JSON
 error and Retry-After; ``/slow`` (or what ``held`` says) answers once ``release`` is set (or
-after 10 s); ``/hangup`` closes the connection without answering.
+after 10 s); ``/hangup`` closes the connection without answering. ``answer`` may answer any
+other request itself: the body, sent as JSON (a service's answers to its callers are).
 """
 
 from __future__ import annotations
@@ -32,9 +33,14 @@ def _slow_path(request: Recorded) -> bool:
 
 
 class RecordingServer:
-    def __init__(self, held: Callable[[Recorded], bool] = _slow_path) -> None:
+    def __init__(
+        self,
+        held: Callable[[Recorded], bool] = _slow_path,
+        answer: Callable[[Recorded], bytes] | None = None,
+    ) -> None:
         self.received: list[Recorded] = []
         self._held = held
+        self._answer_with = answer
         self.release = threading.Event()
         server = self
 
@@ -81,6 +87,8 @@ class RecordingServer:
         elif url.path == "/error":
             status, extra = 503, {"Retry-After": "2"}
             data = json.dumps({"title": "Busy", "description": "try later"}).encode()
+        elif self._answer_with is not None:
+            data = self._answer_with(request)
         else:
             if self._held(request):
                 self.release.wait(10)

@@ -65,6 +65,12 @@ ENDED_STATES = frozenset({TaskState.FINISHED, TaskState.FAILED, TaskState.CANCEL
 UNFINISHED_STATES = frozenset(TaskState) - ENDED_STATES
 
 
+def waited_through(state: TaskState | None) -> frozenset[TaskState]:
+    """The states a long poll on a task (``wait`` with ``state`` or without) waits through:
+    ``state`` when one is named, else every unfinished state (it answers when the task ends)."""
+    return UNFINISHED_STATES if state is None else frozenset({state})
+
+
 # The title of the database's 409 to a worker's call about a task its client cancelled: the
 # worker's client tells it from a lost lease by it.
 TASK_CANCELLED_TITLE = "Task cancelled"

@@ -25,9 +25,9 @@ from darkroom.contract.limits import (
 )
 from darkroom.contract.tasks import (
     TASK_CANCELLED_TITLE,
-    UNFINISHED_STATES,
     IdempotencyKeyUsed,
     TaskState,
+    waited_through,
 )
 from darkroom.contract.webhooks import (
     MAX_ATTEMPT_ERROR_CHARS,
@@ -210,9 +210,7 @@ class Tasks:
         task_id = require_task_id(req)
         with self._long_polls.wait(wait_param(req, self._max_wait)) as wait:
             if wait:
-                state = state_param(req)
-                while_in = UNFINISHED_STATES if state is None else {state}
-                task = self._store.watch(task_id, while_in, wait)
+                task = self._store.watch(task_id, waited_through(state_param(req)), wait)
             else:
                 task = self._store.get(task_id)
         resp.media = task_document(task, delivery=self._store.delivery(task_id))

@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any, BinaryIO
 
 import falcon
 
 from darkroom.contract.pipeline import MAX_PIPELINE_CHARS
-from darkroom.contract.tasks import IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER
+from darkroom.contract.tasks import (
+    IDEMPOTENCY_KEY_HEADER,
+    REPLAYED_HEADER,
+    TaskState,
+    waited_through,
+)
 from darkroom.core.app import create_base_app
 from darkroom.core.auth import BASIC_CHALLENGE, CLIENT, PUBLIC
 from darkroom.core.config import Config
 from darkroom.core.errors import raise_for_upstream
 from darkroom.core.ids import require_task_id
 from darkroom.core.longpoll import LongPolls
-from darkroom.core.params import single_param, wait_param
+from darkroom.core.params import single_param, state_param, wait_param
 from darkroom.core.relay import relay, relay_stream
-from darkroom.core.streams import CHUNK_BYTES, StreamSlots, iter_chunks
+from darkroom.core.streams import CHUNK_BYTES, StreamSlots, client_departed, iter_chunks
 from darkroom.core.transport import Response
 from darkroom.master.client import MasterClient
 
@@ -39,6 +46,10 @@ PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+# A relayed long poll asks the master in slices this long: between two, a client that left
+# is seen (waitress reads ahead) and its thread freed, as soon as an idle event stream's is
+# (EventStreamPolicy's keep-alive); a slice costs the master one poll, answered from memory.
+POLL_SLICE_SECONDS = 2.0
 UPLOAD_FIELD = "uploadfile"
 OP_FIELD = "op"
 # The master checks the pipeline; this only bounds what is read here (UTF-8: 4 bytes a character).
@@ -137,32 +148,50 @@ class Jobs:
         params = {"id": require_task_id(req)}
         relay(self._master.request("POST", "/cancel", params=params), resp, "master")
 
-    def _poll(self, req: falcon.Request, path: str) -> Response:
-        """Ask the master, passing on a long poll's ``wait`` and ``state`` (it checks them).
+    def _poll(
+        self, req: falcon.Request, path: str, still_waiting: Callable[[Response], bool]
+    ) -> Response:
+        """Ask the master, passing on a long poll's ``wait`` and ``state``.
 
         A long poll holds a thread here too, and the frontend may stand before several
         masters, each with its own bound: it bounds its own, as a master does, and passes
-        the others on without ``wait`` (answered at once)."""
+        the others on without ``wait`` (answered at once). It asks the master in slices of
+        POLL_SLICE_SECONDS while ``still_waiting`` says the answer is the one the wait
+        would end without, so a client that left frees its thread at the next slice."""
         params: dict[str, Any] = {"id": require_task_id(req)}
-        timeout = self._master.timeout
         asked = wait_param(req, self._max_wait)
-        if asked:
-            params["state"] = req.get_param("state")
+        if asked and (state := state_param(req)) is not None:
+            params["state"] = state.value
+        departed = client_departed(req)
         with self._long_polls.wait(asked) as wait:
-            if wait:
-                params["wait"] = wait
-                timeout += wait
-            return self._master.request("GET", path, params=params, timeout=timeout)
+            deadline = time.monotonic() + wait
+            while True:
+                left = deadline - time.monotonic()
+                sliced = min(left, POLL_SLICE_SECONDS)
+                if sliced > 0:
+                    params["wait"] = round(sliced, 3)
+                asked_at = time.monotonic()
+                upstream = self._master.request(
+                    "GET", path, params=params, timeout=self._master.timeout + max(sliced, 0)
+                )
+                # An answer well before its slice while still waiting: the master had no
+                # slot to wait in; passed on, as it would be without slicing.
+                early = time.monotonic() - asked_at < sliced / 2
+                over = sliced <= 0 or left <= sliced or early or departed()
+                if over or not still_waiting(upstream):
+                    return upstream
+                upstream.close()
 
     def on_get_is_ready(self, req: falcon.Request, resp: falcon.Response) -> None:
-        with self._poll(req, "/isReady") as upstream:
+        with self._poll(req, "/isReady", _not_ready) as upstream:
             raise_for_upstream(upstream, "master")
             ready = upstream.text.strip() == "1"
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = "Your image is ready." if ready else "Your image is not ready yet."
 
     def on_get_status(self, req: falcon.Request, resp: falcon.Response) -> None:
-        relay(self._poll(req, "/status"), resp, "master")
+        through = waited_through(state_param(req))
+        relay(self._poll(req, "/status", functools.partial(_in_states, through)), resp, "master")
 
     def on_get_events(self, req: falcon.Request, resp: falcon.Response) -> None:
         """The master's event stream of the job (``/events``), passed on as each event comes.
@@ -301,3 +330,17 @@ def create_app(config: Config, master: MasterClient, readiness: list | None = No
     app.add_route("/cancel", jobs, suffix="cancel")
     app.add_route("/events", jobs, suffix="events")
     return app
+
+
+def _not_ready(upstream: Response) -> bool:
+    return upstream.status_code == 200 and upstream.content.strip() == b"0"
+
+
+def _in_states(states: frozenset[TaskState], upstream: Response) -> bool:
+    """Whether ``upstream`` is a status whose state a long poll waits through."""
+    if upstream.status_code != 200:
+        return False
+    try:
+        return TaskState.parse(upstream.json()["stateName"]) in states
+    except (ValueError, KeyError, TypeError):
+        return False
