@@ -1,11 +1,12 @@
-"""Tasks in PostgreSQL: the SQLite store's rules on a database several replicas share.
+"""Tasks in PostgreSQL: the task store's rules on a database several replicas share.
 
 The life-cycle rules (``create``, ``enqueue``, ``heartbeat``, ``finish``, ``fail``,
 ``release``, ``retry``, ``cancel``, ``purge``), idempotency keys, webhook deliveries, events and
-the long polls (``claim``, ``watch``, ``events``) are ``SqliteTaskStore``'s, inherited: they are
-written over a few primitives (``_transaction``, ``_execute``, ``_read``, ``_row``,
-``_write_row``, ``_lapsed_rows``, ``_claim_once``) that this class implements on PostgreSQL, and
-in portable SQL, so each rule is stated once for both stores.
+the long polls (``claim``, ``watch``, ``events``) are ``SqlTaskStore``'s (sqlstore.py), which
+the SQLite store shares: they are written in portable SQL over a few primitives
+(``_transaction``, ``_execute``, ``_read``, ``_row``, ``_seen``, ``_lapsed_rows``,
+``_claim_once``) that this class implements on PostgreSQL, so each rule is stated once for both
+stores.
 
 What differs:
 
@@ -17,9 +18,10 @@ What differs:
 * Wake-ups cross replicas: a trigger sends ``NOTIFY`` when a task's state changes or it gets an
   event (a processing stage: on the ``darkroom_task`` channel, the task id as payload) and when
   one becomes claimable (``darkroom_queue``). PostgreSQL delivers them at commit, so a woken
-  watcher reads the change. One listener connection per store dispatches them to the same
-  per-task events and claim condition the SQLite store uses; if it is cut off, the half-second
-  ticks of the long polls still notice every change, only later.
+  watcher reads the change. One listener connection per store dispatches them to the per-task
+  events and claim condition of the shared long polls (the SQLite store sets them after its
+  commits); if it is cut off, the half-second ticks of the long polls still notice every
+  change, only later.
 * The feed of ended tasks (``ended``) comes from a third channel, ``darkroom_ended``, whose
   trigger sends each end as ``id state lease``: every replica's feed has every replica's ends,
   in commit order. A listener that reconnects starts a new epoch of its feed (followers start
@@ -51,11 +53,10 @@ from darkroom.contract.tasks import ENDED_STATES, EndedTask
 from darkroom.contract.webhooks import DeliveryState
 from darkroom.core.backoff import Backoff
 from darkroom.core.ids import new_lease_token, new_task_id
-from darkroom.database.feed import EndedFeed
-from darkroom.database.store import (
+from darkroom.database.sqlstore import (
     _COLUMNS,
     LeasePolicy,
-    SqliteTaskStore,
+    SqlTaskStore,
     State,
     StoreUnavailable,
     Task,
@@ -333,7 +334,7 @@ class _Listener(threading.Thread):
                         self._on_task(notification.payload)
 
 
-class PostgresTaskStore(SqliteTaskStore):
+class PostgresTaskStore(SqlTaskStore):
     """Tasks in a PostgreSQL database (``url``, a libpq URL), shared by any number of stores."""
 
     def __init__(
@@ -346,21 +347,9 @@ class PostgresTaskStore(SqliteTaskStore):
         pool_size: int = 10,
         listen_timeout: float = 10.0,
     ) -> None:
-        # Not SqliteTaskStore.__init__: its file and connections are not needed; the
-        # attributes its inherited rules and long polls use are set here.
-        self._policy = policy
-        self._clock = clock
-        self._new_id = new_id
-        self._new_token = new_token
-        self._queue_changed = threading.Condition()
-        self._generation = 0
-        self._watchers: dict[str, set[threading.Event]] = {}
-        self._watchers_lock = threading.Lock()
+        super().__init__(policy, clock, new_id, new_token)
         self._local = threading.local()  # the transaction in progress on this thread
         self._counters_lock = threading.Lock()
-        self.lease_expiries = 0
-        self.finishes_refused = 0
-        self.ended_feed = EndedFeed()
         url = _with_defaults(url)
         with _unavailable_as_store_error(), psycopg.connect(url) as conn:
             migrate(conn)
@@ -384,7 +373,7 @@ class PostgresTaskStore(SqliteTaskStore):
         self._listener.start()
         self.wait_listening(listen_timeout)
 
-    # -- primitives the inherited rules use ---------------------------------------------
+    # -- primitives the shared rules are written over ----------------------------------
     @contextlib.contextmanager
     def _transaction(self, durable: bool = True) -> Iterator[None]:
         """One transaction on a pooled connection, for this thread's ``_row``/``_update`` calls;
@@ -437,7 +426,7 @@ class PostgresTaskStore(SqliteTaskStore):
             raise RuntimeError("a store primitive was called outside a transaction")
         return cursor
 
-    def _row(self, task_id: str, db: object = None) -> Task:
+    def _row(self, task_id: str) -> Task:
         """The task's row, locked until the transaction ends (so read once: a rule that looks
         twice, as ``finish`` does, costs no second round trip)."""
         if (task := self._local.rows.get(task_id)) is not None:
@@ -452,7 +441,7 @@ class PostgresTaskStore(SqliteTaskStore):
         self._local.rows[task.id] = task
         return task
 
-    def _lapsed_rows(self, now: float, db: object = None) -> list[Task]:
+    def _lapsed_rows(self, now: float) -> list[Task]:
         """Tasks whose lease or upload ran out, locked; rows another replica holds are skipped
         (it is changing them, so they are its business)."""
         rows = self._cursor.execute(
@@ -512,9 +501,6 @@ class PostgresTaskStore(SqliteTaskStore):
     def _notify_claimers(self) -> None:
         """Nothing to do after a commit: the trigger's NOTIFY wakes the claimers of every
         replica, this one's included (``_wake_claimer``)."""
-
-    def _wake_claimer(self) -> None:
-        super()._notify_claimers()
 
     def _reconnected(self) -> None:
         """After the listener (re)connects: notifications may have been missed, and when the
