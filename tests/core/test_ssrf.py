@@ -7,6 +7,7 @@ import ipaddress
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import urllib3
@@ -284,7 +285,10 @@ def test_https_to_the_checked_address_sends_the_name_and_checks_the_certificate(
         receiver.close()
 
 
-def test_an_answer_trickled_a_byte_at_a_time_is_cut_at_the_attempts_deadline():
+@contextlib.contextmanager
+def trickling_receiver(first: bytes, drip: bytes) -> Iterator[tuple[int, threading.Thread]]:
+    """A receiver on 127.0.0.1 (its port, its thread) that reads the request, sends ``first``,
+    then ``drip`` every 0.05 s, always within the read timeout, never done."""
     server = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
@@ -292,50 +296,38 @@ def test_an_answer_trickled_a_byte_at_a_time_is_cut_at_the_attempts_deadline():
         connection, _ = server.accept()
         with connection:
             connection.recv(65536)
-            connection.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-            while not stop.wait(0.05):  # always within the read timeout, never done
+            connection.sendall(first)
+            while not stop.wait(0.05):
                 with contextlib.suppress(OSError):
-                    connection.sendall(b"a")
+                    connection.sendall(drip)
 
     thread = threading.Thread(target=trickle, daemon=True)
     thread.start()
-    target = parse_target(f"http://slow.example:{server.getsockname()[1]}/", allow_http=True)
-    started = time.monotonic()
     try:
-        with pytest.raises(urllib3.exceptions.TimeoutError, match=r"within 0.9 s"):
-            post(target, [ipaddress.ip_address("127.0.0.1")], b"{}", {}, timeout=0.3)
-        assert time.monotonic() - started < 3
+        yield server.getsockname()[1], thread
     finally:
         stop.set()
         server.close()
+
+
+def test_an_answer_trickled_a_byte_at_a_time_is_cut_at_the_attempts_deadline():
+    with trickling_receiver(b"HTTP/1.1 200 OK\r\nX-Slow: ", b"a") as (port, _):
+        target = parse_target(f"http://slow.example:{port}/", allow_http=True)
+        started = time.monotonic()
+        with pytest.raises(urllib3.exceptions.TimeoutError, match=r"within 0.9 s"):
+            post(target, [ipaddress.ip_address("127.0.0.1")], b"{}", {}, timeout=0.3)
+        assert time.monotonic() - started < 3
 
 
 def test_a_tls_handshake_trickled_a_byte_at_a_time_is_cut_within_the_timeout():
     # The handshake happens inside urllib3's connect, before _Deadline knows the connection;
     # CPython's ssl module bounds the whole handshake by the socket's timeout (one deadline
     # over all its reads), so a receiver trickling it cannot hold a delivery slot.
-    server = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def trickle() -> None:
-        connection, _ = server.accept()
-        with connection:
-            connection.recv(65536)  # the ClientHello
-            # a handshake record's header announcing 16 KiB, then its body a byte at a time
-            connection.sendall(b"\x16\x03\x03\x40\x00")
-            while not stop.wait(0.05):  # always within the read timeout, never done
-                with contextlib.suppress(OSError):
-                    connection.sendall(b"\x00")
-
-    thread = threading.Thread(target=trickle, daemon=True)
-    thread.start()
-    target = parse_target(f"https://slow.example:{server.getsockname()[1]}/")
-    started = time.monotonic()
-    try:
+    # After the ClientHello: a handshake record's header announcing 16 KiB, then its body.
+    with trickling_receiver(b"\x16\x03\x03\x40\x00", b"\x00") as (port, thread):
+        target = parse_target(f"https://slow.example:{port}/")
+        started = time.monotonic()
         with pytest.raises(urllib3.exceptions.ReadTimeoutError):
             post(target, [ipaddress.ip_address("127.0.0.1")], b"{}", {}, timeout=0.3)
         assert time.monotonic() - started < 1.5
         assert thread.is_alive(), "the receiver was still trickling when the attempt ended"
-    finally:
-        stop.set()
-        server.close()
