@@ -530,12 +530,6 @@ class PostgresTaskStore(SqlTaskStore):
             raise TaskNotFound(task_id)
         return _lapsed(_task(rows[0]), self._clock(), self._policy)
 
-    def counts(self) -> dict[State, int]:
-        rows = self._statement("SELECT state, COUNT(*) FROM tasks GROUP BY state")
-        counts = dict.fromkeys(State, 0)
-        counts.update({State.from_code(state): n for state, n in rows})
-        return counts
-
     def recent(self, limit: int) -> list[Task]:
         rows = self._statement(
             f"SELECT {_COLUMNS} FROM tasks ORDER BY created_at DESC, seq DESC LIMIT %s", (limit,)

@@ -246,15 +246,6 @@ class SqliteTaskStore(SqlTaskStore):
                 lease_expires_at=now + self._policy.lease_seconds,
             )
 
-    def counts(self) -> dict[State, int]:
-        with self._read_lock:
-            rows = self._reader.execute(
-                "SELECT state, COUNT(*) FROM tasks GROUP BY state"
-            ).fetchall()
-        counts = dict.fromkeys(State, 0)
-        counts.update({State.from_code(state): n for state, n in rows})
-        return counts
-
     def recent(self, limit: int) -> list[Task]:
         with self._read_lock:
             rows = self._reader.execute(
