@@ -269,6 +269,38 @@ def test_16_bit_arbitrary_rotation_adds_a_16_bit_alpha() -> None:
     assert centre == pytest.approx((4660, 22136, 39612, 65535), abs=2)
 
 
+def _sharpened_by_hand(rows: list[list[int]], x: int, y: int) -> int:
+    """ImageFilter.SHARPEN's kernel (32 at the centre, -2 around it, over 16) at one inner
+    sample, clipped to 16 bits."""
+    around = sum(rows[y + dy][x + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    total = 32 * rows[y][x] - 2 * (around - rows[y][x])
+    return min(max(round(total / 16), 0), 65535)
+
+
+def test_16_bit_sharpen_works_at_16_bits_on_the_colour_and_keeps_alpha() -> None:
+    # samples apart by less than an 8-bit level, and edges that overshoot both ends
+    width, height = 6, 5
+    levels = [[(x * 37 + y * 11) % 5 * 60 + 30000 for x in range(width)] for y in range(height)]
+    levels[2][2], levels[2][3] = 65535, 0
+    pixels = [
+        [(level, 65535 - level, 1000 + x, 100 * y + 7) for x, level in enumerate(row)]
+        for y, row in enumerate(levels)
+    ]
+    bits, colour_type, rows = read_png_samples(process(deep_png(pixels), "sharpen"))
+    assert (bits, colour_type) == (16, RGBA)
+    for channel in range(3):
+        written = [[pixel[channel] for pixel in row] for row in pixels]
+        for y in range(1, height - 1):
+            for x in range(1, width - 1):
+                expected = _sharpened_by_hand(written, x, y)
+                assert rows[y][x][channel] == pytest.approx(expected, abs=1), (channel, x, y)
+    assert rows[2][2][0] == 65535 and rows[2][3][0] == 0, "overshoot clipped, not wrapped"
+    assert [[pixel[3] for pixel in row] for row in rows] == [
+        [pixel[3] for pixel in row] for row in pixels
+    ]
+    assert any(rows[y][x][0] % 257 for y in range(height) for x in range(width)), "not 8 bits"
+
+
 @pytest.mark.parametrize("pipeline", ["jpeg", "webp", "blur:1"])
 def test_16_bit_rgb_is_scaled_to_8_bits_where_a_step_or_format_needs_it(pipeline: str) -> None:
     flat = [[(4660, 22136, 39612)] * 8] * 8
