@@ -301,6 +301,25 @@ def test_16_bit_sharpen_works_at_16_bits_on_the_colour_and_keeps_alpha() -> None
     assert any(rows[y][x][0] % 257 for y in range(height) for x in range(width)), "not 8 bits"
 
 
+@pytest.mark.parametrize("colour_type", [GREY, RGB])
+def test_16_bit_sharpen_overshoot_is_clipped_before_the_next_step(colour_type: int) -> None:
+    # an edge from white to black: the kernel overshoots past both ends
+    levels = [[65535 if x < 4 else 0 for x in range(8)] for _ in range(8)]
+    channels = CHANNELS[colour_type]
+    rows = [[level for level in row for _ in range(channels)] for row in levels]
+    data = png(rows, 16, colour_type)
+    at_once = process(data, "sharpen,resize:4x4")
+    one_by_one = process(process(data, "sharpen"), "resize:4x4")  # clipped when written
+    if colour_type == GREY:  # written by Pillow (16-bit grey is a mode of its own)
+        assert Image.open(io.BytesIO(at_once)).mode == "I;16"
+        samples = [
+            Image.open(io.BytesIO(out)).get_flattened_data() for out in (at_once, one_by_one)
+        ]
+    else:
+        samples = [read_png_samples(out) for out in (at_once, one_by_one)]
+    assert samples[0] == samples[1]
+
+
 @pytest.mark.parametrize("pipeline", ["jpeg", "webp", "blur:1"])
 def test_16_bit_rgb_is_scaled_to_8_bits_where_a_step_or_format_needs_it(pipeline: str) -> None:
     flat = [[(4660, 22136, 39612)] * 8] * 8

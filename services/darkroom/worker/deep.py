@@ -5,9 +5,10 @@ and has no 16-bit colour mode to work in. Decoding the file a second time with t
 the other byte order gives the low bytes. ``DeepImage`` holds each channel as a mode-``I`` band
 (0..65535). Geometric steps (resize, thumbnail, crop, rotate, flip, flop) run on each band with
 Pillow's 32-bit integer resampling; ``swap`` reorders bands; ``grayscale`` weighs them (ITU-R
-601-2, as Pillow's "L"); ``sharpen`` runs Pillow's 3x3 kernel on each colour band, clipped
-to 16 bits. ``blur`` (Pillow's Gaussian blur takes 8-bit bands only), ``watermark`` and every
-output format but PNG take the image reduced to 8 bits, as does grayscale with alpha. PNG
+601-2, as Pillow's "L"); ``sharpen`` runs on each colour band as on 16-bit grey (Pillow's
+3x3 kernel, clipped to 16 bits). ``blur`` (Pillow's Gaussian blur takes 8-bit bands only),
+``watermark`` and every output format but PNG take the image reduced to 8 bits, as does
+grayscale with alpha. PNG
 output keeps 16 bits (written here: Pillow cannot). Working memory: 12 to 16 bytes a pixel.
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from PIL import Image, ImageFilter, ImageMath
+from PIL import Image, ImageMath
 
 from darkroom.contract.pipeline import Blur, Grayscale, Rotate, Sharpen, Swap, Watermark
 
@@ -136,7 +137,9 @@ def apply(
         # 16-bit grey with alpha is not: 8 bits.
         return Image.merge("LA", (sixteen_to_eight(grey), sixteen_to_eight(alpha[0])))
     if isinstance(operation, Sharpen):
-        return _sharpened(image)
+        # each colour band as 16-bit grey is; alpha as it was (sharpened, it adds halos)
+        colour, alpha = image.bands[:3], image.bands[3:]
+        return DeepImage(image.mode, (*(per_band(operation, band) for band in colour), *alpha))
     if isinstance(operation, Blur | Watermark):  # drawn at 8 bits
         return per_band(operation, image.to_eight())
     if isinstance(operation, Rotate) and operation.hundredths % 9000 and image.mode == "RGB":
@@ -145,16 +148,9 @@ def apply(
     return image.with_bands(lambda band: per_band(operation, band))
 
 
-def _sharpened(image: DeepImage) -> DeepImage:
-    """The 8-bit step's kernel (ImageFilter.SHARPEN) on each colour band at 32 bits, its
-    overshoot clipped to 0..65535; alpha as it was (sharpened, it would add halos)."""
-    colour, alpha = image.bands[:3], image.bands[3:]
-    sharpened = tuple(_clipped(band.filter(ImageFilter.SHARPEN)) for band in colour)
-    return DeepImage(image.mode, (*sharpened, *alpha))
-
-
-def _clipped(band: Image.Image) -> Image.Image:
-    """A mode-I band with its samples clipped to 0..65535 (still mode I)."""
+def clipped(band: Image.Image) -> Image.Image:
+    """A mode-I image with its samples clipped to 0..65535 (still mode I): a filter's
+    overshoot, which later steps must not see (8-bit images clip at every step)."""
     return ImageMath.lambda_eval(
         lambda ops: ops["min"](ops["max"](ops["band"], 0), _TOP), band=band
     )

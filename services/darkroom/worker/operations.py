@@ -536,6 +536,8 @@ def _blur(step: Blur, image: Image.Image) -> Image.Image:
 
 
 def _sharpen(step: Sharpen, image: Image.Image) -> Image.Image:
+    if image.mode == "I":  # 16-bit grey, or a band of 16-bit colour: 32-bit samples
+        return deep.clipped(image.filter(ImageFilter.SHARPEN))
     if image.mode not in ("LA", "RGBA"):
         return image.filter(ImageFilter.SHARPEN)
     # Sharpening alpha would add halos to the outline; sharpen the colour only.
