@@ -160,6 +160,42 @@ def test_an_unreadable_iccp_chunk_is_skipped_and_reported() -> None:
     assert [result.getpixel((x, 0)) for x in range(4)] == samples[0]
 
 
+def _crc_broken(data: bytes, kind: bytes) -> bytes:
+    """``data`` with the stored CRC of its first ``kind`` chunk off by one bit."""
+    at = data.index(kind) - 4
+    (length,) = struct.unpack(">I", data[at : at + 4])
+    crc_at = at + 8 + length
+    (crc,) = struct.unpack(">I", data[crc_at : crc_at + 4])
+    return data[:crc_at] + struct.pack(">I", crc ^ 1) + data[crc_at + 4 :]
+
+
+def test_an_optional_chunk_failing_its_crc_is_skipped_unused_and_reported() -> None:
+    # libpng (browsers, libvips) discards such a chunk; Pillow refused the whole file. What the
+    # chunk says is not used either: this tRNS would make the grey level 50 transparent.
+    samples = [[0, 50, 100, 250]]
+    data = _crc_broken(png(samples, 8, GREY, [trns(50)]), b"tRNS")
+    opened = open_image(io.BytesIO(data), SETTINGS)
+    image, _ = opened.decode()
+    assert image.mode == "L"
+    assert [image.getpixel((x, 0)) for x in range(4)] == samples[0]
+    assert opened.warnings == ("skipped the optional tRNS chunk: bad CRC",)
+
+
+def test_a_sound_optional_chunk_is_still_used() -> None:
+    # the control: the same file with its CRC right has the key colour transparent
+    opened = open_image(io.BytesIO(png([[0, 50, 100, 250]], 8, GREY, [trns(50)])), SETTINGS)
+    image, _ = opened.decode()
+    assert image.mode == "LA" and image.getpixel((1, 0)) == (50, 0)
+    assert opened.warnings == ()
+
+
+def test_a_file_failing_elsewhere_is_not_blamed_on_an_optional_chunks_crc() -> None:
+    samples = [[(x * x + y * 7) % 256 for x in range(64)] for y in range(64)]
+    data = _crc_broken(png(samples, 8, GREY, [(b"tEXt", b"a\x00b")]), b"tEXt")
+    with pytest.raises(ImageRejected, match=r"PNG file \(truncated in the IDAT chunk\)"):
+        run(data[: data.index(b"IDAT") + 200], "png")
+
+
 def test_a_sound_png_has_no_warnings() -> None:
     opened = open_image(io.BytesIO(png([[1, 2]], 8, GREY)), SETTINGS)
     opened.decode()
