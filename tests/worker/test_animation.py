@@ -4,6 +4,7 @@ the first frame otherwise, with the frame limit and the frames x pixels budget."
 from __future__ import annotations
 
 import io
+import struct
 
 import pytest
 from PIL import ExifTags, Image, ImageSequence
@@ -198,15 +199,66 @@ def test_the_orientation_of_an_animated_webp_turns_every_frame() -> None:
     assert _close(_colours(result, (29, 0)), [(255, 255, 255)] * 3, tolerance=2)
 
 
-def test_an_apngs_default_image_is_not_a_frame() -> None:
-    frames = _frames()
+def _apng_with_default_image() -> bytes:
     buffer = io.BytesIO()
     still = Image.new("RGB", (40, 30), (9, 9, 9))
-    still.save(buffer, "PNG", save_all=True, append_images=frames, default_image=True, loop=0)
-    source = open_image(io.BytesIO(buffer.getvalue()), SETTINGS)
+    still.save(buffer, "PNG", save_all=True, append_images=_frames(), default_image=True, loop=0)
+    return buffer.getvalue()
+
+
+def _without_chunks(data: bytes, kind: bytes) -> bytes:
+    """A PNG's bytes with every chunk of ``kind`` left out."""
+    kept, at = [data[:8]], 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        end = at + 12 + length
+        if data[at + 4 : at + 8] != kind:
+            kept.append(data[at:end])
+        at = end
+    return b"".join(kept)
+
+
+def test_an_apngs_default_image_is_not_a_frame() -> None:
+    source = open_image(io.BytesIO(_apng_with_default_image()), SETTINGS)
     assert source.frame_count() == 3
-    result, _, _ = _process(buffer.getvalue(), "png")
+    result, _, _ = _process(_apng_with_default_image(), "png")
     assert _colours(result, (20, 20)) == COLOURS
+
+
+def test_a_still_format_gets_an_apngs_default_image_and_says_so() -> None:
+    result, _, notes = _process(_apng_with_default_image(), "jpeg:95")
+    assert _close(_colours(result, (20, 20)), [(9, 9, 9)], tolerance=3)
+    assert notes == [
+        "still image only, not one of the 3 frames: jpeg does not hold an animation "
+        "(png or webp does)"
+    ]
+
+
+def test_an_apng_whose_frames_cannot_be_read_gives_its_default_image() -> None:
+    # The APNG specification: a decoder meeting an error shows the default image instead.
+    broken = _without_chunks(_apng_with_default_image(), b"fdAT")
+    result, media_type, notes = _process(broken, "flop")
+    assert media_type == "image/png" and getattr(result, "n_frames", 1) == 1
+    assert _colours(result, (20, 20)) == [(9, 9, 9)]
+    assert notes == [
+        "still image only, not one of the 3 frames: its frames cannot be read "
+        "(APNG missing frame data)"
+    ]
+
+
+def test_an_apng_whose_later_frames_cannot_be_read_gives_its_first_frame() -> None:
+    broken = _without_chunks(_animation("PNG"), b"fdAT")  # its first frame is its IDAT
+    result, _, notes = _process(broken, "flop")
+    assert getattr(result, "n_frames", 1) == 1
+    assert _colours(result, (20, 20)) == COLOURS[:1]
+    assert notes == ["first frame only of 3: its frames cannot be read (APNG missing frame data)"]
+
+
+def test_a_gif_whose_frames_cannot_be_read_still_fails() -> None:
+    # GIF has no still image to fall back on: a frame cut short is an error, as before
+    data = _animation("GIF")
+    with pytest.raises(ImageRejected, match="cannot decode the image"):
+        _process(data[: len(data) - 40], "flop")
 
 
 def test_judged_without_decoding() -> None:

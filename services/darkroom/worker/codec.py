@@ -86,6 +86,15 @@ class ImageRejected(Exception):
     """The image cannot be processed; ``str(exc)`` is a reason fit to show a user."""
 
 
+class AnimationUnreadable(ImageRejected):
+    """An APNG's frames cannot all be read. Its still (default) image may be: the APNG
+    specification asks a decoder that meets an error to show that image instead."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"cannot decode the animation: {reason}")
+        self.reason = reason  # the decoder's words
+
+
 @dataclass(frozen=True)
 class Metadata:
     """What of the source's metadata may reach the output."""
@@ -199,7 +208,20 @@ class SourceImage:
             return 1
         with _decoding_errors(self._settings):
             count = getattr(self._file, "n_frames", 1)  # a GIF's is counted through its blocks
-            return count - 1 if self._file.info.get("default_image") else count
+            return count - 1 if self.has_separate_default_image else count
+
+    @property
+    def has_separate_default_image(self) -> bool:
+        """An APNG whose still (default) image, shown where it is not animated, is not one of
+        its animation's frames."""
+        return bool(self._file.format == "PNG" and self._file.info.get("default_image"))
+
+    def reopened(self) -> SourceImage:
+        """The file opened again from its start, none of it decoded (for its still image, when
+        its frames could not be read)."""
+        assert self._source is not None
+        self._source.seek(self._start)
+        return open_image(self._source, self._settings)
 
     def decode_frames(self) -> tuple[list[Image.Image], FrameTiming, Metadata]:
         """Every frame of an animation, whole (the format's blending done), upright, each in
@@ -208,8 +230,8 @@ class SourceImage:
         An APNG's default image, shown by viewers that do not animate, is not a frame.
         """
         file = self._file
-        with _decoding_errors(self._settings):
-            first = 1 if file.info.get("default_image") else 0
+        with _unreadable_apng_frames(file), _decoding_errors(self._settings):
+            first = 1 if self.has_separate_default_image else 0
             file.seek(first)
             exif = file.getexif()
             turns = _ORIENTATION_TRANSPOSES.get(exif.pop(ExifTags.Base.Orientation, 1), ())
@@ -343,6 +365,18 @@ def _decoding_errors(
         claimed = _claimed_format(source, start)
         reason = str(exc) if claimed is None else _fault(claimed, source, start, exc)
         raise ImageRejected(f"cannot decode the image: {reason}") from exc
+
+
+@contextmanager
+def _unreadable_apng_frames(file: Image.Image) -> Iterator[None]:
+    """An APNG's frames failing to decode raise AnimationUnreadable (GIF and WebP have no
+    still image to fall back on)."""
+    try:
+        yield
+    except ImageRejected as exc:
+        if file.format != "PNG" or exc.__cause__ is None or isinstance(exc, AnimationUnreadable):
+            raise
+        raise AnimationUnreadable(str(exc.__cause__) or type(exc.__cause__).__name__) from exc
 
 
 def _claimed_format(source: BinaryIO | None, start: int) -> str | None:

@@ -42,8 +42,9 @@ from darkroom.contract.pipeline import (
     parse_pipeline,
 )
 from darkroom.worker import deep
-from darkroom.worker.animation import judge_animation
+from darkroom.worker.animation import judge_animation, still_instead
 from darkroom.worker.codec import (
+    AnimationUnreadable,
     ImageRejected,
     Metadata,
     ProcessingSettings,
@@ -84,15 +85,21 @@ def process_image(
     started = time.perf_counter()
     opened = open_image(source, settings)
     animation = judge_animation(opened, pipeline, settings)
+    if animation.keep:
+        try:
+            frame_notes = [animation.note] if animation.note else []
+            media_type = _process_frames(
+                opened, pipeline, destination, settings, timings, started, frame_notes, stage_done
+            )
+        except AnimationUnreadable as exc:
+            opened = opened.reopened()
+            animation = still_instead(opened, exc)
+        else:
+            if notes is not None:
+                notes.extend([*frame_notes, *opened.warnings])
+            return media_type
     if animation.note and notes is not None:
         notes.append(animation.note)
-    if animation.keep:
-        media_type = _process_frames(
-            opened, pipeline, destination, settings, timings, started, notes, stage_done
-        )
-        if notes is not None:
-            notes.extend(opened.warnings)
-        return media_type
     operations, at_least = plan_shrink_on_load(pipeline.operations, opened.shrinkable_size)
     image, metadata = opened.decode(at_least)
     if notes is not None:
