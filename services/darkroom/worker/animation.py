@@ -4,8 +4,8 @@ It does when every step means the same on each frame, the output format holds an
 (``ANIMATED_FORMATS``: PNG as an APNG, WebP) and the frames fit the limits: at most
 ``max_frames`` frames, and frames x pixels within the pixel budget (``max_image_pixels``), as
 all of them are decoded at once. Otherwise the result is the first frame, as for any still
-image (an APNG's default image where that is not a frame), and the verdict's note says why,
-for the job's status. An APNG whose frames cannot be read gives its still image too.
+image, and the verdict's note says why, for the job's status. An APNG whose frames cannot be
+read gives its still (default) image instead, as its specification asks.
 """
 
 from __future__ import annotations
@@ -69,26 +69,16 @@ def judge_animation(
         return STILL
     reason = _why_first_frame_only(source, count, pipeline, settings)
     if reason:
-        return AnimationVerdict(keep=False, note=f"{_still_part(source, count)}: {reason}")
+        return AnimationVerdict(keep=False, note=f"first frame only of {count}: {reason}")
     return AnimationVerdict(keep=True, note=f"animation kept: {count} frames")
 
 
-def still_instead(source: SourceImage, failure: AnimationUnreadable) -> AnimationVerdict:
-    """The verdict for an APNG whose frames could not be read: its still image, as the APNG
-    specification asks, and a note saying why."""
-    count = source.frame_count()
+def still_instead(failure: AnimationUnreadable) -> AnimationVerdict:
+    """The verdict for an APNG whose frames could not be read: its still (default) image, as
+    the APNG specification asks, and a note saying why."""
     return AnimationVerdict(
-        keep=False,
-        note=f"{_still_part(source, count)}: its frames cannot be read ({failure.reason})",
+        keep=False, note=f"still image only: its frames cannot be read ({failure.reason})"
     )
-
-
-def _still_part(source: SourceImage, count: int) -> str:
-    """What of an animation a still result shows. An APNG's default image, when it is not one
-    of the frames, is what viewers that do not animate show, and what the result is."""
-    if source.has_separate_default_image:
-        return f"still image only, not one of the {count} frames"
-    return f"first frame only of {count}"
 
 
 def _why_first_frame_only(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -133,14 +133,21 @@ class SourceImage:
         settings: ProcessingSettings,
         source: BinaryIO | None = None,
         start: int = 0,
+        *,
+        default_image_only: bool = False,
     ) -> None:
         self._file, self._settings = file, settings
         self._source, self._start = source, start  # to say what is wrong if decoding fails
         # How the PNG stores its samples ("L;2", "I;16B", "RGB;16B"…), known only until loaded.
         self._png_rawmode = file.tile[0].args if file.format == "PNG" and file.tile else None
         self._png_stream = getattr(file, "png", None)
-        # 16-bit colour (PNG, TIFF), which Pillow decodes to the samples' high bytes only.
-        self._low_rawmode = deep.low_bytes_rawmode(file)
+        # An APNG whose default image is not a frame shows its first frame (frame 1 to Pillow)
+        # where the animation is understood, as here, unless the frames cannot be read.
+        self._default_image_only = default_image_only
+        self._still_is_a_frame = self.has_separate_default_image and not default_image_only
+        # 16-bit colour (PNG, TIFF), which Pillow decodes to the samples' high bytes only; an
+        # APNG's frames are composed at 8 bits.
+        self._low_rawmode = None if self._still_is_a_frame else deep.low_bytes_rawmode(file)
         # Only JPEG decoders shrink on load, and only there is the orientation known before the
         # pixels are read (a PNG's eXIf chunk may follow them).
         self._turned = False
@@ -154,17 +161,23 @@ class SourceImage:
     def decode(
         self, at_least: tuple[int, int] | None = None
     ) -> tuple[Image.Image | DeepImage, Metadata]:
-        """The first frame, upright, in a working mode, with its metadata.
+        """The first frame (an APNG's default image only when it is one, or when
+        ``reopened_for_still``), upright, in a working mode, with its metadata.
 
         With ``at_least`` (an upright size; only when ``shrinkable_size`` is known), a JPEG is
         shrunk on load: its DCT is decoded at 1/2, 1/4 or 1/8 scale, the smallest that keeps
         both sides at least that large.
         """
         image = self._file
-        with _decoding_errors(self._settings, self._source, self._start):
+        with (
+            self._reading_frames() if self._still_is_a_frame else nullcontext(),
+            _decoding_errors(self._settings, self._source, self._start),
+        ):
             if at_least is not None:
                 width, height = at_least
                 image.draft(None, (height, width) if self._turned else (width, height))
+            if self._still_is_a_frame:
+                image.seek(1)
             image.load()
             low_bytes = self._low_bytes()
             turn = _ORIENTATION_TURNS.get(image.getexif().get(ExifTags.Base.Orientation))
@@ -204,7 +217,7 @@ class SourceImage:
     def frame_count(self) -> int:
         """How many frames an animated GIF, WebP or PNG (APNG) holds: 1 for other images,
         whose further images (a HEIC's burst, a TIFF's pages) are not an animation."""
-        if self._file.format not in ANIMATED_INPUTS:
+        if self._file.format not in ANIMATED_INPUTS or self._default_image_only:
             return 1
         with _decoding_errors(self._settings):
             count = getattr(self._file, "n_frames", 1)  # a GIF's is counted through its blocks
@@ -216,12 +229,27 @@ class SourceImage:
         its animation's frames."""
         return bool(self._file.format == "PNG" and self._file.info.get("default_image"))
 
-    def reopened(self) -> SourceImage:
-        """The file opened again from its start, none of it decoded (for its still image, when
-        its frames could not be read)."""
+    def reopened_for_still(self) -> SourceImage:
+        """The file opened again from its start, none of it decoded, as its still (default)
+        image alone: for an APNG whose frames could not be read."""
         assert self._source is not None
         self._source.seek(self._start)
-        return open_image(self._source, self._settings)
+        return open_image(self._source, self._settings, default_image_only=True)
+
+    @contextmanager
+    def _reading_frames(self) -> Iterator[None]:
+        """While an animation's frames are read: an APNG's faults raise AnimationUnreadable
+        (GIF and WebP have no still image to fall back on)."""
+        stream = self._png_stream
+        if isinstance(stream, pngchunks.TolerantPngStream):
+            stream.animating = True
+        try:
+            yield
+        except ImageRejected as exc:
+            cause = exc.__cause__
+            if self._file.format != "PNG" or cause is None:
+                raise
+            raise AnimationUnreadable(str(cause) or type(cause).__name__) from exc
 
     def decode_frames(self) -> tuple[list[Image.Image], FrameTiming, Metadata]:
         """Every frame of an animation, whole (the format's blending done), upright, each in
@@ -230,7 +258,7 @@ class SourceImage:
         An APNG's default image, shown by viewers that do not animate, is not a frame.
         """
         file = self._file
-        with _unreadable_apng_frames(file), _decoding_errors(self._settings):
+        with self._reading_frames(), _decoding_errors(self._settings):
             first = 1 if self.has_separate_default_image else 0
             file.seek(first)
             exif = file.getexif()
@@ -316,8 +344,11 @@ _ORIENTATION_TRANSPOSES = {
 }
 
 
-def open_image(source: BinaryIO, settings: ProcessingSettings) -> SourceImage:
-    """Read the header of ``source`` and check its declared size against the pixel limit."""
+def open_image(
+    source: BinaryIO, settings: ProcessingSettings, *, default_image_only: bool = False
+) -> SourceImage:
+    """Read the header of ``source`` and check its declared size against the pixel limit.
+    ``default_image_only``: an APNG is its still (default) image alone, not its frames."""
     # A truncated image must fail, not come out half grey; only a global switch controls this.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     start = source.tell()
@@ -325,7 +356,7 @@ def open_image(source: BinaryIO, settings: ProcessingSettings) -> SourceImage:
         # No `with`: closing the image would discard the pixels; the caller owns `source`.
         file = Image.open(source, formats=INPUT_FORMATS)
         _check_source_pixels(file.size, settings)  # nothing is decoded yet
-        return SourceImage(file, settings, source, start)
+        return SourceImage(file, settings, source, start, default_image_only=default_image_only)
 
 
 def decode(
@@ -365,18 +396,6 @@ def _decoding_errors(
         claimed = _claimed_format(source, start)
         reason = str(exc) if claimed is None else _fault(claimed, source, start, exc)
         raise ImageRejected(f"cannot decode the image: {reason}") from exc
-
-
-@contextmanager
-def _unreadable_apng_frames(file: Image.Image) -> Iterator[None]:
-    """An APNG's frames failing to decode raise AnimationUnreadable (GIF and WebP have no
-    still image to fall back on)."""
-    try:
-        yield
-    except ImageRejected as exc:
-        if file.format != "PNG" or exc.__cause__ is None or isinstance(exc, AnimationUnreadable):
-            raise
-        raise AnimationUnreadable(str(exc.__cause__) or type(exc.__cause__).__name__) from exc
 
 
 def _claimed_format(source: BinaryIO | None, start: int) -> str | None:

@@ -92,18 +92,21 @@ def process_image(
                 opened, pipeline, destination, settings, timings, started, frame_notes, stage_done
             )
         except AnimationUnreadable as exc:
-            opened = opened.reopened()
-            animation = still_instead(opened, exc)
+            opened = opened.reopened_for_still()
+            animation = still_instead(exc)
         else:
             if notes is not None:
                 notes.extend([*frame_notes, *opened.warnings])
             return media_type
-    if animation.note and notes is not None:
-        notes.append(animation.note)
     operations, at_least = plan_shrink_on_load(pipeline.operations, opened.shrinkable_size)
-    image, metadata = opened.decode(at_least)
+    try:
+        image, metadata = opened.decode(at_least)
+    except AnimationUnreadable as exc:  # an APNG's first frame
+        opened = opened.reopened_for_still()
+        animation = still_instead(exc)
+        image, metadata = opened.decode(at_least)
     if notes is not None:
-        notes.extend(opened.warnings)
+        notes.extend([*([animation.note] if animation.note else []), *opened.warnings])
     del opened  # the decoded file, when a working-mode copy replaced it
     decoded = time.perf_counter()
     timings["decode"] = decoded - started

@@ -23,6 +23,9 @@ _UNREADABLE = (SyntaxError, ValueError, TypeError, IndexError, struct.error, zli
 _READ_STEP = 1 << 20  # CRCs are checked a megabyte at a time, whatever a chunk's length
 # An APNG frame's pixels: checked by nobody before they are decoded, as IDAT is not either.
 _UNCHECKED = (b"fdAT",)
+# An APNG's chunks, optional to a still image; while frames are read their faults are the
+# animation's (see ``TolerantPngStream.animating``).
+_ANIMATION = (b"acTL", b"fcTL", b"fdAT")
 
 
 class TolerantPngStream(PngImagePlugin.PngStream):
@@ -32,6 +35,9 @@ class TolerantPngStream(PngImagePlugin.PngStream):
         super().__init__(fp)
         self.skipped: list[str] = []  # one line per chunk skipped, fit to show a user
         self._bad_crc_read = False  # the chunk just skipped failed its CRC: crc() lets it be
+        # Set while an APNG's frames are read: a fault in its animation chunks then propagates,
+        # and the animation gives way to the still image (``codec.AnimationUnreadable``).
+        self.animating = False
 
     def call(self, cid: bytes, pos: int, length: int) -> bytes:
         if not _is_ancillary(cid):
@@ -43,6 +49,8 @@ class TolerantPngStream(PngImagePlugin.PngStream):
             self.skipped.append(f"skipped the optional {name} chunk: bad CRC")
             self._bad_crc_read = True
             return PngImagePlugin.ImageFile._safe_read(self.fp, length)
+        if self.animating and cid in _ANIMATION:
+            return super().call(cid, pos, length)
         try:
             return super().call(cid, pos, length)
         except _UNREADABLE as exc:
