@@ -266,6 +266,58 @@ def test_a_gif_whose_frames_cannot_be_read_still_fails() -> None:
         _process(data[: len(data) - 40], "flop")
 
 
+def _gif(screen: tuple[int, int], frames: list[tuple[int, int, int]]) -> bytes:
+    """A GIF made byte by byte: a black and red palette, then each frame (width, height, colour
+    index) at the top left, whatever the logical screen's size; LZW with a clear code before
+    every pixel, so every code stays 3 bits."""
+    data = bytearray(b"GIF89a" + struct.pack("<HH", *screen) + b"\x80\x00\x00")
+    data += b"\x00\x00\x00\xff\x00\x00"  # the palette: black, red
+    data += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"  # loop forever
+    for width, height, colour in frames:
+        data += b"\x21\xf9\x04\x00\x0a\x00\x00\x00"  # shown 100 ms
+        data += b"\x2c" + struct.pack("<HHHH", 0, 0, width, height) + b"\x00\x02"
+        codes = [code for _ in range(width * height) for code in (4, colour)] + [5]
+        bits = sum(code << (3 * index) for index, code in enumerate(codes))
+        packed = bits.to_bytes((3 * len(codes) + 7) // 8, "little")
+        for at in range(0, len(packed), 255):
+            block = packed[at : at + 255]
+            data += bytes([len(block)]) + block
+        data += b"\x00"
+    return bytes(data + b"\x3b")
+
+
+@pytest.mark.parametrize("output", ["png", "webp:100"])
+def test_frames_past_a_gifs_logical_screen_make_one_canvas(output: str) -> None:
+    # Pillow grows the canvas for a frame larger than the screen; the frames before it are put
+    # on the grown canvas (WebP's writer refused frames of two sizes)
+    data = _gif((4, 4), [(4, 4, 1), (6, 5, 0)])
+    assert Image.open(io.BytesIO(data)).size == (4, 4)  # the file as made: a 4x4 screen
+    result, _, notes = _process(data, output)
+    assert notes == ["animation kept: 2 frames"]
+    frames = [frame.convert("RGBA") for frame in ImageSequence.Iterator(result)]
+    assert [frame.size for frame in frames] == [(6, 5), (6, 5)]
+    inside = [frame.getpixel((1, 1)) for frame in frames]
+    assert _close(inside, [(255, 0, 0, 255), (0, 0, 0, 255)], tolerance=2)
+    past = [frame.getpixel((5, 4)) for frame in frames]
+    # nothing past the screen at first (Pillow reads an animated WebP as RGB unless its
+    # header's alpha flag is set, which libwebp leaves to the last frames: PNG tells)
+    assert past[1] == (0, 0, 0, 255) and (output != "png" or past[0] == (0, 0, 0, 0))
+
+
+def test_a_still_format_gets_a_frame_of_the_file_it_came_from() -> None:
+    # The still result of an animation whose first frame needs no conversion (an APNG in L
+    # whose default image is not a frame) is written detached from the file: Pillow's AVIF
+    # writer walked the file's frames and failed
+    frames = [Image.new("L", (8, 8), level) for level in (50, 150, 250)]
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), 9).save(
+        buffer, "PNG", save_all=True, append_images=frames, default_image=True
+    )
+    result, media_type, _ = _process(buffer.getvalue(), "avif")
+    assert media_type == "image/avif"
+    assert result.convert("L").getpixel((4, 4)) == pytest.approx(50, abs=3)
+
+
 def test_judged_without_decoding() -> None:
     source = open_image(io.BytesIO(_animation("PNG")), SETTINGS)
     verdict = judge_animation(source, parse_pipeline("flip", SETTINGS), SETTINGS)

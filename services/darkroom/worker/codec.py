@@ -191,6 +191,10 @@ class SourceImage:
                 working = deep.from_bytes(image, low_bytes, image.info.get("transparency"))
             else:
                 working, icc = _to_working_mode(image, icc, _sample_bits(self._png_rawmode))
+                if working is image and getattr(image, "is_animated", False):
+                    # Detached from the file: a writer walks the frames of what it is given
+                    # (Pillow's AVIF writer does, even for one frame), seeking the file away.
+                    working = image.copy()
             return working, _metadata(image, icc, exif, xmp)
 
     def _low_bytes(self) -> Image.Image | None:
@@ -276,7 +280,22 @@ class SourceImage:
                 frames.append(working)
                 durations.append(int(file.info.get("duration", 0)))
             timing = FrameTiming(tuple(durations), int(file.info.get("loop", 1)))
-            return frames, timing, _metadata(file, icc, exif, xmp)
+            return _on_one_canvas(frames), timing, _metadata(file, icc, exif, xmp)
+
+
+def _on_one_canvas(frames: list[Image.Image]) -> list[Image.Image]:
+    """The frames all of one size, the largest: Pillow grows a GIF's canvas when a frame reaches
+    past its logical screen, and an animation's writer needs one size (WebP's refuses others).
+    A smaller frame is placed at the top left (where the screen starts) on transparency."""
+    size = (max(frame.width for frame in frames), max(frame.height for frame in frames))
+    return [frame if frame.size == size else _padded(frame, size) for frame in frames]
+
+
+def _padded(frame: Image.Image, size: tuple[int, int]) -> Image.Image:
+    mode = {"L": "LA", "LA": "LA", "I": "I"}.get(frame.mode, "RGBA")  # I: no alpha to add
+    canvas = Image.new(mode, size)
+    canvas.paste(frame.convert(mode), (0, 0))
+    return canvas
 
 
 def _metadata(
