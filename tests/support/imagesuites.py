@@ -7,6 +7,9 @@ Three sources, each the files other projects test their decoders with:
 - ``pillow``: the test images in Pillow's source distribution on PyPI (its ``Tests/images``:
   Jason Summers' BMP Suite, APNG conformance files, odd TIFFs, CMYK and broken JPEGs, fuzzers'
   finds), the archive checked against its SHA-256;
+- ``pillow-heif``: the test images in pillow-heif's source distribution on PyPI (HEIC and HEIF
+  from phones and cameras, 10- and 12-bit, with alpha, thumbnails, depth and auxiliary images,
+  broken ones), the archive checked against its SHA-256;
 - ``pngsuite``: the PngSuite files (Willem van Schaik's) that pypng's source distribution on
   PyPI carries as hex in ``code/pngsuite.py`` (interlaced, key-colour and odd-size ones among
   them), read as data, never run, the archive checked against its SHA-256;
@@ -15,7 +18,8 @@ Three sources, each the files other projects test their decoders with:
   (apt checks the package's signature).
 
 Each source is unpacked into its own folder under ``cache_dir()``, with a ``.complete`` marker
-written last, so an interrupted fetch is fetched again. Only the image files are kept.
+written last that holds what was fetched (``_recipe``): an interrupted fetch, or one made by
+other code (another archive, other suffixes), is fetched again. Only the image files are kept.
 """
 
 from __future__ import annotations
@@ -32,17 +36,24 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif")
+IMAGE_SUFFIXES = (
+    *(".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff"),
+    *(".avif", ".heic", ".heif", ".hif"),
+)
 PILLOW_SDIST = (
     "pillow==13.0.0",
     "cdcd1ba258178f7356d74170c9a81ba4eab6a5d55748bc402a5a2a6fe6be3510",
+)
+PILLOW_HEIF_SDIST = (
+    "pillow-heif==1.8.1",
+    "521ebffb8a181d56c3904e5a61f20903edee0d9d3275967b8fb345f866215c06",
 )
 PYPNG_SDIST = (
     "pypng==0.20220715.0",
     "739c433ba96f078315de54c0db975aee537cbc3e1d0ae4ed9aab0ca1e427e2c1",
 )
 GO_PACKAGE = "golang-1.19-src"
-SOURCES = ("pillow", "pngsuite", "go")
+SOURCES = ("pillow", "pillow-heif", "pngsuite", "go")
 
 
 def cache_dir() -> Path:
@@ -57,7 +68,7 @@ def cache_dir() -> Path:
 def suite_dir(source: str) -> Path | None:
     """The folder of a fetched source, or None when it has not been fetched (completely)."""
     folder = cache_dir() / source
-    return folder if (folder / ".complete").exists() else None
+    return folder if _is_complete(source, folder) else None
 
 
 def suite_files(source: str) -> list[Path]:
@@ -74,22 +85,41 @@ def suite_files(source: str) -> list[Path]:
 def fetch(source: str) -> Path:
     """Fetch one source into the cache, unless it is there already; its folder."""
     folder = cache_dir() / source
-    if (folder / ".complete").exists():
+    if _is_complete(source, folder):
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as scratch:
-        {"pillow": _fetch_pillow, "pngsuite": _fetch_pngsuite, "go": _fetch_go}[source](
-            Path(scratch), folder
-        )
-    (folder / ".complete").write_text("")
+        fetchers = {
+            "pillow": _fetch_pillow,
+            "pillow-heif": _fetch_pillow_heif,
+            "pngsuite": _fetch_pngsuite,
+            "go": _fetch_go,
+        }
+        fetchers[source](Path(scratch), folder)
+    (folder / ".complete").write_text(_recipe(source))
     return folder
 
 
+def _recipe(source: str) -> str:
+    """What a fetch of ``source`` takes: changed here, the cached copy is fetched again."""
+    archive = {"pillow": PILLOW_SDIST, "pillow-heif": PILLOW_HEIF_SDIST, "pngsuite": PYPNG_SDIST}
+    what = " ".join(archive.get(source, (GO_PACKAGE,)))
+    return f"{source}: {what}; {' '.join(IMAGE_SUFFIXES)}\n"
+
+
+def _is_complete(source: str, folder: Path) -> bool:
+    marker = folder / ".complete"
+    return marker.exists() and marker.read_text() == _recipe(source)
+
+
 def _sdist(requirement: str, sha256: str, scratch: Path) -> Path:
-    """A source distribution from the package index pip is set up for, its hash checked."""
+    """A source distribution from the package index pip is set up for, its hash checked.
+    ``--no-binary`` names the package only: ``:all:`` would reach the build requirements that pip
+    installs to read the archive's metadata, and build each of them from source too."""
+    name = requirement.split("==")[0]
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", name,
          "--dest", str(scratch), requirement],
         check=True,
     )  # fmt: skip
@@ -101,15 +131,24 @@ def _sdist(requirement: str, sha256: str, scratch: Path) -> Path:
 
 
 def _fetch_pillow(scratch: Path, folder: Path) -> None:
-    archive = _sdist(*PILLOW_SDIST, scratch)
+    _extract_images(_sdist(*PILLOW_SDIST, scratch), ("Tests", "images"), folder)
+
+
+def _fetch_pillow_heif(scratch: Path, folder: Path) -> None:
+    _extract_images(_sdist(*PILLOW_HEIF_SDIST, scratch), ("tests", "images"), folder)
+
+
+def _extract_images(archive: Path, under: tuple[str, ...], folder: Path) -> None:
+    """The image files below ``under`` (after the archive's top folder) into ``folder``."""
+    depth = 1 + len(under)
     with tarfile.open(archive) as tar:
         for member in tar.getmembers():
             parts = Path(member.name).parts
-            if not member.isfile() or parts[1:3] != ("Tests", "images"):
+            if not member.isfile() or parts[1:depth] != under:
                 continue
             if Path(member.name).suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            target = folder.joinpath(*parts[3:])
+            target = folder.joinpath(*parts[depth:])
             target.parent.mkdir(parents=True, exist_ok=True)
             extracted = tar.extractfile(member)
             assert extracted is not None

@@ -51,7 +51,7 @@ from darkroom.contract.pipeline import (
 )
 from darkroom.core.config import Config
 from darkroom.core.imagetypes import SNIFF_BYTES, sniff_media_type
-from darkroom.worker import deep, pngchunks
+from darkroom.worker import deep, heifboxes, pngchunks
 from darkroom.worker.deep import DeepImage, sixteen_to_eight
 
 # Decoders we trust with untrusted bytes; Image.open would otherwise try every plugin (EPS, PSD…).
@@ -372,6 +372,7 @@ def open_image(
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     start = source.tell()
     with _decoding_errors(settings, source, start):
+        _refuse_what_crashes_the_heif_decoder(source, start)
         # No `with`: closing the image would discard the pixels; the caller owns `source`.
         file = Image.open(source, formats=INPUT_FORMATS)
         _check_source_pixels(file.size, settings)  # nothing is decoded yet
@@ -383,6 +384,19 @@ def decode(
 ) -> tuple[Image.Image | DeepImage, Metadata]:
     """The first frame at full size, upright, in a working mode, with its metadata."""
     return open_image(source, settings).decode()
+
+
+def _refuse_what_crashes_the_heif_decoder(source: BinaryIO, start: int) -> None:
+    """A HEIF file whose item entries would crash pi-heif (``heifboxes``) is refused first."""
+    media_type = sniff_media_type(source.read(SNIFF_BYTES))
+    source.seek(start)
+    if media_type not in ("image/heic", "image/heif", "image/avif"):
+        return
+    fault = heifboxes.find_item_fault(source)
+    source.seek(start)
+    if fault:
+        label = "AVIF" if media_type == "image/avif" else "HEIC"
+        raise ImageRejected(f"not a supported image: a broken {label} file ({fault})")
 
 
 @contextmanager
