@@ -89,8 +89,12 @@ class TaskLoop:
         stop: threading.Event,
         metrics: TaskMetrics | None = None,
         disk_full_deadline: float = DISK_FULL_DEADLINE_SECONDS,
+        held_changed: Callable[[list[Claim]], None] | None = None,
     ) -> None:
         self._tasks = tasks
+        # Told the claims held at each change (under the lock, so in order): a loop process
+        # records them for its parent (darkroom.worker.heldtasks).
+        self._held_changed = held_changed
         self._disk_full_deadline = disk_full_deadline
         self._metrics = metrics or TaskMetrics()
         self._storage = storage
@@ -179,6 +183,7 @@ class TaskLoop:
         held = _Held(claim, self._heartbeats.first_due())
         with self._held_lock:
             self._held[claim.task_id] = held
+            self._tell_held()
         return held
 
     def _holding(self) -> list[_Held]:
@@ -193,6 +198,11 @@ class TaskLoop:
         with self._held_lock:
             if self._held.get(held.claim.task_id) is held:
                 del self._held[held.claim.task_id]
+                self._tell_held()
+
+    def _tell_held(self) -> None:
+        if self._held_changed is not None:
+            self._held_changed([each.claim for each in self._held.values()])
 
     def give_back_held(self) -> int:
         """Give back every task this loop holds, unspent: its worker stops before they are done.
@@ -201,6 +211,7 @@ class TaskLoop:
         """
         with self._held_lock:
             held, self._held = list(self._held.values()), {}
+            self._tell_held()
         for each in held:
             log.info("worker stopping; task given back", extra={"task": each.claim.task_id})
             self._give_back(each.claim)

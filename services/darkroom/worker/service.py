@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO
 
 from prometheus_client import CollectorRegistry
@@ -22,12 +25,14 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
+from darkroom.core.leases import TaskLeases
 from darkroom.core.lifecycle import stop_with_parent
 from darkroom.core.restart import RestartPolicy
 from darkroom.core.runtime import Runtime, configure_logging
 from darkroom.core.server import serve
 from darkroom.database.client import DatabaseLeases
 from darkroom.storage.client import StorageClient
+from darkroom.worker.heldtasks import HeldTasks, fail_lost
 from darkroom.worker.loop import Processed, Processor, TaskLoop
 from darkroom.worker.metrics import (
     BusyFraction,
@@ -69,7 +74,12 @@ def timed_processor(settings: ProcessingSettings, metrics: TaskMetrics) -> Proce
     return process
 
 
-def build_loop(config: Config, runtime: Runtime, metrics: TaskMetrics | None = None) -> TaskLoop:
+def build_loop(
+    config: Config,
+    runtime: Runtime,
+    metrics: TaskMetrics | None = None,
+    held: HeldTasks | None = None,
+) -> TaskLoop:
     settings = config.settings_for(ProcessingSettings)
     use_pixel_limit(settings)
     metrics = metrics or TaskMetrics()
@@ -83,10 +93,11 @@ def build_loop(config: Config, runtime: Runtime, metrics: TaskMetrics | None = N
         http_timeout=config.http_timeout_seconds,
         stop=runtime.stop,
         metrics=metrics,
+        held_changed=held.write if held is not None else None,
     )
 
 
-def _loop_process(config: Config, parent_pid: int) -> None:
+def _loop_process(config: Config, parent_pid: int, held_path: Path) -> None:
     """Entry point of one loop process: runs until SIGTERM, then drains (see ``_drain``).
 
     Its metrics go to files in PROMETHEUS_MULTIPROC_DIR, set by the parent before the start.
@@ -98,7 +109,7 @@ def _loop_process(config: Config, parent_pid: int) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     runtime = Runtime(config, "worker")
-    loop = build_loop(config, runtime)
+    loop = build_loop(config, runtime, held=HeldTasks(held_path))
     finished = threading.Event()
     drain = (loop, runtime.stop, finished, config.drain_seconds)
     threading.Thread(target=_drain, args=drain, daemon=True, name="drain").start()
@@ -122,11 +133,17 @@ def _drain(loop: TaskLoop, stop: threading.Event, finished: threading.Event, gra
 
 
 class LoopProcesses:
-    """Keeps N loop processes running until stopped; their metrics are in ``metrics_dir``."""
+    """Keeps N loop processes running until stopped; their metrics are in ``metrics_dir``.
 
-    def __init__(self, config: Config, count: int) -> None:
+    The tasks a process held when it died are failed at once through ``leases``, each an
+    attempt spent (darkroom.worker.heldtasks), not left to their leases' expiry."""
+
+    def __init__(self, config: Config, count: int, leases: TaskLeases) -> None:
         self._config = config
+        self._leases = leases
         self.metrics_dir = multiprocess_dir()
+        self._held_dir = Path(tempfile.mkdtemp(prefix="darkroom-held-"))
+        self._held = [HeldTasks(self._held_dir / f"loop-{slot}.json") for slot in range(count)]
         self._context = multiprocessing.get_context("spawn")
         self._restarts = [RestartPolicy(first=0.5, cap=10.0) for _ in range(count)]
         self._processes = [self._start(slot) for slot in range(count)]
@@ -136,7 +153,9 @@ class LoopProcesses:
 
     def _start(self, slot: int) -> multiprocessing.process.BaseProcess:
         process = self._context.Process(
-            target=_loop_process, args=(self._config, os.getpid()), daemon=False
+            target=_loop_process,
+            args=(self._config, os.getpid(), self._held[slot].path),
+            daemon=False,
         )
         self._restarts[slot].started()
         process.start()
@@ -155,6 +174,7 @@ class LoopProcesses:
                         extra={"exit": process.exitcode, "retry_in": delay},
                     )
                     mark_process_dead(process.pid, self.metrics_dir)
+                    fail_lost(self._held[slot], process.exitcode, self._leases)
                     restart_at[slot] = time.monotonic() + delay
                 elif time.monotonic() >= restart_at[slot]:
                     del restart_at[slot]
@@ -172,6 +192,7 @@ class LoopProcesses:
             if process.is_alive():
                 process.kill()
         remove_multiprocess_dir(self.metrics_dir)
+        shutil.rmtree(self._held_dir, ignore_errors=True)  # what is left, leases put back
 
 
 class LoopThreads:
@@ -207,7 +228,7 @@ def run(config: Config) -> None:
         loops = LoopThreads(config, runtime, count, metrics)
         registry.register(BusyFraction([metrics.busy_seconds, metrics.loops]))
     else:
-        loops = LoopProcesses(config, count)
+        loops = LoopProcesses(config, count, DatabaseLeases(runtime.client("database")))
         MultiProcessCollector(registry, path=loops.metrics_dir)
         registry.register(BusyFraction([MultiProcessCollector(None, path=loops.metrics_dir)]))
     log.info("worker started", extra={"loops": count, "mode": config.worker_mode})
