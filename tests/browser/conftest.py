@@ -27,6 +27,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 LAUNCH_TIMEOUT_MS = 30_000
+# A launch that stalls is tried once more: in one CI run of 2026-12-02 Chromium's first launch
+# hung past the timeout (every browser test errored) and the next run's launched at once.
+LAUNCH_ATTEMPTS = 2
 ACTION_TIMEOUT_MS = 15_000
 
 
@@ -40,9 +43,15 @@ def browser() -> Iterator[Any]:
     if not CHROMIUM.is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (or DARKROOM_CHROMIUM)")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=LAUNCH_TIMEOUT_MS
-        )
+        for attempt in range(1, LAUNCH_ATTEMPTS + 1):
+            try:
+                browser = playwright.chromium.launch(
+                    executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=LAUNCH_TIMEOUT_MS
+                )
+                break
+            except sync_api.TimeoutError:
+                if attempt == LAUNCH_ATTEMPTS:
+                    raise
         try:
             yield browser
         finally:
