@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 IMAGE_SUFFIXES = (
@@ -53,7 +54,14 @@ PYPNG_SDIST = (
     "739c433ba96f078315de54c0db975aee537cbc3e1d0ae4ed9aab0ca1e427e2c1",
 )
 GO_PACKAGE = "golang-1.19-src"
-SOURCES = ("pillow", "pillow-heif", "pngsuite", "go")
+# What each source is fetched from; a change here makes the cached copy be fetched again.
+_RECIPES = {
+    "pillow": PILLOW_SDIST,
+    "pillow-heif": PILLOW_HEIF_SDIST,
+    "pngsuite": PYPNG_SDIST,
+    "go": (GO_PACKAGE,),
+}
+SOURCES = tuple(_RECIPES)
 
 
 def cache_dir() -> Path:
@@ -90,22 +98,14 @@ def fetch(source: str) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as scratch:
-        fetchers = {
-            "pillow": _fetch_pillow,
-            "pillow-heif": _fetch_pillow_heif,
-            "pngsuite": _fetch_pngsuite,
-            "go": _fetch_go,
-        }
-        fetchers[source](Path(scratch), folder)
+        _FETCHERS[source](Path(scratch), folder)
     (folder / ".complete").write_text(_recipe(source))
     return folder
 
 
 def _recipe(source: str) -> str:
-    """What a fetch of ``source`` takes: changed here, the cached copy is fetched again."""
-    archive = {"pillow": PILLOW_SDIST, "pillow-heif": PILLOW_HEIF_SDIST, "pngsuite": PYPNG_SDIST}
-    what = " ".join(archive.get(source, (GO_PACKAGE,)))
-    return f"{source}: {what}; {' '.join(IMAGE_SUFFIXES)}\n"
+    """What a fetch of ``source`` takes, as the ``.complete`` marker records it."""
+    return f"{source}: {' '.join(_RECIPES[source])}; {' '.join(IMAGE_SUFFIXES)}\n"
 
 
 def _is_complete(source: str, folder: Path) -> bool:
@@ -131,28 +131,37 @@ def _sdist(requirement: str, sha256: str, scratch: Path) -> Path:
 
 
 def _fetch_pillow(scratch: Path, folder: Path) -> None:
-    _extract_images(_sdist(*PILLOW_SDIST, scratch), ("Tests", "images"), folder)
+    with tarfile.open(_sdist(*PILLOW_SDIST, scratch)) as tar:
+        _extract_images(tar, folder, _below(("Tests", "images")))
 
 
 def _fetch_pillow_heif(scratch: Path, folder: Path) -> None:
-    _extract_images(_sdist(*PILLOW_HEIF_SDIST, scratch), ("tests", "images"), folder)
+    with tarfile.open(_sdist(*PILLOW_HEIF_SDIST, scratch)) as tar:
+        _extract_images(tar, folder, _below(("tests", "images")))
 
 
-def _extract_images(archive: Path, under: tuple[str, ...], folder: Path) -> None:
-    """The image files below ``under`` (after the archive's top folder) into ``folder``."""
+def _below(under: tuple[str, ...]) -> Callable[[tuple[str, ...]], tuple[str, ...] | None]:
+    """Where a member of an sdist goes: its path below ``under`` (after the archive's top
+    folder), or None when it is not there."""
     depth = 1 + len(under)
-    with tarfile.open(archive) as tar:
-        for member in tar.getmembers():
-            parts = Path(member.name).parts
-            if not member.isfile() or parts[1:depth] != under:
-                continue
-            if Path(member.name).suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            target = folder.joinpath(*parts[depth:])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            extracted = tar.extractfile(member)
-            assert extracted is not None
-            target.write_bytes(extracted.read())
+    return lambda parts: parts[depth:] if parts[1:depth] == under else None
+
+
+def _extract_images(
+    tar: tarfile.TarFile, folder: Path, place: Callable[[tuple[str, ...]], tuple[str, ...] | None]
+) -> None:
+    """Each image file of ``tar`` that ``place`` gives a path (its parts) into ``folder``."""
+    for member in tar.getmembers():
+        if not member.isfile() or Path(member.name).suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        relative = place(Path(member.name).parts)
+        if relative is None:
+            continue
+        target = folder.joinpath(*relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        extracted = tar.extractfile(member)
+        assert extracted is not None
+        target.write_bytes(extracted.read())
 
 
 def _fetch_pngsuite(scratch: Path, folder: Path) -> None:
@@ -193,18 +202,23 @@ def _fetch_go(scratch: Path, folder: Path) -> None:
         ["dpkg-deb", "--fsys-tarfile", str(package)], check=True, capture_output=True
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(contents)) as tar:
-        for member in tar.getmembers():
-            parts = Path(member.name).parts
-            if not member.isfile() or "testdata" not in parts or "image" not in parts:
-                continue
-            if Path(member.name).suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            below = parts[parts.index("image") + 1 :]
-            target = folder.joinpath(*[part for part in below if part != "testdata"])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            extracted = tar.extractfile(member)
-            assert extracted is not None
-            target.write_bytes(extracted.read())
+        _extract_images(tar, folder, _go_test_image)
+
+
+def _go_test_image(parts: tuple[str, ...]) -> tuple[str, ...] | None:
+    """A test file of Go's image packages, below ``image/``, its ``testdata`` folders left out."""
+    if "testdata" not in parts or "image" not in parts:
+        return None
+    below = parts[parts.index("image") + 1 :]
+    return tuple(part for part in below if part != "testdata")
+
+
+_FETCHERS = {
+    "pillow": _fetch_pillow,
+    "pillow-heif": _fetch_pillow_heif,
+    "pngsuite": _fetch_pngsuite,
+    "go": _fetch_go,
+}
 
 
 def main(argv: list[str]) -> int:

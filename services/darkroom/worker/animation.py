@@ -73,12 +73,13 @@ def judge_animation(
     return AnimationVerdict(keep=True, note=f"animation kept: {count} frames")
 
 
-def still_instead(failure: AnimationUnreadable) -> AnimationVerdict:
-    """The verdict for an APNG whose frames could not be read: its still (default) image, as
-    the APNG specification asks, and a note saying why."""
-    return AnimationVerdict(
-        keep=False, note=f"still image only: its frames cannot be read ({failure.reason})"
-    )
+def still_instead(
+    source: SourceImage, failure: AnimationUnreadable
+) -> tuple[SourceImage, AnimationVerdict]:
+    """For an APNG whose frames could not be read: the file opened again as its still
+    (default) image, as the APNG specification asks, and the verdict whose note says why."""
+    note = f"still image only: its frames cannot be read ({failure.reason})"
+    return source.reopened_for_still(), AnimationVerdict(keep=False, note=note)
 
 
 def _why_first_frame_only(

@@ -21,7 +21,7 @@ _MAX_META_BYTES = 16 << 20  # the item table of a real file is kilobytes; larger
 def find_item_fault(source: BinaryIO) -> str | None:
     """What in the HEIF file's item entries a decoder could not take as text, or None; read
     from where ``source`` is, which it is left past."""
-    for kind, start, end in _boxes(source, None):
+    for kind, start, end in _boxes(source):
         if kind == b"meta":
             if end is not None and end - start > _MAX_META_BYTES:
                 return None  # not ours to judge: the decoder's limits apply
@@ -31,11 +31,11 @@ def find_item_fault(source: BinaryIO) -> str | None:
     return None
 
 
-def _boxes(source: BinaryIO, limit: int | None) -> Iterator[tuple[bytes, int, int | None]]:
+def _boxes(source: BinaryIO) -> Iterator[tuple[bytes, int, int | None]]:
     """(type, where its content starts, where it ends or None: to the end) of each box from
-    where ``source`` is, to ``limit`` or the end."""
+    where ``source`` is to the end of the file."""
     at = source.tell()
-    while limit is None or at + 8 <= limit:
+    while True:
         source.seek(at)
         head = source.read(8)
         if len(head) < 8:
@@ -49,7 +49,7 @@ def _boxes(source: BinaryIO, limit: int | None) -> Iterator[tuple[bytes, int, in
             (size,) = struct.unpack(">Q", large)
             content = at + 16
         if size == 0:
-            yield kind, content, limit
+            yield kind, content, None
             return
         if size < content - at:
             return  # malformed: the decoder says what is wrong

@@ -92,8 +92,7 @@ def process_image(
                 opened, pipeline, destination, settings, timings, started, frame_notes, stage_done
             )
         except AnimationUnreadable as exc:
-            opened = opened.reopened_for_still()
-            animation = still_instead(exc)
+            opened, animation = still_instead(opened, exc)
         else:
             if notes is not None:
                 notes.extend([*frame_notes, *opened.warnings])
@@ -102,8 +101,7 @@ def process_image(
     try:
         image, metadata = opened.decode(at_least)
     except AnimationUnreadable as exc:  # an APNG's first frame
-        opened = opened.reopened_for_still()
-        animation = still_instead(exc)
+        opened, animation = still_instead(opened, exc)
         image, metadata = opened.decode(at_least)
     if notes is not None:
         notes.extend([*([animation.note] if animation.note else []), *opened.warnings])
