@@ -112,6 +112,12 @@ def options(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--thumbnail-jobs", type=int, help="thumbnail jobs over them (80)")
     parser.add_argument("--large-size", help="the large JPEG's size (8660x5773: 50 megapixels)")
     parser.add_argument("--no-peer", action="store_true", help="leave thumbor out")
+    parser.add_argument(
+        "--storage-api",
+        action="store_true",
+        help="the master and worker reach the storage through its HTTP API, not on its volume"
+        " (darkroom up's default, DARKROOM_STORAGE_VOLUME)",
+    )
     parser.add_argument("--idle-repeats", type=int, help="idle latency samples (20)")
     parser.add_argument("--upload-mb", type=int, help="size of the memory test's upload (200)")
     parser.add_argument("--db-tasks", type=int, help="tasks per database run (1000)")
@@ -214,8 +220,11 @@ def run(args: argparse.Namespace, work: Path, results: dict[str, Any]) -> None:
         counts.add(ISSUE_WORKERS)
     idle_on = min(args.workers, key=lambda n: abs(n - (os.cpu_count() or 1)))
     env = {"DARKROOM_MAX_UPLOAD_BYTES": str((args.upload_mb + 16) * 1024 * 1024)}
+    if args.storage_api:
+        env["DARKROOM_STORAGE_VOLUME"] = ""  # empty: through the storage's API
+    access = "through its API" if args.storage_api else "on its volume"
     for workers in sorted(counts):
-        say(f"\ndarkroom up --workers {workers}")
+        say(f"\ndarkroom up --workers {workers} (the storage's images reached {access})")
         with BenchedUp(SERVICES, work, workers, env) as system:
             system.wait_workers_idle()
             if workers == ISSUE_WORKERS:

@@ -127,6 +127,9 @@ class Supervisor:
         }
         if workers:
             env["DARKROOM_CONCURRENCY"] = str(workers)
+        # Every role is on this machine: the master and the worker reach the storage's images
+        # on its volume themselves (DARKROOM_STORAGE_VOLUME= set empty: through its API).
+        env.setdefault("DARKROOM_STORAGE_VOLUME", str(self._data_dir))
         self._children = {role: Child(role, ports[role], env) for role in ROLES}
         self._stopping = False
 

@@ -16,11 +16,11 @@ import pytest
 
 from darkroom.contract.folders import result_version
 from darkroom.core.discovery import ServiceClient, ServiceLocator
+from darkroom.core.imagefiles import Folder
 from darkroom.core.transport import Transport
 from darkroom.database.service import open_store
 from darkroom.database.store import State
 from darkroom.storage.client import StorageClient
-from darkroom.storage.store import Folder
 from darkroom.worker.loop import TaskLoop
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
 from harness.chaos import ChaosSettings, run_chaos, run_replicated_chaos

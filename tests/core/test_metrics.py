@@ -15,10 +15,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
+from darkroom.core.imagefiles import Folder
 from darkroom.core.metrics import RequestMetrics
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.store import LeasePolicy, SqliteTaskStore, State, TaskConflict
-from darkroom.storage.store import Folder
 from darkroom.worker.loop import TaskLoop
 from darkroom.worker.metrics import (
     MULTIPROC_ENV,

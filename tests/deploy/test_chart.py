@@ -135,6 +135,10 @@ POSTGRESQL_CNPG: dict[str, Any] = {
 STORAGE_RWX: dict[str, Any] = {
     "storage": {"replicas": 2, "persistence": {"accessMode": "ReadWriteMany", "size": "100Gi"}},
 }
+# The master and worker pods read and write the images on the storage's claim themselves.
+STORAGE_MOUNTED: dict[str, Any] = {
+    "storage": {"persistence": {"accessMode": "ReadWriteMany"}, "mountInMasterAndWorker": True},
+}
 KEDA: dict[str, Any] = {
     "metrics": {"serviceMonitor": {"enabled": True}},
     "worker": {
@@ -171,6 +175,7 @@ SCENARIOS = {
     "postgresql-secret": POSTGRESQL_SECRET,
     "postgresql-cnpg": POSTGRESQL_CNPG,
     "storage-rwx": STORAGE_RWX,
+    "storage-mounted": STORAGE_MOUNTED,
     "keda": KEDA,
     "webhooks": WEBHOOKS,
     "webhooks-custom": WEBHOOKS_CUSTOM,
@@ -955,6 +960,31 @@ def test_storage_replicas_share_a_read_write_many_claim() -> None:
     _rolls_with_a_budget(render(one), "storage", 1)
 
 
+def test_the_master_and_worker_can_mount_the_storages_claim() -> None:
+    objects = render(STORAGE_MOUNTED)
+    for role in ("master", "worker"):
+        spec = named(objects, "Deployment", f"darkroom-{role}")["spec"]["template"]["spec"]
+        (images,) = [v for v in spec["volumes"] if v["name"] == "images"]
+        assert images["persistentVolumeClaim"] == {"claimName": "darkroom-storage"}
+        (container,) = spec["containers"]
+        assert {"name": "images", "mountPath": "/images"} in container["volumeMounts"]
+        assert {"name": "DARKROOM_STORAGE_VOLUME", "value": "/images"} in container["env"]
+    storage = named(objects, "Deployment", "darkroom-storage")["spec"]["template"]["spec"]
+    assert all(v["name"] != "images" for v in storage["volumes"])
+    existing = {
+        "storage": {
+            **STORAGE_MOUNTED["storage"],
+            "persistence": {"accessMode": "ReadWriteMany", "existingClaim": "shared-images"},
+        }
+    }
+    worker = named(render(existing), "Deployment", "darkroom-worker")["spec"]["template"]["spec"]
+    (images,) = [v for v in worker["volumes"] if v["name"] == "images"]
+    assert images["persistentVolumeClaim"] == {"claimName": "shared-images"}
+    for role in ("master", "worker", "frontend"):  # off by default
+        spec = named(render({}), "Deployment", f"darkroom-{role}")["spec"]["template"]["spec"]
+        assert all(v["name"] != "images" for v in spec["volumes"])
+
+
 def test_keda_scaled_object_scales_the_workers_on_the_queue() -> None:
     objects = render(KEDA)
     (scaled,) = of_kind(objects, "ScaledObject")
@@ -1037,6 +1067,19 @@ def test_keda_query_counts_the_tasks_the_database_exports(tmp_path: Path) -> Non
             "at '/storage/persistence/enabled': value must be true",
         ),
         (["storage.persistence.accessMode=ReadOnlyMany"], "/storage/persistence/accessMode"),
+        # the master and worker mount the storage's claim on any node: ReadWriteMany only
+        (
+            ["storage.mountInMasterAndWorker=true"],
+            "at '/storage/persistence/accessMode': value must be 'ReadWriteMany'",
+        ),
+        (
+            [
+                "storage.mountInMasterAndWorker=true",
+                "storage.persistence.accessMode=ReadWriteMany",
+                "storage.persistence.enabled=false",
+            ],
+            "at '/storage/persistence/enabled': value must be true",
+        ),
         (["database.persistence.accessMode=ReadWriteMany"], "additional properties 'accessMode'"),
         # KEDA: not beside the CPU autoscaler, and it needs a Prometheus to ask
         (

@@ -186,3 +186,28 @@ def test_workers_claim_and_finish_at_the_database_not_through_the_master(service
     assert {"/getNewTask", "/finishTask"} <= _routes_answered(services, "database")
     relayed = {"/getNewTask", "/registerTaskFinished", "/heartbeat", "/failTask", "/releaseTask"}
     assert not relayed & _routes_answered(services, "master")
+
+
+def test_roles_that_mount_the_storage_volume_need_no_storage_service(services):
+    """``DARKROOM_STORAGE_VOLUME`` (what ``darkroom up`` sets): the master and the worker read
+    and write the images on the volume themselves; jobs run with no storage process at all,
+    a large image streamed both ways, and a too-large upload still gets the storage's 413."""
+    volume = {"storage_volume": str(services.data_dir)}
+    services.start("registry")
+    services.start("database")
+    services.start("master", **volume, max_upload_bytes=str(4 * 1024 * 1024))
+    services.start("worker", **volume)
+    assert "storage" not in services.processes
+    large = noise_png((1200, 900))  # about 3 MB: several chunks each way
+    images = [png_bytes((9, 9), seed=1), large]
+    ids = [upload(services, image) for image in images]
+    for task_id, image in zip(ids, images, strict=True):
+        wait_state(services, task_id, "finished")
+        assert same_pixels(decode(download(services, task_id)), swapped(image))
+    assert sorted(path.name for path in (services.data_dir / "working").iterdir()) == sorted(ids)
+    too_large = requests.post(
+        services.url("master", "/new"), data=b"\x89PNG" + bytes(5 * 1024 * 1024), timeout=10
+    )
+    assert too_large.status_code == 413 and too_large.json()["description"]
+    ready = requests.get(services.url("master", "/readyz"), timeout=5)
+    assert ready.status_code == 200, "the storage service is not the master's dependency here"

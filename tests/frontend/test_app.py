@@ -34,6 +34,7 @@ from darkroom.contract.pipeline import (
 )
 from darkroom.core.discovery import ServiceClient, ServiceLocator
 from darkroom.core.ids import new_task_id
+from darkroom.core.imagefiles import FileImageStore
 from darkroom.core.transport import Transport
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient, DatabaseLeases
@@ -43,7 +44,6 @@ from darkroom.master.app import create_app as create_master_app
 from darkroom.master.client import MasterClient
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
-from darkroom.storage.store import FileImageStore
 from darkroom.worker.loop import TaskLoop
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
 from support.images import decode, encode, png_bytes

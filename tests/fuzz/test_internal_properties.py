@@ -38,13 +38,13 @@ from darkroom.contract.pipeline import MAX_PIPELINE_CHARS
 from darkroom.contract.webhooks import MAX_WEBHOOK_URL_CHARS
 from darkroom.core.config import Config
 from darkroom.core.ids import TASK_ID_PATTERN
+from darkroom.core.imagefiles import TEMP_PREFIX, FileImageStore
 from darkroom.database import app as database_app
 from darkroom.database.pgstore import PostgresTaskStore
 from darkroom.database.store import LeasePolicy, SqliteTaskStore, State, TaskStore
 from darkroom.registry.app import create_app as create_registry_app
 from darkroom.registry.store import FileKeyValueStore
 from darkroom.storage.app import create_app as create_storage_app
-from darkroom.storage.store import TEMP_PREFIX, FileImageStore
 from support.images import png_bytes
 
 MAX_ATTEMPTS = 3

@@ -12,6 +12,7 @@ from falcon import testing
 from darkroom.contract.folders import result_version
 from darkroom.contract.pipeline import PipelineLimits, normalize_pipeline
 from darkroom.core.config import Config
+from darkroom.core.imagefiles import FileImageStore
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
@@ -20,7 +21,6 @@ from darkroom.master.finished import RETENTION_MARGIN_SECONDS, FinishedTasks
 from darkroom.master.unfinished import UnfinishedTasks
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
-from darkroom.storage.store import FileImageStore
 from harness.launch import wait_until
 from support.inprocess import service_client
 

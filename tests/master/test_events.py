@@ -10,6 +10,7 @@ from falcon import testing
 
 from darkroom.contract.errors import ServiceUnavailable
 from darkroom.contract.folders import result_version
+from darkroom.core.imagefiles import FileImageStore
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
@@ -17,7 +18,6 @@ from darkroom.master.app import create_app
 from darkroom.master.events import EventStreamPolicy, EventStreams
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
-from darkroom.storage.store import FileImageStore
 from master.test_app import check_pipeline
 from support.inprocess import service_client
 from support.sse import events_in, messages

@@ -8,6 +8,7 @@ from falcon import testing
 from darkroom.contract.pipeline import InvalidPipeline, PipelineLimits, preset_name
 from darkroom.core.config import Config
 from darkroom.core.discovery import RegistryClient, ServiceLocator
+from darkroom.core.imagefiles import FileImageStore
 from darkroom.core.transport import Transport
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
@@ -18,7 +19,6 @@ from darkroom.registry.app import create_app as create_registry_app
 from darkroom.registry.store import FileKeyValueStore
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
-from darkroom.storage.store import FileImageStore
 from support.inprocess import InProcessPool, service_client
 
 LIMITS = PipelineLimits(max_image_pixels=Config.max_image_pixels)

@@ -16,6 +16,7 @@ from falcon import testing
 from prometheus_client import CollectorRegistry
 
 from darkroom.contract.folders import result_version
+from darkroom.core.imagefiles import FileImageStore
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
@@ -31,7 +32,6 @@ from darkroom.master.webhooks import (
 )
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
-from darkroom.storage.store import FileImageStore
 from support.inprocess import service_client
 from support.receiver import Receiver
 

@@ -7,8 +7,8 @@ import pytest
 from falcon import testing
 
 from darkroom.core.ids import new_task_id
+from darkroom.core.imagefiles import FileImageStore, Folder, TooLarge
 from darkroom.storage.app import create_app
-from darkroom.storage.store import FileImageStore, Folder, TooLarge
 
 
 @pytest.fixture

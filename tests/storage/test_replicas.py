@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from darkroom.core.ids import new_task_id
-from darkroom.storage.store import TEMP_PREFIX
+from darkroom.core.imagefiles import TEMP_PREFIX
 from harness.environment import serve_command
 from harness.launch import Launched
 from support.processes import START_TIMEOUT, STOP_TIMEOUT, Services, free_port

@@ -16,6 +16,7 @@ from falcon import testing
 
 from darkroom.core.config import Config
 from darkroom.core.discovery import RegistryClient, ServiceClient, ServiceLocator
+from darkroom.core.imagefiles import FileImageStore
 from darkroom.core.transport import Transport
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
@@ -24,7 +25,6 @@ from darkroom.master.app import create_app as create_master_app
 from darkroom.master.client import MasterClient
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
-from darkroom.storage.store import FileImageStore
 
 
 class _Body(io.BytesIO):

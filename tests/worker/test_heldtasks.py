@@ -10,8 +10,8 @@ import sys
 import threading
 from typing import BinaryIO
 
+from darkroom.core.imagefiles import FileImageStore
 from darkroom.database.store import State
-from darkroom.storage.store import FileImageStore
 from darkroom.worker.heldtasks import HeldTasks, _how_it_ended, fail_lost
 from darkroom.worker.loop import TaskLoop
 from worker.test_loop import Rejected, build_system, reverse_bytes, submit

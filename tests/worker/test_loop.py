@@ -13,6 +13,7 @@ from darkroom.contract.errors import ServiceConflict
 from darkroom.contract.events import EventKind
 from darkroom.contract.folders import result_version
 from darkroom.core.config import Config
+from darkroom.core.imagefiles import FileImageStore, Folder, folder_limits
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient, DatabaseLeases
 from darkroom.database.service import open_store
@@ -20,8 +21,7 @@ from darkroom.database.store import State
 from darkroom.master.app import create_app as create_master_app
 from darkroom.master.client import LeaseLost, MasterClient, TaskWasCancelled
 from darkroom.storage.app import create_app as create_storage_app
-from darkroom.storage.client import StorageClient
-from darkroom.storage.store import FileImageStore, Folder
+from darkroom.storage.client import StorageClient, VolumeStorage
 from darkroom.worker.loop import SPOOL_BYTES, TaskLoop, _Finisher, _read_body
 from support.inprocess import service_client
 
@@ -49,18 +49,27 @@ LEASE_ROUTES = {
 }
 
 
-@pytest.fixture(params=sorted(LEASE_ROUTES))
+# The storage through its API, or on its volume where the worker mounts it (darkroom up).
+STORAGE_ACCESS = {
+    "api": lambda config, images: StorageClient(
+        service_client(create_storage_app(config, images), "storageAddress", "storage:2")
+    ),
+    "volume": lambda config, images: VolumeStorage(images, folder_limits(config)),
+}
+
+
+@pytest.fixture(params=[("database", "api"), ("master", "api"), ("database", "volume")])
 def system(config, request):
-    return build_system(config, FileImageStore(config.data_dir), request.param)
+    lease_route, storage_access = request.param
+    return build_system(config, FileImageStore(config.data_dir), lease_route, storage_access)
 
 
-def build_system(config, images: FileImageStore, lease_route: str = "database"):
+def build_system(
+    config, images: FileImageStore, lease_route: str = "database", storage_access: str = "api"
+):
     tasks = open_store(config)
     database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
-    storage_service = service_client(
-        create_storage_app(config, images), "storageAddress", "storage:2"
-    )
-    storage = StorageClient(storage_service)
+    storage = STORAGE_ACCESS[storage_access](config, images)
     master_app = create_master_app(
         config, DatabaseClient(database), storage, check_pipeline=lambda text: text or "swap"
     )
@@ -271,9 +280,11 @@ class FullForAWhile(FileImageStore):
         return super().write(folder, task_id, chunks, limit, version)
 
 
-def test_a_full_disk_on_the_result_is_waited_out_keeping_the_attempt(config):
+@pytest.mark.parametrize("storage_access", sorted(STORAGE_ACCESS))
+def test_a_full_disk_on_the_result_is_waited_out_keeping_the_attempt(config, storage_access):
     """A 507 on the result write used to spend the task's attempts within a second."""
-    tasks, storage, leases, _, _ = build_system(config, FullForAWhile(config.data_dir, 4))
+    images = FullForAWhile(config.data_dir, 4)
+    tasks, storage, leases, _, _ = build_system(config, images, storage_access=storage_access)
     loop = TaskLoop(leases, storage, reverse_bytes, Rejected, 0, 5, 5, threading.Event())
     task_id = submit(tasks, storage, b"\x89PNG-abc")
     started = time.monotonic()
@@ -284,8 +295,12 @@ def test_a_full_disk_on_the_result_is_waited_out_keeping_the_attempt(config):
     assert result_path(config, tasks, task_id).read_bytes() == b"cba-GNP\x89"
 
 
-def test_a_disk_that_stays_full_fails_the_task_after_the_deadline_saying_why(config):
-    tasks, storage, leases, _, _ = build_system(config, FullForAWhile(config.data_dir, 10**6))
+@pytest.mark.parametrize("storage_access", sorted(STORAGE_ACCESS))
+def test_a_disk_that_stays_full_fails_the_task_after_the_deadline_saying_why(
+    config, storage_access
+):
+    images = FullForAWhile(config.data_dir, 10**6)
+    tasks, storage, leases, _, _ = build_system(config, images, storage_access=storage_access)
     loop = TaskLoop(
         leases, storage, reverse_bytes, Rejected, 0, 5, 5, threading.Event(), disk_full_deadline=1
     )

@@ -359,6 +359,11 @@ volume, and Recreate unless its state is shared).
 {{- $shared := and $stateful (include "darkroom.sharedState" .) }}
 {{- $autoscaled := or (dig "autoscaling" "enabled" false $values) (dig "keda" "enabled" false $values) }}
 {{- $isRegistry := eq $role "registry" }}
+{{- /* The storage's ReadWriteMany claim, mounted by the master and the worker too. */}}
+{{- $imagesClaim := "" }}
+{{- if and (has $role (list "master" "worker")) $root.Values.storage.mountInMasterAndWorker }}
+{{- $imagesClaim = include "darkroom.dataClaim" (dict "root" $root "role" "storage") }}
+{{- end }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -481,6 +486,10 @@ spec:
             - name: DARKROOM_CONCURRENCY
               value: {{ $values.concurrency | quote }}
             {{- end }}
+            {{- if $imagesClaim }}
+            - name: DARKROOM_STORAGE_VOLUME
+              value: /images
+            {{- end }}
             {{- if and (eq $role "database") $shared }}
             {{- include "darkroom.databaseUrlEnv" $root | nindent 12 }}
             {{- end }}
@@ -523,6 +532,10 @@ spec:
             - name: data
               mountPath: /data
             {{- end }}
+            {{- if $imagesClaim }}
+            - name: images
+              mountPath: /images
+            {{- end }}
       volumes:
         # Waitress spools large request bodies here; the root filesystem is read-only.
         - name: tmp
@@ -536,5 +549,10 @@ spec:
           {{- else }}
           emptyDir: {}
           {{- end }}
+        {{- end }}
+        {{- if $imagesClaim }}
+        - name: images
+          persistentVolumeClaim:
+            claimName: {{ $imagesClaim }}
         {{- end }}
 {{- end }}

@@ -39,6 +39,10 @@ class Config:
     # how long a watch may stay broken before /readyz says not ready (configmap backend)
     registry_watch_stale_seconds: float = 30.0
     data_dir: Path = Path("data")
+    # the storage's data directory where this role (master, worker) mounts it too: images are
+    # read and written there directly, not through the storage's HTTP API (darkroom up sets it;
+    # in Kubernetes, pods that share the storage's ReadWriteMany claim); empty: through the API
+    storage_volume: str = ""
     # the database role's tasks in PostgreSQL (a libpq URL, postgresql://user:pw@host/db);
     # empty: in SQLite, DATA_DIR/tasks.sqlite3
     database_url: str = dataclasses.field(default="", repr=False)

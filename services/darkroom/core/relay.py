@@ -5,6 +5,7 @@ from __future__ import annotations
 import falcon
 
 from darkroom.core.errors import raise_for_upstream
+from darkroom.core.imagefiles import ImageAnswer
 from darkroom.core.streams import ClosingBody
 from darkroom.core.transport import STREAM_CHUNK_BYTES, Response
 
@@ -21,7 +22,7 @@ def relay(upstream: Response, resp: falcon.Response, service: str) -> None:
 
 
 def relay_stream(
-    upstream: Response, resp: falcon.Response, chunk_bytes: int = STREAM_CHUNK_BYTES
+    upstream: ImageAnswer, resp: falcon.Response, chunk_bytes: int = STREAM_CHUNK_BYTES
 ) -> None:
     """Stream a large upstream body through without holding it; the upstream is closed when
     the server closes the body (at its end, or when our client went away, even before the

@@ -59,7 +59,8 @@ class Runtime:
 
     def readiness_checks(self) -> list[ReadinessCheck]:
         """One check per role this one calls (the role table's ``calls``): it answers its
-        ``/healthz``, found through the registry.
+        ``/healthz``, found through the registry. Not the storage for a role that reaches its
+        volume itself (``storage_volume``).
 
         One second each at most: the chart's probe gives ``/readyz`` three.
         """
@@ -78,7 +79,10 @@ class Runtime:
 
             return probe
 
-        return [check(role) for role in BY_NAME[self.role].calls]
+        calls = BY_NAME[self.role].calls
+        if self.config.storage_volume:
+            calls = tuple(role for role in calls if role != "storage")
+        return [check(role) for role in calls]
 
 
 def configure_logging(level: str, log_format: str = "json", **fields: str) -> None:

@@ -38,7 +38,7 @@ from darkroom.master.finished import FinishedTasks
 from darkroom.master.openapi import OpenApiDocument
 from darkroom.master.unfinished import UnfinishedTasks
 from darkroom.master.webhooks import WebhookGuard, WebhookSettings
-from darkroom.storage.client import StorageClient
+from darkroom.storage.client import Storage
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Jobs:
     def __init__(
         self,
         database: DatabaseClient,
-        storage: StorageClient,
+        storage: Storage,
         check_pipeline: PipelineCheck,
         config: Config,
         finished: FinishedTasks,
@@ -370,7 +370,7 @@ class WorkerApi:
 def create_app(
     config: Config,
     database: DatabaseClient,
-    storage: StorageClient,
+    storage: Storage,
     check_pipeline: PipelineCheck,
     readiness: list[Callable[[], str | None]] | None = None,
     *,

@@ -21,7 +21,7 @@ from darkroom.master.webhooks import (
     WebhookSender,
     WebhookSettings,
 )
-from darkroom.storage.client import StorageClient
+from darkroom.storage.client import storage_for
 
 
 def run(config: Config) -> None:
@@ -37,7 +37,7 @@ def run(config: Config) -> None:
     app = create_app(
         config,
         database,
-        StorageClient(runtime.client("storage")),
+        storage_for(config, runtime.client("storage")),
         check_pipeline=PipelineResolver(
             runtime.locator.value, limits, presets_only=config.presets_only
         ),

@@ -7,10 +7,17 @@ import falcon
 from darkroom.contract.folders import RESULT_VERSION_PATTERN, Folder
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
-from darkroom.core.errors import DISK_FULL_ERRNOS, disk_full
 from darkroom.core.ids import require_task_id
+from darkroom.core.imagefiles import (
+    ImageStore,
+    StoredImage,
+    folder_limits,
+    image_too_large,
+    open_image,
+    store_image,
+    unknown_image,
+)
 from darkroom.core.streams import iter_chunks
-from darkroom.storage.store import ImageNotFound, ImageStore, StoredImage, TooLarge
 
 
 def _folder(req: falcon.Request) -> Folder:
@@ -32,32 +39,20 @@ def _version(req: falcon.Request) -> str | None:
     return version
 
 
-def too_large(limit: int) -> falcon.HTTPContentTooLarge:
-    return falcon.HTTPContentTooLarge(
-        title="Image too large", description=f"Images may be at most {limit} bytes."
-    )
-
-
 class Images:
+    """The images volume over HTTP; its errors (404, 413, 507) are the ``ServiceError``s of
+    ``core.imagefiles``, answered by the base app's one handler."""
+
     def __init__(self, store: ImageStore, max_bytes: dict[Folder, int]) -> None:
         self._store = store
         self._max_bytes = max_bytes
 
     def on_post_send(self, req: falcon.Request, resp: falcon.Response) -> None:
         task_id, folder = require_task_id(req), _folder(req)
-        limit = self._max_bytes[folder]
-        if (req.content_length or 0) > limit:
-            raise too_large(limit)
-        try:
-            self._store.write(
-                folder, task_id, iter_chunks(req.bounded_stream), limit, _version(req)
-            )
-        except TooLarge as exc:
-            raise too_large(limit) from exc
-        except OSError as exc:
-            if exc.errno in DISK_FULL_ERRNOS:
-                raise disk_full("storage volume") from exc
-            raise
+        if (req.content_length or 0) > self._max_bytes[folder]:
+            raise image_too_large(self._max_bytes[folder])
+        chunks = iter_chunks(req.bounded_stream)
+        store_image(self._store, self._max_bytes, folder, task_id, chunks, _version(req))
         resp.status = falcon.HTTP_201
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = "success"
@@ -75,26 +70,18 @@ class Images:
 
     def _open(self, req: falcon.Request) -> StoredImage:
         task_id, folder = require_task_id(req), _folder(req)
-        try:
-            return self._store.open(folder, task_id, _version(req))
-        except ImageNotFound as exc:
-            raise falcon.HTTPNotFound(
-                title="Unknown image", description=f"No {folder} image for this id."
-            ) from exc
+        return open_image(self._store, folder, task_id, _version(req))
 
     def on_delete_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
         task_id, folder = require_task_id(req), _folder(req)
         if not self._store.delete(folder, task_id, _version(req)):
-            raise falcon.HTTPNotFound(
-                title="Unknown image", description=f"No {folder} image for this id."
-            )
+            raise unknown_image(folder)
         resp.status = falcon.HTTP_204
 
 
 def create_app(config: Config, store: ImageStore) -> falcon.App:
     app = create_base_app(config)
-    limits = {Folder.WORKING: config.max_upload_bytes, Folder.FINISHED: config.max_result_bytes}
-    images = Images(store, limits)
+    images = Images(store, folder_limits(config))
     app.add_route("/sendImage", images, suffix="send")
     app.add_route("/getImage", images)
     app.add_route("/deleteImage", images, suffix="delete")

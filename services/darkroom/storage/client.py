@@ -1,19 +1,51 @@
-"""Calling the storage service (used by the master and the worker).
+"""Reaching the storage (used by the master and the worker): through its HTTP API
+(``StorageClient``), or on its volume itself where the role mounts it too (``VolumeStorage``).
 
-Error answers are raised as ``darkroom.contract.errors`` types. ``version`` names one of a
-task's results (``contract.folders.result_version``); without it, the task's one image.
+Both raise the storage's answers as ``darkroom.contract.errors`` types (404, 413, 507 alike).
+``version`` names one of a task's results (``contract.folders.result_version``); without it,
+the task's one image.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from darkroom.contract.errors import ServiceNotFound
 from darkroom.contract.folders import Folder
+from darkroom.core.config import Config
 from darkroom.core.discovery import ServiceClient
 from darkroom.core.errors import raise_for_upstream
+from darkroom.core.imagefiles import (
+    FileAnswer,
+    FileImageStore,
+    ImageAnswer,
+    ImageStore,
+    folder_limits,
+    open_image,
+    store_image,
+)
 from darkroom.core.transport import Response
+
+
+class Storage(Protocol):
+    """What the master and the worker do with the storage's images."""
+
+    def send(
+        self,
+        folder: Folder,
+        task_id: str,
+        body: Iterable[bytes] | bytes,
+        size: int | None = None,
+        version: str | None = None,
+    ) -> None: ...
+
+    def open(self, folder: Folder, task_id: str, version: str | None = None) -> ImageAnswer: ...
+
+    def exists(self, folder: Folder, task_id: str, version: str | None = None) -> bool: ...
+
+    def delete(self, folder: Folder, task_id: str, version: str | None = None) -> bool: ...
 
 
 def _params(folder: Folder, task_id: str, version: str | None) -> dict[str, Any]:
@@ -24,6 +56,8 @@ def _params(folder: Folder, task_id: str, version: str | None) -> dict[str, Any]
 
 
 class StorageClient:
+    """The storage service's HTTP API."""
+
     def __init__(self, service: ServiceClient) -> None:
         self._service = service
 
@@ -77,3 +111,43 @@ class StorageClient:
             except ServiceNotFound:
                 return False
             return True
+
+
+class VolumeStorage:
+    """The storage's volume, mounted by this role too: the same files, limits and answers as
+    through the storage service, without the two HTTP exchanges (and the copies through two
+    sockets) each image costs that way. The storage role still sweeps old images."""
+
+    def __init__(self, store: ImageStore, limits: dict[Folder, int]) -> None:
+        self._store, self._limits = store, limits
+
+    def send(
+        self,
+        folder: Folder,
+        task_id: str,
+        body: Iterable[bytes] | bytes,
+        size: int | None = None,
+        version: str | None = None,
+    ) -> None:
+        chunks = iter([body] if isinstance(body, bytes) else body)
+        store_image(self._store, self._limits, folder, task_id, chunks, version)
+
+    def open(self, folder: Folder, task_id: str, version: str | None = None) -> FileAnswer:
+        return FileAnswer(open_image(self._store, folder, task_id, version))
+
+    def exists(self, folder: Folder, task_id: str, version: str | None = None) -> bool:
+        try:
+            self.open(folder, task_id, version).close()
+        except ServiceNotFound:
+            return False
+        return True
+
+    def delete(self, folder: Folder, task_id: str, version: str | None = None) -> bool:
+        return self._store.delete(folder, task_id, version)
+
+
+def storage_for(config: Config, service: ServiceClient) -> Storage:
+    """On the volume when this role mounts it (``storage_volume``), else through ``service``."""
+    if config.storage_volume:
+        return VolumeStorage(FileImageStore(Path(config.storage_volume)), folder_limits(config))
+    return StorageClient(service)

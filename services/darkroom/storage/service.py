@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from darkroom.core.config import Config
+from darkroom.core.imagefiles import FileImageStore
 from darkroom.core.periodic import expire_periodically
 from darkroom.core.runtime import Runtime
 from darkroom.core.server import serve
 from darkroom.storage.app import create_app
-from darkroom.storage.store import FileImageStore
 
 
 def run(config: Config) -> None:

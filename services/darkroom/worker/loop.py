@@ -20,10 +20,10 @@ from darkroom.contract.folders import Folder, result_version
 from darkroom.contract.tasks import TASK_CANCELLED_TITLE, Claim
 from darkroom.core import requestid
 from darkroom.core.backoff import Backoff
+from darkroom.core.imagefiles import ImageAnswer
 from darkroom.core.leases import LeaseLost, TaskLeases, TaskWasCancelled
 from darkroom.core.streams import iter_chunks
-from darkroom.core.transport import Response
-from darkroom.storage.client import StorageClient
+from darkroom.storage.client import Storage
 from darkroom.worker.metrics import Outcome, TaskMetrics
 from darkroom.worker.stages import StageDone, StageLog
 
@@ -80,7 +80,7 @@ class TaskLoop:
     def __init__(
         self,
         tasks: TaskLeases,
-        storage: StorageClient,
+        storage: Storage,
         process: Processor,
         rejected: type[Exception],
         claim_wait_seconds: float,
@@ -383,7 +383,7 @@ class TaskLoop:
             log.warning("could not release task", extra={"task": claim.task_id, "error": str(exc)})
 
 
-def _read_body(response: Response) -> BinaryIO:
+def _read_body(response: ImageAnswer) -> BinaryIO:
     """The downloaded image, ready to be read: when its length says it fits in memory, the very
     bytes received (one read, no copy); else spilled to a temporary file as it arrives."""
     length = response.headers.get("Content-Length", "")

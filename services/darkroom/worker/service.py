@@ -31,7 +31,7 @@ from darkroom.core.restart import RestartPolicy
 from darkroom.core.runtime import Runtime, configure_logging
 from darkroom.core.server import serve
 from darkroom.database.client import DatabaseLeases
-from darkroom.storage.client import StorageClient
+from darkroom.storage.client import storage_for
 from darkroom.worker.heldtasks import HeldTasks, fail_lost
 from darkroom.worker.loop import Processed, Processor, TaskLoop
 from darkroom.worker.metrics import (
@@ -85,7 +85,7 @@ def build_loop(
     metrics = metrics or TaskMetrics()
     return TaskLoop(
         tasks=DatabaseLeases(runtime.client("database")),
-        storage=StorageClient(runtime.client("storage")),
+        storage=storage_for(config, runtime.client("storage")),
         process=timed_processor(settings, metrics),
         rejected=ImageRejected,
         claim_wait_seconds=config.claim_wait_seconds,

@@ -1,13 +1,17 @@
-"""Image files on a volume, behind an interface an S3-compatible store can implement too.
+"""The images volume: image files by folder and task id, behind an interface an S3-compatible
+store can implement too. The storage role serves it over HTTP; a role that mounts the same
+volume (``DARKROOM_STORAGE_VOLUME``: every role of ``darkroom up``) reads and writes it here
+directly (``darkroom.storage.client.VolumeStorage``), with the same limits and answers.
 
 Writes stream through ``core.atomicfile`` (a temporary file in the target folder, fsync, then
 rename): a reader never sees a partial file, and an interrupted upload leaves nothing behind.
 
-Several storage processes may share one root (replicas on a ReadWriteMany volume): nothing is
-kept in memory, every existence check and listing reads the disk, temporary names are random,
-each upload's temporary file is locked while it is written (so a starting replica removes the
-leftovers of crashed ones only, never another replica's upload in progress), and sweeps that
-run at once in several replicas ignore files another one removed first.
+Several processes may share one root (storage replicas on a ReadWriteMany volume, the roles of
+``darkroom up``): nothing is kept in memory, every existence check and listing reads the disk,
+temporary names are random, each upload's temporary file is locked while it is written (so a
+starting process removes the leftovers of crashed ones only, never another one's upload in
+progress), and sweeps that run at once in several replicas ignore files another one removed
+first.
 """
 
 from __future__ import annotations
@@ -15,20 +19,27 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from darkroom.contract.errors import ServiceError, ServiceNotFound
 from darkroom.contract.folders import RESULT_VERSION_PATTERN, Folder
 from darkroom.core.atomicfile import atomic_writer, make_private_directory, remove_abandoned
+from darkroom.core.config import Config
+from darkroom.core.errors import DISK_FULL_ERRNOS
 from darkroom.core.ids import is_task_id
 from darkroom.core.imagetypes import SNIFF_BYTES, sniff_media_type
+from darkroom.core.transport import STREAM_CHUNK_BYTES
 
 TEMP_PREFIX = ".upload-"
 # A temporary file left this long unwritten is a crashed upload's even where locks cannot tell
 # (NFS, within one process): a live upload writes every chunk, and the server closes a
 # connection idle for twice DARKROOM_HTTP_TIMEOUT_SECONDS.
 ABANDONED_AFTER_SECONDS = 3600.0
+
+
+SERVICE = "storage"  # the service whose answers these are, whichever way the volume is reached
 
 
 class TooLarge(Exception):
@@ -39,11 +50,74 @@ class ImageNotFound(LookupError):
     pass
 
 
+def folder_limits(config: Config) -> dict[Folder, int]:
+    """The largest image each folder takes: an upload, a result (larger: a JPEG becomes a PNG)."""
+    return {Folder.WORKING: config.max_upload_bytes, Folder.FINISHED: config.max_result_bytes}
+
+
+def unknown_image(folder: Folder) -> ServiceNotFound:
+    return ServiceNotFound(SERVICE, 404, "Unknown image", f"No {folder} image for this id.")
+
+
+def image_too_large(limit: int) -> ServiceError:
+    return ServiceError(SERVICE, 413, "Image too large", f"Images may be at most {limit} bytes.")
+
+
+def volume_full() -> ServiceError:
+    return ServiceError(
+        SERVICE, 507, "Disk full", "The storage volume has no space left; nothing was stored."
+    )
+
+
 class StoredImage:
     """An open stored image: its stream, size and media type."""
 
     def __init__(self, stream: BinaryIO, size: int, media_type: str) -> None:
         self.stream, self.size, self.media_type = stream, size, media_type
+
+
+class ImageAnswer(Protocol):
+    """A stored image as its reader gets it: the storage's HTTP answer
+    (``core.transport.Response``) or the file itself (``FileAnswer``). Close it when done."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    def stream(self, chunk_bytes: int | None = ...) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ImageAnswer: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class FileAnswer:
+    """A stored image read from the volume, answering as the storage's response would."""
+
+    def __init__(self, image: StoredImage) -> None:
+        self._file = image.stream
+        self.headers = {"Content-Type": image.media_type, "Content-Length": str(image.size)}
+
+    @property
+    def content(self) -> bytes:
+        return self._file.read()
+
+    def stream(self, chunk_bytes: int | None = STREAM_CHUNK_BYTES) -> Iterator[bytes]:
+        while chunk := self._file.read(chunk_bytes or STREAM_CHUNK_BYTES):
+            yield chunk
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> FileAnswer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class ImageStore(Protocol):
@@ -152,3 +226,32 @@ def _copy_bounded(chunks: Iterator[bytes], file: BinaryIO, limit: int) -> int:
             raise TooLarge(f"the image is larger than the limit of {limit} bytes")
         file.write(chunk)
     return size
+
+
+def store_image(
+    store: ImageStore,
+    limits: dict[Folder, int],
+    folder: Folder,
+    task_id: str,
+    chunks: Iterator[bytes],
+    version: str | None = None,
+) -> int:
+    """Write an image within its folder's limit: its size; the storage's answers as errors
+    (413 past the limit, 507 when the volume is full), for every way the volume is reached."""
+    limit = limits[folder]
+    try:
+        return store.write(folder, task_id, chunks, limit, version)
+    except TooLarge as exc:
+        raise image_too_large(limit) from exc
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise volume_full() from exc
+        raise
+
+
+def open_image(store: ImageStore, folder: Folder, task_id: str, version: str | None) -> StoredImage:
+    """The stored image; 404 as an error when there is none."""
+    try:
+        return store.open(folder, task_id, version)
+    except ImageNotFound as exc:
+        raise unknown_image(folder) from exc

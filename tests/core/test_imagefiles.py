@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from darkroom.core.ids import new_task_id
-from darkroom.storage.store import (
+from darkroom.core.imagefiles import (
     ABANDONED_AFTER_SECONDS,
     TEMP_PREFIX,
     FileImageStore,
