@@ -67,6 +67,21 @@ def test_an_item_that_is_not_text_is_refused_with_a_reason(make, reason: str) ->
 
 
 @pytest.mark.parametrize(
+    ("keep", "reason"),
+    [
+        (0.5, r"^not a supported image: a broken HEIF file \(bad header: .*meta"),
+        (-10, r"^cannot decode the image: HEIF file \(.*outside of file bounds[^\n]*\)$"),
+    ],
+    ids=["half", "end-cut"],
+)
+def test_a_broken_heic_is_refused_naming_its_format(keep: float, reason: str) -> None:
+    data = _heic()
+    cut = int(len(data) * keep) if keep > 0 else len(data) + int(keep)
+    with pytest.raises(ImageRejected, match=reason):
+        run(data[:cut], "png")
+
+
+@pytest.mark.parametrize(
     "make", [_bad_item_type, _bad_content_type], ids=["item-type", "content-type"]
 )
 def test_pi_heif_still_crashes_on_such_a_file(make, tmp_path) -> None:

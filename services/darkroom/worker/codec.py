@@ -67,6 +67,8 @@ warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 pngchunks.use_tolerant_png_reader()
 # How a reason names a format.
 _FORMAT_LABELS = {"WEBP": "WebP"}
+# pi-heif registers HEIF as image/heif only; the sniffer names HEVC-coded HEIF image/heic.
+_MEDIA_TYPE_ALIASES = {"image/heic": "image/heif"}
 
 
 @dataclass(frozen=True)
@@ -440,6 +442,7 @@ def _claimed_format(source: BinaryIO | None, start: int) -> str | None:
         media_type = sniff_media_type(source.read(SNIFF_BYTES))
     except (OSError, ValueError):  # an unseekable or closed source
         return None
+    media_type = _MEDIA_TYPE_ALIASES.get(media_type or "", media_type)
     return next((name for name in INPUT_FORMATS if Image.MIME.get(name) == media_type), None)
 
 
@@ -462,8 +465,8 @@ def _fault(claimed: str, source: BinaryIO | None, start: int, error: Exception |
     except (ImageRejected, MemoryError):
         raise
     except Exception as exc:  # the opener's reason for refusing the header
-        return f"{label} file (bad header: {exc})"
-    text = str(error)
+        return f"{label} file (bad header: {str(exc).strip()})"
+    text = str(error).strip()  # pi-heif's end with a newline
     if isinstance(error, EOFError) or "truncated" in text.lower():
         return f"{label} file (truncated: {text})"
     return f"{label} file ({text})"
