@@ -520,9 +520,16 @@ def _farthest(colour: tuple[int, ...], expected: tuple[int, ...]) -> int:
     return max(abs(one - other) for one, other in zip(colour, expected, strict=True))
 
 
-def test_a_cmyk_jpeg_without_a_profile_shows_fogra39_press_colour() -> None:
-    data = _patches_jpeg()
-    assert b"Adobe" in data and b"ICC_PROFILE" not in data
+def _patches_tiff() -> bytes:
+    return encode(_patches_sheet(), "TIFF").getvalue()
+
+
+@pytest.mark.parametrize("make", [_patches_jpeg, _patches_tiff], ids=["jpeg", "tiff"])
+def test_cmyk_without_a_profile_shows_fogra39_press_colour(make) -> None:
+    data = make()
+    assert (
+        b"ICC_PROFILE" not in data and Image.open(io.BytesIO(data)).info.get("icc_profile") is None
+    )
     expected = {
         name: press_lab_to_srgb(lab, FOGRA39_PAPER, FOGRA39_DARKEST)
         for name, (_, lab) in FOGRA39_PATCHES.items()

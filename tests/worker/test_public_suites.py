@@ -33,13 +33,9 @@ LOSSY_DECODERS = (".avif",)
 # Darkroom's reasons for refusing an image all start so (codec._decoding_errors and friends).
 REASON = re.compile(r"^(not a supported image|cannot decode the (image|animation)|image is )")
 
-_CMYK_JPEG = (
-    "a CMYK JPEG without a profile: Darkroom converts through FOGRA39 (README), libvips through "
-    "its own default CMYK profile"
-)
-_CMYK_TIFF = (
-    "a CMYK TIFF without a profile: Pillow's plain conversion (README), libvips its default "
-    "CMYK profile"
+_CMYK = (
+    "CMYK without a profile: Darkroom converts through FOGRA39 (README), libvips through its own "
+    "default CMYK profile"
 )
 _XMP_ORIENTATION = (
     "an orientation given in XMP only: Darkroom turns the picture upright (Pillow's "
@@ -51,11 +47,11 @@ _APNG_DEFAULT_IMAGE = (
 )
 # The result differs from libvips's reading, and why.
 DIFFERS = {
-    "go/video-001.cmyk.jpeg": _CMYK_JPEG,
-    "pillow/pil_sample_cmyk.jpg": _CMYK_JPEG,
-    "pillow/tiff_strip_cmyk_jpeg.tif": _CMYK_TIFF,
-    "pillow/tiff_strip_cmyk_16l_jpeg.tif": _CMYK_TIFF,
-    "pillow/tiff_tiled_cmyk_jpeg.tif": _CMYK_TIFF,
+    "go/video-001.cmyk.jpeg": _CMYK,
+    "pillow/pil_sample_cmyk.jpg": _CMYK,
+    "pillow/tiff_strip_cmyk_jpeg.tif": _CMYK,
+    "pillow/tiff_strip_cmyk_16l_jpeg.tif": _CMYK,
+    "pillow/tiff_tiled_cmyk_jpeg.tif": _CMYK,
     "pillow/xmp_tags_orientation.png": _XMP_ORIENTATION,
     "pillow/xmp_tags_orientation_exiftool.png": _XMP_ORIENTATION,
     "pillow/avif/xmp_tags_orientation.avif": _XMP_ORIENTATION,

@@ -2,8 +2,8 @@
 
 Colour handling: the EXIF orientation is applied, the ICC profile is kept while it still
 describes the output's colour space. CMYK and Lab become sRGB through their embedded profile; a
-CMYK (or YCCK) JPEG without one through a standard FOGRA39 press profile shipped in
-``profiles/``. Images are worked on in one of L, LA, RGB, RGBA or I
+CMYK (or YCCK) JPEG or a CMYK TIFF without one through a standard FOGRA39 press profile shipped
+in ``profiles/``. Images are worked on in one of L, LA, RGB, RGBA or I
 (16-bit grey); 16-bit grey stays 16-bit in PNG output and is scaled (not clipped) to 8 bits where
 a step or format needs 8 bits (``blur``, JPEG, WebP, AVIF).
 
@@ -579,8 +579,9 @@ def _stretch_float(image: Image.Image) -> Image.Image:
 
 
 def _to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
-    """CMYK or Lab to RGB, through the embedded profile when there is a usable one; a CMYK
-    (or YCCK) JPEG without one through the standard press profile it was most likely made for."""
+    """CMYK or Lab to RGB, through the embedded profile when there is a usable one; CMYK (a
+    JPEG, YCCK too, or a TIFF) without one through the standard press profile it was most likely
+    made for."""
     if icc:
         try:
             source_profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
@@ -591,8 +592,9 @@ def _to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
                 return converted
         except ImageCms.PyCMSError:
             pass  # a broken profile: as if there were none
-    if image.mode == "CMYK" and image.format == "JPEG":
-        # Pillow has already undone an Adobe JPEG's inverted inks: these are ink amounts.
+    if image.mode == "CMYK":
+        # Ink amounts (JPEG and TIFF alike: Pillow has already undone an Adobe JPEG's inverted
+        # inks), most likely made for the usual press.
         return ImageCms.applyTransform(image, _standard_cmyk_to_srgb())
     return image.convert("RGB")
 
