@@ -82,6 +82,9 @@ def test_an_image_past_its_folders_limit_is_413_and_leaves_nothing(storage, smal
         storage.send(Folder.WORKING, task_id, iter([b"\x89PNG", b"x" * LIMIT]))
     assert raised.value.status == 413
     assert raised.value.description == f"Images may be at most {LIMIT} bytes."
+    with pytest.raises(ServiceError) as raised:  # a size given is refused before it is sent
+        storage.send(Folder.WORKING, task_id, iter(()), size=LIMIT + 1)
+    assert raised.value.status == 413
     assert list((small_limits.data_dir / "working").iterdir()) == []
 
 

@@ -23,6 +23,7 @@ from darkroom.core.imagefiles import (
     ImageAnswer,
     ImageStore,
     folder_limits,
+    image_too_large,
     open_image,
     store_image,
 )
@@ -129,6 +130,8 @@ class VolumeStorage:
         size: int | None = None,
         version: str | None = None,
     ) -> None:
+        if size is not None and size > self._limits[folder]:  # refused before a byte is written
+            raise image_too_large(self._limits[folder])
         chunks = iter([body] if isinstance(body, bytes) else body)
         store_image(self._store, self._limits, folder, task_id, chunks, version)
 
