@@ -22,7 +22,7 @@ from darkroom.master.unfinished import UnfinishedTasks
 from darkroom.storage.app import create_app as create_storage_app
 from darkroom.storage.client import StorageClient
 from harness.launch import wait_until
-from support.inprocess import service_client
+from support.inprocess import STORAGE_ACCESS, service_client, storage_by
 
 
 def check_pipeline(text: str | None) -> str:
@@ -34,13 +34,12 @@ def tasks(config):
     return open_store(config)
 
 
-@pytest.fixture
-def client(config, tasks) -> testing.TestClient:
+@pytest.fixture(params=STORAGE_ACCESS)
+def client(config, tasks, request) -> testing.TestClient:
+    """The master over the database's app and the storage, through its app or on its volume."""
     database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
-    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
-    storage = service_client(storage_app, "storageAddress", "storage:2")
-    app = create_app(config, DatabaseClient(database), StorageClient(storage), check_pipeline)
-    return testing.TestClient(app)
+    storage = storage_by(request.param, config)
+    return testing.TestClient(create_app(config, DatabaseClient(database), storage, check_pipeline))
 
 
 def upload(client, body: bytes) -> str:

@@ -9,10 +9,10 @@ import pytest
 from darkroom.contract.errors import ServiceError, ServiceNotFound
 from darkroom.contract.folders import Folder, result_version
 from darkroom.core.ids import new_task_id
-from darkroom.core.imagefiles import FileImageStore, folder_limits
+from darkroom.core.imagefiles import FileImageStore
 from darkroom.storage.app import create_app
 from darkroom.storage.client import Storage, StorageClient, VolumeStorage, storage_for
-from support.inprocess import service_client
+from support.inprocess import STORAGE_ACCESS, service_client, storage_by
 
 LIMIT = 1000
 
@@ -22,26 +22,19 @@ class FullDisk(FileImageStore):
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def _storage(access: str, config, store: FileImageStore) -> Storage:
-    if access == "api":
-        app = create_app(config, store)
-        return StorageClient(service_client(app, "storageAddress", "storage:2"))
-    return VolumeStorage(store, folder_limits(config))
-
-
 @pytest.fixture
 def small_limits(config):
     return config.replace(max_upload_bytes=LIMIT, max_result_bytes=2 * LIMIT)
 
 
-@pytest.fixture(params=["api", "volume"])
+@pytest.fixture(params=STORAGE_ACCESS)
 def access(request) -> str:
     return request.param
 
 
 @pytest.fixture
 def storage(access, small_limits) -> Storage:
-    return _storage(access, small_limits, FileImageStore(small_limits.data_dir))
+    return storage_by(access, small_limits)
 
 
 def test_an_image_sent_is_read_back_whole_or_streamed_with_its_type_and_length(storage, png):
@@ -89,7 +82,7 @@ def test_an_image_past_its_folders_limit_is_413_and_leaves_nothing(storage, smal
 
 
 def test_a_full_volume_is_507_saying_so(access, small_limits, png):
-    storage = _storage(access, small_limits, FullDisk(small_limits.data_dir))
+    storage = storage_by(access, small_limits, FullDisk(small_limits.data_dir))
     with pytest.raises(ServiceError) as raised:
         storage.send(Folder.WORKING, new_task_id(), png)
     assert raised.value.status == 507

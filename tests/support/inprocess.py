@@ -16,7 +16,7 @@ from falcon import testing
 
 from darkroom.core.config import Config
 from darkroom.core.discovery import RegistryClient, ServiceClient, ServiceLocator
-from darkroom.core.imagefiles import FileImageStore
+from darkroom.core.imagefiles import FileImageStore, ImageStore, folder_limits
 from darkroom.core.transport import Transport
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
@@ -24,7 +24,7 @@ from darkroom.database.store import LeasePolicy, SqliteTaskStore
 from darkroom.master.app import create_app as create_master_app
 from darkroom.master.client import MasterClient
 from darkroom.storage.app import create_app as create_storage_app
-from darkroom.storage.client import StorageClient
+from darkroom.storage.client import Storage, StorageClient, VolumeStorage
 
 
 class _Body(io.BytesIO):
@@ -96,6 +96,20 @@ class MasterSide:
     storage: StorageClient
     master_app: falcon.App
     master: MasterClient
+
+
+# How a master or worker reaches the storage's images: its API, or its volume (darkroom up).
+STORAGE_ACCESS = ("api", "volume")
+
+
+def storage_by(access: str, config: Config, images: ImageStore | None = None) -> Storage:
+    """The storage over ``images`` (by default the store in ``config.data_dir``), reached
+    through its real app (``api``) or on the volume (``volume``)."""
+    images = images if images is not None else FileImageStore(config.data_dir)
+    if access == "volume":
+        return VolumeStorage(images, folder_limits(config))
+    app = create_storage_app(config, images)
+    return StorageClient(service_client(app, "storageAddress", "storage:2"))
 
 
 def master_side(config: Config, tasks: SqliteTaskStore | None = None) -> MasterSide:

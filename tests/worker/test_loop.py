@@ -13,17 +13,16 @@ from darkroom.contract.errors import ServiceConflict
 from darkroom.contract.events import EventKind
 from darkroom.contract.folders import result_version
 from darkroom.core.config import Config
-from darkroom.core.imagefiles import FileImageStore, Folder, folder_limits
+from darkroom.core.imagefiles import FileImageStore, Folder
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient, DatabaseLeases
 from darkroom.database.service import open_store
 from darkroom.database.store import State
 from darkroom.master.app import create_app as create_master_app
 from darkroom.master.client import LeaseLost, MasterClient, TaskWasCancelled
-from darkroom.storage.app import create_app as create_storage_app
-from darkroom.storage.client import StorageClient, VolumeStorage
+from darkroom.storage.client import StorageClient
 from darkroom.worker.loop import SPOOL_BYTES, TaskLoop, _Finisher, _read_body
-from support.inprocess import service_client
+from support.inprocess import STORAGE_ACCESS, service_client, storage_by
 
 
 class Rejected(Exception):
@@ -49,15 +48,6 @@ LEASE_ROUTES = {
 }
 
 
-# The storage through its API, or on its volume where the worker mounts it (darkroom up).
-STORAGE_ACCESS = {
-    "api": lambda config, images: StorageClient(
-        service_client(create_storage_app(config, images), "storageAddress", "storage:2")
-    ),
-    "volume": lambda config, images: VolumeStorage(images, folder_limits(config)),
-}
-
-
 @pytest.fixture(params=[("database", "api"), ("master", "api"), ("database", "volume")])
 def system(config, request):
     lease_route, storage_access = request.param
@@ -69,7 +59,7 @@ def build_system(
 ):
     tasks = open_store(config)
     database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
-    storage = STORAGE_ACCESS[storage_access](config, images)
+    storage = storage_by(storage_access, config, images)
     master_app = create_master_app(
         config, DatabaseClient(database), storage, check_pipeline=lambda text: text or "swap"
     )
@@ -280,7 +270,7 @@ class FullForAWhile(FileImageStore):
         return super().write(folder, task_id, chunks, limit, version)
 
 
-@pytest.mark.parametrize("storage_access", sorted(STORAGE_ACCESS))
+@pytest.mark.parametrize("storage_access", STORAGE_ACCESS)
 def test_a_full_disk_on_the_result_is_waited_out_keeping_the_attempt(config, storage_access):
     """A 507 on the result write used to spend the task's attempts within a second."""
     images = FullForAWhile(config.data_dir, 4)
@@ -295,7 +285,7 @@ def test_a_full_disk_on_the_result_is_waited_out_keeping_the_attempt(config, sto
     assert result_path(config, tasks, task_id).read_bytes() == b"cba-GNP\x89"
 
 
-@pytest.mark.parametrize("storage_access", sorted(STORAGE_ACCESS))
+@pytest.mark.parametrize("storage_access", STORAGE_ACCESS)
 def test_a_disk_that_stays_full_fails_the_task_after_the_deadline_saying_why(
     config, storage_access
 ):
