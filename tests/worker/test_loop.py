@@ -13,6 +13,7 @@ from darkroom.contract.errors import ServiceConflict
 from darkroom.contract.events import EventKind
 from darkroom.contract.folders import result_version
 from darkroom.core.config import Config
+from darkroom.core.ids import new_task_id
 from darkroom.core.imagefiles import FileImageStore, Folder
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient, DatabaseLeases
@@ -540,6 +541,17 @@ def test_a_download_that_fits_is_read_once_into_memory_a_larger_one_spills_to_di
     assert large._rolled and large.read() == b"y" * (SPOOL_BYTES + 1)  # on disk, not in memory
     unknown = _read_body(Body(b"z" * 1000, with_length=False))
     assert unknown.read() == b"z" * 1000
+
+
+def test_an_image_on_the_workers_volume_is_read_in_place(config):
+    storage = storage_by("volume", config.replace(max_upload_bytes=2 * SPOOL_BYTES))
+    task_id = new_task_id()
+    storage.send(Folder.WORKING, task_id, b"\x89PNG" + b"w" * (SPOOL_BYTES + 1))
+    with storage.open(Folder.WORKING, task_id) as answer:
+        source = _read_body(answer)
+    with source:  # the stored file itself, still open: no copy in memory or in a spool
+        assert source.name == str(config.data_dir / "working" / task_id)
+        assert source.read(5) == b"\x89PNGw"
 
 
 def test_an_error_of_the_step_in_the_background_is_raised_by_the_loop():

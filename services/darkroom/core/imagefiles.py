@@ -17,6 +17,7 @@ first.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -109,6 +110,11 @@ class FileAnswer:
     def stream(self, chunk_bytes: int | None = STREAM_CHUNK_BYTES) -> Iterator[bytes]:
         while chunk := self._file.read(chunk_bytes or STREAM_CHUNK_BYTES):
             yield chunk
+
+    def detach(self) -> BinaryIO:
+        """The file itself, to be read in place (no copy) and closed by the caller."""
+        file, self._file = self._file, io.BytesIO()
+        return file
 
     def close(self) -> None:
         self._file.close()

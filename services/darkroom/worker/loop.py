@@ -20,7 +20,7 @@ from darkroom.contract.folders import Folder, result_version
 from darkroom.contract.tasks import TASK_CANCELLED_TITLE, Claim
 from darkroom.core import requestid
 from darkroom.core.backoff import Backoff
-from darkroom.core.imagefiles import ImageAnswer
+from darkroom.core.imagefiles import FileAnswer, ImageAnswer
 from darkroom.core.leases import LeaseLost, TaskLeases, TaskWasCancelled
 from darkroom.core.streams import iter_chunks
 from darkroom.storage.client import Storage
@@ -384,8 +384,11 @@ class TaskLoop:
 
 
 def _read_body(response: ImageAnswer) -> BinaryIO:
-    """The downloaded image, ready to be read: when its length says it fits in memory, the very
-    bytes received (one read, no copy); else spilled to a temporary file as it arrives."""
+    """The downloaded image, ready to be read: the stored file itself when it is on this
+    worker's volume; when its length says it fits in memory, the very bytes received (one
+    read, no copy); else spilled to a temporary file as it arrives."""
+    if isinstance(response, FileAnswer):
+        return response.detach()
     length = response.headers.get("Content-Length", "")
     if length.isdigit() and int(length) <= SPOOL_BYTES:
         return io.BytesIO(response.content)
