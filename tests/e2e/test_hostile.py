@@ -313,14 +313,19 @@ def closed_by_server(sock: socket.socket, timeout: float) -> bool:
     return False
 
 
-@pytest.mark.parametrize(("role", "path"), [("master", "/get"), ("frontend", "/getImage")])
-def test_clients_that_never_read_a_large_download_hold_no_thread(big_result, role, path):
-    """Within the spool budget, the results are handed to waitress whole: the threads are free
-    while the clients stall."""
+@pytest.mark.parametrize(
+    ("role", "path", "on_volume"),
+    [("master", "/get", False), ("master", "/get", True), ("frontend", "/getImage", False)],
+    ids=["master", "master-on-volume", "frontend"],
+)
+def test_clients_that_never_read_a_large_download_hold_no_thread(big_result, role, path, on_volume):
+    """Within the spool budget, the results are handed to waitress whole (from the volume: as
+    the file itself): the threads are free while the clients stall."""
     services, task_id = big_result
     roles = ["master"] if role == "master" else ["master", "frontend"]
+    volume = {"storage_volume": str(services.data_dir)} if on_volume else {}
     for started in roles:
-        services.start(started)
+        services.start(started, **(volume if started == "master" else {}))
     try:
         with contextlib.ExitStack() as held:
             for _ in range(STALLED_DOWNLOADS):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import falcon
 
 from darkroom.core.errors import raise_for_upstream
-from darkroom.core.imagefiles import ImageAnswer
+from darkroom.core.imagefiles import FileAnswer, ImageAnswer
 from darkroom.core.streams import ClosingBody
 from darkroom.core.transport import STREAM_CHUNK_BYTES, Response
 
@@ -26,9 +26,13 @@ def relay_stream(
 ) -> None:
     """Stream a large upstream body through without holding it; the upstream is closed when
     the server closes the body (at its end, or when our client went away, even before the
-    first chunk)."""
+    first chunk). A file on this role's volume is handed to the server as a file: waitress
+    sends it from its own loop (``wsgi.file_wrapper``), no server thread held meanwhile."""
     resp.content_type = upstream.headers.get("Content-Type", "application/octet-stream")
     length = upstream.headers.get("Content-Length")
+    if isinstance(upstream, FileAnswer):
+        resp.set_stream(upstream.detach(), int(length) if length is not None else None)
+        return
     if length is not None:
         resp.content_length = int(length)
     resp.stream = ClosingBody(upstream.stream(chunk_bytes), upstream.close)
