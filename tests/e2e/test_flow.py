@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -211,3 +213,14 @@ def test_roles_that_mount_the_storage_volume_need_no_storage_service(services):
     assert too_large.status_code == 413 and too_large.json()["description"]
     ready = requests.get(services.url("master", "/readyz"), timeout=5)
     assert ready.status_code == 200, "the storage service is not the master's dependency here"
+
+
+@pytest.mark.parametrize("role", ["master", "worker"])
+def test_a_role_told_of_a_volume_that_is_not_there_stops_saying_why(services, role):
+    missing = services.data_dir.parent / "not-mounted"
+    command = [sys.executable, "-m", "darkroom", "serve", role, "--port", "0"]
+    env = {**services.env, "DARKROOM_STORAGE_VOLUME": str(missing)}
+    child = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert child.returncode == 2, child.stderr
+    assert f"DARKROOM_STORAGE_VOLUME={missing}: no such directory" in child.stderr
+    assert not missing.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 
@@ -92,6 +93,26 @@ def test_a_full_volume_is_507_saying_so(access, small_limits, png):
 def test_storage_for_takes_the_volume_only_when_this_role_mounts_it(config):
     service = service_client(create_app(config, FileImageStore(config.data_dir)), "k", "s:1")
     assert isinstance(storage_for(config, service), StorageClient)
+    (config.data_dir / "volume").mkdir()
     mounted = config.replace(storage_volume=str(config.data_dir / "volume"))
     assert isinstance(storage_for(mounted, service), VolumeStorage)
     assert (config.data_dir / "volume" / "working").is_dir()
+
+
+def test_a_volume_that_is_not_there_or_not_writable_stops_the_role_saying_why(config):
+    service = service_client(create_app(config, FileImageStore(config.data_dir)), "k", "s:1")
+    missing = config.replace(storage_volume=str(config.data_dir / "not-mounted"))
+    with pytest.raises(ValueError, match=r"not-mounted: no such directory; mount the storage"):
+        storage_for(missing, service)
+    assert not (config.data_dir / "not-mounted").exists(), "no folder made in its place"
+    read_only = config.data_dir / "read-only"
+    read_only.mkdir(mode=0o500)
+    try:
+        if os.access(read_only, os.W_OK):  # root writes anywhere: a file stands for the folder
+            read_only.rmdir()
+            read_only.mkdir()
+            (read_only / "working").write_text("not a folder")
+        with pytest.raises(ValueError, match=r"read-only: cannot be used \(.*\); mount the"):
+            storage_for(config.replace(storage_volume=str(read_only)), service)
+    finally:
+        read_only.chmod(0o700)

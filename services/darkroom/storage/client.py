@@ -150,7 +150,22 @@ class VolumeStorage:
 
 
 def storage_for(config: Config, service: ServiceClient) -> Storage:
-    """On the volume when this role mounts it (``storage_volume``), else through ``service``."""
-    if config.storage_volume:
-        return VolumeStorage(FileImageStore(Path(config.storage_volume)), folder_limits(config))
-    return StorageClient(service)
+    """On the volume when this role mounts it (``storage_volume``), else through ``service``.
+
+    A volume that is not there, or not this role's to write, stops the role at its start with
+    the reason (ValueError: a configuration error): a folder made in its place would hold
+    uploads that no worker sees.
+    """
+    if not config.storage_volume:
+        return StorageClient(service)
+    root = Path(config.storage_volume)
+    advice = "mount the storage's volume there, or set it empty to reach the storage's API"
+    if not root.is_dir():
+        raise ValueError(f"DARKROOM_STORAGE_VOLUME={root}: no such directory; {advice}")
+    try:
+        store = FileImageStore(root)
+    except OSError as exc:
+        raise ValueError(
+            f"DARKROOM_STORAGE_VOLUME={root}: cannot be used ({exc}); {advice}"
+        ) from exc
+    return VolumeStorage(store, folder_limits(config))

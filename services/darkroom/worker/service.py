@@ -220,6 +220,7 @@ class LoopThreads:
 
 def run(config: Config) -> None:
     runtime = Runtime(config, "worker")
+    storage_for(config, runtime.client("storage"))  # a volume it cannot use stops it here, once
     count = loop_count(config)
     registry = CollectorRegistry()
     loops: LoopProcesses | LoopThreads
