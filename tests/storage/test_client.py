@@ -10,7 +10,7 @@ import pytest
 from darkroom.contract.errors import ServiceError, ServiceNotFound
 from darkroom.contract.folders import Folder, result_version
 from darkroom.core.ids import new_task_id
-from darkroom.core.imagefiles import FileImageStore
+from darkroom.core.imagefiles import TEMP_PREFIX, FileImageStore
 from darkroom.storage.app import create_app
 from darkroom.storage.client import Storage, StorageClient, VolumeStorage, storage_for
 from support.inprocess import STORAGE_ACCESS, service_client, storage_by
@@ -95,8 +95,12 @@ def test_storage_for_takes_the_volume_only_when_this_role_mounts_it(config):
     assert isinstance(storage_for(config, service), StorageClient)
     (config.data_dir / "volume").mkdir()
     mounted = config.replace(storage_volume=str(config.data_dir / "volume"))
+    leftover = config.data_dir / "volume" / "working" / f"{TEMP_PREFIX}crashed"
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"partial")
     assert isinstance(storage_for(mounted, service), VolumeStorage)
-    assert (config.data_dir / "volume" / "working").is_dir()
+    assert (config.data_dir / "volume" / "finished").is_dir()
+    assert leftover.exists(), "the storage's start and sweeps remove leftovers, not this role's"
 
 
 def test_a_volume_that_is_not_there_or_not_writable_stops_the_role_saying_why(config):

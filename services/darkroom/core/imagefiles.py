@@ -150,12 +150,20 @@ class ImageStore(Protocol):
 
 
 class FileImageStore:
-    def __init__(self, root: Path, clock: Callable[[], float] = time.time) -> None:
+    """The images under ``root``. A storage process starting removes the leftovers of crashed
+    uploads (``remove_leftovers``), a listing of both folders; a master or worker that only
+    reaches the volume leaves that to the storage (its start and its sweeps), so that its own
+    start, and each loop process's, does not list a volume of millions of files."""
+
+    def __init__(
+        self, root: Path, clock: Callable[[], float] = time.time, remove_leftovers: bool = True
+    ) -> None:
         self._root = root
         self._clock = clock
         for folder in Folder:
             make_private_directory(root / folder)
-        self.remove_partial_uploads()
+        if remove_leftovers:
+            self.remove_partial_uploads()
 
     def _path(self, folder: Folder, task_id: str, version: str | None) -> Path:
         # Both are validated by the API too; checking here keeps every path inside the root.

@@ -163,7 +163,7 @@ def storage_for(config: Config, service: ServiceClient) -> Storage:
     if not root.is_dir():
         raise ValueError(f"DARKROOM_STORAGE_VOLUME={root}: no such directory; {advice}")
     try:
-        store = FileImageStore(root)
+        store = FileImageStore(root, remove_leftovers=False)  # the storage's to do
     except OSError as exc:
         raise ValueError(
             f"DARKROOM_STORAGE_VOLUME={root}: cannot be used ({exc}); {advice}"
