@@ -249,10 +249,14 @@ def store_image(
     task_id: str,
     chunks: Iterator[bytes],
     version: str | None = None,
+    size: int | None = None,
 ) -> int:
     """Write an image within its folder's limit: its size; the storage's answers as errors
-    (413 past the limit, 507 when the volume is full), for every way the volume is reached."""
+    (413 past the limit, 507 when the volume is full), for every way the volume is reached.
+    A ``size`` given (a Content-Length) past the limit is refused before a byte is written."""
     limit = limits[folder]
+    if size is not None and size > limit:
+        raise image_too_large(limit)
     try:
         return store.write(folder, task_id, chunks, limit, version)
     except TooLarge as exc:

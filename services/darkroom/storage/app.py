@@ -12,7 +12,6 @@ from darkroom.core.imagefiles import (
     ImageStore,
     StoredImage,
     folder_limits,
-    image_too_large,
     open_image,
     store_image,
     unknown_image,
@@ -49,10 +48,9 @@ class Images:
 
     def on_post_send(self, req: falcon.Request, resp: falcon.Response) -> None:
         task_id, folder = require_task_id(req), _folder(req)
-        if (req.content_length or 0) > self._max_bytes[folder]:
-            raise image_too_large(self._max_bytes[folder])
         chunks = iter_chunks(req.bounded_stream)
-        store_image(self._store, self._max_bytes, folder, task_id, chunks, _version(req))
+        version, size = _version(req), req.content_length
+        store_image(self._store, self._max_bytes, folder, task_id, chunks, version, size)
         resp.status = falcon.HTTP_201
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = "success"

@@ -23,7 +23,6 @@ from darkroom.core.imagefiles import (
     ImageAnswer,
     ImageStore,
     folder_limits,
-    image_too_large,
     open_image,
     store_image,
 )
@@ -130,10 +129,8 @@ class VolumeStorage:
         size: int | None = None,
         version: str | None = None,
     ) -> None:
-        if size is not None and size > self._limits[folder]:  # refused before a byte is written
-            raise image_too_large(self._limits[folder])
         chunks = iter([body] if isinstance(body, bytes) else body)
-        store_image(self._store, self._limits, folder, task_id, chunks, version)
+        store_image(self._store, self._limits, folder, task_id, chunks, version, size)
 
     def open(self, folder: Folder, task_id: str, version: str | None = None) -> FileAnswer:
         return FileAnswer(open_image(self._store, folder, task_id, version))
