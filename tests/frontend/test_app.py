@@ -34,7 +34,6 @@ from darkroom.contract.pipeline import (
 )
 from darkroom.core.discovery import ServiceClient, ServiceLocator
 from darkroom.core.ids import new_task_id
-from darkroom.core.imagefiles import FileImageStore
 from darkroom.core.transport import Transport
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient, DatabaseLeases
@@ -42,12 +41,10 @@ from darkroom.database.service import open_store
 from darkroom.frontend.app import MAX_OP_BYTES, POLL_SLICE_SECONDS, create_app
 from darkroom.master.app import create_app as create_master_app
 from darkroom.master.client import MasterClient
-from darkroom.storage.app import create_app as create_storage_app
-from darkroom.storage.client import StorageClient
 from darkroom.worker.loop import TaskLoop
 from darkroom.worker.operations import ImageRejected, ProcessingSettings, process_image
 from support.images import decode, encode, png_bytes
-from support.inprocess import StaticRegistry, service_client
+from support.inprocess import StaticRegistry, service_client, storage_by
 from support.processes import wait_until
 from support.recording import Recorded, RecordingServer
 from support.sse import events_in
@@ -59,8 +56,7 @@ def system(config):
     settings = ProcessingSettings()
     tasks = open_store(config)
     database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
-    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
-    storage = StorageClient(service_client(storage_app, "storageAddress", "storage:2"))
+    storage = storage_by("api", config)
     master_app = create_master_app(
         config,
         DatabaseClient(database),

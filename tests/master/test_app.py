@@ -269,9 +269,8 @@ class CountingApp:
 def counted_master(config, tasks) -> tuple[testing.TestClient, CountingApp]:
     database_app = CountingApp(create_database_app(config, tasks))
     database = service_client(database_app, "databaseAddress", "db:1")
-    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
-    storage = service_client(storage_app, "storageAddress", "storage:2")
-    app = create_app(config, DatabaseClient(database), StorageClient(storage), check_pipeline)
+    storage = storage_by("api", config)
+    app = create_app(config, DatabaseClient(database), storage, check_pipeline)
     return testing.TestClient(app), database_app
 
 
@@ -562,8 +561,7 @@ def following(config, tasks):
     database = DatabaseClient(
         service_client(create_database_app(config, counted), "databaseAddress", "db:1")
     )
-    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
-    storage = StorageClient(service_client(storage_app, "storageAddress", "storage:2"))
+    storage = storage_by("api", config)
     finished = FinishedTasks(config.retention_seconds)
     stop = threading.Event()
     unfinished = UnfinishedTasks(database, finished, stop, wait_seconds=1)

@@ -10,16 +10,13 @@ from falcon import testing
 
 from darkroom.contract.errors import ServiceUnavailable
 from darkroom.contract.folders import result_version
-from darkroom.core.imagefiles import FileImageStore
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
 from darkroom.master.app import create_app
 from darkroom.master.events import EventStreamPolicy, EventStreams
-from darkroom.storage.app import create_app as create_storage_app
-from darkroom.storage.client import StorageClient
 from master.test_app import check_pipeline
-from support.inprocess import service_client
+from support.inprocess import service_client, storage_by
 from support.sse import events_in, messages
 
 FAST = EventStreamPolicy(keepalive_seconds=0.05, max_stream_seconds=0.5, max_streams=1)
@@ -37,11 +34,8 @@ STAGES = [
 def app(config):
     tasks = open_store(config)
     database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
-    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
-    storage = service_client(storage_app, "storageAddress", "storage:2")
-    return create_app(
-        config, DatabaseClient(database), StorageClient(storage), check_pipeline, event_streams=FAST
-    )
+    storage = storage_by("api", config)
+    return create_app(config, DatabaseClient(database), storage, check_pipeline, event_streams=FAST)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from falcon import testing
 from darkroom.contract.pipeline import InvalidPipeline, PipelineLimits, preset_name
 from darkroom.core.config import Config
 from darkroom.core.discovery import RegistryClient, ServiceLocator
-from darkroom.core.imagefiles import FileImageStore
 from darkroom.core.transport import Transport
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
@@ -17,9 +16,7 @@ from darkroom.master.app import create_app
 from darkroom.master.presets import PipelineResolver
 from darkroom.registry.app import create_app as create_registry_app
 from darkroom.registry.store import FileKeyValueStore
-from darkroom.storage.app import create_app as create_storage_app
-from darkroom.storage.client import StorageClient
-from support.inprocess import InProcessPool, service_client
+from support.inprocess import InProcessPool, service_client, storage_by
 
 LIMITS = PipelineLimits(max_image_pixels=Config.max_image_pixels)
 
@@ -56,12 +53,9 @@ def master(config, locator: ServiceLocator, presets_only: bool = False) -> testi
     database = service_client(
         create_database_app(config, open_store(config)), "databaseAddress", "db:1"
     )
-    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
-    storage = service_client(storage_app, "storageAddress", "storage:2")
+    storage = storage_by("api", config)
     resolver = PipelineResolver(locator.value, LIMITS, presets_only=presets_only)
-    return testing.TestClient(
-        create_app(config, DatabaseClient(database), StorageClient(storage), resolver)
-    )
+    return testing.TestClient(create_app(config, DatabaseClient(database), storage, resolver))
 
 
 @pytest.mark.parametrize(

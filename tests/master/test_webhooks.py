@@ -16,7 +16,6 @@ from falcon import testing
 from prometheus_client import CollectorRegistry
 
 from darkroom.contract.folders import result_version
-from darkroom.core.imagefiles import FileImageStore
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
 from darkroom.database.service import open_store
@@ -30,9 +29,7 @@ from darkroom.master.webhooks import (
     WebhookSettings,
     retry_delay,
 )
-from darkroom.storage.app import create_app as create_storage_app
-from darkroom.storage.client import StorageClient
-from support.inprocess import service_client
+from support.inprocess import service_client, storage_by
 from support.receiver import Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"a test secret of 24 bytes").decode()
@@ -106,11 +103,8 @@ def guard(config, names) -> WebhookGuard:
 
 @pytest.fixture
 def client(config, database, guard) -> testing.TestClient:
-    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
-    storage = service_client(storage_app, "storageAddress", "storage:2")
-    app = create_app(
-        config, database, StorageClient(storage), lambda text: text or "swap", webhooks=guard
-    )
+    storage = storage_by("api", config)
+    app = create_app(config, database, storage, lambda text: text or "swap", webhooks=guard)
     return testing.TestClient(app)
 
 
@@ -206,12 +200,8 @@ def test_a_bad_or_refused_webhook_is_refused_at_upload(client, tasks, png, url, 
 
 
 def test_a_webhook_without_a_secret_is_refused_saying_so(config, database, png):
-    storage = service_client(
-        create_storage_app(config, FileImageStore(config.data_dir)), "storageAddress", "s:2"
-    )
-    app = create_app(
-        config.replace(webhook_secret=""), database, StorageClient(storage), lambda t: t or "swap"
-    )
+    storage = storage_by("api", config)
+    app = create_app(config.replace(webhook_secret=""), database, storage, lambda t: t or "swap")
     result = testing.TestClient(app).simulate_post(
         "/new", body=png, params={"webhook": "https://hooks.example/"}
     )
@@ -371,12 +361,8 @@ def test_the_loops_deliver_in_the_background_and_stop(
 
 def test_the_masters_metrics_show_the_delivery_figures(config, database, registry):
     WebhookMetrics(registry)
-    storage = service_client(
-        create_storage_app(config, FileImageStore(config.data_dir)), "storageAddress", "s:2"
-    )
-    app = create_app(
-        config, database, StorageClient(storage), lambda text: text or "swap", registry=registry
-    )
+    storage = storage_by("api", config)
+    app = create_app(config, database, storage, lambda text: text or "swap", registry=registry)
     scraped = testing.TestClient(app).simulate_get("/metrics").text
     assert 'darkroom_webhook_attempts_total{result="failed"} 0.0' in scraped
     assert 'darkroom_webhook_deliveries_ended_total{outcome="given_up"} 0.0' in scraped

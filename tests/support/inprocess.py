@@ -120,8 +120,7 @@ def master_side(config: Config, tasks: SqliteTaskStore | None = None) -> MasterS
     if tasks is None:
         tasks = SqliteTaskStore(config.data_dir / "tasks.sqlite3", LeasePolicy(lease_seconds=5))
     database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
-    storage_app = create_storage_app(config, FileImageStore(config.data_dir))
-    storage = StorageClient(service_client(storage_app, "storageAddress", "storage:2"))
+    storage = storage_by("api", config)
     master_app = create_master_app(
         config, DatabaseClient(database), storage, check_pipeline=lambda text: text or "swap"
     )
