@@ -196,6 +196,54 @@ def test_a_file_failing_elsewhere_is_not_blamed_on_an_optional_chunks_crc() -> N
         run(data[: data.index(b"IDAT") + 200], "png")
 
 
+def _cut_after_image_data(kind: bytes, data: bytes) -> bytes:
+    """A grey PNG whose file ends halfway through a ``kind`` chunk after its image data."""
+    whole = png([[0, 50, 100, 250], [9, 8, 7, 6]], 8, GREY)
+    end = whole.index(b"IEND") - 4
+    return whole[:end] + chunk(kind, data)[: 8 + len(data) // 2]
+
+
+@pytest.mark.parametrize("kind", [b"tEXt", b"IDAT"], ids=["text-chunk", "empty-idat-header"])
+def test_a_file_cut_off_after_its_image_data_is_read_with_a_note(kind: bytes) -> None:
+    # A download cut short in the chunks after the pixels (Pillow's truncated_end_chunk.png is
+    # a second IDAT header): libpng and libvips read it; Pillow refused the whole image.
+    data = _cut_after_image_data(kind, b"Comment\x00" + b"x" * 40)
+    notes: list[str] = []
+    destination = io.BytesIO()
+    process_image(io.BytesIO(data), destination, "png", SETTINGS, notes=notes)
+    result = Image.open(destination)
+    assert [[result.getpixel((x, y)) for x in range(4)] for y in range(2)] == [
+        [0, 50, 100, 250],
+        [9, 8, 7, 6],
+    ]
+    name = kind.decode()
+    assert notes == [
+        f"skipped the {name} chunk cut off by the end of the file, after the image data"
+    ]
+
+
+def test_a_file_cut_off_inside_its_image_data_is_still_refused() -> None:
+    samples = [[(x * y) % 256 for x in range(64)] for y in range(64)]
+    whole = png(samples, 8, GREY)
+    data = whole[: whole.index(b"IDAT") + 100]
+    with pytest.raises(ImageRejected, match=r"PNG file \(truncated in the IDAT chunk\)"):
+        run(data, "png")
+
+
+def test_an_animation_cut_off_after_its_first_frame_gives_its_still_image() -> None:
+    # An APNG cut in a later frame: its animation is what cannot be read, not its still image.
+    frames = [Image.new("L", (4, 2), level) for level in (10, 200, 90)]
+    animated = encode(frames[0], "PNG", save_all=True, append_images=frames[1:]).getvalue()
+    cut = animated[: animated.rindex(b"fdAT") + 6]
+    notes: list[str] = []
+    destination = io.BytesIO()
+    process_image(io.BytesIO(cut), destination, "png", SETTINGS, notes=notes)
+    result = Image.open(destination)
+    assert not getattr(result, "is_animated", False)
+    assert result.convert("L").getpixel((0, 0)) == 10
+    assert notes == ["still image only: its frames cannot be read (Truncated File Read)"]
+
+
 def test_a_sound_png_has_no_warnings() -> None:
     opened = open_image(io.BytesIO(png([[1, 2]], 8, GREY)), SETTINGS)
     opened.decode()

@@ -97,10 +97,6 @@ DIFFERS = {
 }
 # Darkroom refuses what libvips reads, and why.
 REFUSED = {
-    "pillow/truncated_end_chunk.png": (
-        "cut off in a chunk after its image data, before IEND: refused as truncated, as every "
-        "truncated file is"
-    ),
     "pillow/decompression_bomb_extents.gif": (
         "a frame's extents make the image larger than the pixel limit"
     ),

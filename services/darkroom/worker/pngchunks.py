@@ -5,7 +5,8 @@ Pillow refuses a whole PNG when an optional (ancillary) chunk is malformed, for 
 the PNG specification lets a decoder ignore such a chunk (libpng, and so browsers and libvips,
 warn and discard it). ``TolerantPngStream`` skips it and notes why; ``find_png_fault`` walks a PNG
 that failed to decode chunk by chunk and names the first fault (bad signature, truncated, bad
-CRC), which Pillow's own messages often do not.
+CRC), which Pillow's own messages often do not. ``TolerantPngImageFile`` reads a file cut off
+after its image data, in a chunk before IEND, as libpng does: the pixels are all there.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import struct
 import zlib
 from typing import BinaryIO
 
-from PIL import PngImagePlugin
+from PIL import Image, PngImagePlugin
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Failures of Pillow's chunk readers on malformed content. Not EOFError (the end of the chunks)
@@ -38,6 +39,12 @@ class TolerantPngStream(PngImagePlugin.PngStream):
         # Set while an APNG's frames are read: a fault in its animation chunks then propagates,
         # and the animation gives way to the still image (``codec.AnimationUnreadable``).
         self.animating = False
+        self.last_chunk = ""  # the name of the chunk read last, for a note about it
+
+    def read(self) -> tuple[bytes, int, int]:
+        cid, pos, length = super().read()
+        self.last_chunk = cid.decode("ascii", "replace")
+        return cid, pos, length
 
     def call(self, cid: bytes, pos: int, length: int) -> bytes:
         if not _is_ancillary(cid):
@@ -94,9 +101,34 @@ def _read_chunk_crcs(fp: BinaryIO, cid: bytes, length: int) -> tuple[int | None,
     return crc, struct.unpack(">I", stored)[0] if len(stored) == 4 else None
 
 
+class TolerantPngImageFile(PngImagePlugin.PngImageFile):
+    """Pillow's PNG image, whose still image survives a file cut off after its image data."""
+
+    def load_end(self) -> None:
+        """Read the chunks after the image data. A file that ends inside one of them (a
+        download or a write cut short) still has every pixel: the chunk is noted and left out,
+        as libpng and libvips do, where Pillow refuses the whole image."""
+        stream = self.png
+        try:
+            super().load_end()
+        except OSError:  # Pillow's short read ("Truncated File Read")
+            # An APNG's next frame is read on from here: its fault is the animation's.
+            if self.is_animated or not isinstance(stream, TolerantPngStream):
+                raise
+            stream.skipped.append(
+                f"skipped the {stream.last_chunk} chunk cut off by the end of the file, after"
+                " the image data"
+            )
+            self._text = stream.im_text
+            stream.close()
+            self.png = None
+
+
 def use_tolerant_png_reader() -> None:
-    """Make Pillow's PNG reader use ``TolerantPngStream`` (PngImageFile looks the name up)."""
+    """Make Pillow read PNGs with ``TolerantPngImageFile`` and ``TolerantPngStream`` (its
+    PngImageFile looks the stream's name up)."""
     PngImagePlugin.PngStream = TolerantPngStream  # type: ignore[misc]
+    Image.register_open(TolerantPngImageFile.format, TolerantPngImageFile, PngImagePlugin._accept)
 
 
 def find_png_fault(source: BinaryIO) -> str | None:
