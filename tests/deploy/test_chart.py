@@ -139,6 +139,30 @@ STORAGE_RWX: dict[str, Any] = {
 STORAGE_MOUNTED: dict[str, Any] = {
     "storage": {"persistence": {"accessMode": "ReadWriteMany"}, "mountInMasterAndWorker": True},
 }
+# On a ReadWriteOnce claim (kind's default class): on the storage pod's node, beside the
+# user's own affinity.
+ZONE_AFFINITY: dict[str, Any] = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {
+                    "matchExpressions": [
+                        {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}
+                    ]
+                }
+            ]
+        }
+    },
+    "podAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "zone"}
+        ]
+    },
+}
+STORAGE_MOUNTED_ONE_NODE: dict[str, Any] = {
+    "affinity": ZONE_AFFINITY,
+    "storage": {"mountInMasterAndWorker": True},
+}
 KEDA: dict[str, Any] = {
     "metrics": {"serviceMonitor": {"enabled": True}},
     "worker": {
@@ -176,6 +200,7 @@ SCENARIOS = {
     "postgresql-cnpg": POSTGRESQL_CNPG,
     "storage-rwx": STORAGE_RWX,
     "storage-mounted": STORAGE_MOUNTED,
+    "storage-mounted-one-node": STORAGE_MOUNTED_ONE_NODE,
     "keda": KEDA,
     "webhooks": WEBHOOKS,
     "webhooks-custom": WEBHOOKS_CUSTOM,
@@ -985,6 +1010,31 @@ def test_the_master_and_worker_can_mount_the_storages_claim() -> None:
         assert all(v["name"] != "images" for v in spec["volumes"])
 
 
+def _affinity(objects: list[dict[str, Any]], role: str) -> dict[str, Any] | None:
+    return named(objects, "Deployment", f"darkroom-{role}")["spec"]["template"]["spec"].get(
+        "affinity"
+    )
+
+
+def test_on_a_readwriteonce_claim_the_master_and_worker_go_to_the_storage_pods_node() -> None:
+    objects = render(STORAGE_MOUNTED_ONE_NODE)
+    storage_pods = named(objects, "Deployment", "darkroom-storage")["spec"]["selector"]
+    same_node = {"labelSelector": storage_pods, "topologyKey": "kubernetes.io/hostname"}
+    for role in ("master", "worker"):
+        affinity = _affinity(objects, role)
+        assert affinity["nodeAffinity"] == ZONE_AFFINITY["nodeAffinity"]
+        required = affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert required == [
+            *ZONE_AFFINITY["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"],
+            same_node,
+        ]
+    for role in ("registry", "database", "storage", "frontend"):  # the user's affinity alone
+        assert _affinity(objects, role) == ZONE_AFFINITY
+    # on a ReadWriteMany claim, and by default, no pod is tied to another's node
+    for values in (STORAGE_MOUNTED, {}):
+        assert all(_affinity(render(values), role) is None for role in ("master", "worker"))
+
+
 def test_keda_scaled_object_scales_the_workers_on_the_queue() -> None:
     objects = render(KEDA)
     (scaled,) = of_kind(objects, "ScaledObject")
@@ -1067,19 +1117,12 @@ def test_keda_query_counts_the_tasks_the_database_exports(tmp_path: Path) -> Non
             "at '/storage/persistence/enabled': value must be true",
         ),
         (["storage.persistence.accessMode=ReadOnlyMany"], "/storage/persistence/accessMode"),
-        # the master and worker mount the storage's claim on any node: ReadWriteMany only
+        # the master and worker mount the storage's claim: there must be one
         (
-            ["storage.mountInMasterAndWorker=true"],
-            "at '/storage/persistence/accessMode': value must be 'ReadWriteMany'",
-        ),
-        (
-            [
-                "storage.mountInMasterAndWorker=true",
-                "storage.persistence.accessMode=ReadWriteMany",
-                "storage.persistence.enabled=false",
-            ],
+            ["storage.mountInMasterAndWorker=true", "storage.persistence.enabled=false"],
             "at '/storage/persistence/enabled': value must be true",
         ),
+        (["affinity.podAfinity.x=1"], "additional properties 'podAfinity'"),
         (["database.persistence.accessMode=ReadWriteMany"], "additional properties 'accessMode'"),
         # KEDA: not beside the CPU autoscaler, and it needs a Prometheus to ask
         (

@@ -361,8 +361,18 @@ volume, and Recreate unless its state is shared).
 {{- $isRegistry := eq $role "registry" }}
 {{- /* The storage's ReadWriteMany claim, mounted by the master and the worker too. */}}
 {{- $imagesClaim := "" }}
+{{- $affinity := deepCopy ($root.Values.affinity | default dict) }}
 {{- if and (has $role (list "master" "worker")) $root.Values.storage.mountInMasterAndWorker }}
 {{- $imagesClaim = include "darkroom.dataClaim" (dict "root" $root "role" "storage") }}
+{{- if ne $root.Values.storage.persistence.accessMode "ReadWriteMany" }}
+{{- /* A ReadWriteOnce claim mounts on one node only: these pods go to the storage pod's. */}}
+{{- $storagePods := include "darkroom.selectorLabels" (dict "root" $root "role" "storage") | fromYaml }}
+{{- $sameNode := dict "labelSelector" (dict "matchLabels" $storagePods) "topologyKey" "kubernetes.io/hostname" }}
+{{- $podAffinity := get $affinity "podAffinity" | default dict }}
+{{- $required := get $podAffinity "requiredDuringSchedulingIgnoredDuringExecution" | default list }}
+{{- $_ := set $podAffinity "requiredDuringSchedulingIgnoredDuringExecution" (append $required $sameNode) }}
+{{- $_ = set $affinity "podAffinity" $podAffinity }}
+{{- end }}
 {{- end }}
 apiVersion: apps/v1
 kind: Deployment
@@ -436,6 +446,10 @@ spec:
       {{- end }}
       {{- with $root.Values.tolerations }}
       tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $affinity }}
+      affinity:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       containers:
