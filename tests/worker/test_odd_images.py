@@ -13,6 +13,7 @@ import struct
 import threading
 import zlib
 
+import pillow_heif
 import pytest
 from falcon import testing
 from PIL import Image, ImageChops, ImageCms
@@ -327,6 +328,52 @@ def test_16_bit_rgb_steps_move_every_sample_exactly(
     pipeline: str, expected: list[list[tuple[int, ...]]]
 ) -> None:
     assert read_png_samples(process(deep_png(), pipeline))[2] == expected
+
+
+def deep_heif(levels: list[list[tuple[int, ...]]], bits: int) -> bytes:
+    """A lossless ``bits``-bit HEIF of these levels (0 .. 2**bits - 1), written by
+    pillow-heif's encoder from 16-bit samples holding the levels in their high bits."""
+    mode = "RGBA;16" if len(levels[0][0]) == 4 else "RGB;16"
+    samples = [level << (16 - bits) for row in levels for pixel in row for level in pixel]
+    data = struct.pack(f"<{len(samples)}H", *samples)
+    heif = pillow_heif.from_bytes(mode=mode, size=(len(levels[0]), len(levels)), data=data)
+    buffer = io.BytesIO()
+    twelve = pillow_heif.options.SAVE_HDR_TO_12_BIT  # the encoder's choice: 10 or 12 bits
+    pillow_heif.options.SAVE_HDR_TO_12_BIT = bits == 12
+    try:
+        # lossless, and in RGB itself (matrix 0): no rounding through YCbCr
+        heif.save(buffer, quality=-1, chroma=444, matrix_coefficients=0)
+    finally:
+        pillow_heif.options.SAVE_HDR_TO_12_BIT = twelve
+    return buffer.getvalue()
+
+
+# 4x2 pixels of 10-bit levels, the darkest and the brightest among them.
+HEIF_LEVELS = [
+    [(0, 1, 2), (1023, 1023, 1023), (511, 512, 513), (100, 900, 300)],
+    [(3, 1020, 7), (64, 128, 256), (1000, 10, 500), (777, 333, 55)],
+]
+
+
+@pytest.mark.parametrize("bits", [10, 12])
+@pytest.mark.parametrize("alpha", [False, True], ids=["rgb", "rgba"])
+def test_a_10_or_12_bit_heif_keeps_its_depth_in_png(bits: int, alpha: bool) -> None:
+    # pi-heif's Pillow plugin gives 8 bits: 4 or 16 levels of each came out as one
+    top = (1 << bits) - 1
+    levels = [[tuple(v * top // 1023 for v in pixel) for pixel in row] for row in HEIF_LEVELS]
+    if alpha:
+        levels = [[(*pixel, top - 99 * x) for x, pixel in enumerate(row)] for row in levels]
+    sixteen = [[tuple(round(v * 65535 / top) for v in pixel) for pixel in row] for row in levels]
+    data = deep_heif(levels, bits)
+    depth, colour_type, rows = read_png_samples(process(data, "flop"))
+    assert (depth, colour_type) == (16, RGBA if alpha else RGB)
+    assert rows == [row[::-1] for row in sixteen]  # white stays white: 65535
+    # a step that works at 8 bits takes it scaled, not clipped (the white beside black)
+    blurred = Image.open(io.BytesIO(process(data, "blur:0.1")))
+    assert blurred.mode == ("RGBA" if alpha else "RGB")
+    assert min(blurred.getpixel((1, 0))[:3]) >= 250 and max(blurred.getpixel((0, 0))[:3]) <= 5
+    result = Image.open(io.BytesIO(process(data, "resize:8x4,jpeg:95")))
+    assert result.size == (8, 4) and result.mode == "RGB"
 
 
 def test_16_bit_grayscale_weighs_the_channels_at_16_bits() -> None:

@@ -2,14 +2,15 @@
 
 Pillow decodes a 16-bit RGB or RGBA PNG or TIFF to 8 bits per channel (the samples' high bytes)
 and has no 16-bit colour mode to work in. Decoding the file a second time with the rawmode of
-the other byte order gives the low bytes. ``DeepImage`` holds each channel as a mode-``I`` band
-(0..65535). Geometric steps (resize, thumbnail, crop, rotate, flip, flop) run on each band with
-Pillow's 32-bit integer resampling; ``swap`` reorders bands; ``grayscale`` weighs them (ITU-R
-601-2, as Pillow's "L"); ``sharpen`` runs on each colour band as on 16-bit grey (Pillow's
-3x3 kernel, clipped to 16 bits). ``blur`` (Pillow's Gaussian blur takes 8-bit bands only),
-``watermark`` and every output format but PNG take the image reduced to 8 bits, as does
-grayscale with alpha. PNG
-output keeps 16 bits (written here: Pillow cannot). Working memory: 12 to 16 bytes a pixel.
+the other byte order gives the low bytes. pi-heif gives a 10- or 12-bit HEIF's samples as
+16-bit ones when asked (``split_samples``), and its Pillow plugin 8 bits only. ``DeepImage``
+holds each channel as a mode-``I`` band (0..65535). Geometric steps (resize, thumbnail, crop,
+rotate, flip, flop) run on each band with Pillow's 32-bit integer resampling; ``swap`` reorders
+bands; ``grayscale`` weighs them (ITU-R 601-2, as Pillow's "L"); ``sharpen`` runs on each
+colour band as on 16-bit grey (Pillow's 3x3 kernel, clipped to 16 bits). ``blur`` (Pillow's
+Gaussian blur takes 8-bit bands only), ``watermark`` and every output format but PNG take the
+image reduced to 8 bits, as does grayscale with alpha. PNG output keeps 16 bits (written here:
+Pillow cannot). Working memory: 12 to 16 bytes a pixel.
 """
 
 from __future__ import annotations
@@ -92,14 +93,23 @@ def with_rawmode(tiles: list[Any], rawmode: str) -> list[Any]:
     ]
 
 
-def from_bytes(high: Image.Image, low: Image.Image, key: object = None) -> DeepImage:
+def from_bytes(
+    high: Image.Image, low: Image.Image, key: object = None, bits: int = 16
+) -> DeepImage:
     """A DeepImage from two 8-bit decodes of one file: its samples' high bytes and low bytes.
 
     ``key`` is a tRNS key colour (16-bit red, green, blue): pixels of exactly that colour
-    become transparent.
+    become transparent. ``bits`` below 16: the samples hold that many bits in their high bits
+    (a 10- or 12-bit HEIF's); they are stretched to 0..65535, so that the brightest is white.
     """
+    scale = _TOP / (_TOP - ((1 << (16 - bits)) - 1))
+
+    def combined(ops: dict[str, Any]) -> Any:
+        sample = ops["high"] * 256 + ops["low"]
+        return sample if bits == 16 else ops["int"](sample * scale + 0.5)
+
     bands = tuple(
-        ImageMath.lambda_eval(lambda ops: ops["high"] * 256 + ops["low"], high=hi, low=lo)
+        ImageMath.lambda_eval(combined, high=hi, low=lo)
         for hi, lo in zip(high.split(), low.split(), strict=True)
     )
     if high.mode == "RGB" and isinstance(key, tuple) and len(key) == 3:
@@ -115,6 +125,17 @@ def from_bytes(high: Image.Image, low: Image.Image, key: object = None) -> DeepI
         )
         return DeepImage("RGBA", (*bands, opaque))
     return DeepImage(high.mode, bands)
+
+
+def split_samples(
+    mode: str, size: tuple[int, int], data: bytes, stride: int
+) -> tuple[Image.Image, Image.Image]:
+    """The high and the low bytes of interleaved little-endian 16-bit samples (``mode`` "RGB"
+    or "RGBA"), as pi-heif gives a 10- or 12-bit HEIF, each as an 8-bit image."""
+    return (
+        Image.frombytes(mode, size, data, "raw", f"{mode};16L", stride),
+        Image.frombytes(mode, size, data, "raw", f"{mode};16B", stride),
+    )
 
 
 def apply(
