@@ -54,6 +54,13 @@ def test_nothing_to_claim_is_204(client):
     assert client.simulate_post("/getNewTask").status_code == 204
 
 
+def test_a_claim_from_a_client_that_has_gone_leases_nothing(client):
+    task_id = new_queued(client)
+    gone = {"waitress.client_disconnected": lambda: True}  # waitress's own flag
+    assert client.simulate_post("/getNewTask", extras=gone).status_code == 204
+    assert client.simulate_post("/getNewTask").json["id"] == task_id
+
+
 @pytest.mark.parametrize(
     "bad_id", ["1", "-1", "../../etc/passwd", "A" * 21, "A" * 23, "A" * 21 + "!"]
 )

@@ -5,13 +5,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
 
+from harness.metrics import samples, total
 from support.images import decode, noise_png, png_bytes, same_pixels, swapped
 from support.jobs import download, status, upload, wait_state
-from support.processes import Services
+from support.processes import Services, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -168,6 +170,29 @@ def test_sigterm_lets_the_worker_finish_its_task_and_exit(services):
     services.start("worker", concurrency="1")
     wait_state(services, task_id, "finished", timeout=30)
     assert same_pixels(decode(download(services, task_id)), swapped(image))
+
+
+def _loops_running(services: Services) -> bool:
+    text = requests.get(services.url("worker", "/metrics"), timeout=5).text
+    return total(samples(text), "darkroom_worker_loops") >= 2
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_an_idle_worker_stops_at_once_and_its_claims_lease_nothing(services, mode):
+    # Its loops wait in 30 s claims: the worker used to wait them out (a rollout's every pod).
+    for role in ("registry", "database", "storage", "master"):
+        services.start(role, lease_seconds="60")
+    services.start("worker", worker_mode=mode, concurrency="2", claim_wait_seconds="30")
+    wait_until(lambda: _loops_running(services), 10, "the loops running")
+    started = time.monotonic()
+    assert services.stop("worker", signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+    # The database saw the claims' callers go: the next job is not leased to them (it would
+    # wait 60 s for the lease to run out), the next worker takes it at once.
+    task_id = upload(services, png_bytes((5, 5)))
+    services.start("worker", concurrency="1")
+    task = wait_state(services, task_id, "finished", timeout=20)
+    assert task["attempts"] == 1
 
 
 def _routes_answered(services: Services, role: str) -> set[str]:

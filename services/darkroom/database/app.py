@@ -42,6 +42,7 @@ from darkroom.core.errors import disk_full
 from darkroom.core.ids import require_task_id
 from darkroom.core.longpoll import LongPolls
 from darkroom.core.params import state_param, wait_param
+from darkroom.core.streams import client_departed
 from darkroom.database.metrics import QueueCollector
 from darkroom.database.store import (
     Delivery,
@@ -218,7 +219,7 @@ class Tasks:
     def on_post_claim(self, req: falcon.Request, resp: falcon.Response) -> None:
         asked = wait_param(req, self._max_wait)
         with self._long_polls.wait(asked) as wait:
-            task = self._store.claim(wait)
+            task = self._store.claim(wait, client_departed(req))
         if task is None and wait < asked:
             # No slot to wait in: an empty answer now would have the worker ask again at once,
             # over and over; a 503 has it back off (its claims' backoff) instead.

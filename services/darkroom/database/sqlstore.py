@@ -133,7 +133,9 @@ class TaskStore(Protocol):
     def enqueue(self, task_id: str, *, body_sha256: str | None = None) -> Task: ...
     def get(self, task_id: str) -> Task: ...
     def watch(self, task_id: str, while_in: Collection[State], wait_seconds: float) -> Task: ...
-    def claim(self, wait_seconds: float = 0.0) -> Task | None: ...
+    def claim(
+        self, wait_seconds: float = 0.0, departed: Callable[[], bool] = ...
+    ) -> Task | None: ...
     def heartbeat(
         self, task_id: str, lease_token: str, *, stages: Sequence[Stage] = ()
     ) -> Task: ...
@@ -467,12 +469,19 @@ class SqlTaskStore(abc.ABC):
         if data:
             self._mark_changed(task_id)  # its watchers wake once the transaction is committed
 
-    def claim(self, wait_seconds: float = 0.0) -> Task | None:
-        """The oldest queued task, leased to the caller; waits up to ``wait_seconds`` for one."""
+    def claim(
+        self, wait_seconds: float = 0.0, departed: Callable[[], bool] = lambda: False
+    ) -> Task | None:
+        """The oldest queued task, leased to the caller; waits up to ``wait_seconds`` for one.
+
+        None once ``departed`` says the caller has gone (a stopping worker closes its claim):
+        a task leased now would wait for its lease to run out, held by no one."""
         deadline = time.monotonic() + wait_seconds
         while True:
             with self._queue_changed:
                 generation = self._generation
+            if departed():
+                return None
             task = self._claim_once()
             remaining = deadline - time.monotonic()
             if task is not None or remaining <= 0:

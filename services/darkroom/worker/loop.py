@@ -110,6 +110,7 @@ class TaskLoop:
         # Tasks being processed or stored, by id: what a stopping worker gives back.
         self._held: dict[str, _Held] = {}
         self._held_lock = threading.Lock()
+        self._claiming = False  # waiting for a claim's answer (under the lock)
         self._heartbeats = _Heartbeats(tasks, max(lease_seconds / 3, 0.05), self._holding)
 
     def run(self) -> None:
@@ -121,7 +122,7 @@ class TaskLoop:
         with _Finisher() as finisher:
             while not self._stop.is_set():
                 try:
-                    claim = self._tasks.claim(self._claim_wait, self._http_timeout)
+                    claim = self._claim()
                 except Exception as exc:
                     delay = backoff.next()
                     log.warning("claim failed", extra={"error": str(exc), "retry_in": delay})
@@ -134,6 +135,22 @@ class TaskLoop:
                     self._give_back(claim)
                     return
                 self._handle(claim, finisher)
+
+    def _claim(self) -> Claim | None:
+        with self._held_lock:
+            self._claiming = True
+        try:
+            return self._tasks.claim(self._claim_wait, self._http_timeout)
+        finally:
+            with self._held_lock:
+                self._claiming = False
+
+    def idle(self) -> bool:
+        """Whether the loop holds no task and waits for a claim's answer: a stopping worker may
+        end it at once, without waiting out the claim. Its connection closes with it, and the
+        database, seeing its caller gone, leases it nothing (``SqlTaskStore.claim``)."""
+        with self._held_lock:
+            return self._claiming and not self._held
 
     def handle(self, claim: Claim) -> None:
         """Process one claimed task to its end; every outcome is reported to the database."""

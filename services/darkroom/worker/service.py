@@ -50,6 +50,9 @@ from darkroom.worker.stages import StageDone, no_stage
 
 log = logging.getLogger(__name__)
 
+# How often a stopping worker looks whether each loop has finished, or is idle in a claim.
+STOP_POLL_SECONDS = 0.05
+
 
 def loop_count(config: Config) -> int:
     return config.concurrency or os.cpu_count() or 1
@@ -123,11 +126,12 @@ def _loop_process(config: Config, parent_pid: int, held_path: Path) -> None:
 def _drain(loop: TaskLoop, stop: threading.Event, finished: threading.Event, grace: float) -> None:
     """On SIGTERM, stop claiming; a task in hand gets ``grace`` s, then is given back: exit.
 
-    An idle loop is not cut short: its claim, pending at the database, would lease a task to
-    no one. It ends within the claim wait and sees the stop.
+    An idle loop exits at once: its claim, pending at the database, ends with its connection.
     """
     signal.sigwait({signal.SIGTERM})
     stop.set()
+    if loop.idle():
+        os._exit(0)
     if not finished.wait(grace) and loop.give_back_held():
         os._exit(0)  # the task is given back: the processing in the main thread is moot
 
@@ -208,11 +212,13 @@ class LoopThreads:
             thread.start()
 
     def stop(self, grace_seconds: float) -> None:
-        """Stop claiming; give back the tasks still in hand after ``grace_seconds``."""
+        """Stop claiming; give back the tasks still in hand after ``grace_seconds``. Loops
+        waiting for a claim are not waited for: the process's exit ends their claims."""
         self._runtime.stop.set()
         deadline = time.monotonic() + grace_seconds
-        for thread in self._threads:
-            thread.join(max(deadline - time.monotonic(), 0))
+        for loop, thread in zip(self._loops, self._threads, strict=True):
+            while thread.is_alive() and not loop.idle() and time.monotonic() < deadline:
+                thread.join(STOP_POLL_SECONDS)
         for loop, thread in zip(self._loops, self._threads, strict=True):
             if thread.is_alive():
                 loop.give_back_held()
