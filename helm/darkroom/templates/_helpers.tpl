@@ -359,7 +359,7 @@ volume, and Recreate unless its state is shared).
 {{- $shared := and $stateful (include "darkroom.sharedState" .) }}
 {{- $autoscaled := or (dig "autoscaling" "enabled" false $values) (dig "keda" "enabled" false $values) }}
 {{- $isRegistry := eq $role "registry" }}
-{{- /* The storage's ReadWriteMany claim, mounted by the master and the worker too. */}}
+{{- /* The storage's claim, mounted by the master and the worker too (storage.mountInMasterAndWorker). */}}
 {{- $imagesClaim := "" }}
 {{- $affinity := deepCopy ($root.Values.affinity | default dict) }}
 {{- if and (has $role (list "master" "worker")) $root.Values.storage.mountInMasterAndWorker }}

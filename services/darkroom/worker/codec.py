@@ -150,8 +150,6 @@ class SourceImage:
         # 16-bit colour (PNG, TIFF), which Pillow decodes to the samples' high bytes only; an
         # APNG's frames are composed at 8 bits.
         self._low_rawmode = None if self._still_is_a_frame else deep.low_bytes_rawmode(file)
-        # 10- and 12-bit colour HEIF, which pi-heif's Pillow plugin reduces to 8 bits.
-        self._heif_bits = int(file.info.get("bit_depth") or 8) if file.format == "HEIF" else 8
         # Only JPEG decoders shrink on load, and only there is the orientation known before the
         # pixels are read (a PNG's eXIf chunk may follow them).
         self._turned = False
@@ -184,7 +182,7 @@ class SourceImage:
                 image.seek(1)
             image.load()
             low_bytes = self._low_bytes()
-            deep_heif = self._deep_heif() if image.mode in ("RGB", "RGBA") else None
+            deep_heif = self._deep_heif()
             turn = _ORIENTATION_TURNS.get(image.getexif().get(ExifTags.Base.Orientation))
             ImageOps.exif_transpose(image, in_place=True)  # also drops the orientation from XMP
             exif = image.getexif()  # parsed (and cached) by exif_transpose already
@@ -192,9 +190,9 @@ class SourceImage:
             icc = image.info.get("icc_profile")
             working: Image.Image | DeepImage
             if deep_heif is not None:
-                working = (
-                    deep_heif.with_bands(lambda band: band.transpose(turn)) if turn else deep_heif
-                )
+                working = deep_heif
+                if turn is not None:  # FLIP_LEFT_RIGHT is 0
+                    working = deep_heif.with_bands(lambda band: band.transpose(turn))
             elif low_bytes is not None:
                 low_bytes = low_bytes.transpose(turn) if turn is not None else low_bytes
                 working = deep.from_bytes(image, low_bytes, image.info.get("transparency"))
@@ -218,9 +216,12 @@ class SourceImage:
         return again
 
     def _deep_heif(self) -> DeepImage | None:
-        """A 10- or 12-bit colour HEIF at its full depth: decoded again, without pi-heif's
-        reduction to 8 bits (libheif has already turned and mirrored it upright)."""
-        if self._heif_bits <= 8 or self._source is None:
+        """A 10- or 12-bit colour HEIF at its full depth: decoded again, without the reduction
+        to 8 bits of pi-heif's Pillow plugin (libheif has already turned and mirrored it
+        upright). None for any other image (a 16-bit grey HEIF is Pillow's I;16 already)."""
+        file = self._file
+        bits = int(file.info.get("bit_depth") or 8) if file.format == "HEIF" else 8
+        if bits <= 8 or file.mode not in ("RGB", "RGBA") or self._source is None:
             return None
         self._source.seek(self._start)
         heif = pi_heif.open_heif(self._source, convert_hdr_to_8bit=False)
@@ -229,7 +230,7 @@ class SourceImage:
             return None
         high, low = deep.split_samples(mode, heif.size, heif.data, heif.stride)
         del heif  # its 16-bit samples, 6 or 8 bytes a pixel, are not needed past this point
-        return deep.from_bytes(high, low, bits=self._heif_bits)
+        return deep.from_bytes(high, low, bits=bits)
 
     @property
     def warnings(self) -> tuple[str, ...]:
