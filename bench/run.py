@@ -118,6 +118,12 @@ def options(argv: list[str] | None) -> argparse.Namespace:
         help="the master and worker reach the storage through its HTTP API, not on its volume"
         " (darkroom up's default, DARKROOM_STORAGE_VOLUME)",
     )
+    parser.add_argument(
+        "--database-api",
+        action="store_true",
+        help="the master and worker call the database's HTTP API, not its task file"
+        " (darkroom up's default, DARKROOM_DATABASE_DIRECT)",
+    )
     parser.add_argument("--idle-repeats", type=int, help="idle latency samples (20)")
     parser.add_argument("--upload-mb", type=int, help="size of the memory test's upload (200)")
     parser.add_argument("--db-tasks", type=int, help="tasks per database run (1000)")
@@ -223,8 +229,14 @@ def run(args: argparse.Namespace, work: Path, results: dict[str, Any]) -> None:
     if args.storage_api:
         env["DARKROOM_STORAGE_VOLUME"] = ""  # empty: through the storage's API
     access = "through its API" if args.storage_api else "on its volume"
+    if args.database_api:
+        env["DARKROOM_DATABASE_DIRECT"] = "false"
+    tasks = "through its API" if args.database_api else "on its file"
     for workers in sorted(counts):
-        say(f"\ndarkroom up --workers {workers} (the storage's images reached {access})")
+        say(
+            f"\ndarkroom up --workers {workers} (the storage's images reached {access},"
+            f" the database's tasks {tasks})"
+        )
         with BenchedUp(SERVICES, work, workers, env) as system:
             system.wait_workers_idle()
             if workers == ISSUE_WORKERS:

@@ -51,6 +51,8 @@ from harness.up import DarkroomUp
 # What the chaos kills, and how often relative to each other.
 TARGETS = {"loop": 4, "worker": 1, "database": 2, "storage": 2, "master": 2, "registry": 1}
 TEMP_PREFIXES = (".upload-", ".registry-")
+# The folder of the sockets the processes on the task file wake each other with.
+WAKEUPS = "tasks.sqlite3.wakeups"
 # Files `darkroom up` keeps in its data directory besides the image folders.
 EXPECTED_ROOT_FILES = re.compile(
     r"registry\.json|tasks\.sqlite3(-wal|-shm|-journal)?|internal-token"
@@ -654,10 +656,12 @@ def _check_result(
 
 
 def _temporary_files(data_dir: Path) -> list[str]:
+    """Temporary files, and the wake-up sockets of the processes on the task file: after the
+    stop, none (the last store to close removes those a killed process left)."""
     return [
         str(path.relative_to(data_dir))
         for path in data_dir.rglob("*")
-        if path.name.startswith(TEMP_PREFIXES)
+        if path.name.startswith(TEMP_PREFIXES) or path.parent.name == WAKEUPS
     ]
 
 
@@ -672,6 +676,8 @@ def _orphan_files(data_dir: Path, task_ids: set[str]) -> list[str]:
             # a result is ID.VERSION (one per lease that stored one), an upload ID
             if path.name.partition(".")[0] not in task_ids:
                 orphans.append(f"{relative} (no such task)")
+        elif relative.parts[0] == WAKEUPS and len(relative.parts) == 2:
+            continue  # a running process's socket: reported if it outlives the stop
         elif len(relative.parts) != 1 or not EXPECTED_ROOT_FILES.fullmatch(path.name):
             orphans.append(f"{relative} (unexpected)")
     return orphans

@@ -130,6 +130,9 @@ class Supervisor:
         # Every role is on this machine: the master and the worker reach the storage's images
         # on its volume themselves (DARKROOM_STORAGE_VOLUME= set empty: through its API).
         env.setdefault("DARKROOM_STORAGE_VOLUME", str(self._data_dir))
+        # ... and call the database's task file themselves (DARKROOM_DATABASE_DIRECT=false:
+        # through its API).
+        env.setdefault("DARKROOM_DATABASE_DIRECT", "true")
         self._children = {role: Child(role, ports[role], env) for role in ROLES}
         self._stopping = False
 

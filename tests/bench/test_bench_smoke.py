@@ -68,19 +68,30 @@ def test_quick_benchmark_completes_and_prints_the_figures(tmp_path):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("storage_api", [False, True], ids=["on-the-volume", "storage-api"])
-def test_only_runs_the_chosen_workload_and_can_leave_thumbor_out(tmp_path, storage_api):
-    more = ["--storage-api"] if storage_api else []
+@pytest.mark.parametrize(
+    "through_apis", [False, True], ids=["on-the-volume-and-file", "storage-and-database-apis"]
+)
+def test_only_runs_the_chosen_workload_and_can_leave_thumbor_out(tmp_path, through_apis):
+    more = ["--storage-api", "--database-api"] if through_apis else []
     out, results = run_quick(tmp_path, "--only", "thumbnails", "--no-peer", *more)
     assert "thumbor: skipped (--no-peer)" in out
     assert "[skipped] thumbnails: Darkroom jobs/s >= 1.0 x thumbor's requests/s" in out
     assert results["thumbnails"]["verified"] == 8
     assert not {"e2e", "polling", "large", "idle", "memory", "database"} & results.keys()
-    # darkroom up's master and worker reach the images on the volume; --storage-api, by HTTP
-    access = "through its API" if storage_api else "on its volume"
-    assert f"(the storage's images reached {access})" in out
-    storage_requests = results["thumbnails"]["requests_per_job"]["storage"]
-    assert storage_requests == (4.0 if storage_api else 0.0)
+    # darkroom up's master and worker reach the images on the volume and the tasks in their
+    # file; --storage-api and --database-api, by HTTP
+    if through_apis:
+        assert (
+            "(the storage's images reached through its API, the database's tasks through its API)"
+            in out
+        )
+    else:
+        assert (
+            "(the storage's images reached on its volume, the database's tasks on its file)" in out
+        )
+    requests = results["thumbnails"]["requests_per_job"]
+    assert requests["storage"] == (4.0 if through_apis else 0.0)
+    assert (requests["database"] >= 4.0) if through_apis else (requests["database"] == 0.0)
 
 
 def test_the_database_part_measures_postgresql_with_one_and_two_processes(

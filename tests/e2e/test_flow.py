@@ -240,6 +240,32 @@ def test_roles_that_mount_the_storage_volume_need_no_storage_service(services):
     assert ready.status_code == 200, "the storage service is not the master's dependency here"
 
 
+def test_roles_on_the_task_file_run_a_job_with_no_exchange_with_the_database(services):
+    """``DARKROOM_DATABASE_DIRECT`` (what ``darkroom up`` sets): the master and the worker loop
+    processes call the SQLite file themselves; a job's create, enqueue, claim, finish and the
+    master's long poll cost the database role no request, and its own routes still see it."""
+    direct = {"database_direct": "true"}
+    services.start("registry")
+    services.start("database")
+    services.start("storage")
+    services.start("master", **direct)
+    services.start("worker", **direct, concurrency="2")
+    image = png_bytes((9, 9), seed=3)
+    task_id = upload(services, image)
+    ready = requests.get(
+        services.url("master", "/isReady"), params={"id": task_id, "wait": 20}, timeout=30
+    )
+    assert ready.text == "1", "the long poll ends when a worker process finishes the job"
+    assert same_pixels(decode(download(services, task_id)), swapped(image))
+    job_routes = {"/newTask", "/enqueueTask", "/getNewTask", "/finishTask", "/getById"}
+    assert not job_routes & _routes_answered(services, "database")
+    internal = {"Authorization": f"Bearer {services.env['DARKROOM_INTERNAL_TOKEN']}"}
+    listed = requests.get(services.url("database", "/list"), headers=internal, timeout=5).text
+    assert f"{task_id} 2 finished" in listed, "the database role reads what the others wrote"
+    unknown = requests.get(services.url("master", "/status"), params={"id": "A" * 22}, timeout=5)
+    assert unknown.status_code == 404 and unknown.json()["title"] == "Unknown task"
+
+
 @pytest.mark.parametrize("role", ["master", "worker"])
 def test_a_role_told_of_a_volume_that_is_not_there_stops_saying_why(services, role):
     missing = services.data_dir.parent / "not-mounted"

@@ -15,6 +15,7 @@ from darkroom.core.config import Config
 from darkroom.core.imagefiles import FileImageStore
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient
+from darkroom.database.direct import DirectDatabase
 from darkroom.database.service import open_store
 from darkroom.master.app import create_app
 from darkroom.master.finished import RETENTION_MARGIN_SECONDS, FinishedTasks
@@ -34,12 +35,24 @@ def tasks(config):
     return open_store(config)
 
 
+@pytest.fixture(params=["api", "direct"])
+def database_access(request) -> str:
+    """How the master reaches the tasks: the database's app, or a store of its own on the file."""
+    return request.param
+
+
 @pytest.fixture(params=STORAGE_ACCESS)
-def client(config, tasks, request) -> testing.TestClient:
-    """The master over the database's app and the storage, through its app or on its volume."""
-    database = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
+def client(config, tasks, request, database_access) -> testing.TestClient:
+    """The master over the database (its app, or the file itself) and the storage (its app or
+    its volume)."""
+    service = service_client(create_database_app(config, tasks), "databaseAddress", "db:1")
+    database = (
+        DatabaseClient(service)
+        if database_access == "api"
+        else DirectDatabase(service, open_store(config))
+    )
     storage = storage_by(request.param, config)
-    return testing.TestClient(create_app(config, DatabaseClient(database), storage, check_pipeline))
+    return testing.TestClient(create_app(config, database, storage, check_pipeline))
 
 
 def upload(client, body: bytes) -> str:

@@ -17,12 +17,14 @@ from darkroom.core.ids import new_task_id
 from darkroom.core.imagefiles import FileImageStore, Folder
 from darkroom.database.app import create_app as create_database_app
 from darkroom.database.client import DatabaseClient, DatabaseLeases
+from darkroom.database.direct import DirectLeases, leases_for
 from darkroom.database.service import open_store
 from darkroom.database.store import State
 from darkroom.master.app import create_app as create_master_app
 from darkroom.master.client import LeaseLost, MasterClient, TaskWasCancelled
 from darkroom.storage.client import StorageClient
 from darkroom.worker.loop import SPOOL_BYTES, TaskLoop, _Finisher, _read_body
+from harness.launch import wait_until
 from support.inprocess import STORAGE_ACCESS, service_client, storage_by
 
 
@@ -40,16 +42,22 @@ def reverse_bytes(source: BinaryIO, destination: BinaryIO, pipeline: str, **_: o
     return "application/octet-stream"
 
 
-# Darkroom's workers call the database; seed-style workers the master's routes, which relay.
+# Darkroom's workers call the database, or its task file themselves (a store of their own on
+# it, as a loop process has: "direct"); seed-style workers the master's routes, which relay.
 LEASE_ROUTES = {
-    "database": lambda database, master_app: DatabaseLeases(database),
-    "master": lambda database, master_app: MasterClient(
+    "database": lambda config, database, master_app: DatabaseLeases(database),
+    "direct": lambda config, database, master_app: DirectLeases(
+        database, open_store(config), threading.Event()
+    ),
+    "master": lambda config, database, master_app: MasterClient(
         service_client(master_app, "masterAddress", "master:3")
     ),
 }
 
 
-@pytest.fixture(params=[("database", "api"), ("master", "api"), ("database", "volume")])
+@pytest.fixture(
+    params=[("database", "api"), ("master", "api"), ("database", "volume"), ("direct", "volume")]
+)
 def system(config, request):
     lease_route, storage_access = request.param
     return build_system(config, FileImageStore(config.data_dir), lease_route, storage_access)
@@ -64,7 +72,7 @@ def build_system(
     master_app = create_master_app(
         config, DatabaseClient(database), storage, check_pipeline=lambda text: text or "swap"
     )
-    leases = LEASE_ROUTES[lease_route](database, master_app)
+    leases = LEASE_ROUTES[lease_route](config, database, master_app)
     stop = threading.Event()
     loop = TaskLoop(leases, storage, reverse_bytes, Rejected, 0, 5, 5, stop)
     api = MasterClient(service_client(master_app, "masterAddress", "master:3"))  # clients' routes
@@ -139,7 +147,7 @@ def test_storage_outage_is_retried(system, config):
 
 def test_a_lost_lease_is_a_conflict_the_loop_leaves_alone(system):
     tasks, storage, leases, loop, _ = system
-    route = "database" if isinstance(leases, DatabaseLeases) else "master"
+    route = "master" if isinstance(leases, MasterClient) else "database"
     task_id = submit(tasks, storage, b"\x89PNG-abc")
     claim = leases.claim(0, 5)
     stolen = dataclasses.replace(claim, lease="someone-else")
@@ -558,3 +566,28 @@ def test_an_error_of_the_step_in_the_background_is_raised_by_the_loop():
     with pytest.raises(RuntimeError, match="bug"), _Finisher() as finisher:
         finisher.run(lambda: 1 / 1)
         finisher.run(lambda: (_ for _ in ()).throw(RuntimeError("bug")))
+
+
+def test_a_loop_on_postgresql_itself_hands_its_finish_to_the_database_roles_feed(
+    config, postgres_url
+):
+    """``DARKROOM_DATABASE_DIRECT`` with ``DARKROOM_DATABASE_URL``: the loop's own store on
+    PostgreSQL claims and finishes; the database role's store (another replica) has the end in
+    its feed, as a master following it needs."""
+    on_postgresql = dataclasses.replace(config, database_url=postgres_url, database_direct=True)
+    database_store = open_store(on_postgresql)
+    leases = leases_for(on_postgresql, None, threading.Event())
+    storage = storage_by("volume", config)
+    loop = TaskLoop(leases, storage, reverse_bytes, Rejected, 0, 5, 5, threading.Event())
+    try:
+        start = database_store.ended(None, 0)
+        task_id = submit(database_store, storage, b"\x89PNG-abc")
+        claim_and_handle(leases, loop)
+        assert database_store.get(task_id).state == State.FINISHED
+        ended = wait_until(
+            lambda: database_store.ended(start.epoch, start.position).ended, 10, "the end"
+        )
+        assert [each.task_id for each in ended] == [task_id]
+    finally:
+        loop.close()
+        database_store.close()

@@ -46,6 +46,10 @@ class Config:
     # the database role's tasks in PostgreSQL (a libpq URL, postgresql://user:pw@host/db);
     # empty: in SQLite, DATA_DIR/tasks.sqlite3
     database_url: str = dataclasses.field(default="", repr=False)
+    # the master and the workers call the task store in their own processes, not through the
+    # database's API: on the SQLite file in DATA_DIR (one machine: darkroom up sets it), or on
+    # PostgreSQL at DATABASE_URL; the database role still sweeps and serves its other routes
+    database_direct: bool = False
     # PostgreSQL connections each database process keeps at most: a request waits up to 2 s
     # for one, then answers 503. Replicas x this must stay under the server's max_connections
     # (100 by default), less what else connects.

@@ -90,6 +90,9 @@ class TaskLeases:
     def release(self, claim: Claim) -> None:
         self._post(self._routes.release, {"id": claim.task_id, "lease": claim.lease}).close()
 
+    def close(self) -> None:
+        """Nothing to close over HTTP (a store of the worker's own is closed)."""
+
 
 def _with_stages(params: dict[str, Any], stages: Sequence[Stage]) -> dict[str, Any]:
     """``params`` with the ``stages`` parameter when there are any."""

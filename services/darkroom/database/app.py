@@ -6,7 +6,6 @@ import datetime
 import logging
 import math
 import re
-import sqlite3
 from typing import Any
 
 import falcon
@@ -18,13 +17,10 @@ from darkroom.contract.limits import (
     IDEMPOTENCY_KEY_DESCRIPTION,
     IDEMPOTENCY_KEY_PATTERN,
     MAX_ERROR_LENGTH,
-    MAX_NOTE_LENGTH,
-    MAX_NOTES,
     MAX_PIPELINE_CHARS,
     SHA256_HEX_PATTERN,
 )
 from darkroom.contract.tasks import (
-    TASK_CANCELLED_TITLE,
     IdempotencyKeyUsed,
     TaskState,
     waited_through,
@@ -38,20 +34,17 @@ from darkroom.contract.webhooks import (
 )
 from darkroom.core.app import create_base_app
 from darkroom.core.config import Config
-from darkroom.core.errors import disk_full
 from darkroom.core.ids import require_task_id
 from darkroom.core.longpoll import LongPolls
 from darkroom.core.params import state_param, wait_param
 from darkroom.core.streams import client_departed
+from darkroom.database.answers import STORE_ERRORS, answer_for, kept_notes, kept_text
 from darkroom.database.metrics import QueueCollector
 from darkroom.database.store import (
     Delivery,
     StoreUnavailable,
     Task,
-    TaskCancelled,
-    TaskConflict,
     TaskEvent,
-    TaskNotFound,
     TaskStore,
 )
 
@@ -160,12 +153,6 @@ def _kept_text(req: falcon.Request, name: str, title: str, limit: int) -> str | 
     return value
 
 
-def _text(value: str) -> str:
-    """A worker's free text (an error, a note) as every store keeps it: PostgreSQL's text
-    holds no NUL character, so none is kept (they say nothing to a reader anyway)."""
-    return value.replace("\x00", "").strip()
-
-
 def _success(resp: falcon.Response) -> None:
     resp.content_type = falcon.MEDIA_TEXT
     resp.text = "success"
@@ -236,15 +223,14 @@ class Tasks:
     def on_post_finish(self, req: falcon.Request, resp: falcon.Response) -> None:
         # What the task's status should tell (what of the image was skipped, kept or removed),
         # a ``note`` parameter each: /status lists them.
-        notes = [_text(n)[:MAX_NOTE_LENGTH] for n in req.get_param_as_list("note") or []]
-        notes = [note for note in notes if note][:MAX_NOTES]
+        notes = kept_notes(req.get_param_as_list("note") or [])
         self._store.finish(require_task_id(req), _lease(req), notes, stages=_stages(req))
         _success(resp)
 
     def on_post_fail(self, req: falcon.Request, resp: falcon.Response) -> None:
         task_id = require_task_id(req)
         lease = req.get_param("lease")
-        error = _text(req.get_param("error") or "")
+        error = kept_text(req.get_param("error") or "")
         if not error:
             raise falcon.HTTPBadRequest(title="Missing error", description="say why it failed")
         retryable = req.get_param_as_bool("retry", default=False)
@@ -372,35 +358,21 @@ def _number(req: falcon.Request, name: str, **bounds: Any) -> float | None:
     return value
 
 
-def _not_found(req: falcon.Request, resp: falcon.Response, ex: TaskNotFound, params: Any) -> None:
-    raise falcon.HTTPNotFound(title="Unknown task", description="No task has this id.")
-
-
-def _conflict(req: falcon.Request, resp: falcon.Response, ex: TaskConflict, params: Any) -> None:
-    raise falcon.HTTPConflict(title="Task conflict", description=str(ex))
-
-
-def _cancelled(req: falcon.Request, resp: falcon.Response, ex: TaskCancelled, params: Any) -> None:
-    raise falcon.HTTPConflict(title=TASK_CANCELLED_TITLE, description=str(ex))
-
-
-def _database_error(
-    req: falcon.Request, resp: falcon.Response, ex: sqlite3.OperationalError, params: Any
-) -> None:
-    if "disk is full" in str(ex) or "disk I/O error" in str(ex):
-        raise disk_full("database volume") from ex
-    raise ex
-
-
-def _unavailable(
-    req: falcon.Request, resp: falcon.Response, ex: StoreUnavailable, params: Any
-) -> None:
-    # What failed (addresses included) is for the operator's log, not the caller.
-    log.warning("task database unavailable", extra={"error": str(ex), "route": req.uri_template})
-    raise falcon.HTTPServiceUnavailable(
-        title="Database unavailable",
-        description="The task database cannot be reached; try again shortly.",
-        headers={"Retry-After": "1"},
+def _store_error(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
+    """A refusal of the store, as its answer (``darkroom.database.answers``)."""
+    answer = answer_for(ex)
+    if answer is None:
+        raise ex
+    if isinstance(ex, StoreUnavailable):
+        log.warning(
+            "task database unavailable", extra={"error": str(ex), "route": req.uri_template}
+        )
+    headers = {} if answer.retry_after is None else {"Retry-After": str(answer.retry_after)}
+    raise falcon.HTTPError(
+        falcon.code_to_http_status(answer.status),
+        title=answer.title,
+        description=answer.description,
+        headers=headers,
     ) from ex
 
 
@@ -408,11 +380,7 @@ def create_app(config: Config, store: TaskStore) -> falcon.App:
     registry = CollectorRegistry()
     registry.register(QueueCollector(store))
     app = create_base_app(config, registry=registry)
-    app.add_error_handler(sqlite3.OperationalError, _database_error)
-    app.add_error_handler(StoreUnavailable, _unavailable)
-    app.add_error_handler(TaskNotFound, _not_found)
-    app.add_error_handler(TaskConflict, _conflict)
-    app.add_error_handler(TaskCancelled, _cancelled)
+    app.add_error_handler(STORE_ERRORS, _store_error)
     # A waiting claim or task watch holds a server thread: bounded in time, and in number
     # whatever the number of masters and workers (half the threads, as the master's polls).
     long_polls = LongPolls(config.threads // 2)

@@ -27,6 +27,9 @@ class DatabaseClient:
     def __init__(self, service: ServiceClient) -> None:
         self._service = service
 
+    def close(self) -> None:
+        """Nothing to close over HTTP (a store of the master's own is closed)."""
+
     def call(self, method: str, path: str, **kwargs: Any) -> Response:
         """The raw answer, for routes the master relays as they are."""
         return self._service.request(method, path, **kwargs)

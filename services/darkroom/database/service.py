@@ -47,15 +47,19 @@ def sweep_leases(store: TaskStore) -> None:
         log.warning("lease sweep skipped: task database unavailable", extra={"error": str(exc)})
 
 
-def run(config: Config) -> None:
+def open_store_or_exit(config: Config) -> TaskStore:
+    """``open_store``, or one line saying why it cannot be opened and the process's exit: the
+    supervisor (or Kubernetes) starts the role again, which retries the connection."""
     log.info("opening the task store", extra={"database": _where(config)})
     try:
-        store = open_store(config)
+        return open_store(config)
     except StoreUnavailable as exc:
-        # One line saying why instead of a traceback; the supervisor (or Kubernetes) starts the
-        # role again, which retries the connection.
         log.error("task store unreachable", extra={"database": _where(config), "error": str(exc)})
         raise SystemExit(1) from None
+
+
+def run(config: Config) -> None:
+    store = open_store_or_exit(config)
     runtime = Runtime(config, "database")
     expire_periodically(
         store.purge, config.retention_seconds, config.sweep_interval_seconds, runtime.stop
@@ -63,10 +67,13 @@ def run(config: Config) -> None:
     run_periodically(
         functools.partial(sweep_leases, store), LEASE_SWEEP_SECONDS, runtime.stop, "lease-sweep"
     )
-    serve(
-        create_app(config, store),
-        config,
-        "database",
-        on_listening=runtime.register,
-        on_stopping=store.ended_feed.close,
-    )
+    try:
+        serve(
+            create_app(config, store),
+            config,
+            "database",
+            on_listening=runtime.register,
+            on_stopping=store.ended_feed.close,
+        )
+    finally:
+        store.close()

@@ -428,7 +428,8 @@ class SqlTaskStore(abc.ABC):
                 remaining = deadline - time.monotonic()
                 if found or remaining <= 0:
                     return found
-                changed.wait(remaining)
+                # Twice a second at least: another process's wake-up may have been missed.
+                changed.wait(min(remaining, 0.5))
 
     def _events_after(self, task_id: str, after: int) -> list[TaskEvent]:
         rows = self._read(

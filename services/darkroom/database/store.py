@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from darkroom.contract.tasks import EndedTask
 from darkroom.core.atomicfile import create_private_file, make_private_directory
 from darkroom.core.ids import new_lease_token, new_task_id
+from darkroom.database.feed import FEED_CAPACITY
 from darkroom.database.sqlstore import (
     _COLUMNS,
     EVENTS_PER_READ,
@@ -35,6 +35,7 @@ from darkroom.database.sqlstore import (
     _task,
     ended_task,
 )
+from darkroom.database.wakeups import Wakeup, Wakeups
 
 __all__ = [
     "EVENTS_PER_READ",
@@ -102,13 +103,29 @@ CREATE TRIGGER IF NOT EXISTS events_go_with_their_task AFTER DELETE ON tasks
 BEGIN
     DELETE FROM events WHERE task_id = OLD.id;
 END;
+-- The ends in commit order, for the feed of every process that shares the file (the newest
+-- ENDED_LOG_ROWS are kept; AUTOINCREMENT: numbers are never reused, even once pruned).
+CREATE TABLE IF NOT EXISTS ended_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    lease_token TEXT
+);
 """
 # Columns added since the first schema: a file made before them gets them when opened.
 _ADDED_COLUMNS = {"notes": "TEXT", "idempotency_key": "TEXT", "stage": "TEXT"}
+# Ends kept in ``ended_log``: as many as a feed remembers, for a process that fell behind.
+ENDED_LOG_ROWS = FEED_CAPACITY
 
 
 class SqliteTaskStore(SqlTaskStore):
-    """Tasks in one SQLite file (WAL); every change is committed before the method returns."""
+    """Tasks in one SQLite file (WAL); every change is committed before the method returns.
+
+    Several processes on one machine may open the same file (the master's and the workers'
+    own calls, beside the database role's): SQLite's locks keep their transactions apart, and
+    after each commit the others are woken (``darkroom.database.wakeups``). Each process's feed
+    of ended tasks is read from the file's ``ended_log``, so it has every process's ends.
+    """
 
     def __init__(
         self,
@@ -127,7 +144,8 @@ class SqliteTaskStore(SqlTaskStore):
         self._synced_commits = True  # whether PRAGMA synchronous is FULL now
         self._db.execute("PRAGMA foreign_keys=ON")  # purged tasks take their webhooks along
         self._db.executescript(_SCHEMA)
-        self._add_missing_columns()
+        with self._immediate():  # two processes opening an old file at once add them once
+            self._add_missing_columns()
         # Reads on a connection of their own: in WAL mode they see the last commit and never
         # wait for a write transaction (its COMMIT is an fsync) to end.
         self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -138,7 +156,13 @@ class SqliteTaskStore(SqlTaskStore):
         # Tasks changed by the transaction in progress: their watchers wake after its commit,
         # so a woken watcher's read (on the other connection) sees the change.
         self._changed: list[str] = []
-        self._ended: list[EndedTask] = []  # tasks the transaction in progress ends
+        self._ends = False  # whether the transaction in progress ends a task
+        self._queues = False  # ... or makes one claimable
+        # The feed follows ended_log from its newest row: the ends from here on.
+        self._feed_lock = threading.Lock()
+        self._feed_seq = self._newest_end()
+        self._pruned_to = 0
+        self._wakeups = Wakeups(path.with_name(path.name + ".wakeups"), self._woken)
 
     # -- transactions -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -157,22 +181,74 @@ class SqliteTaskStore(SqlTaskStore):
             if durable != self._synced_commits:
                 self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._synced_commits = durable
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield
-                self._db.execute("COMMIT")
+                with self._immediate():
+                    yield
             except BaseException:
                 self._changed.clear()
-                self._ended.clear()
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._ends = self._queues = False
                 raise
-            changed, self._changed = self._changed, []
-            ended, self._ended = self._ended, []
-            # under the lock, so the feed has the ends in the order they were committed
-            self.ended_feed.add(ended)
-        for task_id in dict.fromkeys(changed):  # once each
+            changed, self._changed = list(dict.fromkeys(self._changed)), []  # once each
+            ends, queues = self._ends, self._queues
+            self._ends = self._queues = False
+        if ends:
+            self._follow_ends()
+        for task_id in changed:
             self._notify_watchers(task_id)
+        # One datagram a commit to each other process; its claimers are woken by it, this
+        # process's by _notify_claimers (after the commit, as the rules call it).
+        self._wakeups.publish(changed, claimable=queues, ended=ends)
+
+    @contextlib.contextmanager
+    def _immediate(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    # -- what the other processes on the file changed -----------------------------------
+    def _woken(self, wakeup: Wakeup | None) -> None:
+        """A commit in another process (None: a tick, to find what a lost datagram said)."""
+        if wakeup is None or wakeup.ended:
+            self._follow_ends()
+        if wakeup is None:
+            return
+        if wakeup.tasks is None:
+            self._notify_watchers()
+        else:
+            for task_id in wakeup.tasks:
+                self._notify_watchers(task_id)
+        if wakeup.claimable:
+            self._wake_claimer()
+
+    def _newest_end(self) -> int:
+        with self._read_lock:
+            return self._reader.execute("SELECT COALESCE(MAX(seq), 0) FROM ended_log").fetchone()[0]
+
+    def _follow_ends(self) -> None:
+        """Add the ends committed since the last look, by any process, to the feed in order;
+        a new epoch if some were pruned before this process read them."""
+        with self._feed_lock:
+            with self._read_lock:
+                rows = self._reader.execute(
+                    "SELECT seq, task_id, state, lease_token FROM ended_log WHERE seq > ?"
+                    " ORDER BY seq",
+                    (self._feed_seq,),
+                ).fetchall()
+            if not rows:
+                return
+            if rows[0][0] != self._feed_seq + 1:
+                self.ended_feed.reset()
+            self.ended_feed.add(
+                ended_task(task_id, State.from_code(code), token)
+                for _, task_id, code, token in rows
+            )
+            self._feed_seq = rows[-1][0]
 
     # -- primitives the shared rules are written over ----------------------------------
     # BEGIN IMMEDIATE holds the whole database: a read of rows to write needs no lock of its own.
@@ -193,8 +269,12 @@ class SqliteTaskStore(SqlTaskStore):
         self._changed.append(task_id)
 
     def _mark_ended(self, task: Task) -> None:
-        """The transaction in progress ends ``task``: the feed has it once it is committed."""
-        self._ended.append(ended_task(task.id, task.state, task.lease_token))
+        """The transaction in progress ends ``task``: every feed has it once it is committed."""
+        self._db.execute(
+            "INSERT INTO ended_log (task_id, state, lease_token) VALUES (?, ?, ?)",
+            (task.id, task.state, task.lease_token),
+        )
+        self._ends = True
 
     def _count_expiry(self) -> None:
         self.lease_expiries += 1
@@ -216,8 +296,15 @@ class SqliteTaskStore(SqlTaskStore):
             if name not in present:
                 self._db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
 
+    def _record_state(self, task: Task) -> None:
+        """``SqlTaskStore._record_state``; a task queued is a claim for the other processes'
+        claimers, told with the commit's wake-up."""
+        if task.state == State.QUEUED:
+            self._queues = True
+        super()._record_state(task)
+
     def _notify_claimers(self) -> None:
-        """This process's claimers are all the file has: wake one (``_wake_claimer``)."""
+        """This process's claimers: wake one (the others' were woken with the commit)."""
         self._wake_claimer()
 
     # -- reads --------------------------------------------------------------------------
@@ -255,7 +342,8 @@ class SqliteTaskStore(SqlTaskStore):
         return [_task(row) for row in rows]
 
     def close(self) -> None:
-        with self._lock, self._read_lock:
+        self._wakeups.close()
+        with self._lock, self._feed_lock, self._read_lock:
             self._reader.close()
             self._db.close()
 
@@ -263,11 +351,21 @@ class SqliteTaskStore(SqlTaskStore):
     def expire(self) -> int:
         """``SqlTaskStore.expire``: the look is on the reader connection, outside the write lock."""
         now = self._clock()
+        self._prune_ended_log()
         with self._read_lock:
             if not self._lapsed_rows(now, self._reader):
                 return 0
         with self._transaction(durable=False):  # a lapse lost is found and written again
             return self._expire(now)
+
+    def _prune_ended_log(self) -> None:
+        """Keep the newest ENDED_LOG_ROWS ends (a tenth more at most: pruned in batches)."""
+        keep_above = self._feed_seq - ENDED_LOG_ROWS
+        if keep_above - self._pruned_to < ENDED_LOG_ROWS // 10:
+            return
+        with self._transaction(durable=False):
+            self._db.execute("DELETE FROM ended_log WHERE seq <= ?", (keep_above,))
+        self._pruned_to = keep_above
 
     def _lapsed_rows(self, now: float, db: sqlite3.Connection | None = None) -> list[Task]:
         rows = (

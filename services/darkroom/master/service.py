@@ -8,7 +8,7 @@ from darkroom.contract.pipeline import PipelineLimits
 from darkroom.core.config import Config
 from darkroom.core.runtime import Runtime
 from darkroom.core.server import serve
-from darkroom.database.client import DatabaseClient
+from darkroom.database.direct import database_for
 from darkroom.master.app import create_app
 from darkroom.master.events import EventStreamPolicy
 from darkroom.master.finished import FinishedTasks
@@ -27,7 +27,7 @@ from darkroom.storage.client import storage_for
 def run(config: Config) -> None:
     runtime = Runtime(config, "master")
     limits = config.settings_for(PipelineLimits)
-    database = DatabaseClient(runtime.client("database"))
+    database = database_for(config, runtime.client("database"))
     webhook_settings = config.settings_for(WebhookSettings)
     webhooks = WebhookGuard(webhook_settings)
     finished = FinishedTasks(config.retention_seconds)
@@ -67,3 +67,4 @@ def run(config: Config) -> None:
     finally:
         if deliveries is not None:
             deliveries.close()
+        database.close()

@@ -221,6 +221,10 @@ class TaskLoop:
         if self._held_changed is not None:
             self._held_changed([each.claim for each in self._held.values()])
 
+    def close(self) -> None:
+        """Close its leased calls: a loop on the task file takes its wake-ups' socket away."""
+        self._tasks.close()
+
     def give_back_held(self) -> int:
         """Give back every task this loop holds, unspent: its worker stops before they are done.
 

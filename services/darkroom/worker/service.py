@@ -31,6 +31,7 @@ from darkroom.core.restart import RestartPolicy
 from darkroom.core.runtime import Runtime, configure_logging
 from darkroom.core.server import serve
 from darkroom.database.client import DatabaseLeases
+from darkroom.database.direct import leases_for
 from darkroom.storage.client import storage_for
 from darkroom.worker.heldtasks import HeldTasks, fail_lost
 from darkroom.worker.loop import Processed, Processor, TaskLoop
@@ -87,7 +88,7 @@ def build_loop(
     use_pixel_limit(settings)
     metrics = metrics or TaskMetrics()
     return TaskLoop(
-        tasks=DatabaseLeases(runtime.client("database")),
+        tasks=leases_for(config, runtime.client("database"), runtime.stop),
         storage=storage_for(config, runtime.client("storage")),
         process=timed_processor(settings, metrics),
         rejected=ImageRejected,
@@ -121,6 +122,7 @@ def _loop_process(config: Config, parent_pid: int, held_path: Path) -> None:
         loop.run()
     finally:
         finished.set()
+        loop.close()
 
 
 def _drain(loop: TaskLoop, stop: threading.Event, finished: threading.Event, grace: float) -> None:
@@ -131,9 +133,15 @@ def _drain(loop: TaskLoop, stop: threading.Event, finished: threading.Event, gra
     signal.sigwait({signal.SIGTERM})
     stop.set()
     if loop.idle():
-        os._exit(0)
+        _exit(loop)
     if not finished.wait(grace) and loop.give_back_held():
-        os._exit(0)  # the task is given back: the processing in the main thread is moot
+        _exit(loop)  # the task is given back: the processing in the main thread is moot
+
+
+def _exit(loop: TaskLoop) -> None:
+    """End the loop process now, its leased calls closed (a store's socket goes with them)."""
+    loop.close()
+    os._exit(0)
 
 
 class LoopProcesses:
