@@ -49,6 +49,14 @@ def answer_for(error: Exception) -> Answer | None:
     return None
 
 
+def text_refusal(value: str | None, name: str, limit: int) -> str | None:
+    """Why the optional text ``name`` cannot be kept as it is (None: it can): it must be 1 to
+    ``limit`` characters with no NUL (which PostgreSQL's text cannot hold)."""
+    if value is not None and (not 0 < len(value) <= limit or "\x00" in value):
+        return f"{name} must be 1 to {limit} characters, none NUL"
+    return None
+
+
 def kept_text(value: str) -> str:
     """A worker's free text (an error, a note) as every store keeps it: PostgreSQL's text
     holds no NUL character, so none is kept (they say nothing to a reader anyway)."""

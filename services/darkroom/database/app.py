@@ -38,7 +38,13 @@ from darkroom.core.ids import require_task_id
 from darkroom.core.longpoll import LongPolls
 from darkroom.core.params import state_param, wait_param
 from darkroom.core.streams import client_departed
-from darkroom.database.answers import STORE_ERRORS, answer_for, kept_notes, kept_text
+from darkroom.database.answers import (
+    STORE_ERRORS,
+    answer_for,
+    kept_notes,
+    kept_text,
+    text_refusal,
+)
 from darkroom.database.metrics import QueueCollector
 from darkroom.database.store import (
     Delivery,
@@ -146,10 +152,8 @@ def _kept_text(req: falcon.Request, name: str, title: str, limit: int) -> str | 
     """The optional text parameter ``name`` as a store keeps it: 400 unless it is 1 to ``limit``
     characters with no NUL (which PostgreSQL's text cannot hold)."""
     value = req.get_param(name)
-    if value is not None and (not 0 < len(value) <= limit or "\x00" in value):
-        raise falcon.HTTPBadRequest(
-            title=title, description=f"{name} must be 1 to {limit} characters, none NUL"
-        )
+    if (refusal := text_refusal(value, name, limit)) is not None:
+        raise falcon.HTTPBadRequest(title=title, description=refusal)
     return value
 
 

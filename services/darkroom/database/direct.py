@@ -24,7 +24,7 @@ from darkroom.contract.errors import (
     ServiceUnavailable,
 )
 from darkroom.contract.events import Stage
-from darkroom.contract.limits import MAX_ERROR_LENGTH
+from darkroom.contract.limits import MAX_ERROR_LENGTH, MAX_PIPELINE_CHARS
 from darkroom.contract.tasks import (
     TASK_CANCELLED_TITLE,
     Claim,
@@ -32,10 +32,17 @@ from darkroom.contract.tasks import (
     TaskState,
     waited_through,
 )
+from darkroom.contract.webhooks import MAX_WEBHOOK_URL_CHARS
 from darkroom.core.config import Config
 from darkroom.core.discovery import ServiceClient
 from darkroom.core.leases import LeaseLost, LeaseRoutes, TaskLeases, TaskWasCancelled
-from darkroom.database.answers import STORE_ERRORS, answer_for, kept_notes, kept_text
+from darkroom.database.answers import (
+    STORE_ERRORS,
+    answer_for,
+    kept_notes,
+    kept_text,
+    text_refusal,
+)
 from darkroom.database.app import task_document
 from darkroom.database.client import DatabaseClient, DatabaseLeases
 from darkroom.database.service import open_store_or_exit
@@ -79,6 +86,12 @@ class DirectDatabase(DatabaseClient):
         webhook_url: str | None = None,
         idempotency_key: str | None = None,
     ) -> str:
+        for name, value, limit in (
+            ("pipeline", pipeline, MAX_PIPELINE_CHARS),
+            ("webhook", webhook_url, MAX_WEBHOOK_URL_CHARS),
+        ):
+            if (refusal := text_refusal(value, name, limit)) is not None:
+                raise ServiceError(SERVICE, 400, f"Invalid {name}", refusal)
         with _as_answers():
             task = self._store.create(
                 pipeline, webhook_url=webhook_url, idempotency_key=idempotency_key
