@@ -275,3 +275,21 @@ def test_a_role_told_of_a_volume_that_is_not_there_stops_saying_why(services, ro
     assert child.returncode == 2, child.stderr
     assert f"DARKROOM_STORAGE_VOLUME={missing}: no such directory" in child.stderr
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("role", ["master", "worker"])
+def test_a_role_on_a_task_file_that_is_not_there_stops_saying_why(services, role):
+    """``DARKROOM_DATABASE_DIRECT`` where the database's data directory is not: a new file
+    there would hold tasks no other role sees."""
+    elsewhere = services.data_dir.parent / "not-the-databases"
+    command = [sys.executable, "-m", "darkroom", "serve", role, "--port", "0"]
+    env = {
+        **services.env,
+        "DARKROOM_DATABASE_DIRECT": "true",
+        "DARKROOM_DATA_DIR": str(elsewhere),
+        "DARKROOM_STORAGE_VOLUME": "",
+    }
+    child = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert child.returncode == 2, child.stderr
+    assert f"no task file at {elsewhere / 'tasks.sqlite3'}" in child.stderr
+    assert not (elsewhere / "tasks.sqlite3").exists()

@@ -45,7 +45,7 @@ from darkroom.database.answers import (
 )
 from darkroom.database.app import task_document
 from darkroom.database.client import DatabaseClient, DatabaseLeases
-from darkroom.database.service import open_store_or_exit
+from darkroom.database.service import open_store_or_exit, sqlite_path
 from darkroom.database.store import TaskStore
 
 SERVICE = "database"
@@ -179,7 +179,7 @@ def database_for(config: Config, service: ServiceClient) -> DatabaseClient:
     database's API at ``service``."""
     if not config.database_direct:
         return DatabaseClient(service)
-    return DirectDatabase(service, open_store_or_exit(config))
+    return DirectDatabase(service, _open_direct(config))
 
 
 def leases_for(config: Config, service: ServiceClient, stopping: threading.Event) -> TaskLeases:
@@ -187,4 +187,23 @@ def leases_for(config: Config, service: ServiceClient, stopping: threading.Event
     else at the database's API at ``service``."""
     if not config.database_direct:
         return DatabaseLeases(service)
-    return DirectLeases(service, open_store_or_exit(config), stopping)
+    return DirectLeases(service, _open_direct(config), stopping)
+
+
+def _open_direct(config: Config) -> TaskStore:
+    require_task_file(config)
+    return open_store_or_exit(config)
+
+
+def require_task_file(config: Config) -> None:
+    """With ``database_direct`` on SQLite: the database role's file must be there. One made
+    here instead (a data directory that is not the database's) would hold tasks no other role
+    sees, so the role stops at its start saying why (ValueError: a configuration error), as on
+    a storage volume that is not there."""
+    path = sqlite_path(config)
+    if config.database_direct and not config.database_url and not path.is_file():
+        raise ValueError(
+            f"DARKROOM_DATABASE_DIRECT: no task file at {path}; run this role where the"
+            " database's data directory is (DARKROOM_DATA_DIR), give it DARKROOM_DATABASE_URL,"
+            " or set DARKROOM_DATABASE_DIRECT=false to call the database's API"
+        )

@@ -26,16 +26,16 @@ def open_store(config: Config) -> TaskStore:
     policy = config.settings_for(LeasePolicy)
     if config.database_url:
         return PostgresTaskStore(config.database_url, policy, pool_size=config.database_pool_size)
-    return SqliteTaskStore(_sqlite_path(config), policy)
+    return SqliteTaskStore(sqlite_path(config), policy)
 
 
-def _sqlite_path(config: Config) -> Path:
+def sqlite_path(config: Config) -> Path:
     return config.data_dir / "tasks.sqlite3"
 
 
 def _where(config: Config) -> str:
     """Where the tasks are, fit for a log: a PostgreSQL URL without its password."""
-    return redacted(config.database_url) if config.database_url else str(_sqlite_path(config))
+    return redacted(config.database_url) if config.database_url else str(sqlite_path(config))
 
 
 def sweep_leases(store: TaskStore) -> None:

@@ -31,7 +31,7 @@ from darkroom.core.restart import RestartPolicy
 from darkroom.core.runtime import Runtime, configure_logging
 from darkroom.core.server import serve
 from darkroom.database.client import DatabaseLeases
-from darkroom.database.direct import leases_for
+from darkroom.database.direct import leases_for, require_task_file
 from darkroom.storage.client import storage_for
 from darkroom.worker.heldtasks import HeldTasks, fail_lost
 from darkroom.worker.loop import Processed, Processor, TaskLoop
@@ -235,6 +235,7 @@ class LoopThreads:
 def run(config: Config) -> None:
     runtime = Runtime(config, "worker")
     storage_for(config, runtime.client("storage"))  # a volume it cannot use stops it here, once
+    require_task_file(config)  # ... and a task file that is not the database's
     count = loop_count(config)
     registry = CollectorRegistry()
     loops: LoopProcesses | LoopThreads
