@@ -111,8 +111,9 @@ def test_a_wakeup_names_the_tasks_changed_and_what_the_change_was(tmp_path):
     sender = Wakeups(tmp_path / "wakeups", lambda w: None)
     try:
         sender.publish(["a" * 32, "b" * 32], claimable=True)
+        wait_until(lambda: received, 10, "a wake-up")
         sender.publish(None, ended=True)
-        wait_until(lambda: len(received) == 2, 10, "two wake-ups")
+        wait_until(lambda: len(received) == 2, 10, "another")
         assert received[0] == Wakeup(frozenset({"a" * 32, "b" * 32}), True, False)
         assert received[1] == Wakeup(None, False, True)
     finally:
@@ -157,3 +158,29 @@ def test_a_store_dropped_without_closing_takes_its_wakeups_thread_and_socket_awa
     gc.collect()
     wait_until(lambda: not thread.is_alive(), 10, "the thread's end")
     assert list(folder.iterdir()) == []
+
+
+def test_datagrams_queued_behind_one_are_taken_with_it_in_one_call(tmp_path):
+    received: list[Wakeup] = []
+    release = threading.Event()
+
+    def slow(wakeup: Wakeup | None) -> None:
+        if wakeup is not None:
+            received.append(wakeup)
+            release.wait(10)  # the first holds the thread while the rest queue up
+
+    listener = Wakeups(tmp_path / "wakeups", slow)
+    sender = Wakeups(tmp_path / "wakeups", lambda w: None)
+    try:
+        sender.publish(["first"])
+        wait_until(lambda: received, 10, "the first wake-up")
+        for name in ("a", "b", "c"):
+            sender.publish([name], claimable=name == "b")
+        sender.publish(None, ended=True)
+        release.set()
+        wait_until(lambda: len(received) == 2, 10, "the rest, merged")
+        assert received[1] == Wakeup(None, claimable=True, ended=True)  # "*" covers a, b, c
+        assert sender.unsent == 0
+    finally:
+        sender.close()
+        listener.close()

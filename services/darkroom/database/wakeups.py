@@ -44,6 +44,10 @@ class Wakeup:
     claimable: bool
     ended: bool
 
+    def merged(self, other: Wakeup) -> Wakeup:
+        tasks = None if self.tasks is None or other.tasks is None else self.tasks | other.tasks
+        return Wakeup(tasks, self.claimable or other.claimable, self.ended or other.ended)
+
 
 class Wakeups:
     """This process's socket in ``folder``, and the sends to every other one.
@@ -72,6 +76,7 @@ class Wakeups:
             weakref.WeakMethod(on_wakeup) if inspect.ismethod(on_wakeup) else lambda: on_wakeup
         )
         self._closed = threading.Event()
+        self.unsent = 0  # datagrams a full queue refused (counted for a look in a profile)
         self._remove_dead_peers()
         self._thread = threading.Thread(target=self._receive, name="task-wakeups", daemon=True)
         self._thread.start()
@@ -116,7 +121,7 @@ class Wakeups:
         try:
             self._sender.sendto(message, self._address(peer))
         except BlockingIOError:
-            pass  # its queue is full: its tick notices the change
+            self.unsent += 1  # its queue is full: its tick notices the change
         except (ConnectionRefusedError, FileNotFoundError):
             # Its process has gone (a crash leaves the socket behind): no one to tell.
             with contextlib.suppress(FileNotFoundError):
@@ -134,11 +139,27 @@ class Wakeups:
                     message = None
                 if message == b"" or self._closed.is_set():
                     continue  # a dead-peer probe, or the close's own wake
-                if not self._deliver(None if message is None else _parsed(message)):
+                wakeup = None if message is None else self._with_queued(_parsed(message))
+                if not self._deliver(wakeup):
                     self._shut()  # its store is gone, never closed
         finally:
             self._socket.close()
             os.close(self._folder_fd)
+
+    def _with_queued(self, wakeup: Wakeup) -> Wakeup:
+        """``wakeup`` merged with every datagram already queued behind it: one call for a burst,
+        so the queue (10 datagrams: net.unix.max_dgram_qlen) is emptied as fast as it fills."""
+        self._socket.setblocking(False)  # this thread alone receives on it
+        try:
+            while True:
+                try:
+                    message = self._socket.recv(65536)
+                except BlockingIOError:
+                    return wakeup
+                if message:
+                    wakeup = wakeup.merged(_parsed(message))
+        finally:
+            self._socket.settimeout(TICK_SECONDS)
 
     def _deliver(self, wakeup: Wakeup | None) -> bool:
         """Call ``on_wakeup``; False once its object is gone."""
