@@ -184,3 +184,28 @@ def test_datagrams_queued_behind_one_are_taken_with_it_in_one_call(tmp_path):
     finally:
         sender.close()
         listener.close()
+
+
+def test_a_store_closing_while_others_send_still_takes_its_socket_away(tmp_path):
+    """The receiver ends as soon as a datagram comes after the close began: the socket's
+    removal must not depend on the folder's descriptor it used to close then."""
+    folder = tmp_path / "wakeups"
+    busy = Wakeups(folder, lambda w: None)
+    sending = threading.Event()
+    sending.set()
+
+    def send_all_along() -> None:
+        while sending.is_set():
+            busy.publish(["t" * 22])
+
+    sender = threading.Thread(target=send_all_along)
+    sender.start()
+    try:
+        for _ in range(20):
+            closing = Wakeups(folder, lambda w: None)
+            closing.close()
+            assert closing._name not in {path.name for path in folder.iterdir()}
+    finally:
+        sending.clear()
+        sender.join()
+        busy.close()

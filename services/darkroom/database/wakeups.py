@@ -144,7 +144,6 @@ class Wakeups:
                     self._shut()  # its store is gone, never closed
         finally:
             self._socket.close()
-            os.close(self._folder_fd)
 
     def _with_queued(self, wakeup: Wakeup) -> Wakeup:
         """``wakeup`` merged with every datagram already queued behind it: one call for a burst,
@@ -179,16 +178,20 @@ class Wakeups:
         self._thread.join(2 * TICK_SECONDS)
 
     def _shut(self) -> None:
+        """Remove this process's socket (and those of dead ones) and stop sending; the receiver
+        thread, woken, closes the socket itself. The folder's descriptor is closed here, under
+        the lock every send takes: the receiver may end at any moment meanwhile."""
         with self._send_lock:
             if self._closed.is_set():
                 return
             self._closed.set()
-            self._remove_dead_peers()
             with contextlib.suppress(OSError):
                 self._sender.sendto(b"", self._address(self._name))  # ends the wait in recv
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._address(self._name))
+            self._remove_dead_peers()
             self._sender.close()
+            os.close(self._folder_fd)
 
 
 def _parsed(message: bytes) -> Wakeup:
