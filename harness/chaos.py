@@ -17,7 +17,9 @@ every promise:
 
 Work done twice (a finish the database refused: the task was finished already, or its lease
 was lost to a kill) is counted from the database's ``darkroom_finishes_refused_total``, scraped
-through the run: expected after kills, reported, not a broken promise.
+through the run: expected after kills, reported, not a broken promise. Under ``darkroom up``
+the worker loops finish on the task file themselves (DARKROOM_DATABASE_DIRECT), so their
+refused finishes are not in it: the figure counts only finishes made through the database's API.
 """
 
 from __future__ import annotations
