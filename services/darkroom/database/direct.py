@@ -17,12 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from darkroom.contract.errors import (
-    ServiceConflict,
-    ServiceError,
-    ServiceNotFound,
-    ServiceUnavailable,
-)
+from darkroom.contract.errors import ServiceConflict, ServiceError, error_for_status
 from darkroom.contract.events import Stage
 from darkroom.contract.limits import MAX_ERROR_LENGTH, MAX_PIPELINE_CHARS
 from darkroom.contract.tasks import (
@@ -49,11 +44,6 @@ from darkroom.database.service import open_store_or_exit, sqlite_path
 from darkroom.database.store import TaskStore
 
 SERVICE = "database"
-_KINDS: dict[int, type[ServiceError]] = {
-    404: ServiceNotFound,
-    409: ServiceConflict,
-    503: ServiceUnavailable,
-}
 
 
 @contextlib.contextmanager
@@ -65,7 +55,7 @@ def _as_answers() -> Iterator[None]:
         answer = answer_for(exc)
         if answer is None:
             raise
-        kind = _KINDS.get(answer.status, ServiceError)
+        kind = error_for_status(answer.status)
         raise kind(
             SERVICE, answer.status, answer.title, answer.description, answer.retry_after
         ) from exc
