@@ -28,6 +28,12 @@ class TaskWasCancelled(LeaseLost):
     """The task's client cancelled it: the worker stops and stores nothing as finished."""
 
 
+def lost_lease(conflict: ServiceConflict) -> LeaseLost:
+    """What a conflict on a leased call means: the task's cancellation, or a lost lease."""
+    lost = TaskWasCancelled if conflict.title == TASK_CANCELLED_TITLE else LeaseLost
+    return lost(conflict.service, conflict.status, conflict.title, conflict.description)
+
+
 @dataclasses.dataclass(frozen=True)
 class LeaseRoutes:
     """The paths of the leased calls on one service."""
@@ -53,8 +59,7 @@ class TaskLeases:
             raise_for_upstream(response, self._name)
         except ServiceConflict as exc:
             response.close()
-            lost = TaskWasCancelled if exc.title == TASK_CANCELLED_TITLE else LeaseLost
-            raise lost(exc.service, exc.status, exc.title, exc.description) from exc
+            raise lost_lease(exc) from exc
         return response
 
     def claim(self, wait_seconds: float, timeout: float) -> Claim | None:

@@ -21,7 +21,6 @@ from darkroom.contract.errors import ServiceConflict, ServiceError, error_for_st
 from darkroom.contract.events import Stage
 from darkroom.contract.limits import MAX_ERROR_LENGTH, MAX_PIPELINE_CHARS
 from darkroom.contract.tasks import (
-    TASK_CANCELLED_TITLE,
     Claim,
     EndedTasks,
     TaskState,
@@ -30,7 +29,7 @@ from darkroom.contract.tasks import (
 from darkroom.contract.webhooks import MAX_WEBHOOK_URL_CHARS
 from darkroom.core.config import Config
 from darkroom.core.discovery import ServiceClient
-from darkroom.core.leases import LeaseLost, LeaseRoutes, TaskLeases, TaskWasCancelled
+from darkroom.core.leases import LeaseRoutes, TaskLeases, lost_lease
 from darkroom.database.answers import (
     STORE_ERRORS,
     answer_for,
@@ -129,8 +128,7 @@ class DirectLeases(TaskLeases):
             with _as_answers():
                 yield
         except ServiceConflict as exc:
-            lost = TaskWasCancelled if exc.title == TASK_CANCELLED_TITLE else LeaseLost
-            raise lost(exc.service, exc.status, exc.title, exc.description) from exc
+            raise lost_lease(exc) from exc
 
     def claim(self, wait_seconds: float, timeout: float) -> Claim | None:
         with self._leased():
